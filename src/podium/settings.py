@@ -1,0 +1,239 @@
+"""Every Podium setting, declared once.
+
+Each field has a default, its unit in its name and help text (the field
+description). Values come, lowest precedence first, from the defaults, a TOML
+settings file (``--config``), ``PODIUM_<NAME>`` environment variables, and
+explicit overrides (command-line flags). The TOML file groups settings in
+sections (``[server]``, ``[bundles]`` ...): the section a field belongs to is
+declared beside it, and ``podium config --defaults`` prints the whole file,
+commented, from these declarations.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A settings file or value that cannot be used; the message says what to fix."""
+
+
+def setting(default: Any, section: str, help: str, **kwargs: Any) -> Any:
+    """Declare a setting: its default, its TOML section and its help text."""
+    return Field(default, description=help, json_schema_extra={"section": section}, **kwargs)
+
+
+class Settings(BaseSettings):
+    """Server settings. Read with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(env_prefix="PODIUM_", extra="forbid", validate_default=True)
+
+    # [server]
+    data_dir: Path = setting(
+        Path("var"),
+        "server",
+        "Directory holding the database (SQLite), bundles, unpacked content, package "
+        "environments, job logs and rendered output. Created if missing.",
+    )
+    listen: str = setting(
+        "127.0.0.1:3939", "server", "Address and port the server listens on, as HOST:PORT."
+    )
+    public_url: str = setting(
+        "",
+        "server",
+        "URL users reach Podium at, used to build content_url and dashboard_url. Empty means "
+        "http://<listen>/.",
+    )
+    bootstrap_admin_on_first_start: bool = setting(
+        True,
+        "server",
+        "On a server with no users, create an administrator named 'admin' at start and print "
+        "its API key and password once on standard error.",
+    )
+    secret_key_file: Path | None = setting(
+        None,
+        "server",
+        "File holding the key that encrypts environment variable values at rest. Empty means "
+        "<data_dir>/secret.key, created on first start with mode 0600.",
+    )
+    shutdown_grace_seconds: float = setting(
+        10.0, "server", "On SIGTERM, how long open requests may finish before the server stops."
+    )
+
+    # [database]
+    database_url: str = setting(
+        "",
+        "database",
+        "SQLAlchemy URL of the database. Empty means SQLite at <data_dir>/db/podium.sqlite. "
+        "PostgreSQL: postgresql+psycopg://user@host:5432/dbname (needed for several nodes).",
+    )
+
+    # [auth]
+    session_lifetime_seconds: int = setting(
+        8 * 3600, "auth", "How long a browser login session lasts without activity."
+    )
+    session_cookie_secure: bool = setting(
+        False,
+        "auth",
+        "Mark the session cookie Secure (sent over HTTPS only). Turn on behind a TLS proxy.",
+    )
+
+    # [bundles]
+    bundle_max_bytes: int = setting(
+        1024**3, "bundles", "Largest bundle archive (compressed) accepted on upload."
+    )
+    bundle_max_unpacked_bytes: int = setting(
+        4 * 1024**3, "bundles", "Largest total size of the files inside a bundle."
+    )
+    bundle_max_files: int = setting(100_000, "bundles", "Most files and folders a bundle may hold.")
+    bundle_max_compression_ratio: float = setting(
+        200.0,
+        "bundles",
+        "Largest ratio of unpacked to compressed size; beyond it a bundle is refused as a "
+        "likely gzip bomb.",
+    )
+
+    # [tasks]
+    task_wait_max_seconds: float = setting(
+        30.0, "tasks", "Longest time GET v1/tasks/{id}?wait=N holds a request before answering."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"listen must be HOST:PORT (for example 127.0.0.1:3939), got {value!r}")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'db' / 'podium.sqlite').resolve()}"
+
+    @property
+    def effective_public_url(self) -> str:
+        url = self.public_url or f"http://{self.listen}/"
+        return url if url.endswith("/") else url + "/"
+
+    @property
+    def effective_secret_key_file(self) -> Path:
+        return self.secret_key_file or self.data_dir / "secret.key"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags beat environment variables beat the file (passed as init values below).
+        return (init_settings, env_settings)
+
+
+def sections() -> dict[str, list[tuple[str, FieldInfo]]]:
+    """Settings grouped by TOML section, in declaration order."""
+    grouped: dict[str, list[tuple[str, FieldInfo]]] = {}
+    for name, info in Settings.model_fields.items():
+        extra = info.json_schema_extra
+        section = extra["section"] if isinstance(extra, dict) else "server"
+        grouped.setdefault(str(section), []).append((name, info))
+    return grouped
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SettingsError(f"settings file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"settings file {path} is not valid TOML: {exc}") from None
+    known = sections()
+    flat: dict[str, Any] = {}
+    for section, table in document.items():
+        if section not in known or not isinstance(table, dict):
+            raise SettingsError(
+                f"{path}: unknown section [{section}]; known sections: {', '.join(known)}"
+            )
+        names = {name for name, _ in known[section]}
+        for key, value in table.items():
+            if key not in names:
+                raise SettingsError(
+                    f"{path}: unknown setting {key!r} in [{section}]; "
+                    f"known: {', '.join(sorted(names))}"
+                )
+            flat[key] = value
+    return flat
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the file, the environment and ``overrides`` (None values ignored).
+
+    The file is read first and passed as init values, so environment variables
+    must win over it: those keys are dropped from the file values when set.
+    """
+    import os
+
+    values = _read_toml(config) if config else {}
+    for name in list(values):
+        if f"PODIUM_{name.upper()}" in os.environ:
+            del values[name]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if value is None:
+        return '""'
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def defaults_toml() -> str:
+    """A commented settings file holding every setting at its default."""
+    lines = [
+        "# Podium settings. Every value below is the default; uncomment to change.",
+        "# Each setting can also be given as an environment variable PODIUM_<NAME>",
+        "# (for example PODIUM_LISTEN=0.0.0.0:3939), which wins over this file.",
+    ]
+    for section, fields in sections().items():
+        lines += ["", f"[{section}]"]
+        for name, info in fields:
+            for text_line in _wrap(info.description or ""):
+                lines.append(f"# {text_line}")
+            lines.append(f"# {name} = {_toml_value(info.default)}")
+            lines.append("")
+        lines.pop()
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, width: int = 86) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]

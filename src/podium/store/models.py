@@ -1,0 +1,224 @@
+"""SQLAlchemy models: the tables Podium keeps. Changes need an Alembic migration."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_guid() -> str:
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every database (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guid: Mapped[str] = mapped_column(String(36), unique=True, default=new_guid)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str] = mapped_column(String(256), default="")
+    first_name: Mapped[str] = mapped_column(String(128), default="")
+    last_name: Mapped[str] = mapped_column(String(128), default="")
+    user_role: Mapped[str] = mapped_column(String(16), default="viewer")
+    password_hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    active_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guid: Mapped[str] = mapped_column(String(36), unique=True, default=new_guid)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    # The key itself is never stored: only its SHA-256 (keys are 256-bit random, so a fast
+    # hash is safe here, unlike passwords) and a short prefix shown to the user to tell
+    # keys apart.
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    user: Mapped[User] = relationship()
+
+
+class LoginSession(Base):
+    __tablename__ = "login_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_time: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship()
+
+
+class Content(Base):
+    __tablename__ = "content"
+    __table_args__ = (UniqueConstraint("owner_id", "name", name="uq_content_owner_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guid: Mapped[str] = mapped_column(String(36), unique=True, default=new_guid)
+    name: Mapped[str] = mapped_column(String(64))
+    title: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    access_type: Mapped[str] = mapped_column(String(16), default="acl")
+    app_mode: Mapped[str] = mapped_column(String(32), default="unknown")
+    content_category: Mapped[str] = mapped_column(String(32), default="")
+    bundle_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    locked_message: Mapped[str] = mapped_column(Text, default="")
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_deployed_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Runtime settings; None means the server default.
+    min_processes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_processes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_conns_per_process: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    load_factor: Mapped[float | None] = mapped_column(Float, nullable=True)
+    idle_timeout: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    init_timeout: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    connection_timeout: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    read_timeout: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Resource settings; None means the server default.
+    cpu_request: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cpu_limit: Mapped[float | None] = mapped_column(Float, nullable=True)
+    memory_request: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    memory_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    service_account_name: Mapped[str | None] = mapped_column(String(253), nullable=True)
+    default_image_name: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # What the active bundle runs with, set on activation.
+    cluster_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    image_name: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    environment_guid: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    py_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    r_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    quarto_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    py_environment_management: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    r_environment_management: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+
+    owner: Mapped[User] = relationship()
+
+
+class Bundle(Base):
+    __tablename__ = "bundles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_id: Mapped[int] = mapped_column(ForeignKey("content.id", ondelete="CASCADE"), index=True)
+    created_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    size: Mapped[int] = mapped_column(BigInteger)
+    archive_md5: Mapped[str] = mapped_column(String(32))
+    archive_sha1: Mapped[str] = mapped_column(String(40))
+    app_mode: Mapped[str] = mapped_column(String(32))
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    bundle_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    # What this bundle was built with, recorded by its first build.
+    cluster_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    image_name: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    environment_guid: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    py_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    r_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    quarto_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    py_environment_management: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    r_environment_management: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+
+    content: Mapped[Content] = relationship()
+    created_by: Mapped[User | None] = relationship()
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_guid)
+    kind: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    content_id: Mapped[int | None] = mapped_column(
+        ForeignKey("content.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    finished: Mapped[bool] = mapped_column(Boolean, default=False)
+    code: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class TaskLine(Base):
+    __tablename__ = "task_lines"
+
+    task_id: Mapped[str] = mapped_column(
+        ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True
+    )
+    n: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line: Mapped[str] = mapped_column(Text)
+
+
+class EnvVar(Base):
+    __tablename__ = "env_vars"
+    __table_args__ = (UniqueConstraint("content_id", "name", name="uq_env_var_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_id: Mapped[int] = mapped_column(ForeignKey("content.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    value_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Permission(Base):
+    __tablename__ = "permissions"
+    __table_args__ = (
+        UniqueConstraint("content_id", "principal_guid", name="uq_permission_principal"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_id: Mapped[int] = mapped_column(ForeignKey("content.id", ondelete="CASCADE"), index=True)
+    principal_guid: Mapped[str] = mapped_column(String(36), index=True)
+    principal_type: Mapped[str] = mapped_column(String(8), default="user")
+    role: Mapped[str] = mapped_column(String(8))
