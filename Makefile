@@ -1,0 +1,38 @@
+# Podium: `make run` sets up and starts a server; `make test` sets up and runs every test.
+# Both create .venv with the project's own pyproject; nothing is installed by hand.
+
+# The newest Python >= 3.11 on PATH (override: make run PYTHON=/path/to/python3.12).
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	  command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+	  && { command -v $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= var
+LISTEN ?= 127.0.0.1:3939
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint clean
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Podium needs Python 3.11 or newer on PATH (or make PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/podium serve --data-dir $(DATA_DIR) --listen $(LISTEN)
+
+# pytest exits 5 when it collected no tests: that is a failure here too (any non-zero is).
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy src
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,204 @@
+"""``v1/content``: create, list, read, update and delete content items."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from podium import auth, errors
+from podium.api import deps
+from podium.api.body import json_object
+from podium.api.serialize import content_json
+from podium.api.validate import validate_content_patch
+from podium.appmodes import APP_MODE_ORDINALS
+from podium.context import Podium
+from podium.store.models import Content, Permission, User
+
+router = APIRouter()
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{3,64}$")
+
+
+def load_content(session: Session, guid: str) -> Content:
+    """The content with ``guid``; 400 for a malformed id, 404 when absent."""
+    try:
+        uuid.UUID(guid)
+    except ValueError:
+        raise errors.invalid_id("content", guid) from None
+    content = session.scalar(select(Content).where(Content.guid == guid))
+    if content is None:
+        raise errors.not_found("content", guid)
+    return content
+
+
+def visible_content(session: Session, user: User | None, guid: str) -> Content:
+    """Content whose record the caller may read; 404 (not 403) hides the rest."""
+    content = load_content(session, guid)
+    if not auth.can_see_settings(session, user, content):
+        raise errors.not_found("content", guid)
+    return content
+
+
+def managed_content(session: Session, user: User | None, guid: str) -> Content:
+    """Content the caller may change: owner, collaborators and administrators."""
+    content = visible_content(session, user, guid)
+    if not auth.can_manage(session, user, content):
+        raise errors.forbidden("Only the owner, collaborators and administrators can change this content.")
+    return content
+
+
+def check_name(name: Any) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise errors.bad_request(
+            f"The content name {name!r} is not valid: use 3 to 64 letters, digits, '-' or '_'.",
+            code=5,
+        )
+    return name
+
+
+def _includes(value: str | None) -> set[str]:
+    return {part.strip() for part in (value or "").split(",") if part.strip()}
+
+
+@router.get("/v1/content")
+def list_content(
+    request: Request,
+    name: str | None = None,
+    owner_guid: str | None = None,
+    include: str | None = None,
+    ctx: Podium = Depends(deps.podium),
+    session: Session = Depends(deps.db),
+    who: deps.Caller = Depends(deps.caller),
+) -> list[dict[str, Any]]:
+    query = select(Content).order_by(Content.id)
+    if name is not None:
+        query = query.where(Content.name == name)
+    if owner_guid is not None:
+        query = query.join(User, Content.owner_id == User.id).where(User.guid == owner_guid)
+    user = who.user
+    if not auth.at_least(user, "administrator"):
+        shared = select(Permission.content_id).where(
+            Permission.principal_guid == (user.guid if user else "")
+        )
+        visible = [Content.access_type == "all"]
+        if user is not None and not user.locked:
+            visible += [
+                Content.access_type == "logged_in",
+                Content.owner_id == user.id,
+                Content.id.in_(shared),
+            ]
+        query = query.where(or_(*visible))
+    includes = _includes(include)
+    return [
+        content_json(ctx, item, auth.app_role(session, user, item), includes)
+        for item in session.scalars(query)
+    ]
+
+
+@router.post("/v1/content")
+async def create_content(
+    request: Request,
+    ctx: Podium = Depends(deps.podium),
+    session: Session = Depends(deps.db),
+    user: User = Depends(deps.publisher),
+) -> dict[str, Any]:
+    body = await json_object(request)
+    name = check_name(body.get("name"))
+    content = Content(name=name, owner_id=user.id, title=None)
+    changes = validate_content_patch(ctx, session, user, content, body, creating=True)
+    for field, value in changes.items():
+        setattr(content, field, value)
+    session.add(content)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise errors.name_exists(name) from None
+    return content_json(ctx, content, "owner")
+
+
+@router.get("/v1/content/{guid}")
+def get_content(
+    guid: str,
+    include: str | None = None,
+    ctx: Podium = Depends(deps.podium),
+    session: Session = Depends(deps.db),
+    who: deps.Caller = Depends(deps.caller),
+) -> dict[str, Any]:
+    content = visible_content(session, who.user, guid)
+    return content_json(ctx, content, auth.app_role(session, who.user, content), _includes(include))
+
+
+@router.patch("/v1/content/{guid}")
+async def update_content(
+    guid: str,
+    request: Request,
+    ctx: Podium = Depends(deps.podium),
+    session: Session = Depends(deps.db),
+    user: User = Depends(deps.user),
+) -> dict[str, Any]:
+    content = managed_content(session, user, guid)
+    body = await json_object(request)
+    changes = validate_content_patch(ctx, session, user, content, body, creating=False)
+    if "name" in body:
+        changes["name"] = check_name(body["name"])
+    for field, value in changes.items():
+        setattr(content, field, value)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise errors.name_exists(str(body.get("name"))) from None
+    return content_json(ctx, content, auth.app_role(session, user, content))
+
+
+@router.delete("/v1/content/{guid}", status_code=204)
+def delete_content(
+    guid: str,
+    ctx: Podium = Depends(deps.podium),
+    session: Session = Depends(deps.db),
+    user: User = Depends(deps.user),
+) -> Response:
+    content = managed_content(session, user, guid)
+    content_id = content.id
+    session.delete(content)
+    session.commit()
+    for path in (ctx.data_dir / "apps" / str(content_id), ctx.data_dir / "bundles" / str(content_id)):
+        shutil.rmtree(path, ignore_errors=True)
+    return Response(status_code=204)
+
+
+@router.get("/applications/{ident}")
+def get_application_v0(
+    ident: str,
+    ctx: Podium = Depends(deps.podium),
+    session: Session = Depends(deps.db),
+    who: deps.Caller = Depends(deps.caller),
+) -> dict[str, Any]:
+    """The v0 record rsconnect resolves a numeric ``--app-id`` through."""
+    query = select(Content)
+    query = query.where(Content.id == int(ident)) if ident.isdigit() else query.where(Content.guid == ident)
+    content = session.scalar(query)
+    if content is None or not auth.can_see_settings(session, who.user, content):
+        raise errors.not_found("content", ident)
+    body = content_json(ctx, content, auth.app_role(session, who.user, content))
+    body.update(
+        {
+            "id": content.id,
+            "url": body["content_url"],
+            "app_mode": APP_MODE_ORDINALS.get(content.app_mode, 0),
+            "owner_username": content.owner.username,
+            "owner_first_name": content.owner.first_name,
+            "owner_last_name": content.owner.last_name,
+            "owner_email": content.owner.email,
+            "has_parameters": False,
+            "build_status": 2 if content.bundle_id else 0,
+        }
+    )
+    return body

@@ -1,0 +1,96 @@
+"""``v1/content/{guid}/deploy`` and ``v1/tasks/{id}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from podium import errors
+from podium.api import deps
+from podium.api.body import json_object
+from podium.api.bundles import load_bundle
+from podium.api.content import managed_content
+from podium.context import Podium
+from podium.deploy import DeployRequest, run_deploy
+from podium.store.models import Bundle, Task, User
+
+router = APIRouter()
+
+
+@router.post("/v1/content/{guid}/deploy")
+async def deploy(
+    guid: str,
+    request: Request,
+    ctx: Podium = Depends(deps.podium),
+    session: Session = Depends(deps.db),
+    user: User = Depends(deps.user),
+) -> dict[str, Any]:
+    content = managed_content(session, user, guid)
+    body = await json_object(request)
+    bundle_id = body.get("bundle_id")
+    if bundle_id is None:
+        bundle = session.scalar(
+            select(Bundle).where(Bundle.content_id == content.id).order_by(Bundle.id.desc())
+        )
+        if bundle is None:
+            raise errors.not_found("bundle", "latest")
+    else:
+        bundle = load_bundle(session, content, bundle_id)
+    activate = body.get("activate", True)
+    if not isinstance(activate, bool):
+        raise errors.bad_request("activate must be true or false.")
+    if content.app_mode not in ("unknown", bundle.app_mode):
+        raise errors.ApiError(
+            403, 48,
+            f"This content is {content.app_mode!r} and the bundle is {bundle.app_mode!r}: the app "
+            "mode cannot change once deployed. Deploy the bundle as new content instead.",
+        )
+    task_id = ctx.tasks.create("deploy", user.id, content.id)
+    job = DeployRequest(content_id=content.id, bundle_id=bundle.id, activate=activate)
+
+    async def body_fn(out: Any) -> Any:
+        return await run_deploy(ctx, job, out)
+
+    ctx.tasks.start(task_id, body_fn)
+    return {"task_id": task_id}
+
+
+def _number(name: str, value: str | None, default: float) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise errors.bad_request(f"{name} must be a number; got {value!r}.") from None
+
+
+@router.get("/v1/tasks/{task_id}")
+async def get_task(
+    task_id: str,
+    first: str | None = None,
+    wait: str | None = None,
+    ctx: Podium = Depends(deps.podium),
+    session: Session = Depends(deps.db),
+    user: User = Depends(deps.user),
+) -> dict[str, Any]:
+    task = session.get(Task, task_id)
+    if task is None or (task.user_id != user.id and user.user_role != "administrator"):
+        raise errors.not_found("task", task_id)
+    session.close()  # do not hold a connection during the long poll
+    start = max(0, int(_number("first", first, 0)))
+    seconds = min(_number("wait", wait, 0), ctx.settings.task_wait_max_seconds)
+    snap = await ctx.tasks.wait(task_id, start, seconds)
+    if snap is None:
+        raise errors.not_found("task", task_id)
+    return {
+        "id": snap.id,
+        "output": snap.output,
+        "finished": snap.finished,
+        "code": snap.code,
+        "error": snap.error,
+        "last": snap.last,
+        "result": snap.result,
+    }

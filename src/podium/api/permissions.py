@@ -1,0 +1,127 @@
+"""``v1/content/{guid}/permissions``: who may view or collaborate on content."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from podium import auth, errors
+from podium.api import deps
+from podium.api.body import json_object
+from podium.api.content import managed_content, visible_content
+from podium.api.serialize import permission_json
+from podium.store.models import Content, Permission, User
+
+router = APIRouter()
+ROLES = ("viewer", "owner")
+
+
+def _check(session: Session, content: Content, body: dict[str, Any]) -> tuple[str, str, str]:
+    principal_type = body.get("principal_type", "user")
+    if principal_type != "user":
+        raise errors.bad_request(
+            f"principal_type {principal_type!r} is not supported: Podium has no groups yet; "
+            "use 'user'.", code=152,
+        )
+    role = body.get("role")
+    if role not in ROLES:
+        raise errors.bad_request(
+            f"role must be 'viewer' or 'owner' (collaborator); got {role!r}.", code=153
+        )
+    principal_guid = body.get("principal_guid")
+    user = session.scalar(select(User).where(User.guid == str(principal_guid)))
+    if user is None:
+        raise errors.not_found("user", str(principal_guid))
+    if user.id == content.owner_id:
+        raise errors.bad_request("The owner of content cannot be added as a collaborator or viewer.", code=34)
+    if role == "owner" and not auth.at_least(user, "publisher"):
+        raise errors.bad_request(
+            f"{user.username} is a viewer; only publishers and administrators can collaborate.",
+            code=33,
+        )
+    return user.guid, principal_type, role
+
+
+def _load(session: Session, content: Content, permission_id: str) -> Permission:
+    permission = session.get(Permission, int(permission_id)) if permission_id.isdigit() else None
+    if permission is None or permission.content_id != content.id:
+        raise errors.not_found("permission", permission_id)
+    return permission
+
+
+@router.get("/v1/content/{guid}/permissions")
+def list_permissions(
+    guid: str, session: Session = Depends(deps.db), user: User = Depends(deps.user)
+) -> list[dict[str, Any]]:
+    content = visible_content(session, user, guid)
+    items = session.scalars(
+        select(Permission).where(Permission.content_id == content.id).order_by(Permission.id)
+    )
+    return [permission_json(p, content) for p in items]
+
+
+@router.post("/v1/content/{guid}/permissions")
+async def add_permission(
+    guid: str,
+    request: Request,
+    session: Session = Depends(deps.db),
+    user: User = Depends(deps.user),
+) -> dict[str, Any]:
+    content = managed_content(session, user, guid)
+    principal_guid, principal_type, role = _check(session, content, await json_object(request))
+    existing = session.scalar(
+        select(Permission).where(
+            Permission.content_id == content.id, Permission.principal_guid == principal_guid
+        )
+    )
+    if existing is not None:
+        raise errors.ApiError(
+            409, 26, "This user already has a permission on this content; update it instead."
+        )
+    permission = Permission(
+        content_id=content.id, principal_guid=principal_guid, principal_type=principal_type, role=role
+    )
+    session.add(permission)
+    session.commit()
+    return permission_json(permission, content)
+
+
+@router.get("/v1/content/{guid}/permissions/{permission_id}")
+def get_permission(
+    guid: str, permission_id: str, session: Session = Depends(deps.db), user: User = Depends(deps.user)
+) -> dict[str, Any]:
+    content = visible_content(session, user, guid)
+    return permission_json(_load(session, content, permission_id), content)
+
+
+@router.put("/v1/content/{guid}/permissions/{permission_id}")
+async def update_permission(
+    guid: str,
+    permission_id: str,
+    request: Request,
+    session: Session = Depends(deps.db),
+    user: User = Depends(deps.user),
+) -> dict[str, Any]:
+    content = managed_content(session, user, guid)
+    permission = _load(session, content, permission_id)
+    body = await json_object(request)
+    body.setdefault("principal_guid", permission.principal_guid)
+    principal_guid, principal_type, role = _check(session, content, body)
+    permission.principal_guid, permission.principal_type, permission.role = (
+        principal_guid, principal_type, role,
+    )
+    session.commit()
+    return permission_json(permission, content)
+
+
+@router.delete("/v1/content/{guid}/permissions/{permission_id}", status_code=204)
+def delete_permission(
+    guid: str, permission_id: str, session: Session = Depends(deps.db), user: User = Depends(deps.user)
+) -> Response:
+    content = managed_content(session, user, guid)
+    session.delete(_load(session, content, permission_id))
+    session.commit()
+    return Response(status_code=204)

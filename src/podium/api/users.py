@@ -1,0 +1,174 @@
+"""``v1/user`` and ``v1/users``: the caller, and user administration."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from podium import auth, errors
+from podium.api import deps
+from podium.api.body import json_object
+from podium.api.serialize import user_json
+from podium.store.models import User
+
+router = APIRouter()
+USERNAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
+
+
+def check_username(value: Any) -> str:
+    if not isinstance(value, str) or not USERNAME_RE.match(value):
+        raise errors.bad_request(
+            f"The username {value!r} is not valid: start with a letter, then letters, digits, "
+            "'.', '_' or '-', at most 64 characters."
+        )
+    return value
+
+
+def check_role(value: Any) -> auth.Role:
+    if value not in auth.ROLES:
+        raise errors.bad_request(
+            f"user_role must be one of {', '.join(auth.ROLES)}; got {value!r}."
+        )
+    return value  # type: ignore[no-any-return]
+
+
+def _load(session: Session, guid: str) -> User:
+    user = session.scalar(select(User).where(User.guid == guid))
+    if user is None:
+        raise errors.not_found("user", guid)
+    return user
+
+
+@router.get("/v1/user")
+def me(user: User = Depends(deps.user)) -> dict[str, Any]:
+    return user_json(user)
+
+
+@router.get("/v1/users")
+def list_users(
+    prefix: str | None = None,
+    user_role: str | None = None,
+    account_status: str | None = None,
+    page_number: int = 1,
+    page_size: int = 20,
+    session: Session = Depends(deps.db),
+    _: User = Depends(deps.publisher),
+) -> dict[str, Any]:
+    query = select(User)
+    if prefix:
+        like = prefix.replace("%", r"\%").replace("_", r"\_") + "%"
+        query = query.where(
+            User.username.ilike(like, escape="\\") | User.email.ilike(like, escape="\\")
+            | User.first_name.ilike(like, escape="\\") | User.last_name.ilike(like, escape="\\")
+        )
+    if user_role:
+        query = query.where(User.user_role.in_(user_role.split("|")))
+    if account_status:
+        statuses = set(account_status.split("|"))
+        if statuses <= {"locked", "licensed", "inactive"}:
+            if "locked" in statuses and "licensed" not in statuses:
+                query = query.where(User.locked.is_(True))
+            elif "licensed" in statuses and "locked" not in statuses:
+                query = query.where(User.locked.is_(False))
+    page_size = max(1, min(page_size, 500))
+    page_number = max(1, page_number)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    users = session.scalars(
+        query.order_by(User.id).offset((page_number - 1) * page_size).limit(page_size)
+    )
+    return {
+        "results": [user_json(u) for u in users],
+        "current_page": page_number,
+        "total": total,
+    }
+
+
+@router.get("/v1/users/{guid}")
+def get_user(
+    guid: str, session: Session = Depends(deps.db), current: User = Depends(deps.user)
+) -> dict[str, Any]:
+    if guid != current.guid and not auth.at_least(current, "publisher"):
+        raise errors.forbidden("Viewers can only look up their own account.")
+    return user_json(_load(session, guid))
+
+
+@router.post("/v1/users")
+async def create_user(
+    request: Request,
+    session: Session = Depends(deps.db),
+    _: User = Depends(deps.administrator),
+) -> dict[str, Any]:
+    body = await json_object(request)
+    username = check_username(body.get("username"))
+    role = check_role(body.get("user_role", "viewer"))
+    password = body.get("password")
+    if password is not None and (not isinstance(password, str) or len(password) < 8):
+        raise errors.bad_request("The password must be at least 8 characters long.")
+    try:
+        user = auth.create_user(
+            session, username, role, password,
+            email=str(body.get("email") or ""),
+            first_name=str(body.get("first_name") or ""),
+            last_name=str(body.get("last_name") or ""),
+        )
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise errors.ApiError(409, 26, f"A user named {username!r} already exists.") from None
+    return user_json(user)
+
+
+@router.put("/v1/users/{guid}")
+async def update_user(
+    guid: str,
+    request: Request,
+    session: Session = Depends(deps.db),
+    current: User = Depends(deps.user),
+) -> dict[str, Any]:
+    is_admin = auth.at_least(current, "administrator")
+    if guid != current.guid and not is_admin:
+        raise errors.forbidden("Only administrators can change other users.")
+    user = _load(session, guid)
+    body = await json_object(request)
+    for field in ("email", "first_name", "last_name"):
+        if field in body:
+            setattr(user, field, str(body[field] or ""))
+    if "username" in body and body["username"] != user.username:
+        if not is_admin:
+            raise errors.forbidden("Only administrators can rename users.")
+        user.username = check_username(body["username"])
+    if "user_role" in body and body["user_role"] != user.user_role:
+        if not is_admin:
+            raise errors.forbidden("Only administrators can change roles.")
+        if user.id == current.id:
+            raise errors.forbidden("Administrators cannot change their own role.")
+        user.user_role = check_role(body["user_role"])
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise errors.ApiError(409, 26, "That username is taken.") from None
+    return user_json(user)
+
+
+@router.post("/v1/users/{guid}/lock")
+async def lock_user(
+    guid: str,
+    request: Request,
+    session: Session = Depends(deps.db),
+    current: User = Depends(deps.administrator),
+) -> dict[str, Any]:
+    user = _load(session, guid)
+    locked = (await json_object(request)).get("locked")
+    if not isinstance(locked, bool):
+        raise errors.bad_request('The body must be {"locked": true} or {"locked": false}.')
+    if user.id == current.id:
+        raise errors.forbidden("You cannot lock your own account.")
+    user.locked = locked
+    session.commit()
+    return {}

@@ -1,0 +1,1 @@
+"""Serving content at ``/content/{guid}/`` (and drafts at ``/_bundle{id}/``)."""

@@ -1,0 +1,1 @@
+"""Browser pages: sign-in and sign-out (the dashboard builds on these)."""
