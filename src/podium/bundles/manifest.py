@@ -17,6 +17,8 @@ from typing import Any
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from podium.appmodes import APP_MODE_ORDINALS
+
 # Connect error codes used for refused bundles (the API renders them as
 # {"code": ..., "error": message, "payload": null}).
 MANIFEST_INVALID = 38
@@ -24,27 +26,8 @@ UNSAFE_ARCHIVE = 39
 LIMIT_EXCEEDED = 40
 CHECKSUM_MISMATCH = 104
 
-APP_MODES: tuple[str, ...] = (
-    "shiny",
-    "rmd-shiny",
-    "rmd-static",
-    "static",
-    "api",
-    "tensorflow-saved-model",
-    "jupyter-static",
-    "python-api",
-    "python-dash",
-    "python-streamlit",
-    "python-bokeh",
-    "python-fastapi",
-    "quarto-shiny",
-    "quarto-static",
-    "python-shiny",
-    "jupyter-voila",
-    "python-gradio",
-    "python-panel",
-    "nodejs",
-)
+# Every app mode a bundle may declare ("unknown" is only a content state).
+APP_MODES: tuple[str, ...] = tuple(mode for mode in APP_MODE_ORDINALS if mode != "unknown")
 
 _MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
 
