@@ -1,0 +1,247 @@
+"""The execution-backend interface: what a job is, how it is watched, how it ends.
+
+Every process Podium starts (a build, a render, a content process) is a *job*,
+described by a :class:`JobSpec` and launched through an :class:`ExecutionBackend`.
+The backend answers with a :class:`JobHandle`, a small JSON-serialisable record the
+caller stores in the DB, so that a restarted server can rebuild the handle and carry
+on watching, streaming and stopping the job.
+
+Backends are mechanism only: they start, watch, stop and stream. Readiness, timeouts,
+retries and restarts are policy and live in ``scheduler`` and ``build``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any, Literal, Protocol
+
+JobKind = Literal["build", "render", "run"]
+JOB_KINDS: tuple[JobKind, ...] = ("build", "render", "run")
+
+# Keys name directories, cgroups and Kubernetes objects and labels: a label value is at
+# most 63 characters of [A-Za-z0-9._-], starting and ending with an alphanumeric.
+# https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/#syntax-and-character-set
+_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
+
+
+def valid_key(key: str) -> bool:
+    """Whether ``key`` can name a job (a Kubernetes label value; safe as a file name)."""
+    return _KEY.fullmatch(key) is not None
+
+
+class BackendError(RuntimeError):
+    """A backend could not do what was asked.
+
+    ``reason`` is short and machine-readable (``"Conflict"``, ``"LaunchFailed"``),
+    ``message`` is safe to show a user, ``status`` is the HTTP status the API answers
+    with, and ``detail`` (never shown to users) keeps the underlying OS or client error
+    for the server log.
+    """
+
+    def __init__(
+        self, reason: str, message: str, *, status: int = 500, detail: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Resources:
+    """CPU in cores (fractional), memory in bytes; ``None`` or 0 means no request/limit.
+
+    Values arrive already resolved against the server defaults and maxima. Requests
+    are scheduling hints for Kubernetes; the local backend enforces only limits.
+    """
+
+    cpu_request: float | None = None
+    cpu_limit: float | None = None
+    memory_request: int | None = None
+    memory_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cpu_request", "cpu_limit", "memory_request", "memory_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must not be negative, got {value}")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a backend needs to run one job; no ORM objects.
+
+    ``env`` is the job's whole environment (backends add only what they document, such
+    as ``PORT`` for run jobs); ``workdir`` is the bundle directory as the job sees it;
+    ``port`` is the port a run job listens on, or ``None`` to let the backend choose one.
+    """
+
+    key: str
+    kind: JobKind
+    content_guid: str
+    image: str | None
+    command: list[str]
+    env: Mapping[str, str]
+    workdir: str
+    port: int | None
+    resources: Resources = Resources()
+    service_account: str | None = None
+
+    def __post_init__(self) -> None:
+        if not valid_key(self.key):
+            raise ValueError(
+                f"job key {self.key!r} must be 1-63 characters of [A-Za-z0-9._-], "
+                "starting and ending with a letter or digit"
+            )
+        if self.kind not in JOB_KINDS:
+            raise ValueError(f"job kind must be one of {JOB_KINDS}, got {self.kind!r}")
+        if not self.command:
+            raise ValueError("a job needs a command")
+        if self.port is not None and not 0 < self.port < 65536:
+            raise ValueError(f"port must be between 1 and 65535, got {self.port}")
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """A launched job, as stored in the DB: which backend, which key, backend data.
+
+    ``data`` is backend-specific and JSON-serialisable; callers treat it as opaque. A
+    handle rebuilt with :meth:`from_json` after a server restart works like the original.
+    """
+
+    backend: str
+    key: str
+    data: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def to_json(self) -> str:
+        return json.dumps({"backend": self.backend, "key": self.key, "data": dict(self.data)})
+
+    @classmethod
+    def from_json(cls, text: str) -> JobHandle:
+        raw = json.loads(text)
+        if not isinstance(raw, dict) or not isinstance(raw.get("data", {}), dict):
+            message = "a job handle is a JSON object with backend, key and data"
+            raise ValueError(message)  # noqa: TRY004 (bad JSON content, as json.loads raises)
+        return cls(backend=str(raw["backend"]), key=str(raw["key"]), data=raw.get("data", {}))
+
+
+class JobState(str, Enum):
+    """Where a job is in its life. Only PENDING and RUNNING are :attr:`active`."""
+
+    PENDING = "pending"  # accepted, no process yet (e.g. a pod being scheduled)
+    RUNNING = "running"  # a process exists; readiness is the scheduler's call
+    SUCCEEDED = "succeeded"  # exited 0 on its own
+    FAILED = "failed"  # exited non-zero, was killed, could not start, or was lost
+    STOPPED = "stopped"  # ended because stop() was called while it was active
+    UNKNOWN = "unknown"  # the backend has no record of this job
+
+    @property
+    def active(self) -> bool:
+        return self in (JobState.PENDING, JobState.RUNNING)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job's state, with the exit code and a reason once it has ended.
+
+    ``reason`` is short and machine-readable: ``"Completed"``, ``"Exited"``,
+    ``"Signalled"``, ``"OOMKilled"``, ``"StartError"``, ``"Stopped"``, ``"Lost"``,
+    ``"NotFound"`` (backends may add their own, such as ``"ImagePullBackOff"``).
+    ``message`` is safe to show a user. A process killed by signal N has exit code
+    128 + N, as container runtimes report it.
+    """
+
+    state: JobState
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line of a job's output (without its newline), with the time it was read."""
+
+    stream: Literal["stdout", "stderr"]
+    timestamp: datetime
+    data: str
+
+
+class ExecutionBackend(Protocol):
+    """Starts, watches, stops and streams jobs. One contract test suite covers them all.
+
+    Lifecycle rules every backend keeps:
+
+    - **Handles outlive servers.** A handle rebuilt from :meth:`JobHandle.to_json` by a
+      new backend instance (after a server restart) answers :meth:`status`,
+      :meth:`address`, :meth:`logs` and :meth:`stop` exactly like the original.
+    - **Unknown handles are not errors.** For a handle the backend has no record of,
+      :meth:`status` is UNKNOWN with reason ``"NotFound"``, :meth:`address` is ``None``,
+      :meth:`logs` yields nothing and :meth:`stop` does nothing. A handle made by a
+      different backend raises :class:`BackendError` (``"WrongBackend"``).
+    - **Jobs outlive the backend object.** :meth:`close` releases the backend's own
+      resources and leaves jobs running; :meth:`list_jobs` finds them again.
+    - Errors from the OS or a client library leave a backend only as
+      :class:`BackendError`.
+    """
+
+    name: str
+
+    async def launch(self, spec: JobSpec) -> JobHandle:
+        """Create the job and return its handle once the backend has accepted it.
+
+        Returns once the job exists: for the local backend, once its process runs
+        (status RUNNING, or FAILED already if the command could not start: a command
+        that cannot be started is a failed job, reported by :meth:`status` with reason
+        ``"StartError"``, not an exception). Launching a key that already exists
+        returns the existing job's handle, whatever its state (keys are single-use).
+        Raises :class:`BackendError` only when the job could not be created at all.
+        """
+        ...
+
+    async def status(self, handle: JobHandle) -> JobStatus:
+        """The job's state now.
+
+        PENDING until a process exists, RUNNING while it runs (the backend does not
+        judge readiness), then SUCCEEDED (exit code 0), FAILED (with ``exit_code`` when
+        there is one, and a ``reason``), or STOPPED once :meth:`stop` ended it. A job
+        whose processes vanished without an exit status (its supervisor was killed, the
+        host restarted) is FAILED with reason ``"Lost"``. Final states never change.
+        """
+        ...
+
+    async def address(self, handle: JobHandle) -> tuple[str, int] | None:
+        """Host and port to reach a RUNNING run job at; ``None`` in any other case.
+
+        An address is not readiness: the process may not listen yet.
+        """
+        ...
+
+    def logs(self, handle: JobHandle, follow: bool = False) -> AsyncIterator[LogLine]:
+        """The job's output so far, in order; with ``follow``, also new lines until the
+        job has ended (then the iterator finishes). Lines of an ended job stay
+        readable; an unknown handle yields nothing."""
+        ...
+
+    async def stop(self, handle: JobHandle, grace_seconds: float) -> None:
+        """End the job and everything it started: SIGTERM (or the backend's equivalent),
+        then SIGKILL after ``grace_seconds``. Returns once the job has ended; its status
+        is then STOPPED. Idempotent: an ended or unknown job is left as it is."""
+        ...
+
+    async def list_jobs(self) -> list[JobHandle]:
+        """Handles of every job of this backend that is still active, including jobs
+        launched by an earlier server process, so a restarted server can adopt the ones
+        it wants and stop the others."""
+        ...
+
+    async def close(self) -> None:
+        """Release the backend's own resources; running jobs keep running."""
+        ...
