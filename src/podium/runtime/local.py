@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -262,31 +263,30 @@ class LocalBackend:
         # The supervisor's own environment is not the job's (that travels in the
         # payload), and carries none of the server's settings or secrets.
         env = {k: os.environ[k] for k in ("LD_LIBRARY_PATH",) if k in os.environ}
+        # A plain subprocess in a thread, not the event loop's: under uvloop the
+        # launcher's pipes stay open in the daemonised supervisor, so EOF never comes.
         try:
-            launcher = await asyncio.create_subprocess_exec(
-                self.python, "-I", "-S", str(SUPERVISOR),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [self.python, "-I", "-S", str(SUPERVISOR)],
+                input=json.dumps(payload).encode(),
+                capture_output=True,
                 cwd="/",
                 env=env,
+                timeout=LAUNCH_TIMEOUT_SECONDS,
+                check=False,
             )
         except OSError as error:
             raise BackendError(
                 "LaunchFailed", "Could not start the job supervisor.", detail=str(error)
             ) from error
-        try:
-            out, err = await asyncio.wait_for(
-                launcher.communicate(json.dumps(payload).encode()), LAUNCH_TIMEOUT_SECONDS
-            )
-        except TimeoutError:
-            launcher.kill()
-            await launcher.wait()
+        except subprocess.TimeoutExpired:
             raise BackendError(
                 "LaunchTimeout",
                 f"The job did not start within {LAUNCH_TIMEOUT_SECONDS:g} s.",
                 status=503,
             ) from None
+        out, err = done.stdout, done.stderr
         try:
             record = json.loads(out.splitlines()[0])
         except (IndexError, ValueError):
