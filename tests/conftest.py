@@ -151,7 +151,7 @@ def start_server(
         try:
             if requests.get(f"{server.url}/__api__/server_settings", timeout=1).ok:
                 return server
-        except requests.ConnectionError:
+        except requests.RequestException:
             time.sleep(0.05)
     server.stop()
     raise RuntimeError(f"podium serve did not answer within 30 s:\n{server.log()}")

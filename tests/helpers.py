@@ -6,7 +6,10 @@ import hashlib
 import io
 import json
 import tarfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.conftest import RunningServer
 
 
 def tar_gz(files: dict[str, bytes | str]) -> bytes:
@@ -49,3 +52,35 @@ def fastapi_bundle() -> bytes:
         "files": {"requirements.txt": {}, "app.py": {}},
     }
     return tar_gz({"manifest.json": json.dumps(manifest), "requirements.txt": "fastapi\n", "app.py": app})
+
+
+def _api(server: RunningServer, path: str) -> str:
+    return f"{server.url}/__api__/{path}"
+
+
+def deploy(server: RunningServer, key: str, guid: str, archive: bytes, activate: bool = True) -> tuple[str, dict[str, Any]]:
+    client = server.api(key)
+    bundle = client.post(_api(server, f"v1/content/{guid}/bundles"), data=archive)
+    assert bundle.status_code == 200, bundle.text
+    bundle_id = bundle.json()["id"]
+    body: dict[str, Any] = {"bundle_id": bundle_id}
+    if not activate:
+        body["activate"] = False
+    task_id = client.post(_api(server, f"v1/content/{guid}/deploy"), json=body).json()["task_id"]
+    return bundle_id, wait_task(server, key, task_id)
+
+
+def wait_task(server: RunningServer, key: str, task_id: str) -> dict[str, Any]:
+    client = server.api(key)
+    import time
+
+    first, lines = 0, []
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        task = client.get(_api(server, f"v1/tasks/{task_id}"), params={"first": first, "wait": 1}).json()
+        lines += task["output"]
+        first = task["last"]
+        if task["finished"]:
+            task["all_output"] = lines
+            return task
+    raise AssertionError("task did not finish")

@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 import requests
-
 from tests.conftest import RunningServer
-from tests.helpers import fastapi_bundle, static_bundle
+from tests.helpers import deploy, fastapi_bundle, static_bundle, wait_task
 
 pytestmark = pytest.mark.integration
 
@@ -50,31 +49,6 @@ def new_content(server: RunningServer, keys: dict[str, str], who: str = "pub", *
     made = as_(server, keys, who).post(api(server, "v1/content"), json={"name": name, **fields})
     assert made.status_code == 200, made.text
     return made.json()
-
-
-def deploy(server: RunningServer, key: str, guid: str, archive: bytes, activate: bool = True) -> tuple[str, dict[str, Any]]:
-    client = server.api(key)
-    bundle = client.post(api(server, f"v1/content/{guid}/bundles"), data=archive)
-    assert bundle.status_code == 200, bundle.text
-    bundle_id = bundle.json()["id"]
-    body: dict[str, Any] = {"bundle_id": bundle_id}
-    if not activate:
-        body["activate"] = False
-    task_id = client.post(api(server, f"v1/content/{guid}/deploy"), json=body).json()["task_id"]
-    return bundle_id, wait_task(server, key, task_id)
-
-
-def wait_task(server: RunningServer, key: str, task_id: str) -> dict[str, Any]:
-    client = server.api(key)
-    first, lines = 0, []
-    for _ in range(200):
-        task = client.get(api(server, f"v1/tasks/{task_id}"), params={"first": first, "wait": 1}).json()
-        lines += task["output"]
-        first = task["last"]
-        if task["finished"]:
-            task["all_output"] = lines
-            return task
-    raise AssertionError("task did not finish")
 
 
 # --- server and users ------------------------------------------------------------------------
@@ -365,12 +339,18 @@ def test_task_long_poll_and_visibility(server: RunningServer, keys: dict[str, st
     assert_error(client.get(api(server, f"v1/tasks/{uuid.uuid4()}")), 404, 4)
 
 
-def test_deploy_unsupported_mode_fails_task_and_keeps_previous(server: RunningServer, keys: dict[str, str]) -> None:
-    item = new_content(server, keys)
-    _, task = deploy(server, keys["pub"], item["guid"], fastapi_bundle())
-    if task["code"] == 0:
-        pytest.skip("this server builds Python content")
-    assert task["error"] and task["finished"]
+def test_deploy_unsupported_mode_fails_task(server: RunningServer, keys: dict[str, str]) -> None:
+    import json as _json
+
+    from tests.helpers import tar_gz
+
+    item = new_content(server, keys, access_type="all")
+    manifest = {"version": 1, "metadata": {"appmode": "tensorflow-saved-model"}, "files": {}}
+    _, task = deploy(server, keys["pub"], item["guid"], tar_gz({"manifest.json": _json.dumps(manifest)}))
+    assert task["finished"] and task["code"] != 0
+    assert "cannot run 'tensorflow-saved-model'" in task["error"]
+    content = server.api(keys["pub"]).get(api(server, f"v1/content/{item['guid']}")).json()
+    assert content["bundle_id"] is None and content["app_mode"] == "unknown"
 
 
 # --- environment variables and permissions -----------------------------------------------------
@@ -455,3 +435,19 @@ def test_openapi_document_served(server: RunningServer) -> None:
     spec = requests.get(api(server, "openapi.json")).json()
     assert "/__api__/v1/content" in spec["paths"]
     assert requests.get(f"{server.url}/__docs__").status_code == 200
+
+
+def test_api_keys_created_listed_and_revoked(server: RunningServer, keys: dict[str, str]) -> None:
+    me = server.api(keys["pub"]).get(api(server, "v1/user")).json()
+    url = api(server, f"v1/users/{me['guid']}/keys")
+    made = server.api(keys["pub"]).post(url, json={"name": "laptop"})
+    assert made.status_code == 200, made.text
+    new_key = made.json()["key"]
+    assert server.api(new_key).get(api(server, "v1/user")).json()["username"] == "pub"
+    listed = server.api(keys["pub"]).get(url).json()
+    assert "laptop" in {k["name"] for k in listed} and all("key" not in k for k in listed)
+    assert_error(server.api(keys["pub"]).post(url, json={}), 400, 62)
+    assert_error(server.api(keys["pub2"]).post(url, json={"name": "steal"}), 403, 22)
+    assert_error(server.api(keys["pub2"]).get(url), 403, 22)
+    assert server.api(new_key).delete(f"{url}/{made.json()['id']}").status_code == 204
+    assert_error(server.api(new_key).get(api(server, "v1/user")), 401, 30)

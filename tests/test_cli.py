@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from tests.conftest import PODIUM, free_port
 
 pytestmark = pytest.mark.integration

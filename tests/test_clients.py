@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from tests.conftest import RunningServer
 
 pytestmark = pytest.mark.integration
@@ -99,7 +98,6 @@ def test_rsconnect_deploy_with_env_vars_and_title(server: RunningServer, site: P
 
 def test_posit_sdk_content_lifecycle(server: RunningServer, tmp_path: Path) -> None:
     from posit import connect
-
     from tests.helpers import static_bundle
 
     key = server.user_key("sdk_user", "publisher")

@@ -12,8 +12,10 @@ from podium.settings import Settings, SettingsError, defaults_toml, load_setting
 
 def test_settings_defaults_toml_lists_every_setting_with_help() -> None:
     text = defaults_toml()
-    uncommented = "\n".join(line[2:] if line.startswith("# ") and " = " in line else line
-                            for line in text.splitlines())
+    import re
+
+    setting_line = re.compile(r"^# [a-z_]+ = ")
+    uncommented = "\n".join(line[2:] if setting_line.match(line) else line for line in text.splitlines())
     parsed = tomllib.loads(uncommented)
     names = {key for table in parsed.values() for key in table}
     assert names == set(Settings.model_fields)

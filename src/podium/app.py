@@ -13,7 +13,7 @@ from sqlalchemy import update
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from podium import __version__, errors
-from podium.api import bundles, content, deploy, env_vars, permissions, server, users
+from podium.api import bundles, content, deploy, env_vars, jobs, keys, permissions, server, users
 from podium.context import Podium, open_podium
 from podium.proxy import routes as content_routes
 from podium.settings import Settings
@@ -74,9 +74,13 @@ def create_app(settings: Settings, ctx: Podium | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         _fail_interrupted_tasks(ctx)
+        await ctx.scheduler.adopt(ctx.wanted_target)
+        ctx.scheduler.start()
         log.info("Podium %s serving on %s", __version__, settings.listen)
         yield
         await ctx.tasks.shutdown()
+        await ctx.scheduler.close(stop_processes=not settings.keep_processes_on_shutdown)
+        await ctx.backend.close()
         ctx.store.dispose()
 
     app = FastAPI(
@@ -90,7 +94,7 @@ def create_app(settings: Settings, ctx: Podium | None = None) -> FastAPI:
     )
     app.state.podium = ctx
     _install_error_handlers(app)
-    for module in (server, users, content, bundles, deploy, env_vars, permissions):
+    for module in (server, users, keys, content, bundles, deploy, env_vars, permissions, jobs):
         app.include_router(module.router, prefix=API)
     app.include_router(content_routes.router)
     app.include_router(login.router)

@@ -43,3 +43,17 @@ INTERACTIVE = frozenset(
     }
 )
 RENDERED = frozenset({"rmd-static", "jupyter-static", "quarto-static"})
+# Python app modes Podium builds a package environment for and runs as processes.
+PYTHON_INTERACTIVE = frozenset(
+    {
+        "python-fastapi",
+        "python-api",
+        "python-dash",
+        "python-streamlit",
+        "python-shiny",
+        "python-bokeh",
+        "python-panel",
+        "python-gradio",
+        "jupyter-voila",
+    }
+)

@@ -54,9 +54,6 @@ def serve(
     ] = None,
 ) -> None:
     """Start the server (API, content and dashboard)."""
-    import uvicorn
-
-    from podium.app import create_app
     from podium.bootstrap import bootstrap_admin, has_users
     from podium.context import open_podium
 
@@ -74,17 +71,9 @@ def serve(
             f"  Publish with:  rsconnect add -n podium -s {settings.effective_public_url} "
             f"-k {account.api_key}\n"
         )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, ctx),
-            host=settings.host,
-            port=settings.port,
-            proxy_headers=False,
-            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-            log_level="info",
-        )
-    )
-    server.run()
+    from podium.serve import run
+
+    run(settings, ctx)
 
 
 @app.command()

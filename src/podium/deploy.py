@@ -1,9 +1,10 @@
 """Deploying a bundle: the task behind ``POST v1/content/{guid}/deploy``.
 
-A deploy prepares the bundle to run (for static content there is nothing to
-build) and, when asked to activate, makes it the content's active bundle in
-one database write: viewers switch from the old bundle to the new one at once,
-and a failed deploy leaves the previous bundle active and serving.
+A deploy prepares the bundle to run (static content needs nothing; Python
+content gets its package environment, built or reused) and, when asked to
+activate, makes it the content's active bundle in one database write: viewers
+switch from the old bundle to the new one at once, and a failed deploy leaves
+the previous bundle active and serving.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from podium.appmodes import PYTHON_INTERACTIVE
 from podium.context import Podium
+from podium.runtime import Resources
 from podium.store.models import Bundle, Content, utcnow
 from podium.tasks import TaskFailed, TaskOutput
 
 log = logging.getLogger(__name__)
-# App modes this server can serve; others are refused with a clear message.
-SUPPORTED_APP_MODES = {"static"}
+SUPPORTED_APP_MODES = frozenset({"static"}) | PYTHON_INTERACTIVE
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,37 @@ class DeployRequest:
     content_id: int
     bundle_id: int
     activate: bool
+
+
+async def _prepare_python(ctx: Podium, request: DeployRequest, out: TaskOutput) -> None:
+    from podium.apps import RUNTIME_REQUIREMENTS
+    from podium.build import BuildRequest
+
+    with ctx.store.session() as session:
+        content = session.get(Content, request.content_id)
+        bundle = session.get(Bundle, request.bundle_id)
+        if content is None or bundle is None:
+            raise TaskFailed("The content or bundle was deleted during the deploy.")
+        build = BuildRequest(
+            content_id=content.id,
+            content_guid=content.guid,
+            bundle_id=bundle.id,
+            bundle_dir=ctx.bundle_dir(content.id, bundle.id).resolve(),
+            manifest=dict(bundle.manifest),
+            extra_requirements=list(RUNTIME_REQUIREMENTS.get(bundle.app_mode, [])),
+            resources=Resources(cpu_limit=content.cpu_limit, memory_limit=content.memory_limit),
+        )
+    built = await ctx.builder.ensure(build, out)
+    with ctx.store.session() as session:
+        bundle = session.get(Bundle, request.bundle_id)
+        if bundle is None:
+            raise TaskFailed("The bundle was deleted during the deploy.")
+        bundle.env_fingerprint = built.fingerprint
+        bundle.python_path = built.python
+        bundle.py_version = built.python_version
+        bundle.py_environment_management = built.managed
+        bundle.cluster_name = "Local"
+        bundle.image_name = "Local"
 
 
 async def run_deploy(ctx: Podium, request: DeployRequest, out: TaskOutput) -> dict[str, Any] | None:
@@ -42,7 +75,11 @@ async def run_deploy(ctx: Podium, request: DeployRequest, out: TaskOutput) -> di
                 f"This Podium server cannot run {app_mode!r} content yet; supported app modes: "
                 f"{', '.join(sorted(SUPPORTED_APP_MODES))}."
             )
-        out.line("Static content: nothing to build.")
+        if app_mode in PYTHON_INTERACTIVE:
+            await _prepare_python(ctx, request, out)
+        else:
+            out.line("Static content: nothing to build.")
+        ctx.content_changed(guid)
         if not request.activate:
             out.line(
                 f"Bundle {request.bundle_id} is ready as a draft at "
@@ -51,11 +88,18 @@ async def run_deploy(ctx: Podium, request: DeployRequest, out: TaskOutput) -> di
             return None
         with ctx.store.session() as session:
             content = session.get(Content, request.content_id)
-            if content is None:
+            bundle = session.get(Bundle, request.bundle_id)
+            if content is None or bundle is None:
                 raise TaskFailed("The content was deleted during the deploy.")
             content.bundle_id = request.bundle_id
             content.app_mode = app_mode
             content.last_deployed_time = utcnow()
+            for field in ("cluster_name", "image_name", "environment_guid", "py_version",
+                          "r_version", "quarto_version", "py_environment_management",
+                          "r_environment_management"):
+                setattr(content, field, getattr(bundle, field))
+        ctx.content_changed(guid)
+        ctx.scheduler.retire(request.content_id, request.bundle_id, f"/content/{guid}/")
         log.info("content %s: activated bundle %s", guid, request.bundle_id)
         out.line(f"Activated bundle {request.bundle_id}; serving at {ctx.content_url(guid)}")
         return None

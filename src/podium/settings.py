@@ -104,6 +104,86 @@ class Settings(BaseSettings):
         30.0, "tasks", "Longest time GET v1/tasks/{id}?wait=N holds a request before answering."
     )
 
+    # [python]
+    python_installations: list[str] = setting(
+        [],
+        "python",
+        "Python interpreters content may use, as paths. Empty means discover them: python3.X "
+        "on PATH, /usr/bin, /usr/local/bin and pyenv's versions.",
+    )
+    python_version_matching: str = setting(
+        "major-minor",
+        "python",
+        "How a bundle's Python version picks an interpreter when its manifest has no "
+        "environment.python.requires: 'major-minor' (same 3.X, newest patch) or 'exact'.",
+        pattern="^(major-minor|exact)$",
+    )
+    package_index_url: str = setting(
+        "",
+        "python",
+        "Package index builds install from (uv --index-url). Empty means uv's default (PyPI) "
+        "or UV_INDEX_URL from the server's environment.",
+    )
+    build_timeout_seconds: int = setting(
+        1800, "python", "Longest time a package environment build may take before it is stopped."
+    )
+
+    # [scheduler]
+    min_processes: int = setting(
+        0, "scheduler", "Default processes kept running per interactive content, even idle."
+    )
+    max_processes: int = setting(
+        3, "scheduler", "Default most processes per interactive content (per server node)."
+    )
+    max_conns_per_process: int = setting(
+        20, "scheduler", "Default most concurrent connections one process serves."
+    )
+    load_factor: float = setting(
+        0.5,
+        "scheduler",
+        "Default eagerness to start another process (0.0-1.0): one starts when the least loaded "
+        "process has ceil(load_factor * max_conns_per_process) connections.",
+        ge=0.0,
+        le=1.0,
+    )
+    idle_timeout_seconds: int = setting(
+        120,
+        "scheduler",
+        "Default time a process above min_processes may sit with no connections before it is "
+        "stopped (Connect uses 5; a longer default spares viewers cold starts).",
+    )
+    init_timeout_seconds: int = setting(
+        60, "scheduler", "Default time a new process has to answer HTTP before it counts as failed."
+    )
+    connection_timeout_seconds: int = setting(
+        3600,
+        "scheduler",
+        "Default longest time a proxied connection may carry no data either way (0 = no limit).",
+    )
+    read_timeout_seconds: int = setting(
+        3600,
+        "scheduler",
+        "Default longest time a proxied connection may receive nothing from the viewer (0 = no "
+        "limit).",
+    )
+    min_processes_limit: int = setting(
+        20, "scheduler", "Highest min_processes a content item may ask for."
+    )
+    max_processes_limit: int = setting(
+        20, "scheduler", "Highest max_processes a content item may ask for."
+    )
+    stop_grace_seconds: float = setting(
+        5.0,
+        "scheduler",
+        "When stopping a process, time between SIGTERM and SIGKILL.",
+    )
+    keep_processes_on_shutdown: bool = setting(
+        False,
+        "scheduler",
+        "Leave content processes running when the server stops, to be adopted by the next "
+        "start. Off: a clean shutdown stops them (after a crash they are adopted either way).",
+    )
+
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:

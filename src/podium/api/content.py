@@ -155,6 +155,7 @@ async def update_content(
     except IntegrityError:
         session.rollback()
         raise errors.name_exists(str(body.get("name"))) from None
+    ctx.content_changed(content.guid)
     return content_json(ctx, content, auth.app_role(session, user, content))
 
 
@@ -169,6 +170,8 @@ def delete_content(
     content_id = content.id
     session.delete(content)
     session.commit()
+    ctx.content_changed(guid)
+    ctx.scheduler.retire(content_id, None, None)
     for path in (ctx.data_dir / "apps" / str(content_id), ctx.data_dir / "bundles" / str(content_id)):
         shutil.rmtree(path, ignore_errors=True)
     return Response(status_code=204)

@@ -13,6 +13,7 @@ from podium.api import deps
 from podium.api.body import json_object
 from podium.api.content import managed_content, visible_content
 from podium.api.serialize import permission_json
+from podium.context import Podium
 from podium.store.models import Content, Permission, User
 
 router = APIRouter()
@@ -69,6 +70,7 @@ async def add_permission(
     request: Request,
     session: Session = Depends(deps.db),
     user: User = Depends(deps.user),
+    ctx: Podium = Depends(deps.podium),
 ) -> dict[str, Any]:
     content = managed_content(session, user, guid)
     principal_guid, principal_type, role = _check(session, content, await json_object(request))
@@ -86,6 +88,7 @@ async def add_permission(
     )
     session.add(permission)
     session.commit()
+    ctx.content_changed(content.guid)
     return permission_json(permission, content)
 
 
@@ -104,6 +107,7 @@ async def update_permission(
     request: Request,
     session: Session = Depends(deps.db),
     user: User = Depends(deps.user),
+    ctx: Podium = Depends(deps.podium),
 ) -> dict[str, Any]:
     content = managed_content(session, user, guid)
     permission = _load(session, content, permission_id)
@@ -114,14 +118,20 @@ async def update_permission(
         principal_guid, principal_type, role,
     )
     session.commit()
+    ctx.content_changed(content.guid)
     return permission_json(permission, content)
 
 
 @router.delete("/v1/content/{guid}/permissions/{permission_id}", status_code=204)
 def delete_permission(
-    guid: str, permission_id: str, session: Session = Depends(deps.db), user: User = Depends(deps.user)
+    guid: str,
+    permission_id: str,
+    session: Session = Depends(deps.db),
+    user: User = Depends(deps.user),
+    ctx: Podium = Depends(deps.podium),
 ) -> Response:
     content = managed_content(session, user, guid)
     session.delete(_load(session, content, permission_id))
     session.commit()
+    ctx.content_changed(content.guid)
     return Response(status_code=204)

@@ -14,6 +14,7 @@ from podium import auth, errors
 from podium.api import deps
 from podium.api.body import json_object
 from podium.api.serialize import user_json
+from podium.context import Podium
 from podium.store.models import User
 
 router = APIRouter()
@@ -129,6 +130,7 @@ async def update_user(
     request: Request,
     session: Session = Depends(deps.db),
     current: User = Depends(deps.user),
+    ctx: Podium = Depends(deps.podium),
 ) -> dict[str, Any]:
     is_admin = auth.at_least(current, "administrator")
     if guid != current.guid and not is_admin:
@@ -153,6 +155,7 @@ async def update_user(
     except IntegrityError:
         session.rollback()
         raise errors.ApiError(409, 26, "That username is taken.") from None
+    ctx.users_changed()
     return user_json(user)
 
 
@@ -162,6 +165,7 @@ async def lock_user(
     request: Request,
     session: Session = Depends(deps.db),
     current: User = Depends(deps.administrator),
+    ctx: Podium = Depends(deps.podium),
 ) -> dict[str, Any]:
     user = _load(session, guid)
     locked = (await json_object(request)).get("locked")
@@ -171,4 +175,5 @@ async def lock_user(
         raise errors.forbidden("You cannot lock your own account.")
     user.locked = locked
     session.commit()
+    ctx.users_changed()
     return {}

@@ -169,6 +169,9 @@ class Bundle(Base):
     quarto_version: Mapped[str | None] = mapped_column(String(32), nullable=True)
     py_environment_management: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     r_environment_management: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # The package environment (envs/<fingerprint>) this bundle runs with, set by its build.
+    env_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    python_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
 
     content: Mapped[Content] = relationship()
     created_by: Mapped[User | None] = relationship()
@@ -222,3 +225,33 @@ class Permission(Base):
     principal_guid: Mapped[str] = mapped_column(String(36), index=True)
     principal_type: Mapped[str] = mapped_column(String(8), default="user")
     role: Mapped[str] = mapped_column(String(8))
+
+
+class Job(Base):
+    """One process launched through an execution backend: a build, render or run."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    content_id: Mapped[int] = mapped_column(ForeignKey("content.id", ondelete="CASCADE"), index=True)
+    bundle_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    tag: Mapped[str] = mapped_column(String(32))
+    # Connect's job status: 0 active, 1 finished, 2 finalized.
+    status: Mapped[int] = mapped_column(Integer, default=0, index=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str] = mapped_column(Text, default="")
+    hostname: Mapped[str] = mapped_column(String(256), default="")
+    backend: Mapped[str] = mapped_column(String(32))
+    handle: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    image: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    queued_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    start_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    end_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_heartbeat_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # What the scheduler needs to adopt a run job after a restart (its public path, ...).
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    content: Mapped[Content] = relationship()

@@ -1,0 +1,207 @@
+"""Package environments: one venv per fingerprint, built with uv as a build job.
+
+A bundle's environment is identified by a fingerprint of the interpreter
+version, its normalised requirements and the runtime packages Podium adds. The
+first bundle with a fingerprint builds ``envs/<fingerprint>/`` through the
+execution backend (so the build runs where content runs, with its limits and
+logs); every later bundle with the same fingerprint reuses it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from podium.build.fingerprint import fingerprint, normalise_requirements
+from podium.build.python import NoCompatiblePython, PythonInstallation, choose_python
+from podium.jobs import JobRunner, new_job_key
+from podium.runtime import JobSpec, JobState, Resources
+from podium.tasks import TaskFailed, TaskOutput
+
+log = logging.getLogger(__name__)
+READY_MARKER = ".podium-ready"
+# Network settings of the server that builds need to reach the package index
+# (TLS trust stores and proxies), passed through to build jobs as they are.
+_PASSTHROUGH = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY",
+                "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy")
+_TAIL_LINES = 20
+
+__all__ = ["BuildRequest", "BuiltEnvironment", "Builder", "NoCompatiblePython"]
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    content_id: int
+    content_guid: str
+    bundle_id: int
+    bundle_dir: Path
+    manifest: dict[str, Any]
+    extra_requirements: list[str]
+    resources: Resources = Resources()
+
+
+@dataclass(frozen=True)
+class BuiltEnvironment:
+    fingerprint: str
+    python: str  # the interpreter content runs with (the venv's, or the installation's)
+    python_version: str
+    managed: bool
+    reused: bool
+
+
+def _requirements_file(bundle_dir: Path, manifest: dict[str, Any]) -> Path | None:
+    python = manifest.get("python") or {}
+    name = (python.get("package_manager") or {}).get("package_file") or "requirements.txt"
+    root = bundle_dir.resolve()
+    path = (root / name).resolve()
+    if root not in path.parents:
+        raise TaskFailed(f"manifest python.package_manager.package_file {name!r} is outside the bundle.")
+    return path if path.is_file() else None
+
+
+class Builder:
+    def __init__(
+        self,
+        jobs: JobRunner,
+        envs_dir: Path,
+        cache_dir: Path,
+        uv_path: str,
+        installations: list[PythonInstallation],
+        version_matching: str,
+        index_url: str,
+        timeout_seconds: int,
+    ) -> None:
+        self.jobs = jobs
+        self.envs_dir = envs_dir
+        self.cache_dir = cache_dir
+        self.uv_path = uv_path
+        self.installations = installations
+        self.version_matching = version_matching
+        self.index_url = index_url
+        self.timeout_seconds = timeout_seconds
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def env_path(self, fp: str) -> Path:
+        return self.envs_dir / fp
+
+    def python_of(self, fp: str) -> Path:
+        return self.env_path(fp) / "bin" / "python"
+
+    async def ensure(self, request: BuildRequest, out: TaskOutput) -> BuiltEnvironment:
+        manifest = request.manifest
+        python = manifest.get("python") or {}
+        environment = manifest.get("environment") or {}
+        requires = (environment.get("python") or {}).get("requires")
+        try:
+            chosen, why = choose_python(
+                self.installations, requires, python.get("version"), self.version_matching
+            )
+        except NoCompatiblePython as exc:
+            raise TaskFailed(str(exc)) from None
+        out.line(f"Bundle requested Python {requires or python.get('version') or 'any'}; {why}.")
+        out.line(f"Using {chosen.path}")
+        managed = (environment.get("environment_management") or {}).get("python") is not False
+        requirements_path = _requirements_file(request.bundle_dir, manifest)
+        requirements = (
+            normalise_requirements(requirements_path.read_text(errors="replace"))
+            if requirements_path and managed
+            else []
+        )
+        extra = request.extra_requirements if managed else []
+        fp = fingerprint(chosen.version_text, requirements, extra, managed)
+        if not managed:
+            out.line("environment_management is off: packages are used as installed with the interpreter.")
+            return BuiltEnvironment(fp, chosen.path, chosen.version_text, False, True)
+        lock = self._locks.setdefault(fp, asyncio.Lock())
+        async with lock:
+            if (self.env_path(fp) / READY_MARKER).exists():
+                out.line(f"Reusing package environment {fp}: requirements unchanged, nothing to install.")
+                return BuiltEnvironment(fp, str(self.python_of(fp)), chosen.version_text, True, True)
+            await self._build(request, chosen, fp, requirements_path, extra, out)
+        return BuiltEnvironment(fp, str(self.python_of(fp)), chosen.version_text, True, False)
+
+    async def _build(
+        self,
+        request: BuildRequest,
+        chosen: PythonInstallation,
+        fp: str,
+        requirements_path: Path | None,
+        extra: list[str],
+        out: TaskOutput,
+    ) -> None:
+        key = new_job_key("build")
+        staging = self.envs_dir / f".{fp}.{key}"
+        self.envs_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        uv = shlex.quote(self.uv_path)
+        target = shlex.quote(str(staging))
+        steps = [f"{uv} venv --relocatable --python {shlex.quote(chosen.path)} {target}"]
+        install = [f"{uv} pip install --python {target}/bin/python"]
+        if requirements_path is not None:
+            install.append(f"-r {shlex.quote(str(requirements_path))}")
+        install += [shlex.quote(r) for r in extra]
+        if requirements_path is not None or extra:
+            steps.append(" ".join(install))
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(self.cache_dir),
+            "UV_CACHE_DIR": str(self.cache_dir / "uv"),
+            "UV_LINK_MODE": "hardlink",
+            "UV_NO_PROGRESS": "1",
+            "UV_PYTHON_DOWNLOADS": "never",
+            "LANG": "C.UTF-8",
+        }
+        env.update({name: os.environ[name] for name in _PASSTHROUGH if name in os.environ})
+        env.update({k: v for k, v in os.environ.items() if k.startswith("UV_") and k not in env})
+        index = self.index_url or os.environ.get("UV_INDEX_URL", "")
+        if index:
+            env["UV_INDEX_URL"] = index
+        spec = JobSpec(
+            key=key, kind="build", content_guid=request.content_guid, image=None,
+            command=["/bin/sh", "-c", "set -e\n" + "\n".join(steps)], env=env,
+            workdir=str(request.bundle_dir), port=None, resources=request.resources,
+        )
+        out.line(f"Building package environment {fp} (job {key}):")
+        for line in (requirements_path.read_text(errors="replace").splitlines() if requirements_path else []):
+            if line.strip() and not line.lstrip().startswith("#"):
+                out.line(f"  requirement: {line.strip()}")
+        handle = await self.jobs.launch(spec, request.content_id, request.bundle_id, "python_restore")
+        tail: list[str] = []
+        streamer = asyncio.create_task(self._stream(handle, out, tail))
+        status = await self.jobs.wait(handle, self.timeout_seconds)
+        if status.state.active:
+            status = await self.jobs.stop(handle, 5)
+            streamer.cancel()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise TaskFailed(
+                f"The build took longer than {self.timeout_seconds} s and was stopped "
+                "(setting build_timeout_seconds)."
+            )
+        await asyncio.wait_for(streamer, 10)
+        self.jobs.record_end(key, status)
+        if status.state is not JobState.SUCCEEDED:
+            shutil.rmtree(staging, ignore_errors=True)
+            detail = status.message or f"exit code {status.exit_code}"
+            raise TaskFailed(
+                f"Building the package environment failed ({detail}). Last lines of the build log:\n"
+                + "\n".join(tail[-_TAIL_LINES:])
+            )
+        (staging / READY_MARKER).write_text(chosen.version_text + "\n")
+        final = self.env_path(fp)
+        if final.exists():  # built meanwhile by another node: keep theirs
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            os.rename(staging, final)
+        out.line(f"Package environment {fp} is ready.")
+
+    async def _stream(self, handle: Any, out: TaskOutput, tail: list[str]) -> None:
+        async for line in self.jobs.backend.logs(handle, follow=True):
+            tail.append(line.data)
+            del tail[: -_TAIL_LINES * 2]
+            await asyncio.to_thread(out.line, line.data)

@@ -1,0 +1,111 @@
+"""Job records: every process launched through the backend is a row in ``jobs``.
+
+:class:`JobRunner` is the one place that launches jobs, so each gets its
+record (key, kind, tag, host, handle, times) and each end is written down with
+its exit code and reason, whatever launched it: a build, a render or the
+scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+
+from podium.runtime import ExecutionBackend, JobHandle, JobSpec, JobState, JobStatus
+from podium.store import Store
+from podium.store.models import Job, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def new_job_key(kind: str) -> str:
+    return f"{kind}-{uuid.uuid4().hex[:16]}"
+
+
+class JobRunner:
+    def __init__(self, store: Store, backend: ExecutionBackend) -> None:
+        self.store = store
+        self.backend = backend
+        self.hostname = socket.gethostname()
+
+    async def launch(
+        self,
+        spec: JobSpec,
+        content_id: int,
+        bundle_id: int | None,
+        tag: str,
+        meta: dict[str, Any] | None = None,
+    ) -> JobHandle:
+        with self.store.session() as session:
+            session.add(
+                Job(
+                    key=spec.key, content_id=content_id, bundle_id=bundle_id, kind=spec.kind,
+                    tag=tag, backend=self.backend.name, hostname=self.hostname, image=spec.image,
+                    meta=meta or {},
+                )
+            )
+        try:
+            handle = await self.backend.launch(spec)
+        except Exception as exc:
+            self.record_end(spec.key, JobStatus(JobState.FAILED, reason="LaunchFailed", message=str(exc)))
+            raise
+        with self.store.session() as session:
+            job = session.scalar(select(Job).where(Job.key == spec.key))
+            if job is not None:
+                job.handle = {"backend": handle.backend, "key": handle.key, "data": dict(handle.data)}
+                job.start_time = utcnow()
+                job.last_heartbeat_time = job.start_time
+                pid = handle.data.get("pid")
+                job.pid = pid if isinstance(pid, int) else None
+        log.info("job %s (%s) launched for content %s", spec.key, tag, spec.content_guid)
+        return handle
+
+    def record_end(self, key: str, status: JobStatus) -> None:
+        """Write a job's end once; later calls for the same job change nothing."""
+        with self.store.session() as session:
+            job = session.scalar(select(Job).where(Job.key == key))
+            if job is None or job.status != 0:
+                return
+            job.status = 1
+            job.exit_code = status.exit_code
+            job.end_time = utcnow()
+            if status.state is not JobState.SUCCEEDED:
+                job.error = status.message or status.reason or status.state.value
+        log.info("job %s ended: %s (%s)", key, status.state.value, status.reason)
+
+    async def wait(self, handle: JobHandle, timeout_seconds: float | None = None) -> JobStatus:
+        """Poll until the job ends; on timeout return its last (active) status."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_seconds is None else loop.time() + timeout_seconds
+        delay = 0.05
+        while True:
+            status = await self.backend.status(handle)
+            if not status.state.active:
+                return status
+            if deadline is not None and loop.time() >= deadline:
+                return status
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    async def stop(self, handle: JobHandle, grace_seconds: float) -> JobStatus:
+        await self.backend.stop(handle, grace_seconds)
+        status = await self.backend.status(handle)
+        self.record_end(handle.key, status)
+        return status
+
+    def active_rows(self) -> list[Job]:
+        with self.store.session() as session:
+            return list(session.scalars(select(Job).where(Job.status == 0)))
+
+
+def handle_of(job: Job) -> JobHandle | None:
+    if not job.handle:
+        return None
+    return JobHandle(
+        backend=str(job.handle["backend"]), key=str(job.handle["key"]), data=job.handle.get("data", {})
+    )

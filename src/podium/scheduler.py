@@ -1,0 +1,469 @@
+"""The scheduler: policy for interactive content processes.
+
+For each (content, bundle, public path) there is a pool of run jobs. A request
+*acquires* a lease on the least loaded ready process; the pool starts a process
+on the first request (cold start), starts another when the least loaded one has
+``ceil(load_factor * max_conns_per_process)`` connections and fewer than
+``max_processes`` run, refuses when every process is full, keeps
+``min_processes`` warm for the active bundle, stops extra idle processes after
+``idle_timeout`` and notices crashed ones (the next request starts a new one).
+Readiness is an HTTP answer on the process's port within ``init_timeout``: an
+open port is not readiness.
+
+Backends only start, watch and stop; every decision here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from podium.apps import launch_plan
+from podium.jobs import JobRunner, handle_of, new_job_key
+from podium.runtime import JobHandle, JobSpec, JobState, JobStatus, Resources
+
+log = logging.getLogger(__name__)
+_TICK_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class RuntimeLimits:
+    """Effective runtime settings of one content item (server defaults applied)."""
+
+    min_processes: int
+    max_processes: int
+    max_conns_per_process: int
+    load_factor: float
+    idle_timeout: float
+    init_timeout: float
+    connection_timeout: float
+    read_timeout: float
+
+    @property
+    def spawn_threshold(self) -> int:
+        return max(1, math.ceil(self.load_factor * self.max_conns_per_process))
+
+
+@dataclass(frozen=True)
+class AppTarget:
+    """What to run for one pool: resolved by the caller from the database."""
+
+    content_id: int
+    content_guid: str
+    bundle_id: int
+    app_mode: str
+    entrypoint: str | None
+    python: str
+    workdir: str
+    base_path: str  # public prefix with trailing slash
+    draft: bool
+    limits: RuntimeLimits
+    resources: Resources = Resources()
+    service_account: str | None = None
+    image: str | None = None
+
+
+EnvFactory = Callable[[AppTarget], dict[str, str]]
+
+
+@dataclass(eq=False)
+class Process:
+    key: str
+    handle: JobHandle | None = None
+    address: tuple[str, int] | None = None
+    strip_prefix: bool = True
+    conns: int = 0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    failure: str | None = None
+    stopping: bool = False
+    started: float = field(default_factory=time.monotonic)
+    last_active: float = field(default_factory=time.monotonic)
+
+    @property
+    def serving(self) -> bool:
+        return self.ready.is_set() and self.failure is None and not self.stopping
+
+    @property
+    def starting(self) -> bool:
+        return not self.ready.is_set() and self.failure is None and not self.stopping
+
+
+@dataclass(eq=False)
+class Pool:
+    target: AppTarget
+    processes: list[Process] = field(default_factory=list)
+    retired: bool = False
+    last_request: float = field(default_factory=time.monotonic)
+
+    def alive(self) -> list[Process]:
+        return [p for p in self.processes if p.failure is None and not p.stopping]
+
+
+class Lease:
+    """A connection's claim on a process; release exactly once."""
+
+    __slots__ = ("process", "_released")
+
+    def __init__(self, process: Process) -> None:
+        self.process = process
+        self._released = False
+        process.conns += 1
+        process.last_active = time.monotonic()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.process.address is not None
+        return self.process.address
+
+    @property
+    def strip_prefix(self) -> bool:
+        return self.process.strip_prefix
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.process.conns -= 1
+            self.process.last_active = time.monotonic()
+
+
+class Unavailable(Exception):
+    """No process can take the connection. ``status`` 503 (full/starting) or 502 (failed)."""
+
+    def __init__(self, status: int, message: str, starting: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.starting = starting
+
+
+PoolKey = tuple[int, int, str]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        jobs: JobRunner,
+        runner_path: str,
+        env_factory: EnvFactory,
+        stop_grace_seconds: float,
+        port_allocator: Callable[[], int],
+    ) -> None:
+        self.jobs = jobs
+        self.runner_path = runner_path
+        self.env_factory = env_factory
+        self.stop_grace_seconds = stop_grace_seconds
+        self.port_allocator = port_allocator
+        self.pools: dict[PoolKey, Pool] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.warm_targets: Callable[[], list[AppTarget]] | None = None
+
+    # --- requests -----------------------------------------------------------------------
+
+    async def acquire(self, target: AppTarget, wait: bool = True) -> Lease:
+        """A lease on a process of ``target``'s pool, starting one if policy says so.
+
+        With ``wait`` false, raises :class:`Unavailable` (``starting``) instead of
+        waiting for a cold start, so browsers can be shown a "starting" page.
+        """
+        pool = self._pool(target)
+        pool.last_request = time.monotonic()
+        limits = target.limits
+        serving = [p for p in pool.processes if p.serving]
+        best = min(serving, key=lambda p: p.conns, default=None)
+        if best is not None and best.conns < limits.spawn_threshold:
+            return Lease(best)
+        starting = [p for p in pool.processes if p.starting]
+        if len(pool.alive()) < limits.max_processes and not starting:
+            starting.append(self._spawn(pool))
+        if best is not None and best.conns < limits.max_conns_per_process:
+            return Lease(best)
+        if not starting:
+            raise Unavailable(
+                503,
+                f"All {len(serving)} processes of this content are serving their maximum of "
+                f"{limits.max_conns_per_process} connections (max_processes "
+                f"{limits.max_processes}); try again shortly.",
+            )
+        if not wait:
+            raise Unavailable(503, "The content is starting.", starting=True)
+        return await self._await_ready(pool, starting)
+
+    async def _await_ready(self, pool: Pool, starting: list[Process]) -> Lease:
+        waiters = {asyncio.ensure_future(p.ready.wait()): p for p in starting}
+        try:
+            done, _ = await asyncio.wait(
+                waiters, timeout=pool.target.limits.init_timeout + 1,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        for waiter in done:
+            process = waiters[waiter]
+            if process.serving:
+                return Lease(process)
+            raise Unavailable(502, process.failure or "The content process failed to start.")
+        raise Unavailable(
+            504,
+            f"The content did not start within init_timeout ({pool.target.limits.init_timeout:g} s).",
+        )
+
+    def _pool(self, target: AppTarget) -> Pool:
+        key = (target.content_id, target.bundle_id, target.base_path)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = Pool(target)
+        else:
+            pool.target = target
+            pool.retired = False
+        return pool
+
+    # --- starting -----------------------------------------------------------------------
+
+    def _spawn(self, pool: Pool) -> Process:
+        process = Process(new_job_key("run"))
+        pool.processes.append(process)
+        self._background(self._start(pool, process))
+        return process
+
+    async def _start(self, pool: Pool, process: Process) -> None:
+        target = pool.target
+        try:
+            port = self.port_allocator()
+            plan = launch_plan(
+                target.app_mode, target.entrypoint, target.python, self.runner_path, port,
+                target.base_path,
+            )
+            process.strip_prefix = plan.strip_prefix
+            env = {**await asyncio.to_thread(self.env_factory, target), **plan.env, "PORT": str(port)}
+            spec = JobSpec(
+                key=process.key, kind="run", content_guid=target.content_guid, image=target.image,
+                command=plan.argv, env=env, workdir=target.workdir, port=port,
+                resources=target.resources, service_account=target.service_account,
+            )
+            meta = {"base_path": target.base_path, "strip_prefix": plan.strip_prefix}
+            process.handle = await self.jobs.launch(
+                spec, target.content_id, target.bundle_id, plan.tag, meta
+            )
+            await self._wait_ready(pool, process)
+        except Exception as exc:  # any failure to start is this process's failure
+            log.exception("content %s: process %s failed to start", target.content_guid, process.key)
+            await self._fail(pool, process, f"The content process could not start: {exc}")
+
+    async def _wait_ready(self, pool: Pool, process: Process) -> None:
+        assert process.handle is not None
+        target = pool.target
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + target.limits.init_timeout
+        probe_path = "/" if process.strip_prefix else target.base_path
+        while loop.time() < deadline and not process.stopping:
+            status = await self.jobs.backend.status(process.handle)
+            if not status.state.active:
+                await self._fail(pool, process, _ended_message(status), status)
+                return
+            if process.address is None:
+                process.address = await self.jobs.backend.address(process.handle)
+            if process.address is not None and await _answers_http(process.address, probe_path):
+                process.last_active = time.monotonic()
+                process.ready.set()
+                log.info(
+                    "content %s: process %s ready in %.2f s", target.content_guid, process.key,
+                    time.monotonic() - process.started,
+                )
+                return
+            await asyncio.sleep(0.05)
+        if not process.stopping:
+            await self._fail(
+                pool, process,
+                f"The content process did not answer HTTP within init_timeout "
+                f"({target.limits.init_timeout:g} s); raise the content's init_timeout if it "
+                "needs longer to start.",
+            )
+
+    async def _fail(
+        self, pool: Pool, process: Process, message: str, status: JobStatus | None = None
+    ) -> None:
+        process.failure = message
+        process.ready.set()
+        if process.handle is not None:
+            if status is None or status.state.active:
+                status = await self.jobs.stop(process.handle, self.stop_grace_seconds)
+                self.jobs.record_end(process.key, JobStatus(status.state, status.exit_code, "StartFailed", message))
+            else:
+                self.jobs.record_end(process.key, status)
+        self._remove(pool, process)
+
+    def _remove(self, pool: Pool, process: Process) -> None:
+        if process in pool.processes:
+            pool.processes.remove(process)
+
+    async def _stop(self, pool: Pool, process: Process, why: str) -> None:
+        process.stopping = True
+        log.info("content %s: stopping process %s (%s)", pool.target.content_guid, process.key, why)
+        if process.handle is not None:
+            await self.jobs.stop(process.handle, self.stop_grace_seconds)
+        self._remove(pool, process)
+
+    # --- housekeeping -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._housekeeping())
+
+    async def _housekeeping(self) -> None:
+        warm_every, last_warm = 2.0, 0.0
+        while True:
+            try:
+                await self.tick()
+                if self.warm_targets is not None and time.monotonic() - last_warm > warm_every:
+                    last_warm = time.monotonic()
+                    for target in await asyncio.to_thread(self.warm_targets):
+                        self.keep_warm(target)
+            except Exception:
+                log.exception("scheduler housekeeping failed; retrying")
+            await asyncio.sleep(_TICK_SECONDS)
+
+    def keep_warm(self, target: AppTarget) -> None:
+        """Start processes until the active bundle has ``min_processes``."""
+        pool = self._pool(target)
+        missing = target.limits.min_processes - len(pool.alive())
+        for _ in range(max(0, missing)):
+            self._spawn(pool)
+
+    async def tick(self) -> None:
+        """One round: notice crashes, stop idle extras and retired processes."""
+        now = time.monotonic()
+        for key, pool in list(self.pools.items()):
+            limits = pool.target.limits
+            keep = 0 if (pool.retired or pool.target.draft) else limits.min_processes
+            for process in list(pool.processes):
+                if process.handle is None or not process.serving:
+                    continue
+                status = await self.jobs.backend.status(process.handle)
+                if not status.state.active:
+                    log.warning(
+                        "content %s: process %s ended: %s", pool.target.content_guid, process.key,
+                        _ended_message(status),
+                    )
+                    process.failure = _ended_message(status)
+                    self.jobs.record_end(process.key, status)
+                    self._remove(pool, process)
+                    continue
+                idle_for = now - process.last_active
+                if process.conns == 0 and len(pool.alive()) > keep and (
+                    pool.retired or idle_for >= limits.idle_timeout
+                ):
+                    await self._stop(pool, process, "retired" if pool.retired else "idle")
+            if not pool.processes and (pool.retired or now - pool.last_request > 60):
+                del self.pools[key]
+
+    def retire(self, content_id: int, keep_bundle_id: int | None, keep_base_path: str | None) -> None:
+        """Stop serving other bundles of a content (after an activation or deletion):
+        their processes stop as soon as their connections end."""
+        for (cid, bid, base), pool in self.pools.items():
+            if cid == content_id and (bid, base) != (keep_bundle_id, keep_base_path):
+                pool.retired = True
+
+    async def adopt(self, want: Callable[[int, int | None, str], AppTarget | None]) -> None:
+        """After a restart: adopt run jobs that still run and are wanted, stop the rest.
+
+        ``want(content_id, bundle_id, base_path)`` returns the target a job should
+        serve, or ``None`` when it is no longer wanted.
+        """
+        known: set[str] = set()
+        for row in await asyncio.to_thread(self.jobs.active_rows):
+            known.add(row.key)
+            handle = handle_of(row)
+            if handle is None:
+                self.jobs.record_end(row.key, JobStatus(JobState.FAILED, reason="Lost", message="the server stopped while launching it"))
+                continue
+            status = await self.jobs.backend.status(handle)
+            if not status.state.active:
+                self.jobs.record_end(row.key, status)
+                continue
+            target = (
+                await asyncio.to_thread(want, row.content_id, row.bundle_id, str(row.meta.get("base_path", "")))
+                if row.kind == "run"
+                else None
+            )
+            if target is None:
+                log.info("stopping job %s left by an earlier server", row.key)
+                await self.jobs.stop(handle, self.stop_grace_seconds)
+                continue
+            pool = self._pool(target)
+            process = Process(row.key, handle=handle, strip_prefix=bool(row.meta.get("strip_prefix", True)))
+            process.address = await self.jobs.backend.address(handle)
+            pool.processes.append(process)
+            log.info("adopted process %s of content %s", row.key, target.content_guid)
+            self._background(self._wait_ready(pool, process))
+        for handle in await self.jobs.backend.list_jobs():
+            if handle.key not in known:
+                log.warning("stopping unknown job %s found running", handle.key)
+                await self.jobs.backend.stop(handle, self.stop_grace_seconds)
+
+    def processes_of(self, content_id: int) -> list[tuple[Pool, Process]]:
+        return [
+            (pool, process)
+            for (cid, _, _), pool in self.pools.items()
+            if cid == content_id
+            for process in pool.processes
+        ]
+
+    async def stop_job(self, key: str) -> bool:
+        for pool in list(self.pools.values()):
+            for process in list(pool.processes):
+                if process.key == key:
+                    await self._stop(pool, process, "stopped by a user")
+                    return True
+        return False
+
+    async def close(self, stop_processes: bool) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if stop_processes:
+            await asyncio.gather(
+                *(self._stop(pool, p, "server shutdown") for pool in list(self.pools.values())
+                  for p in list(pool.processes)),
+                return_exceptions=True,
+            )
+
+    def _background(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _ended_message(status: JobStatus) -> str:
+    if status.message:
+        return status.message
+    if status.exit_code is not None:
+        return f"the process exited with code {status.exit_code}"
+    return f"the process ended ({status.reason or status.state.value})"
+
+
+async def _answers_http(address: tuple[str, int], path: str) -> bool:
+    """Whether something at ``address`` answers an HTTP request with a status line."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {address[0]}:{address[1]}\r\n"
+            "User-Agent: podium-readiness\r\nConnection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 5.0)
+        return line.startswith(b"HTTP/")
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()

@@ -1,0 +1,83 @@
+"""Running the server: the front on the public address, the app behind it.
+
+The front (``podium.proxy.front``) owns the public port: it forwards content
+traffic straight to content processes and everything else to the FastAPI app,
+which uvicorn serves on a unix socket in the same event loop. SIGTERM or
+SIGINT stops the front from accepting, lets open exchanges finish, then shuts
+the app down (stopping content processes unless told to keep them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+
+from podium.app import create_app
+from podium.context import Podium
+from podium.proxy.front import Front
+from podium.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _AppServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # Signals are Podium's to handle: the front must stop before the app does.
+        yield
+
+
+async def serve(settings: Settings, ctx: Podium) -> None:
+    run_dir = ctx.data_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    socket_path = run_dir / "app.sock"
+    socket_path.unlink(missing_ok=True)
+    app_server = _AppServer(
+        uvicorn.Config(
+            create_app(settings, ctx),
+            uds=str(socket_path),
+            proxy_headers=True,
+            forwarded_allow_ips="*",
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+            log_level="info",
+            access_log=False,
+        )
+    )
+    app_task = asyncio.create_task(app_server.serve())
+    while not app_server.started:
+        if app_task.done():
+            await app_task
+            raise RuntimeError("the app server stopped during start-up")
+        await asyncio.sleep(0.02)
+    front = Front(ctx.router, str(socket_path))
+    await front.start(settings.host, settings.port)
+    log.info("Podium listening on http://%s:%d/", settings.host, front.port)
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    waiter = asyncio.create_task(stopping.wait())
+    await asyncio.wait({app_task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    log.info("Podium stopping")
+    await front.close(settings.shutdown_grace_seconds)
+    app_server.should_exit = True
+    await app_task
+    waiter.cancel()
+    socket_path.unlink(missing_ok=True)
+
+
+def run(settings: Settings, ctx: Podium) -> None:
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(serve(settings, ctx))
