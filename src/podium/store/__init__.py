@@ -53,7 +53,8 @@ class Store:
         return self.engine.dialect.name == "sqlite"
 
     def migrate(self) -> None:
-        """Bring the schema up to the newest migration."""
+        """Bring the schema up to the newest migrations (every head: features add their
+        own revisions off a common parent)."""
         from alembic import command
         from alembic.config import Config
 
@@ -61,7 +62,7 @@ class Store:
         config.set_main_option("script_location", "podium:migrations")
         with self.engine.begin() as connection:
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, "heads")
 
     @contextmanager
     def session(self) -> Iterator[Session]:
