@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from podium.build import Builder
     from podium.jobs import JobRunner
     from podium.proxy.router import ContentRouter
+    from podium.resources import JobResources
     from podium.runtime import ExecutionBackend
     from podium.scheduler import AppTarget, RuntimeLimits, Scheduler
 
@@ -103,9 +104,14 @@ class Podium:
             read_timeout=pick(content.read_timeout, s.read_timeout_seconds),
         )
 
+    def job_resources(self, content: Content) -> JobResources:
+        """Resources and service account of every job of ``content`` (:mod:`podium.resources`)."""
+        from podium.resources import for_content
+
+        return for_content(content, self.settings)
+
     def app_target(self, content_id: int, bundle_id: int, draft: bool) -> AppTarget | None:
         """What runs for ``bundle_id`` of a content, or None when it is not runnable."""
-        from podium.runtime import Resources
         from podium.scheduler import AppTarget
 
         with self.store.session() as session:
@@ -118,6 +124,7 @@ class Podium:
             if not draft and content.bundle_id != bundle_id:
                 return None
             base = f"/content/{content.guid}/" + (f"_bundle{bundle_id}/" if draft else "")
+            job = self.job_resources(content)
             return AppTarget(
                 content_id=content.id,
                 content_guid=content.guid,
@@ -129,11 +136,9 @@ class Podium:
                 base_path=base,
                 draft=draft,
                 limits=self.limits(content),
-                resources=Resources(
-                    cpu_request=content.cpu_request, cpu_limit=content.cpu_limit,
-                    memory_request=content.memory_request, memory_limit=content.memory_limit,
-                ),
-                service_account=content.service_account_name,
+                resources=job.resources,
+                service_account=job.service_account,
+                resource_warnings=job.warnings,
             )
 
     def wanted_target(self, content_id: int, bundle_id: int | None, base_path: str) -> AppTarget | None:

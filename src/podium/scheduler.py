@@ -65,6 +65,7 @@ class AppTarget:
     resources: Resources = Resources()
     service_account: str | None = None
     image: str | None = None
+    resource_warnings: tuple[str, ...] = ()  # values clamped at resolution (podium.resources)
 
 
 EnvFactory = Callable[[AppTarget], dict[str, str]]
@@ -246,7 +247,11 @@ class Scheduler:
                 command=plan.argv, env=env, workdir=target.workdir, port=port,
                 resources=target.resources, service_account=target.service_account,
             )
-            meta = {"base_path": target.base_path, "strip_prefix": plan.strip_prefix}
+            meta: dict[str, object] = {"base_path": target.base_path, "strip_prefix": plan.strip_prefix}
+            for warning in target.resource_warnings:
+                log.warning("content %s: job %s: %s", target.content_guid, process.key, warning)
+            if target.resource_warnings:
+                meta["resource_warnings"] = list(target.resource_warnings)
             process.handle = await self.jobs.launch(
                 spec, target.content_id, target.bundle_id, plan.tag, meta
             )

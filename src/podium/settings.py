@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -183,6 +183,99 @@ class Settings(BaseSettings):
         "Leave content processes running when the server stops, to be adopted by the next "
         "start. Off: a clean shutdown stops them (after a crash they are adopted either way).",
     )
+    memory_request_bytes: int = setting(
+        0,
+        "scheduler",
+        "Default memory request of a content's jobs (builds, renders, processes), for content "
+        "whose memory_request is null; 0 = no request. A scheduling hint on Kubernetes, unused "
+        "by the local backend. Connect: Scheduler.MemoryRequest.",
+        ge=0,
+        le=2**53,
+    )
+    memory_limit_bytes: int = setting(
+        0,
+        "scheduler",
+        "Default memory limit of a content's jobs, for content whose memory_limit is null; a "
+        "job using more is killed. 0 = no limit, or max_memory_limit_bytes when that is set. "
+        "Connect: Scheduler.MemoryLimit.",
+        ge=0,
+        le=2**53,
+    )
+    max_memory_request_bytes: int = setting(
+        0,
+        "scheduler",
+        "Highest memory_request content may ask for; 0 = unbounded. Connect: "
+        "Scheduler.MaxMemoryRequest.",
+        ge=0,
+        le=2**53,
+    )
+    max_memory_limit_bytes: int = setting(
+        0,
+        "scheduler",
+        "Highest memory_limit content may ask for (content then cannot ask for no limit); "
+        "0 = unbounded. Lowering it applies to existing content at its next launch. Connect: "
+        "Scheduler.MaxMemoryLimit.",
+        ge=0,
+        le=2**53,
+    )
+    cpu_request_cores: float = setting(
+        0.0,
+        "scheduler",
+        "Default CPU request of a content's jobs in cores (fractional), for content whose "
+        "cpu_request is null; 0 = no request. A scheduling hint on Kubernetes, unused by the "
+        "local backend. Connect: Scheduler.CPURequest.",
+        ge=0.0,
+        le=1_000_000.0,
+    )
+    cpu_limit_cores: float = setting(
+        0.0,
+        "scheduler",
+        "Default CPU limit of a content's jobs in cores, for content whose cpu_limit is null; "
+        "a job wanting more is throttled. 0 = no limit, or max_cpu_limit_cores when that is "
+        "set. Connect: Scheduler.CPULimit.",
+        ge=0.0,
+        le=1_000_000.0,
+    )
+    max_cpu_request_cores: float = setting(
+        0.0,
+        "scheduler",
+        "Highest cpu_request content may ask for, in cores; 0 = unbounded. Connect: "
+        "Scheduler.MaxCPURequest.",
+        ge=0.0,
+        le=1_000_000.0,
+    )
+    max_cpu_limit_cores: float = setting(
+        0.0,
+        "scheduler",
+        "Highest cpu_limit content may ask for, in cores (content then cannot ask for no "
+        "limit); 0 = unbounded. Lowering it applies to existing content at its next launch. "
+        "Connect: Scheduler.MaxCPULimit.",
+        ge=0.0,
+        le=1_000_000.0,
+    )
+    allow_unlimited_resources: bool = setting(
+        True,
+        "scheduler",
+        "Whether content may set memory_limit or cpu_limit to 0 (no limit). Off: content must "
+        "name a limit or use the server default (null). Connect has no single key for this; "
+        "its MaxMemoryLimit and MaxCPULimit bound the same values.",
+    )
+
+    # [kubernetes]
+    default_service_account: str = setting(
+        "",
+        "kubernetes",
+        "Kubernetes service account of content jobs whose service_account_name is null; empty "
+        "means the namespace's default. Ignored by the local backend. Connect: "
+        "Launcher.KubernetesDefaultServiceAccount.",
+    )
+    content_service_account_selection: bool = setting(
+        True,
+        "kubernetes",
+        "Whether administrators may set service_account_name on content. Off: setting it is "
+        "refused (error 195) and stored names are ignored at launch. Connect: "
+        "Launcher.KubernetesContentServiceAccountSelection (default false there).",
+    )
 
     @field_validator("listen")
     @classmethod
@@ -191,6 +284,25 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"listen must be HOST:PORT (for example 127.0.0.1:3939), got {value!r}")
         return value
+
+    @field_validator("default_service_account")
+    @classmethod
+    def _check_service_account(cls, value: str) -> str:
+        from podium.resources import service_account_problem
+
+        problem = service_account_problem(value) if value else None
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _check_resources(self) -> Settings:
+        from podium.resources import ResourcePolicy
+
+        problems = ResourcePolicy.from_settings(self).problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def host(self) -> str:
@@ -280,7 +392,8 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         return Settings(**values)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" if err["loc"] else err["msg"]
+            for err in exc.errors()
         )
         raise SettingsError(f"invalid settings: {problems}") from None
 

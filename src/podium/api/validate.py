@@ -1,7 +1,8 @@
 """Validation of content settings written through ``PATCH v1/content/{guid}``.
 
 Each rule answers with Connect's error code and a message that names the field
-and the allowed range (reference/connect-semantics.md §1.4, §1.5).
+and the allowed range (reference/connect-semantics.md §1.4, §1.5). The resource
+and service-account rules live in :mod:`podium.resources`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from podium import auth, errors
+from podium import auth, errors, resources
 from podium.context import Podium
 from podium.store.models import Content, User
 
 MAX_TIMEOUT_SECONDS = 2_592_000
-MAX_MEMORY_BYTES = 2**53
 ACCESS_TYPES = ("all", "logged_in", "acl")
-DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 def _int(field: str, value: Any, code: int, low: int, high: int) -> int | None:
@@ -79,7 +78,11 @@ def validate_content_patch(
         changes["locked_message"] = str(body["locked_message"] or "")
 
     changes.update(_runtime_changes(body))
-    changes.update(_resource_changes(body))
+    changes.update(
+        resources.check_resource_patch(
+            body, resources.content_values(content), resources.ResourcePolicy.from_settings(ctx.settings)
+        )
+    )
 
     if "default_image_name" in body:
         image = body["default_image_name"]
@@ -89,19 +92,14 @@ def validate_content_patch(
                 code=193,
             )
         changes["default_image_name"] = image
-    if "service_account_name" in body and body["service_account_name"] != content.service_account_name:
-        name = body["service_account_name"]
-        if not auth.at_least(user, "administrator"):
-            raise errors.forbidden("Only administrators can set the service account of content.")
-        if name is not None and (
-            not isinstance(name, str) or len(name) > 253 or not DNS_SUBDOMAIN.match(name)
-        ):
-            raise errors.bad_request(
-                f"service_account_name {name!r} is not a valid DNS subdomain (lowercase letters, "
-                "digits, '-' and '.', at most 253 characters).",
-                code=176,
+    if "service_account_name" in body:
+        name = None if body["service_account_name"] == "" else body["service_account_name"]
+        if name != content.service_account_name:
+            if not auth.at_least(user, "administrator"):
+                raise errors.forbidden("Only administrators can set the service account of content.")
+            changes["service_account_name"] = resources.check_service_account(
+                name, ctx.settings.content_service_account_selection
             )
-        changes["service_account_name"] = name
 
     merged = {f: changes.get(f, getattr(content, f, None)) for f in ("min_processes", "max_processes")}
     if (
@@ -132,15 +130,4 @@ def _runtime_changes(body: dict[str, Any]) -> dict[str, Any]:
     for field in ("idle_timeout", "init_timeout", "connection_timeout", "read_timeout"):
         if field in body:
             changes[field] = _int(field, body[field], 151, 0, MAX_TIMEOUT_SECONDS)
-    return changes
-
-
-def _resource_changes(body: dict[str, Any]) -> dict[str, Any]:
-    changes: dict[str, Any] = {}
-    for field in ("cpu_request", "cpu_limit"):
-        if field in body:
-            changes[field] = _float(field, body[field], 181, 0.0, 1_000_000.0)
-    for field in ("memory_request", "memory_limit"):
-        if field in body:
-            changes[field] = _int(field, body[field], 185, 0, MAX_MEMORY_BYTES)
     return changes
