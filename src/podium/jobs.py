@@ -74,7 +74,8 @@ class JobRunner:
             job.status = 1
             job.exit_code = status.exit_code
             job.end_time = utcnow()
-            if status.state is not JobState.SUCCEEDED:
+            # A job stopped on purpose (idle, redeploy, a user) did not fail.
+            if status.state not in (JobState.SUCCEEDED, JobState.STOPPED):
                 job.error = status.message or status.reason or status.state.value
         log.info("job %s ended: %s (%s)", key, status.state.value, status.reason)
 

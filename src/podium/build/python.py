@@ -1,7 +1,7 @@
-"""Python installations on the host, and choosing one for a bundle.
+"""Python installations on the host.
 
-``choose_python`` is pure: given what the manifest asks and what exists, it
-returns the interpreter or raises :class:`NoCompatiblePython` naming both.
+They make up the ``Local`` execution environment (:mod:`podium.environments.host`);
+which one a bundle gets is decided by :mod:`podium.environments.select`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 
@@ -27,18 +26,17 @@ class PythonInstallation:
         return str(self.version)
 
 
-class NoCompatiblePython(Exception):
-    """No installation satisfies the bundle; the message says what was asked and what exists."""
-
-
-def _probe(path: str) -> Version | None:
+def _probe(path: str) -> tuple[Version, str] | None:
+    """The version and real executable behind ``path`` (shims such as pyenv's resolve
+    to the interpreter they run, so content never depends on a shim's own rules)."""
     try:
         done = subprocess.run(
-            [path, "-c", "import platform; print(platform.python_version())"],
+            [path, "-c", "import platform, sys; print(platform.python_version()); print(sys.executable)"],
             capture_output=True, text=True, timeout=20, check=True,
         )
-        return Version(done.stdout.strip())
-    except (OSError, subprocess.SubprocessError, InvalidVersion):
+        version, executable = done.stdout.split("\n")[:2]
+        return Version(version.strip()), os.path.realpath(executable.strip())
+    except (OSError, subprocess.SubprocessError, InvalidVersion, ValueError):
         return None
 
 
@@ -60,58 +58,10 @@ def discover_pythons(configured: list[str]) -> list[PythonInstallation]:
     for path in paths:
         if path.endswith("-config") or not os.access(path, os.X_OK):
             continue
-        real = os.path.realpath(path)
-        version = _probe(real)
-        if version is not None and version.release[:1] == (3,) and version not in found:
+        probed = _probe(path)
+        if probed is None:
+            continue
+        version, real = probed
+        if version.release[:1] == (3,) and version not in found:
             found[version] = PythonInstallation(version, real)
     return sorted(found.values())
-
-
-def choose_python(
-    installations: list[PythonInstallation],
-    requires: str | None,
-    version: str | None,
-    matching: str = "major-minor",
-) -> tuple[PythonInstallation, str]:
-    """The interpreter for a bundle, and a sentence saying why.
-
-    Rules: ``environment.python.requires`` (a PEP 440 specifier) when given, newest
-    satisfying version; else the same major.minor as ``python.version`` (newest patch),
-    or exactly that version when ``matching`` is ``exact``; with neither, the newest.
-    """
-    available = ", ".join(i.version_text for i in installations) or "none"
-    if not installations:
-        raise NoCompatiblePython("No Python installation is configured or found on this server.")
-    if requires:
-        try:
-            spec = SpecifierSet(requires)
-        except InvalidSpecifier:
-            raise NoCompatiblePython(f"environment.python.requires {requires!r} is not valid.") from None
-        fits = [i for i in installations if i.version in spec]
-        if not fits:
-            raise NoCompatiblePython(
-                f"The bundle requires Python {requires}; this server has Python {available}."
-            )
-        chosen = max(fits)
-        return chosen, f"Python {chosen.version_text} is the newest satisfying {requires!r}"
-    if version:
-        try:
-            wanted = Version(version)
-        except InvalidVersion:
-            raise NoCompatiblePython(f"python.version {version!r} is not a version.") from None
-        if matching == "exact":
-            fits = [i for i in installations if i.version == wanted]
-            rule = "exactly"
-        else:
-            fits = [i for i in installations if i.version.release[:2] == wanted.release[:2]]
-            rule = f"the same {wanted.major}.{wanted.minor} as"
-        if not fits:
-            raise NoCompatiblePython(
-                f"The bundle was made with Python {version} and needs {rule} it; this server has "
-                f"Python {available}. Deploy from a matching Python, or declare a range with "
-                "requires-python in pyproject.toml or a .python-version file."
-            )
-        chosen = max(fits)
-        return chosen, f"Python {chosen.version_text} matches {rule} the bundle's {version}"
-    chosen = max(installations)
-    return chosen, f"the bundle names no Python version; using the newest, {chosen.version_text}"
