@@ -33,6 +33,15 @@ class Front:
     Lifecycle: ``start`` returns once listening; ``close`` stops accepting, closes
     idle client connections, lets in-flight exchanges finish for up to
     ``grace_seconds``, then drops whatever remains (calling each ``on_done``).
+
+    Options: ``trust_forwarded_headers`` keeps the client's X-Forwarded-* values
+    (set it when Podium sits behind a proxy that sets them; otherwise they are
+    replaced); ``max_head_bytes`` bounds a request head (431 beyond);
+    ``keepalive_timeout_seconds`` closes client connections idle, or stuck in a
+    request head, that long; ``upstream_idle_seconds`` bounds how long an idle
+    upstream connection is kept for reuse (keep it below the apps' own keep-alive
+    timeout: uvicorn's is 5 s); ``connect_timeout_seconds`` bounds a connect to an
+    upstream (504 beyond; a refused connect is a 502).
     """
 
     def __init__(

@@ -209,7 +209,10 @@ def response(
     for name, value in headers:
         if name.lower() not in _DROPPED_IN_ANSWERS:
             parts.append(b"%b: %b\r\n" % (name, value))
-    parts.append(b"content-length: %d\r\n" % len(body))
+    if status in (204, 304) or status < 200:
+        body = b""  # these carry neither a body nor its length (RFC 9110 §8.6)
+    else:
+        parts.append(b"content-length: %d\r\n" % len(body))
     if not keep_alive:
         parts.append(b"connection: close\r\n")
     elif not http11:

@@ -42,14 +42,33 @@ def tune(transport: asyncio.Transport) -> None:
 
 
 class Downstream(Protocol):
-    """What an upstream connection reports to the client connection it serves."""
+    """What an upstream connection reports to the client connection it serves.
 
-    def response_complete(self, reusable: bool, keep_alive: bool) -> None: ...
-    def upstream_lost(self, conn: Upstream) -> None: ...
-    def upstream_failed(self, conn: Upstream) -> None: ...
-    def upstream_upgraded(self) -> None: ...
-    def upstream_full(self, full: bool) -> None: ...
-    def touch(self) -> None: ...
+    Exactly one of ``response_complete``, ``upstream_lost``, ``upstream_failed`` or
+    ``upstream_upgraded`` ends (or, for the last, transforms) each exchange; after
+    an upgrade, ``upstream_lost`` reports the end of the tunnel. The upstream stops
+    reporting once the client calls ``close``/``abort`` or the pool takes it back.
+    """
+
+    def response_complete(self, reusable: bool, keep_alive: bool) -> None:
+        """The response ended; ``reusable``: pool the connection; ``keep_alive``: the
+        client may send another request (false when the response said close)."""
+
+    def upstream_lost(self, conn: Upstream) -> None:
+        """The connection closed: before any response byte (``conn.started`` false),
+        at the end of a close-delimited or truncated response, or ending a tunnel."""
+
+    def upstream_failed(self, conn: Upstream) -> None:
+        """The upstream sent something that is not HTTP."""
+
+    def upstream_upgraded(self) -> None:
+        """A 101 went to the client: from now on bytes are tunnelled both ways."""
+
+    def upstream_full(self, full: bool) -> None:
+        """The upstream's write buffer passed its high-water mark (or drained)."""
+
+    def touch(self) -> None:
+        """Bytes came from the upstream (called only for exchanges with timeouts)."""
 
 
 class Upstream(asyncio.Protocol):

@@ -1,0 +1,369 @@
+"""What the proxy front costs: a minimal app reached directly and through the front.
+
+    python bench/proxy.py                 # 10 s per measurement
+    python bench/proxy.py --quick         # 3 s per measurement, for a smoke run
+    python bench/proxy.py --through URL   # measure an already running proxy at URL
+                                          # (e.g. http://127.0.0.1:3939/content/<guid>)
+
+The app (a raw ASGI callable: ``/`` answers ``ok``, ``/big`` streams 10 MiB in 64 KiB
+chunks, ``/ws`` echoes websocket messages) runs under uvicorn (uvloop, httptools, no
+access log) pinned to core 0. The front runs pinned to core 0 as well, the same core
+as the app, as in DESIGN.md ("What the proxy path costs"). The load generators are
+pinned to core 1: ``wrk -t1 -c64`` for small requests, ``wrk -t1 -c8`` for ``/big``,
+and a websocket client doing send/receive round trips over 16 connections.
+
+Needs ``wrk`` (Debian: ``apt-get install -y wrk``) and ``taskset`` (util-linux).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+HERE = os.path.abspath(__file__)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "src"))
+
+from podium.proxy.decisions import Forward, Respond  # noqa: E402
+
+BIG_CHUNK = b"x" * (64 * 1024)
+BIG_CHUNKS = 160  # 10 MiB
+WS_CONNECTIONS = 16
+# The websocket client library: aiohttp's (C-accelerated framing, so the servers and
+# not the client set the pace) or websockets' (pure Python: client-bound, gentler ratios).
+WS_CLIENT = ["aiohttp"]
+
+
+# -- the app --
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Raw ASGI: ``/big`` streams 10 MiB, ``/ws`` echoes, anything else answers ``ok``."""
+    if scope["type"] == "http":
+        if scope["path"].endswith("/big"):
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            for _ in range(BIG_CHUNKS):
+                await send({"type": "http.response.body", "body": BIG_CHUNK, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/plain")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"ok"})
+    elif scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] != "websocket.receive":
+                return
+            if message.get("bytes") is not None:
+                await send({"type": "websocket.send", "bytes": message["bytes"]})
+            else:
+                await send({"type": "websocket.send", "text": message["text"]})
+    elif scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def serve_app(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+    )
+
+
+# -- the front, with a fixed router --
+
+
+class FixedRouter:
+    """Forwards ``/content/x/...`` to the app, with ``/content/x`` stripped."""
+
+    prefix = b"/content/x"
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def route(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        client: tuple[str, int] | None,
+    ) -> Any:
+        if target.startswith(self.prefix):
+            return Forward("127.0.0.1", self.port, target[len(self.prefix) :] or b"/")
+        return Respond(404, [], b"not found")
+
+
+def serve_front(port: int, upstream_port: int) -> None:
+    import uvloop
+
+    from podium.proxy.front import Front
+
+    async def main() -> None:
+        front = Front(FixedRouter(upstream_port), "/nonexistent/podium-bench.sock")
+        await front.start("127.0.0.1", port)
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(main())
+
+
+# -- the websocket client --
+
+
+async def _ws_round_trips(url: str, connections: int, seconds: float, client: str) -> int:
+    """Round trips of 32-byte binary messages, one in flight per connection."""
+    counts = [0] * connections
+    start = asyncio.Event()
+    deadline = 0.0
+    payload = b"p" * 32
+
+    async def with_aiohttp(index: int, session: Any) -> None:
+        async with session.ws_connect(url, compress=0, autoping=False) as ws:
+            await start.wait()
+            while time.monotonic() < deadline:
+                await ws.send_bytes(payload)
+                await ws.receive()
+                counts[index] += 1
+
+    async def with_websockets(index: int, session: Any) -> None:
+        from websockets.asyncio.client import connect
+
+        async with connect(url, compression=None, max_size=None) as ws:
+            await start.wait()
+            while time.monotonic() < deadline:
+                await ws.send(payload)
+                await ws.recv()
+                counts[index] += 1
+
+    import aiohttp
+
+    one = with_aiohttp if client == "aiohttp" else with_websockets
+    async with aiohttp.ClientSession() as session:
+        tasks = [asyncio.ensure_future(one(i, session)) for i in range(connections)]
+        await asyncio.sleep(0.5)  # all connected
+        deadline = time.monotonic() + seconds
+        start.set()
+        await asyncio.gather(*tasks)
+    return sum(counts)
+
+
+def ws_client(url: str, connections: int, seconds: float, client: str) -> None:
+    import uvloop
+
+    total = uvloop.run(_ws_round_trips(url, connections, seconds, client))
+    print(total / seconds)
+
+
+# -- measuring --
+
+
+@dataclass
+class Figures:
+    small_rps: float
+    big_mibps: float
+    ws_rtps: float
+
+
+_UNITS = {"B": 1 / 2**20, "KB": 1 / 2**10, "MB": 1.0, "GB": 2**10, "TB": 2**20}
+
+
+def wrk(url: str, connections: int, seconds: float) -> tuple[float, float]:
+    """Requests/s and MiB/s from one wrk run pinned to core 1."""
+    out = subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    transfer = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
+    if rps is None or transfer is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"{errors.group(1)} failed requests to {url}:\n{out}")
+    return float(rps.group(1)), float(transfer.group(1)) * _UNITS[transfer.group(2)]
+
+
+def ws_rate(url: str, seconds: float) -> float:
+    out = subprocess.run(
+        ["taskset", "-c", "1", sys.executable, HERE, "ws-client", url, str(WS_CONNECTIONS),
+         str(seconds), WS_CLIENT[0]],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def measure(base_url: str, seconds: float) -> Figures:
+    """Small requests/s, /big MiB/s and websocket round trips/s against ``base_url``.
+
+    ``base_url`` is where the app's root is reached: ``http://127.0.0.1:PORT`` for the
+    app itself, or a proxy URL whose path prefix maps to the app's root (a real
+    Podium server: ``http://127.0.0.1:3939/content/<guid>``).
+    """
+    base = base_url.rstrip("/")
+    small, _ = wrk(base + "/", 64, seconds)
+    _, big = wrk(base + "/big", 8, seconds)
+    ws = ws_rate(re.sub(r"^http", "ws", base) + "/ws", seconds)
+    return Figures(small, big, ws)
+
+
+def compare(direct_url: str, through_url: str, seconds: float, rounds: int) -> None:
+    """Measure both sides ``rounds`` times, interleaved, and report the best of each.
+
+    Interleaving and best-of-N keep other load on the machine from deciding the
+    ratios; every round is printed too.
+    """
+    for url in (direct_url, through_url):
+        wrk(url.rstrip("/") + "/", 64, 1)  # warm up: connections, pools, caches
+    directs: list[Figures] = []
+    throughs: list[Figures] = []
+    for index in range(rounds):
+        directs.append(measure(direct_url, seconds))
+        throughs.append(measure(through_url, seconds))
+        if rounds > 1:
+            print(f"round {index + 1}:", flush=True)
+            report(directs[-1], throughs[-1])
+    best = [
+        Figures(*(max(getattr(f, name) for f in figures) for name in Figures.__dataclass_fields__))
+        for figures in (directs, throughs)
+    ]
+    if rounds > 1:
+        print(f"best of {rounds}:")
+    report(*best)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+@contextlib.contextmanager
+def pinned(core: int, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_src(), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(["taskset", "-c", str(core), sys.executable, HERE, *args], env=env)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _src() -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(HERE)), "src")
+
+
+def check_tools() -> None:
+    missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
+    if missing:
+        sys.exit(
+            f"missing {', '.join(missing)}: install with `apt-get install -y wrk` "
+            "(taskset is in util-linux)"
+        )
+    if (os.cpu_count() or 1) < 2:
+        sys.exit("needs two cores: the servers on core 0, the load generators on core 1")
+
+
+def report(direct: Figures, through: Figures) -> None:
+    rows = [
+        ("small requests/s (wrk -c64)", direct.small_rps, through.small_rps),
+        ("/big 10 MiB MiB/s (wrk -c8)", direct.big_mibps, through.big_mibps),
+        (f"websocket round trips/s ({WS_CONNECTIONS} conns)", direct.ws_rtps, through.ws_rtps),
+    ]
+    print(f"{'':40} {'direct':>10} {'through':>10} {'ratio':>7}")
+    for name, d, t in rows:
+        print(f"{name:40} {d:10.0f} {t:10.0f} {t / d:6.2f}x")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best of)")
+    parser.add_argument("--quick", action="store_true", help="3 s per measurement, 1 round")
+    parser.add_argument(
+        "--through",
+        metavar="URL",
+        help="measure this proxy URL (mapping to the app root) instead of starting a front",
+    )
+    parser.add_argument("--app-port", type=int, help="use the app already listening on PORT")
+    parser.add_argument(
+        "--ws-client", choices=["aiohttp", "websockets"], default="aiohttp",
+        help="websocket client library for the round trips",
+    )
+    args = parser.parse_args(argv)
+    seconds = 3.0 if args.quick else args.seconds
+    rounds = 1 if args.quick else args.rounds
+    WS_CLIENT[0] = args.ws_client
+    check_tools()
+
+    app_port = args.app_port or free_port()
+    front_port = free_port()
+    with contextlib.ExitStack() as stack:
+        if not args.app_port:
+            stack.enter_context(pinned(0, "serve-app", str(app_port)))
+        wait_for_port(app_port)
+        if args.through:
+            through_url = args.through
+        else:
+            stack.enter_context(pinned(0, "serve-front", str(front_port), str(app_port)))
+            wait_for_port(front_port)
+            through_url = f"http://127.0.0.1:{front_port}/content/x"
+        direct_url = f"http://127.0.0.1:{app_port}"
+        print(f"direct {direct_url}, through {through_url}: {seconds:g} s each", flush=True)
+        compare(direct_url, through_url, seconds, rounds)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-app":
+        serve_app(int(sys.argv[2]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "serve-front":
+        serve_front(int(sys.argv[2]), int(sys.argv[3]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "ws-client":
+        ws_client(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
+    else:
+        main()
