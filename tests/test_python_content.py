@@ -240,13 +240,17 @@ def test_scale_up_to_max_processes_then_503(server: RunningServer, fastapi_app: 
           idle_timeout=2, min_processes=0)
     client = publisher(server)
     client.get(content_url(server, fastapi_app))  # warm one process
-    url = content_url(server, fastapi_app) + "sleep?s=3"
+    url = content_url(server, fastapi_app) + "sleep?s=8"
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(client.get, url, headers={"Accept": "application/json"}) for _ in range(2)]
-        time.sleep(1.5)
+        first = pool.submit(client.get, url, headers={"Accept": "application/json"})
+        time.sleep(0.5)
+        # The only process is at its threshold: this connection starts a second one.
+        second = pool.submit(client.get, url, headers={"Accept": "application/json"})
+        wait_until(lambda: len(active_run_jobs(server, fastapi_app)) == 2, seconds=30)
+        time.sleep(2)  # the second process is ready and serving its connection
         # Both processes are busy with one connection each: the next is refused.
         refused = client.get(content_url(server, fastapi_app), headers={"Accept": "application/json"})
-        results = [f.result() for f in futures]
+        results = [first.result(), second.result()]
     assert refused.status_code == 503, refused.text
     assert "maximum" in refused.json()["error"]
     assert sorted(r.status_code for r in results) == [200, 200]
@@ -332,7 +336,9 @@ def test_no_matching_python_fails_clearly(server: RunningServer, home: Path, tmp
     directory = write_app(tmp_path, "oldpy", FASTAPI_APP, "fastapi\n")
     done = deploy_dir(home, "fastapi", directory, "--override-python-version", "3.5.0")
     assert done.returncode != 0
-    assert "3.5.0" in done.stdout + done.stderr and "this server has Python" in done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert "3.5.0" in output and "Cannot find a compatible execution environment" in output
+    assert "image 'Local': has Python" in output
 
 
 # --- other frameworks -------------------------------------------------------------------
