@@ -12,7 +12,7 @@ DATA_DIR ?= var
 LISTEN ?= 127.0.0.1:3939
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint clean
+.PHONY: install system-deps run test lint clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Podium needs Python 3.11 or newer on PATH (or make PYTHON=...)"; exit 1; }
@@ -26,8 +26,12 @@ install: $(STAMP)
 run: install
 	$(BIN)/podium serve --data-dir $(DATA_DIR) --listen $(LISTEN)
 
+# The dashboard's browser tests drive Debian's Chromium (Playwright never downloads one here).
+system-deps:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+
 # pytest exits 5 when it collected no tests: that is a failure here too (any non-zero is).
-test: install
+test: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -12,13 +12,12 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import update
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from podium import __version__, errors
+from podium import __version__, errors, web
 from podium.api import bundles, content, deploy, env_vars, jobs, keys, permissions, server, users
 from podium.context import Podium, open_podium
 from podium.proxy import routes as content_routes
 from podium.settings import Settings
 from podium.store.models import Task, utcnow
-from podium.web import login
 
 log = logging.getLogger(__name__)
 API = "/__api__"
@@ -97,5 +96,5 @@ def create_app(settings: Settings, ctx: Podium | None = None) -> FastAPI:
     for module in (server, users, keys, content, bundles, deploy, env_vars, permissions, jobs):
         app.include_router(module.router, prefix=API)
     app.include_router(content_routes.router)
-    app.include_router(login.router)
+    web.install(app)
     return app

@@ -8,6 +8,7 @@ plain status.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import urllib.parse
 import uuid
@@ -122,7 +123,11 @@ def _serve_bundle(ctx: Podium, content: Content, bundle: Bundle, rest: str) -> R
         target = safe_file(root, rest)
         if target is None:
             return _page(404, "Not found", f"This content has no file {rest!r}.")
-        return FileResponse(target)
+        # Files unpacked from a bundle carry the archive's mtimes (often 0), so the default
+        # validators (mtime and size) can match across bundles and a rollback would show a
+        # stale page: bundles are immutable, so bundle id and path identify the bytes.
+        validator = hashlib.md5(f"{bundle.id}:{target}".encode(), usedforsecurity=False).hexdigest()
+        return FileResponse(target, headers={"ETag": f'"{validator}"', "Cache-Control": "no-cache"})
     return _page(
         503, "Not available", f"Podium cannot serve {bundle.app_mode!r} content on this server yet."
     )

@@ -1,0 +1,91 @@
+"""Administration pages: users, running processes, execution environments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from podium import auth
+from podium.api import deps
+from podium.api import users as users_api
+from podium.api.jobs import job_json
+from podium.context import Podium
+from podium.store.models import Job, User
+from podium.web.pages import administrator
+from podium.web.templating import render
+
+router = APIRouter()
+TABS = (("users", "Users"), ("processes", "Processes"), ("environments", "Environments"))
+
+
+@router.get("/connect/admin")
+@router.get("/connect/admin/")
+def admin_index() -> Response:
+    return RedirectResponse("/connect/admin/users", status_code=303)
+
+
+@router.get("/connect/admin/users")
+def users_page(
+    request: Request,
+    prefix: str = "",
+    session: Session = Depends(deps.db),
+    user: User = Depends(administrator),
+) -> Response:
+    listing = users_api.list_users(prefix or None, None, None, 1, 500, session, user)
+    return render(
+        request, "admin_users.html", user=user, tabs=TABS, tab="users",
+        users=listing["results"], total=listing["total"], prefix=prefix, roles=auth.ROLES,
+    )
+
+
+@dataclass(frozen=True)
+class ProcessRow:
+    job: dict[str, Any]
+    content_title: str
+    content_guid: str
+    cpu_limit: float | None
+    memory_limit: int | None
+    connections: int | None
+    state: str
+
+
+def running_processes(ctx: Podium, session: Session) -> list[ProcessRow]:
+    """Every active job, with the limits it runs under and its connections."""
+    rows = []
+    for job in session.scalars(select(Job).where(Job.status == 0).order_by(Job.id)):
+        content = job.content
+        cpu, memory, conns, state = content.cpu_limit, content.memory_limit, None, "running"
+        for pool, process in ctx.scheduler.processes_of(content.id):
+            if process.key == job.key:
+                cpu = pool.target.resources.cpu_limit
+                memory = pool.target.resources.memory_limit
+                conns = process.conns
+                state = "serving" if process.serving else "starting" if process.starting else "stopping"
+        rows.append(
+            ProcessRow(job_json(job, content), content.title or content.name, content.guid,
+                       cpu, memory, conns, state)
+        )
+    return rows
+
+
+@router.get("/connect/admin/processes")
+def processes_page(
+    request: Request,
+    ctx: Podium = Depends(deps.podium),
+    session: Session = Depends(deps.db),
+    user: User = Depends(administrator),
+) -> Response:
+    return render(
+        request, "admin_processes.html", user=user, tabs=TABS, tab="processes",
+        processes=running_processes(ctx, session),
+    )
+
+
+@router.get("/connect/admin/environments")
+def environments_page(request: Request, user: User = Depends(administrator)) -> Response:
+    return render(request, "admin_environments.html", user=user, tabs=TABS, tab="environments")

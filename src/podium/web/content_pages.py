@@ -1,0 +1,188 @@
+"""The content list (``/connect/``) and the content page with its settings panes.
+
+Reads go through the same functions the API answers with, called on the
+server with the signed-in user, so a page shows exactly what the API would let
+that user see; every change is made by the page's scripts through the API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import RedirectResponse, Response
+from sqlalchemy.orm import Session
+
+from podium import auth
+from podium.api import bundles as bundles_api
+from podium.api import content as content_api
+from podium.api import deps
+from podium.api import env_vars as env_vars_api
+from podium.api import jobs as jobs_api
+from podium.api import permissions as permissions_api
+from podium.api import users as users_api
+from podium.api.serialize import content_json, user_json
+from podium.context import Podium
+from podium.store.models import Bundle, Content, User
+from podium.web import settings_view
+from podium.web.pages import PageError, as_page_errors, current_user, signed_in
+from podium.web.templating import app_mode_label, render
+
+router = APIRouter()
+
+# Panes of the content page, in order: (slug, label, needs manage rights).
+PANES: tuple[tuple[str, str, bool], ...] = (
+    ("info", "Info", False),
+    ("access", "Access", True),
+    ("runtime", "Runtime", True),
+    ("resources", "Resources", True),
+    ("environment", "Execution environment", True),
+    ("service-account", "Service account", True),
+    ("variables", "Environment variables", True),
+    ("bundles", "Bundles", True),
+    ("logs", "Logs", True),
+)
+
+
+def _status(ctx: Podium, item: dict[str, Any]) -> str:
+    if item["bundle_id"] is None:
+        return "Not deployed"
+    running = [p for _, p in ctx.scheduler.processes_of(int(item["id"])) if p.serving]
+    if running:
+        return f"Running ({len(running)} process{'es' if len(running) > 1 else ''})"
+    return "Deployed"
+
+
+@router.get("/connect/")
+def content_list(
+    request: Request,
+    q: str = "",
+    app_mode: str = "",
+    owner: str = "",
+    ctx: Podium = Depends(deps.podium),
+    session: Session = Depends(deps.db),
+    user: User | None = Depends(current_user),
+) -> Response:
+    if user is None:
+        # The fragment (#/apps/...) never reaches the server: the sign-in page keeps
+        # ``next`` as /connect/ and the redirect script runs after sign-in instead.
+        return render(request, "connect_redirect.html")
+    items = content_api.list_content(
+        request, None, None, "owner", ctx, session, deps.Caller(user, "session")
+    )
+    owners = sorted({(i["owner"]["guid"], i["owner"]["username"]) for i in items}, key=lambda o: o[1])
+    modes = sorted({i["app_mode"] for i in items})
+    needle = q.strip().lower()
+    shown = [
+        i for i in items
+        if (not needle or needle in f"{i['name']} {i['title'] or ''} {i['description']}".lower())
+        and (not app_mode or i["app_mode"] == app_mode)
+        and (not owner or i["owner"]["guid"] == owner)
+    ]
+    shown.sort(key=lambda i: i["last_deployed_time"] or "", reverse=True)
+    for item in shown:
+        item["status"] = _status(ctx, item)
+    return render(
+        request, "content_list.html", user=user, items=shown, total=len(items), owners=owners,
+        modes=modes, q=q, app_mode=app_mode, owner=owner,
+    )
+
+
+@router.get("/connect/apps/{guid}")
+def content_page_default(
+    guid: str,
+    request: Request,
+    draft: str | None = None,
+    ctx: Podium = Depends(deps.podium),
+    session: Session = Depends(deps.db),
+    user: User = Depends(signed_in),
+) -> Response:
+    return content_page(guid, "info", request, draft, ctx, session, user)
+
+
+@router.get("/connect/apps/{guid}/draft/{bundle_id}")
+def content_draft(guid: str, bundle_id: str) -> Response:
+    """Connect's draft link (``#/apps/{guid}/draft/{id}``) after the fragment redirect."""
+    return RedirectResponse(f"/connect/apps/{guid}?draft={bundle_id}", status_code=303)
+
+
+@router.get("/connect/apps/{guid}/{pane}")
+def content_page(
+    guid: str,
+    pane: str,
+    request: Request,
+    draft: str | None = None,
+    ctx: Podium = Depends(deps.podium),
+    session: Session = Depends(deps.db),
+    user: User = Depends(signed_in),
+) -> Response:
+    with as_page_errors():
+        content = content_api.visible_content(session, user, guid)
+    manage = auth.can_manage(session, user, content)
+    panes = [(slug, label) for slug, label, needs in PANES if manage or not needs]
+    if pane not in {slug for slug, _ in panes}:
+        if pane in {slug for slug, _, _ in PANES}:
+            raise PageError(403, "Only the owner, collaborators and administrators can see this pane.")
+        raise PageError(404, f"The content page has no pane {pane!r}.")
+    item = content_json(ctx, content, auth.app_role(session, user, content), {"owner"})
+    item["status"] = _status(ctx, item)
+    frame = f"/content/{content.guid}/"
+    if draft and draft.isdigit() and manage:
+        frame += f"_bundle{draft}/"
+    context: dict[str, Any] = {
+        "item": item, "content": content, "pane": pane, "panes": panes, "manage": manage,
+        "frame_url": frame if content.bundle_id is not None or draft else None,
+        "draft": draft if manage else None,
+        "mode_label": app_mode_label(content.app_mode),
+    }
+    with as_page_errors():
+        context.update(_pane_context(pane, ctx, session, user, content))
+    return render(request, "content.html", user=user, **context)
+
+
+def _pane_context(
+    pane: str, ctx: Podium, session: Session, user: User, content: Content
+) -> dict[str, Any]:
+    guid = content.guid
+    if pane == "access":
+        permissions = permissions_api.list_permissions(guid, session, user)
+        users = users_api.list_users(None, None, None, 1, 500, session, user)["results"]
+        by_guid = {u["guid"]: u for u in users}
+        for permission in permissions:
+            permission["user"] = by_guid.get(permission["principal_guid"])
+        candidates = [
+            u for u in users
+            if u["guid"] != content.owner.guid and not u["locked"]
+            and u["guid"] not in {p["principal_guid"] for p in permissions}
+        ]
+        return {"permissions": permissions, "candidates": candidates}
+    if pane == "runtime":
+        return {"runtime": settings_view.runtime_fields(ctx, content)}
+    if pane == "resources":
+        return {"resources": settings_view.resource_fields(ctx, content)}
+    if pane == "environment":
+        return {"environment": settings_view.environment_facts(ctx, session, user, content)}
+    if pane == "variables":
+        return {"variables": env_vars_api.list_env_vars(guid, session, user)}
+    if pane == "bundles":
+        bundles = bundles_api.list_bundles(guid, session, user)
+        creators = {b["created_by"] for b in bundles if b["created_by"]}
+        names = {
+            u.guid: u.username
+            for u in session.query(User).filter(User.guid.in_(creators))
+        } if creators else {}
+        for bundle in bundles:
+            bundle["creator"] = names.get(bundle["created_by"], "—")
+        return {"bundles": bundles}
+    if pane == "logs":
+        jobs = jobs_api.list_jobs(guid, session, user)
+        return {"jobs": jobs}
+    if pane == "info":
+        return {"owner": user_json(content.owner), "bundle_count": session.query(Bundle).filter(
+            Bundle.content_id == content.id).count()}
+    return {}
+
+
+@router.get("/connect/apps")
+def apps_index() -> Response:
+    return RedirectResponse("/connect/", status_code=303)

@@ -1,0 +1,44 @@
+"""Publishing from the browser: upload a bundle archive and watch it deploy.
+
+The page's script does what a client would through the API: create the
+content (or pick one the user manages), upload the archive, ask for a deploy,
+and follow the task's output.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from sqlalchemy.orm import Session
+
+from podium import auth
+from podium.api import content as content_api
+from podium.api import deps
+from podium.context import Podium
+from podium.store.models import User
+from podium.web.pages import publisher
+from podium.web.templating import render
+
+router = APIRouter()
+
+
+@router.get("/connect/publish")
+def publish_page(
+    request: Request,
+    target: str = "",
+    ctx: Podium = Depends(deps.podium),
+    session: Session = Depends(deps.db),
+    user: User = Depends(publisher),
+) -> Response:
+    items = content_api.list_content(
+        request, None, None, None, ctx, session, deps.Caller(user, "session")
+    )
+    managed = [
+        i for i in items
+        if auth.can_manage(session, user, content_api.load_content(session, i["guid"]))
+    ]
+    managed.sort(key=lambda i: (i["title"] or i["name"]).lower())
+    return render(
+        request, "publish.html", user=user, managed=managed, target=target,
+        max_bytes=ctx.settings.bundle_max_bytes,
+    )

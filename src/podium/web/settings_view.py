@@ -1,0 +1,108 @@
+"""What the Runtime, Resources and Execution environment panes show.
+
+Each setting is described once here with its label, unit and help, and paired
+with the content's value and the server's default (and maximum, where the
+server has one), so the page can say what an empty field means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from podium.context import Podium
+from podium.resources import CPU, MEMORY, ResourcePolicy
+from podium.store.models import Bundle, Content, User
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str  # the API field
+    label: str
+    help: str
+    value: Any  # the content's value in the unit shown; None = server default
+    default: Any  # the server default, in the unit shown (None: no default)
+    maximum: Any = None
+    kind: str = "int"  # how the page's script sends it: int, float
+    unit: str = ""
+    scale: int = 1  # API value = shown value * scale
+    step: str = "1"
+
+
+def _shown(value: float | None, scale: int) -> float | None:
+    if value is None:
+        return None
+    shown = value / scale
+    return int(shown) if float(shown).is_integer() else round(shown, 3)
+
+
+def runtime_fields(ctx: Podium, content: Content) -> list[Field]:
+    s = ctx.settings
+    return [
+        Field("min_processes", "Minimum processes",
+              "Processes kept running even with no viewers (0 lets the app sleep).",
+              content.min_processes, s.min_processes, s.min_processes_limit),
+        Field("max_processes", "Maximum processes",
+              "Most processes started for this content on one server.",
+              content.max_processes, s.max_processes, s.max_processes_limit),
+        Field("max_conns_per_process", "Connections per process",
+              "Most concurrent connections one process serves.",
+              content.max_conns_per_process, s.max_conns_per_process),
+        Field("load_factor", "Load factor",
+              "0.0–1.0: how early another process starts as connections grow.",
+              content.load_factor, s.load_factor, 1.0, kind="float", step="0.05"),
+        Field("idle_timeout", "Idle timeout", "Stop an extra process after this long with no connections.",
+              content.idle_timeout, s.idle_timeout_seconds, unit="seconds"),
+        Field("init_timeout", "Initial timeout", "Time a new process has to start answering.",
+              content.init_timeout, s.init_timeout_seconds, unit="seconds"),
+        Field("connection_timeout", "Connection timeout",
+              "Close a connection with no data either way for this long (0: never).",
+              content.connection_timeout, s.connection_timeout_seconds, unit="seconds"),
+        Field("read_timeout", "Read timeout",
+              "Close a connection when the viewer sends nothing for this long (0: never).",
+              content.read_timeout, s.read_timeout_seconds, unit="seconds"),
+    ]
+
+
+def resource_fields(ctx: Podium, content: Content) -> list[Field]:
+    """The resource settings with the server's defaults and maxima (0 there means none)."""
+    policy = ResourcePolicy.from_settings(ctx.settings)
+    fields = []
+    for kind, which, label, help_text in (
+        (CPU, "request", "CPU request", "CPU cores reserved for each process (fractions allowed)."),
+        (CPU, "limit", "CPU limit", "Most CPU cores each process may use."),
+        (MEMORY, "request", "Memory request", "Memory reserved for each process."),
+        (MEMORY, "limit", "Memory limit",
+         "Most memory each process may use; a process using more is stopped."),
+    ):
+        name = kind.field(which)
+        default = kind.default(policy, which) or None
+        maximum = kind.maximum(policy, which) or None
+        if kind is CPU:
+            fields.append(Field(name, label, help_text, getattr(content, name), default, maximum,
+                                kind="float", unit="cores", step="0.1"))
+        else:
+            fields.append(Field(name, label, help_text, _shown(getattr(content, name), MIB),
+                                _shown(default, MIB), _shown(maximum, MIB), kind="int",
+                                unit="MiB", scale=MIB, step="any"))
+    return fields
+
+
+def environment_facts(ctx: Podium, session: Session, user: User, content: Content) -> dict[str, Any]:
+    """What the active bundle runs with."""
+    bundle = session.get(Bundle, content.bundle_id) if content.bundle_id is not None else None
+    chosen = {
+        "cluster_name": content.cluster_name,
+        "image_name": content.image_name,
+        "environment_guid": content.environment_guid,
+        "py_version": content.py_version,
+        "r_version": content.r_version,
+        "quarto_version": content.quarto_version,
+        "python_path": bundle.python_path if bundle is not None else None,
+    }
+    return {"bundle": bundle, "chosen": chosen, "explanation": None, "problem": "",
+            "server_default_image": getattr(ctx.settings, "default_image_name", "")}

@@ -1,0 +1,108 @@
+/* Content page: live job logs (server-sent events), bundle activation and upload. */
+"use strict";
+
+(() => {
+  const head = document.getElementById("content-head");
+  if (!head) return;
+  const guid = head.dataset.guid;
+
+  Podium.handlers.gone = () => { window.location.assign("/connect/"); };
+
+  /* --- Logs pane: follow a job's log through GET .../jobs/{key}/tail (SSE) --- */
+  let source = null;
+
+  function follow(key) {
+    const log = document.getElementById("job-log");
+    const status = document.getElementById("job-log-status");
+    if (source) source.close();
+    log.textContent = "";
+    document.querySelectorAll("tr[data-job]").forEach((row) => {
+      row.classList.toggle("selected", row.dataset.job === key);
+    });
+    const row = document.querySelector(`tr[data-job="${CSS.escape(key)}"]`);
+    const active = row && row.dataset.active === "1";
+    status.textContent = active ? `Following ${key}…` : `Log of ${key}:`;
+    source = new EventSource(`/__api__/v1/content/${guid}/jobs/${encodeURIComponent(key)}/tail`);
+    let lines = 0;
+    source.onmessage = (event) => {
+      const entry = JSON.parse(event.data);
+      const stamp = entry.timestamp ? entry.timestamp.replace("T", " ").replace("Z", "") + "  " : "";
+      Podium.appendLine(log, stamp + entry.data, entry.source);
+      lines += 1;
+    };
+    source.addEventListener("end", () => {
+      source.close();
+      status.textContent = `${key} has ended (${lines} line${lines === 1 ? "" : "s"}).`;
+    });
+    source.onerror = () => {
+      // The stream closes when a job has no log yet or the server restarts: do not retry forever.
+      source.close();
+      if (!lines) status.textContent = `${key} has no log to show yet.`;
+      else status.textContent = `The log stream of ${key} closed; choose the job again to reconnect.`;
+    };
+  }
+
+  document.querySelectorAll("button[data-follow]").forEach((button) => {
+    button.addEventListener("click", () => follow(button.dataset.follow));
+  });
+  const rows = [...document.querySelectorAll("tr[data-job]")];
+  if (rows.length) {
+    const preferred = rows.find((r) => r.dataset.active === "1" && r.dataset.kind === "run")
+      || rows.find((r) => r.dataset.active === "1") || rows[0];
+    follow(preferred.dataset.job);
+  }
+  window.addEventListener("pagehide", () => { if (source) source.close(); });
+
+  /* --- Bundles pane: activate (rollback) or upload and deploy --- */
+  const deployLog = document.getElementById("deploy-log");
+  const deployStatus = document.getElementById("deploy-status");
+
+  async function deployAndReport(bundleId, what) {
+    deployLog.hidden = false;
+    deployLog.textContent = "";
+    deployStatus.classList.remove("error");
+    deployStatus.textContent = `${what}: deploying bundle ${bundleId}…`;
+    const task = await Podium.deploy(guid, bundleId, deployLog);
+    if (task.code === 0 && !task.error) {
+      deployStatus.textContent = `Bundle ${bundleId} is deployed and active.`;
+      setTimeout(() => window.location.reload(), 1200);
+    } else {
+      throw new Podium.ApiError(`The deploy failed: ${task.error || "see the output above"}`, 0, 0);
+    }
+  }
+
+  function reportError(err) {
+    deployStatus.textContent = err.message;
+    deployStatus.classList.add("error");
+    deployStatus.setAttribute("role", "alert");
+  }
+
+  document.querySelectorAll("button[data-activate]").forEach((button) => {
+    button.addEventListener("click", async () => {
+      const id = button.dataset.activate;
+      if (!window.confirm(`Activate bundle ${id}? Viewers will see it once it is deployed.`)) return;
+      button.disabled = true;
+      try { await deployAndReport(id, "Rollback"); } catch (err) { reportError(err); }
+      button.disabled = false;
+    });
+  });
+
+  const upload = document.getElementById("upload-form");
+  if (upload) {
+    upload.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const file = upload.querySelector("input[type=file]").files[0];
+      if (!file) return;
+      const button = upload.querySelector("button");
+      button.disabled = true;
+      deployLog.hidden = false;
+      deployStatus.textContent = `Uploading ${file.name}…`;
+      try {
+        const bundle = await Podium.request("POST", `v1/content/${guid}/bundles`, file,
+          { raw: true, contentType: "application/gzip" });
+        await deployAndReport(bundle.id, "Upload");
+      } catch (err) { reportError(err); }
+      button.disabled = false;
+    });
+  }
+})();

@@ -1,0 +1,458 @@
+"""The dashboard in a real browser: Playwright driving Debian's Chromium against a real server.
+
+Each test signs in as the role it exercises. The main pages are photographed
+into docs/screenshots/ (the README shows them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from tests.conftest import RunningServer, start_server
+from tests.helpers import deploy, static_bundle, tar_gz
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = os.environ.get("PODIUM_TEST_CHROMIUM", "/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+LAPTOP = {"width": 1366, "height": 768}
+MIB = 1024 * 1024
+
+try:
+    from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+except ImportError:  # pragma: no cover - the test extras install it
+    sync_playwright = None  # type: ignore[assignment]
+
+
+def _missing(what: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is required in CI (make system-deps installs Chromium)")
+    pytest.skip(f"{what} is not installed")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if sync_playwright is None:
+        _missing("playwright")
+    if not shutil.which(CHROMIUM):
+        _missing(f"Chromium at {CHROMIUM}")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server with resource maxima, so the Resources pane has something to refuse."""
+    running = start_server(
+        tmp_path_factory.mktemp("podium") / "data",
+        extra_env={
+            "PODIUM_MAX_CPU_LIMIT_CORES": "2",
+            "PODIUM_CPU_LIMIT_CORES": "1",
+            "PODIUM_MAX_MEMORY_LIMIT_BYTES": str(2048 * MIB),
+            "PODIUM_MEMORY_LIMIT_BYTES": str(512 * MIB),
+        },
+    )
+    yield running
+    running.stop()
+
+
+def api(server: RunningServer, path: str) -> str:
+    return f"{server.url}/__api__/{path}"
+
+
+def make_user(server: RunningServer, username: str, role: str) -> str:
+    """The user's API key; the password is ``<username>-pass-1``."""
+    return server.user_key(username, role)
+
+
+def new_content(server: RunningServer, key: str, name: str, **fields: Any) -> dict[str, Any]:
+    made = server.api(key).post(api(server, "v1/content"), json={"name": name, **fields})
+    assert made.status_code == 200, made.text
+    return made.json()  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def signed_in(browser: Browser, server: RunningServer) -> Iterator[Any]:
+    """``signed_in(username)`` opens a signed-in page for that user (in its own context)."""
+    contexts: list[BrowserContext] = []
+
+    def open_as(username: str) -> Page:
+        context = browser.new_context(viewport=LAPTOP)
+        contexts.append(context)
+        page = context.new_page()
+        page.goto(f"{server.url}/__login__?next=/connect/")
+        page.get_by_label("Username").fill(username)
+        page.get_by_label("Password").fill(f"{username}-pass-1")
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(f"{server.url}/connect/")
+        return page
+
+    yield open_as
+    for context in contexts:
+        context.close()
+
+
+def shot(page: Page, name: str, full_page: bool = False) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+
+
+def content_page(server: RunningServer, guid: str, pane: str = "") -> str:
+    return f"{server.url}/connect/apps/{guid}" + (f"/{pane}" if pane else "")
+
+
+# --- sign-in, the content list and what each role sees -----------------------------------
+
+
+def test_dashboard_sign_in_refuses_wrong_password(browser: Browser, server: RunningServer) -> None:
+    make_user(server, "vera", "viewer")
+    context = browser.new_context(viewport=LAPTOP)
+    page = context.new_page()
+    page.goto(f"{server.url}/connect/")
+    page.wait_for_url(re.compile(r".*/__login__.*"))
+    page.get_by_label("Username").fill("vera")
+    page.get_by_label("Password").fill("not her password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("Wrong username or password.")
+    expect(page.get_by_label("Username")).to_have_value("vera")
+    shot(page, "sign-in")
+    context.close()
+
+
+def test_dashboard_content_list_shows_only_what_the_viewer_may_see(
+    server: RunningServer, signed_in: Any
+) -> None:
+    key = make_user(server, "paula", "publisher")
+    make_user(server, "vera", "viewer")
+    public = new_content(server, key, "public-report", title="Quarterly report", access_type="logged_in")
+    deploy(server, key, public["guid"], static_bundle())
+    new_content(server, key, "secret-app", title="Secret dashboard", access_type="acl")
+
+    page = signed_in("vera")
+    expect(page.get_by_role("link", name="Quarterly report")).to_be_visible()
+    expect(page.get_by_role("link", name="Secret dashboard")).to_have_count(0)
+    expect(page.get_by_role("link", name="Publish")).to_have_count(0)
+    expect(page.get_by_role("link", name="Admin")).to_have_count(0)
+
+    # A viewer sees the content and its Info pane only.
+    page.get_by_role("link", name="Quarterly report").click()
+    expect(page.frame_locator("iframe").get_by_role("heading")).to_have_text("Hello from Podium")
+    expect(page.get_by_role("navigation", name="Content settings").get_by_role("link")).to_have_count(1)
+    page.goto(content_page(server, public["guid"], "runtime"))
+    expect(page.get_by_role("heading", name="No access")).to_be_visible()
+
+    publisher = signed_in("paula")
+    publisher.get_by_label("Search").fill("secret")
+    publisher.get_by_role("button", name="Filter").click()
+    expect(publisher.get_by_role("link", name="Secret dashboard")).to_be_visible()
+    expect(publisher.get_by_role("link", name="Quarterly report")).to_have_count(0)
+    publisher.get_by_role("link", name="Clear").click()
+    publisher.get_by_label("Type").select_option("static")
+    publisher.get_by_role("button", name="Filter").click()
+    expect(publisher.get_by_role("link", name="Quarterly report")).to_be_visible()
+    expect(publisher.get_by_role("link", name="Secret dashboard")).to_have_count(0)
+    publisher.goto(f"{server.url}/connect/")
+    shot(publisher, "content-list")
+
+
+def test_dashboard_connect_links_reach_the_content_page(
+    browser: Browser, server: RunningServer, signed_in: Any
+) -> None:
+    key = make_user(server, "paula", "publisher")
+    item = new_content(server, key, "linked", title="Linked content")
+    bundle_id, _ = deploy(server, key, item["guid"], static_bundle())
+    assert item["dashboard_url"].endswith(f"/connect/#/apps/{item['guid']}")
+
+    page = signed_in("paula")
+    page.goto(f"{server.url}/connect/#/apps/{item['guid']}/logs")
+    page.wait_for_url(content_page(server, item["guid"], "logs"))
+    page.goto(f"{server.url}/connect/#/apps/{item['guid']}/draft/{bundle_id}")
+    page.wait_for_url(f"{content_page(server, item['guid'])}?draft={bundle_id}")
+    expect(page.get_by_role("note")).to_contain_text(f"bundle {bundle_id} as a draft")
+
+    # Not signed in: the link leads through the sign-in form to the same page.
+    context = browser.new_context(viewport=LAPTOP)
+    anonymous = context.new_page()
+    anonymous.goto(f"{server.url}/connect/#/apps/{item['guid']}")
+    anonymous.wait_for_url(re.compile(r".*/__login__\?next=.*"))
+    anonymous.get_by_label("Username").fill("paula")
+    anonymous.get_by_label("Password").fill("paula-pass-1")
+    anonymous.get_by_role("button", name="Sign in").click()
+    anonymous.wait_for_url(content_page(server, item["guid"]))
+    context.close()
+
+
+# --- publishing, settings, rollback ------------------------------------------------------
+
+
+def test_dashboard_publish_by_upload_streams_the_deploy(
+    server: RunningServer, signed_in: Any, tmp_path: Path
+) -> None:
+    make_user(server, "paula", "publisher")
+    archive = tmp_path / "site.tar.gz"
+    archive.write_bytes(static_bundle({"index.html": "<h1>Uploaded from a browser</h1>"}))
+    page = signed_in("paula")
+    page.get_by_role("link", name="Publish", exact=True).first.click()
+    page.get_by_label("Name", exact=False).first.fill("browser-upload")
+    page.get_by_label("Title").fill("Uploaded site")
+    page.get_by_label("Bundle archive").set_input_files(str(archive))
+    page.get_by_role("button", name="Upload and deploy").click()
+    expect(page.locator("#publish-status")).to_contain_text("is active", timeout=60_000)
+    expect(page.get_by_role("log")).to_contain_text("Activat")
+    shot(page, "publish")
+
+    page.get_by_role("link", name="Open the content page").click()
+    expect(page.frame_locator("iframe").get_by_role("heading")).to_have_text("Uploaded from a browser")
+    shot(page, "content-page")
+
+    # A second upload under the same name is refused with the API's words, and leaves nothing.
+    page.goto(f"{server.url}/connect/publish")
+    page.get_by_label("Name", exact=False).first.fill("browser-upload")
+    page.get_by_label("Bundle archive").set_input_files(str(archive))
+    page.get_by_role("button", name="Upload and deploy").click()
+    expect(page.get_by_role("alert")).to_contain_text("already own content named 'browser-upload'")
+
+
+def test_dashboard_runtime_and_resource_settings(server: RunningServer, signed_in: Any) -> None:
+    key = make_user(server, "paula", "publisher")
+    item = new_content(server, key, "tunable", title="Tunable app")
+    page = signed_in("paula")
+
+    page.goto(content_page(server, item["guid"], "runtime"))
+    expect(page.get_by_label("Maximum processes")).to_have_attribute("placeholder", "default: 3")
+    page.get_by_label("Maximum processes").fill("2")
+    page.get_by_label("Idle timeout").fill("600")
+    page.get_by_role("button", name="Save runtime settings").click()
+    expect(page.get_by_role("status")).to_have_text("Runtime settings saved.")
+    record = server.api(key).get(api(server, f"v1/content/{item['guid']}")).json()
+    assert (record["max_processes"], record["idle_timeout"]) == (2, 600)
+
+    page.goto(content_page(server, item["guid"], "resources"))
+    expect(page.locator("#h-cpu_limit")).to_contain_text("Server default: 1; maximum: 2")
+    page.get_by_label("CPU limit").fill("8")
+    page.get_by_role("button", name="Save resource settings").click()
+    expect(page.get_by_role("alert")).to_contain_text("cpu_limit 8 cores exceeds this server's maximum of 2 cores")
+    shot(page, "content-resources")
+    page.get_by_label("CPU limit").fill("1.5")
+    page.get_by_label("Memory limit").fill("1024")
+    page.get_by_role("button", name="Save resource settings").click()
+    expect(page.get_by_role("status")).to_have_text("Resource settings saved.")
+    record = server.api(key).get(api(server, f"v1/content/{item['guid']}")).json()
+    assert (record["cpu_limit"], record["memory_limit"]) == (1.5, 1024 * MIB)
+    page.reload()
+    expect(page.get_by_label("Memory limit")).to_have_value("1024")
+
+
+def test_dashboard_service_account_set_by_admin_read_only_for_publisher(
+    server: RunningServer, signed_in: Any
+) -> None:
+    key = make_user(server, "paula", "publisher")
+    make_user(server, "ada", "administrator")
+    item = new_content(server, key, "needs-sa", title="Needs a service account")
+
+    admin = signed_in("ada")
+    admin.goto(content_page(server, item["guid"], "service-account"))
+    admin.get_by_label("Service account name").fill("Not_Valid")
+    admin.get_by_role("button", name="Save service account").click()
+    expect(admin.get_by_role("alert")).to_contain_text("not a valid DNS-1123 subdomain")
+    admin.get_by_label("Service account name").fill("reports-reader")
+    admin.get_by_role("button", name="Save service account").click()
+    expect(admin.get_by_role("status")).to_have_text("Service account saved.")
+
+    publisher = signed_in("paula")
+    publisher.goto(content_page(server, item["guid"], "service-account"))
+    field = publisher.get_by_label("Service account name")
+    expect(field).to_have_value("reports-reader")
+    expect(field).to_have_attribute("readonly", "")
+    expect(publisher.get_by_role("button", name="Save service account")).to_have_count(0)
+    expect(publisher.get_by_text("Read-only: ask an administrator")).to_be_visible()
+    shot(publisher, "content-service-account")
+
+
+def test_dashboard_rollback_to_an_older_bundle(server: RunningServer, signed_in: Any) -> None:
+    key = make_user(server, "paula", "publisher")
+    item = new_content(server, key, "versions", title="Versioned site", access_type="logged_in")
+    first, _ = deploy(server, key, item["guid"], static_bundle({"index.html": "<h1>Version one</h1>"}))
+    deploy(server, key, item["guid"], static_bundle({"index.html": "<h1>Version two</h1>"}))
+
+    page = signed_in("paula")
+    page.goto(content_page(server, item["guid"], "bundles"))
+    expect(page.frame_locator("iframe").get_by_role("heading")).to_have_text("Version two")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator(f"#bundle-{first}").get_by_role("button", name="Activate").click()
+    expect(page.locator("#deploy-status")).to_contain_text(f"Bundle {first} is deployed and active", timeout=60_000)
+    expect(page.locator("#deploy-log")).to_contain_text("Activat")
+    page.wait_for_load_state("load")
+    expect(page.locator(f"#bundle-{first}")).to_contain_text("Active", timeout=10_000)
+    expect(page.frame_locator("iframe").get_by_role("heading")).to_have_text("Version one")
+    shot(page, "content-bundles")
+    served = server.api(key).get(f"{server.url}/content/{item['guid']}/")
+    assert "Version one" in served.text
+
+
+def test_dashboard_environment_variables_are_write_only(server: RunningServer, signed_in: Any) -> None:
+    key = make_user(server, "paula", "publisher")
+    item = new_content(server, key, "with-vars", title="Has variables")
+    page = signed_in("paula")
+    page.goto(content_page(server, item["guid"], "variables"))
+    page.get_by_label("Name").fill("DATABASE_URL")
+    page.get_by_label("Value").fill("postgres://secret")
+    page.get_by_role("button", name="Set variable").click()
+    expect(page.get_by_role("cell", name="DATABASE_URL", exact=True)).to_be_visible()
+    assert "postgres://secret" not in page.content()
+    page.get_by_label("Name").fill("PATH")
+    page.get_by_label("Value").fill("x")
+    page.get_by_role("button", name="Set variable").click()
+    expect(page.get_by_role("alert")).to_contain_text("PATH is set by Podium")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Remove DATABASE_URL").click()
+    expect(page.get_by_text("No environment variables.")).to_be_visible()
+
+
+def test_dashboard_access_collaborators_and_viewers(server: RunningServer, signed_in: Any) -> None:
+    key = make_user(server, "paula", "publisher")
+    make_user(server, "vera", "viewer")
+    item = new_content(server, key, "shared", title="Shared report")
+    page = signed_in("paula")
+    page.goto(content_page(server, item["guid"], "access"))
+    page.get_by_label("All signed-in users").check()
+    page.get_by_role("button", name="Save access").click()
+    expect(page.get_by_role("status")).to_have_text("Access saved.")
+    page.get_by_label("User", exact=True).select_option(label="vera (viewer)")
+    page.get_by_label("Role").select_option("owner")
+    page.get_by_role("button", name="Add").click()
+    expect(page.get_by_role("alert")).to_contain_text("vera is a viewer; only publishers and administrators can collaborate")
+    page.get_by_label("Role").select_option("viewer")
+    page.get_by_role("button", name="Add").click()
+    expect(page.get_by_role("button", name="Remove vera")).to_be_visible()
+    shot(page, "content-access")
+    assert server.api(key).get(api(server, f"v1/content/{item['guid']}")).json()["access_type"] == "logged_in"
+
+
+# --- a running app: its log, live, and the admin's processes view -------------------------
+
+CHATTY_APP = """
+from fastapi import FastAPI
+app = FastAPI()
+
+@app.get("/")
+def root(who: str = "nobody"):
+    print(f"handled a request from {who}", flush=True)
+    return {"ok": True}
+"""
+
+
+def chatty_bundle() -> bytes:
+    manifest = {
+        "version": 1,
+        "locale": "en_US.UTF-8",
+        "metadata": {"appmode": "python-fastapi", "entrypoint": "app"},
+        "python": {
+            "version": "3.11.7",
+            "package_manager": {"name": "pip", "version": "23.2.1", "package_file": "requirements.txt"},
+        },
+        "files": {"requirements.txt": {}, "app.py": {}},
+    }
+    return tar_gz({"manifest.json": json.dumps(manifest), "requirements.txt": "fastapi\n", "app.py": CHATTY_APP})
+
+
+def test_dashboard_follow_a_running_apps_log_and_stop_it(server: RunningServer, signed_in: Any) -> None:
+    key = make_user(server, "paula", "publisher")
+    make_user(server, "ada", "administrator")
+    item = new_content(server, key, "chatty", title="Chatty API", access_type="logged_in")
+    _, task = deploy(server, key, item["guid"], chatty_bundle())
+    assert task["code"] == 0, task["all_output"]
+    client = server.api(key)
+    assert client.get(f"{server.url}/content/{item['guid']}/", params={"who": "first"}).json() == {"ok": True}
+
+    page = signed_in("paula")
+    page.goto(content_page(server, item["guid"], "logs"))
+    log = page.get_by_role("log")
+    expect(page.locator("#job-log-status")).to_contain_text("Following run-", timeout=10_000)
+    expect(log).to_contain_text("handled a request from first", timeout=15_000)
+    # Lines written while the page is open arrive live over the event stream.
+    client.get(f"{server.url}/content/{item['guid']}/", params={"who": "second"})
+    expect(log).to_contain_text("handled a request from second", timeout=15_000)
+    shot(page, "content-logs")
+
+    # The build's log is one click away.
+    page.locator("tr[data-kind=build]").first.get_by_role("button").click()
+    expect(page.locator("#job-log-status")).to_contain_text("has ended", timeout=15_000)
+
+    admin = signed_in("ada")
+    admin.goto(f"{server.url}/connect/admin/processes")
+    row = admin.locator("tr", has_text="Chatty API")
+    expect(row).to_have_count(1)
+    expect(row).to_contain_text("1 core")  # the server default limit, resolved
+    expect(row).to_contain_text("512 MiB")
+    shot(admin, "admin-processes")
+    admin.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name=re.compile("^Stop")).click()
+    expect(admin.get_by_text("No processes are running.")).to_be_visible(timeout=20_000)
+    page.reload()
+    expect(page.locator("tr[data-kind=run]").first).to_contain_text("stopped")
+
+
+# --- profile and administration ----------------------------------------------------------
+
+
+def test_dashboard_api_key_shown_once_then_revoked(server: RunningServer, signed_in: Any) -> None:
+    make_user(server, "paula", "publisher")
+    page = signed_in("paula")
+    page.get_by_role("link", name="paula").click()
+    page.get_by_label("New key name").fill("laptop")
+    page.get_by_role("button", name="Create key").click()
+    value = page.get_by_role("textbox", name="API key", exact=True)
+    expect(value).not_to_have_value("")
+    key = value.input_value()
+    me = requests.get(api(server, "v1/user"), headers={"Authorization": f"Key {key}"}, timeout=10)
+    assert me.json()["username"] == "paula"
+    shot(page, "profile")
+    page.reload()
+    assert key not in page.content()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Revoke laptop").click()
+    expect(page.get_by_role("cell", name="laptop", exact=True)).to_have_count(0)
+    assert requests.get(api(server, "v1/user"), headers={"Authorization": f"Key {key}"}, timeout=10).status_code == 401
+
+
+def test_dashboard_admin_manages_users(server: RunningServer, signed_in: Any) -> None:
+    make_user(server, "ada", "administrator")
+    make_user(server, "paula", "publisher")
+    page = signed_in("ada")
+    page.get_by_role("link", name="Admin").click()
+    page.get_by_label("Username").fill("newbie")
+    page.get_by_label("Password").fill("short")
+    page.get_by_label("Password").evaluate("el => el.removeAttribute('minlength')")
+    page.get_by_role("button", name="Create user").click()
+    expect(page.get_by_role("alert")).to_contain_text("at least 8 characters")
+    page.get_by_label("Password").fill("newbie-pass-1")
+    page.get_by_role("button", name="Create user").click()
+    row = page.locator("tr[data-user=newbie]")
+    expect(row).to_contain_text("active")
+    row.get_by_label("Role of newbie").select_option("publisher")
+    expect(row.get_by_role("status")).to_have_text("Role changed to publisher.")
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Lock").click()
+    expect(page.locator("tr[data-user=newbie]")).to_contain_text("locked")
+    shot(page, "admin-users")
+    users = server.api().get(api(server, "v1/users"), params={"prefix": "newbie"}).json()["results"]
+    assert (users[0]["user_role"], users[0]["locked"]) == ("publisher", True)
+
+    publisher = signed_in("paula")
+    publisher.goto(f"{server.url}/connect/admin/users")
+    expect(publisher.get_by_role("heading", name="No access")).to_be_visible()
