@@ -4,6 +4,9 @@
     python bench/proxy.py --quick         # 3 s per measurement, for a smoke run
     python bench/proxy.py --through URL   # measure an already running proxy at URL
                                           # (e.g. http://127.0.0.1:3939/content/<guid>)
+    python bench/proxy.py --podium        # a real `podium serve` (pinned to core 0) with
+                                          # the app deployed as content; direct = the same
+                                          # content process reached at its own port
 
 The app (a raw ASGI callable: ``/`` answers ``ok``, ``/big`` streams 10 MiB in 64 KiB
 chunks, ``/ws`` echoes websocket messages) runs under uvicorn (uvloop, httptools, no
@@ -320,6 +323,78 @@ def report(direct: Figures, through: Figures) -> None:
         print(f"{name:40} {d:10.0f} {t:10.0f} {t / d:6.2f}x")
 
 
+@contextlib.contextmanager
+def podium_content() -> Iterator[tuple[str, str]]:
+    """A real Podium on core 0 serving this benchmark's app as public content.
+
+    Yields (direct URL of the content process, URL through Podium). The content
+    process is Podium's own run job, so it inherits the server's core.
+    """
+    import inspect
+    import io
+    import json
+    import tarfile
+    import tempfile
+
+    import requests
+
+    source = "\n".join(
+        ["from typing import Any", "BIG_CHUNK = b'x' * (64 * 1024)", f"BIG_CHUNKS = {BIG_CHUNKS}",
+         inspect.getsource(app)]
+    )
+    manifest = {"version": 1, "metadata": {"appmode": "python-fastapi", "entrypoint": "app:app"},
+                "python": {"version": ".".join(map(str, sys.version_info[:3])),
+                           "package_manager": {"name": "pip", "package_file": "requirements.txt"}},
+                "files": {}}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, text in (("manifest.json", json.dumps(manifest)), ("app.py", source),
+                           ("requirements.txt", "uvicorn[standard]\n")):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    work = tempfile.mkdtemp(prefix="podium-bench-proxy-")
+    data_dir = os.path.join(work, "data")
+    podium = [sys.executable, "-m", "podium"]
+    key = subprocess.run([*podium, "admin", "bootstrap", "--data-dir", data_dir], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    port = free_port()
+    env = {**os.environ, "PODIUM_BOOTSTRAP_ADMIN_ON_FIRST_START": "false"}
+    server = subprocess.Popen(
+        ["taskset", "-c", "0", *podium, "serve", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, 60)
+        api = requests.Session()
+        api.headers["Authorization"] = f"Key {key}"
+        base = f"http://127.0.0.1:{port}/__api__"
+        # One process taking every connection, as the direct side has: the comparison is
+        # of the path, not of the scheduler spreading load.
+        guid = api.post(f"{base}/v1/content", json={
+            "name": "bench", "access_type": "all", "max_processes": 1, "min_processes": 1,
+            "max_conns_per_process": 1000, "load_factor": 1.0}).json()["guid"]
+        bundle_id = api.post(f"{base}/v1/content/{guid}/bundles", data=buffer.getvalue()).json()["id"]
+        task = api.post(f"{base}/v1/content/{guid}/deploy", json={"bundle_id": bundle_id}).json()["task_id"]
+        while not (state := api.get(f"{base}/v1/tasks/{task}", params={"wait": 1}).json())["finished"]:
+            pass
+        if state["code"] != 0:
+            raise RuntimeError(f"deploy failed: {state['error']}")
+        through = f"http://127.0.0.1:{port}/content/{guid}"
+        if requests.get(through + "/").text != "ok":
+            answer = requests.get(through + "/")
+            raise RuntimeError(f"the deployed app does not answer through Podium: {answer.status_code} {answer.text[:300]}")
+        job = next(j for j in api.get(f"{base}/v1/content/{guid}/jobs").json() if j["status"] == 0)
+        with open(os.path.join(data_dir, "jobs", job["key"], "job.json")) as record:
+            app_port = json.load(record)["port"]
+        yield f"http://127.0.0.1:{app_port}", through
+    finally:
+        server.terminate()
+        server.wait(30)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
@@ -331,6 +406,8 @@ def main(argv: list[str] | None = None) -> None:
         help="measure this proxy URL (mapping to the app root) instead of starting a front",
     )
     parser.add_argument("--app-port", type=int, help="use the app already listening on PORT")
+    parser.add_argument("--podium", action="store_true",
+                        help="measure a real podium serve with the app deployed as content")
     parser.add_argument(
         "--ws-client", choices=["aiohttp", "websockets"], default="aiohttp",
         help="websocket client library for the round trips",
@@ -341,6 +418,11 @@ def main(argv: list[str] | None = None) -> None:
     WS_CLIENT[0] = args.ws_client
     check_tools()
 
+    if args.podium:
+        with podium_content() as (direct_url, through_url):
+            print(f"direct {direct_url}, through Podium {through_url}: {seconds:g} s each", flush=True)
+            compare(direct_url, through_url, seconds, rounds)
+        return
     app_port = args.app_port or free_port()
     front_port = free_port()
     with contextlib.ExitStack() as stack:

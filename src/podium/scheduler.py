@@ -269,7 +269,11 @@ class Scheduler:
         while loop.time() < deadline and not process.stopping:
             status = await self.jobs.backend.status(process.handle)
             if not status.state.active:
-                await self._fail(pool, process, _ended_message(status), status)
+                message = (
+                    f"The content process stopped while starting: {_ended_message(status)}. "
+                    f"Its log: /__api__/v1/content/{target.content_guid}/jobs/{process.key}/log"
+                )
+                await self._fail(pool, process, message, status)
                 return
             if process.address is None:
                 process.address = await self.jobs.backend.address(process.handle)
