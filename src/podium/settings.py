@@ -115,7 +115,8 @@ class Settings(BaseSettings):
         "major-minor",
         "python",
         "How a bundle's Python version picks an interpreter when its manifest has no "
-        "environment.python.requires: 'major-minor' (same 3.X, newest patch) or 'exact'.",
+        "environment.python.requires: 'major-minor' (same 3.X: the bundle's own version if "
+        "installed, else the newest patch) or 'exact'.",
         pattern="^(major-minor|exact)$",
     )
     package_index_url: str = setting(
@@ -126,6 +127,46 @@ class Settings(BaseSettings):
     )
     build_timeout_seconds: int = setting(
         1800, "python", "Longest time a package environment build may take before it is stopped."
+    )
+
+    # [environments]
+    default_image_name: str = setting(
+        "",
+        "environments",
+        "Image of the execution environment used when neither a bundle's manifest "
+        "(environment.image) nor its content (default_image_name) names one. Empty means "
+        "automatic matching among environments with matching 'any'.",
+    )
+    local_environment_matching: str = setting(
+        "any",
+        "environments",
+        "Matching mode of the 'Local' environment describing this host's interpreters: 'any' "
+        "(selected automatically or by name), 'exact' (only when named) or 'none' (never).",
+        pattern="^(any|exact|none)$",
+    )
+    r_version_matching: str = setting(
+        "nearest",
+        "environments",
+        "How a bundle's R version picks an installation when its manifest has no "
+        "environment.r.requires: 'nearest' (exact, else the closest), 'major-minor' or 'exact'.",
+        pattern="^(nearest|major-minor|exact)$",
+    )
+    r_installations: list[str] = setting(
+        [], "environments", "R executables of the 'Local' environment. Empty means R on PATH."
+    )
+    quarto_installations: list[str] = setting(
+        [],
+        "environments",
+        "Quarto executables of the 'Local' environment. Empty means quarto on PATH.",
+    )
+    declared_environments: list[dict[str, Any]] = setting(
+        [],
+        "environments",
+        "Execution environments kept from this file, created or updated at start and refused "
+        "to API edits; one [[environments.declared_environments]] table each, with the fields "
+        "of POST v1/environments: name (the image), title, matching, python = [{version = "
+        '"3.11.9", path = "/opt/python/3.11.9/bin/python"}], r, quarto. Removing one here '
+        "removes it at the next start.",
     )
 
     # [scheduler]
@@ -277,6 +318,13 @@ class Settings(BaseSettings):
         "Launcher.KubernetesContentServiceAccountSelection (default false there).",
     )
 
+    @field_validator("declared_environments")
+    @classmethod
+    def _check_declared(cls, value: list[Any]) -> list[dict[str, Any]]:
+        from podium.environments.validate import validate_declarations
+
+        return validate_declarations(value)
+
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
@@ -405,6 +453,8 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if value is None:
         return '""'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

@@ -255,3 +255,32 @@ class Job(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     content: Mapped[Content] = relationship()
+
+
+class ExecutionEnvironment(Base):
+    """An execution environment: an image and the Python, R and Quarto installations in it.
+
+    ``managed_by`` is set for records kept from the settings file ("settings") or
+    derived from this host ("host"); the API refuses to change those.
+    """
+
+    __tablename__ = "environments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guid: Mapped[str] = mapped_column(String(36), unique=True, default=new_guid)
+    name: Mapped[str] = mapped_column(String(512), unique=True)
+    title: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    cluster_name: Mapped[str] = mapped_column(String(64))
+    environment_type: Mapped[str] = mapped_column(String(64))
+    matching: Mapped[str] = mapped_column(String(8), default="any")
+    supervisor: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Installations as [{"version": ..., "path": ...}].
+    python: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    r: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    quarto: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    tensorflow: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    volume_mounts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    managed_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

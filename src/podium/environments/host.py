@@ -1,0 +1,77 @@
+"""The ``Local`` environment: the interpreters installed on this host.
+
+Without Kubernetes, content runs on the server's host, so the catalogue holds
+one environment describing it: Python interpreters from ``python_installations``
+(or discovered), R and Quarto from their settings or ``PATH``. It is kept up to
+date at every start and selected by the same rules as any other environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from typing import Any
+
+from podium.build.python import PythonInstallation
+from podium.environments.model import SEMVER
+
+LOCAL_NAME = "Local"
+HOST = "host"
+_R_VERSION = re.compile(r"R version (\d+\.\d+\.\d+)")
+
+
+def _run(path: str, *args: str) -> str:
+    try:
+        done = subprocess.run(
+            [path, *args], capture_output=True, text=True, timeout=20, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout + done.stderr
+
+
+def _probe_r(path: str) -> str | None:
+    found = _R_VERSION.search(_run(path, "--version"))
+    return found.group(1) if found else None
+
+
+def _probe_quarto(path: str) -> str | None:
+    text = _run(path, "--version").strip()
+    return text if SEMVER.match(text) else None
+
+
+def _discover(configured: list[str], command: str, probe: Any) -> list[dict[str, str]]:
+    paths = configured or [p for p in [shutil.which(command)] if p]
+    found: dict[str, dict[str, str]] = {}
+    for path in paths:
+        if not os.access(path, os.X_OK):
+            continue
+        real = os.path.realpath(path)
+        version = probe(real)
+        if version and version not in found:
+            found[version] = {"version": version, "path": real}
+    return sorted(found.values(), key=lambda i: [int(p) for p in re.findall(r"\d+", i["version"])[:3]])
+
+
+def local_environment(
+    pythons: list[PythonInstallation],
+    r_installations: list[str],
+    quarto_installations: list[str],
+    matching: str,
+) -> dict[str, Any]:
+    """The ``Local`` environment's record fields (as a ``POST v1/environments`` body)."""
+    python = [
+        {"version": p.version_text, "path": p.path} for p in pythons if SEMVER.match(p.version_text)
+    ]
+    return {
+        "name": LOCAL_NAME,
+        "title": LOCAL_NAME,
+        "cluster_name": "Local",
+        "description": "The interpreters installed on this Podium host.",
+        "matching": matching,
+        "python": {"installations": python},
+        "r": {"installations": _discover(r_installations, "R", _probe_r)},
+        "quarto": {"installations": _discover(quarto_installations, "quarto", _probe_quarto)},
+    }
