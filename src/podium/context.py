@@ -139,6 +139,7 @@ class Podium:
                 resources=job.resources,
                 service_account=job.service_account,
                 resource_warnings=job.warnings,
+                image=bundle.image_name,
             )
 
     def wanted_target(self, content_id: int, bundle_id: int | None, base_path: str) -> AppTarget | None:
@@ -193,6 +194,8 @@ def open_podium(settings: Settings) -> Podium:
     from podium.apps import runner_source
     from podium.build import Builder
     from podium.build.python import discover_pythons
+    from podium.environments.catalogue import sync_catalogue
+    from podium.environments.host import local_environment
     from podium.jobs import JobRunner
     from podium.runtime import LocalBackend, allocate_port
     from podium.scheduler import Scheduler
@@ -205,9 +208,14 @@ def open_podium(settings: Settings) -> Podium:
     jobs = JobRunner(store, backend)
     installations = discover_pythons(settings.python_installations)
     log.info("Python installations: %s", ", ".join(f"{i.version_text} ({i.path})" for i in installations) or "none")
+    local = local_environment(
+        installations, settings.r_installations, settings.quarto_installations,
+        settings.local_environment_matching,
+    )
+    sync_catalogue(store, settings.declared_environments, local)
     builder = Builder(
-        jobs, data / "envs", data / "cache", find_uv_bin(), installations,
-        settings.python_version_matching, settings.package_index_url, settings.build_timeout_seconds,
+        jobs, data / "envs", data / "cache", find_uv_bin(), settings.package_index_url,
+        settings.build_timeout_seconds,
     )
     runtime_dir = data / "runtime"
     runtime_dir.mkdir(parents=True, exist_ok=True)

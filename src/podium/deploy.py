@@ -1,7 +1,8 @@
 """Deploying a bundle: the task behind ``POST v1/content/{guid}/deploy``.
 
 A deploy prepares the bundle to run (static content needs nothing; Python
-content gets its package environment, built or reused) and, when asked to
+content gets its execution environment, chosen by ``podium.environments`` and
+recorded on the bundle, and its package environment, built or reused) and, when asked to
 activate, makes it the content's active bundle in one database write: viewers
 switch from the old bundle to the new one at once, and a failed deploy leaves
 the previous bundle active and serving.
@@ -15,7 +16,6 @@ from typing import Any
 
 from podium.appmodes import PYTHON_INTERACTIVE
 from podium.context import Podium
-from podium.runtime import Resources
 from podium.store.models import Bundle, Content, utcnow
 from podium.tasks import TaskFailed, TaskOutput
 
@@ -33,22 +33,46 @@ class DeployRequest:
 async def _prepare_python(ctx: Podium, request: DeployRequest, out: TaskOutput) -> None:
     from podium.apps import RUNTIME_REQUIREMENTS
     from podium.build import BuildRequest
+    from podium.environments.catalogue import resolve
+    from podium.environments.model import InvalidRequest
 
     with ctx.store.session() as session:
         content = session.get(Content, request.content_id)
         bundle = session.get(Bundle, request.bundle_id)
         if content is None or bundle is None:
             raise TaskFailed("The content or bundle was deleted during the deploy.")
-        build = BuildRequest(
-            content_id=content.id,
-            content_guid=content.guid,
-            bundle_id=bundle.id,
-            bundle_dir=ctx.bundle_dir(content.id, bundle.id).resolve(),
-            manifest=dict(bundle.manifest),
-            extra_requirements=list(RUNTIME_REQUIREMENTS.get(bundle.app_mode, [])),
-            resources=Resources(cpu_limit=content.cpu_limit, memory_limit=content.memory_limit),
-        )
+        try:
+            selection = resolve(ctx.settings, session, bundle.manifest, content.default_image_name)
+        except InvalidRequest as exc:
+            raise TaskFailed(str(exc)) from None
+        guid, manifest, app_mode = content.guid, dict(bundle.manifest), bundle.app_mode
+        job = ctx.job_resources(content)  # builds run with the content's resources
+    chosen = selection.chosen
+    if chosen is None:  # the failure names the request and every candidate's reason
+        log.info("content %s bundle %s: no compatible environment", guid, request.bundle_id)
+        raise TaskFailed(selection.failure())
+    for line in selection.lines():
+        out.line(line)
+    python = chosen.installation("python")
+    assert python is not None  # Python content always needs Python
+    env = chosen.environment
+    build = BuildRequest(
+        content_id=request.content_id,
+        content_guid=guid,
+        bundle_id=request.bundle_id,
+        bundle_dir=ctx.bundle_dir(request.content_id, request.bundle_id).resolve(),
+        manifest=manifest,
+        extra_requirements=list(RUNTIME_REQUIREMENTS.get(app_mode, [])),
+        python=python,
+        image=env.name,
+        resources=job.resources,
+        service_account=job.service_account,
+    )
+    for warning in job.warnings:
+        log.warning("content %s: build of bundle %s: %s", guid, request.bundle_id, warning)
+        out.line(f"Warning: {warning}")
     built = await ctx.builder.ensure(build, out)
+    r, quarto = chosen.installation("r"), chosen.installation("quarto")
     with ctx.store.session() as session:
         bundle = session.get(Bundle, request.bundle_id)
         if bundle is None:
@@ -57,8 +81,11 @@ async def _prepare_python(ctx: Podium, request: DeployRequest, out: TaskOutput) 
         bundle.python_path = built.python
         bundle.py_version = built.python_version
         bundle.py_environment_management = built.managed
-        bundle.cluster_name = "Local"
-        bundle.image_name = "Local"
+        bundle.cluster_name = env.cluster_name
+        bundle.image_name = env.name
+        bundle.environment_guid = env.guid
+        bundle.r_version = r.version_text if r else None
+        bundle.quarto_version = quarto.version_text if quarto else None
 
 
 async def run_deploy(ctx: Podium, request: DeployRequest, out: TaskOutput) -> dict[str, Any] | None:

@@ -1,7 +1,8 @@
 """Package environments: one venv per fingerprint, built with uv as a build job.
 
-A bundle's environment is identified by a fingerprint of the interpreter
-version, its normalised requirements and the runtime packages Podium adds. The
+A bundle's environment is identified by a fingerprint of the execution
+environment's image and interpreter (chosen by ``podium.environments``), its
+normalised requirements and the runtime packages Podium adds. The
 first bundle with a fingerprint builds ``envs/<fingerprint>/`` through the
 execution backend (so the build runs where content runs, with its limits and
 logs); every later bundle with the same fingerprint reuses it at once.
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from podium.build.fingerprint import fingerprint, normalise_requirements
-from podium.build.python import NoCompatiblePython, PythonInstallation, choose_python
+from podium.environments.model import Installation
 from podium.jobs import JobRunner, new_job_key
 from podium.runtime import JobSpec, JobState, Resources
 from podium.tasks import TaskFailed, TaskOutput
@@ -32,7 +33,7 @@ _PASSTHROUGH = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PRO
                 "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy")
 _TAIL_LINES = 20
 
-__all__ = ["BuildRequest", "BuiltEnvironment", "Builder", "NoCompatiblePython"]
+__all__ = ["BuildRequest", "BuiltEnvironment", "Builder"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,10 @@ class BuildRequest:
     bundle_dir: Path
     manifest: dict[str, Any]
     extra_requirements: list[str]
-    resources: Resources = Resources()
+    python: Installation  # chosen by environment selection (podium.environments)
+    image: str | None = None  # the execution environment's image; jobs run in it
+    resources: Resources = Resources()  # the content's, resolved (podium.resources)
+    service_account: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,6 @@ class Builder:
         envs_dir: Path,
         cache_dir: Path,
         uv_path: str,
-        installations: list[PythonInstallation],
-        version_matching: str,
         index_url: str,
         timeout_seconds: int,
     ) -> None:
@@ -81,8 +83,6 @@ class Builder:
         self.envs_dir = envs_dir
         self.cache_dir = cache_dir
         self.uv_path = uv_path
-        self.installations = installations
-        self.version_matching = version_matching
         self.index_url = index_url
         self.timeout_seconds = timeout_seconds
         self._locks: dict[str, asyncio.Lock] = {}
@@ -94,18 +94,16 @@ class Builder:
         return self.env_path(fp) / "bin" / "python"
 
     async def ensure(self, request: BuildRequest, out: TaskOutput) -> BuiltEnvironment:
+        """The package environment for ``request``, built as a job or reused at once."""
         manifest = request.manifest
-        python = manifest.get("python") or {}
         environment = manifest.get("environment") or {}
-        requires = (environment.get("python") or {}).get("requires")
-        try:
-            chosen, why = choose_python(
-                self.installations, requires, python.get("version"), self.version_matching
+        chosen = request.python
+        if self.jobs.backend.name == "local" and not os.access(chosen.path, os.X_OK):
+            raise TaskFailed(
+                f"The execution environment's Python {chosen.version_text} at {chosen.path} is not "
+                "an executable on this server; an administrator should correct the environment "
+                "(GET v1/environments)."
             )
-        except NoCompatiblePython as exc:
-            raise TaskFailed(str(exc)) from None
-        out.line(f"Bundle requested Python {requires or python.get('version') or 'any'}; {why}.")
-        out.line(f"Using {chosen.path}")
         managed = (environment.get("environment_management") or {}).get("python") is not False
         requirements_path = _requirements_file(request.bundle_dir, manifest)
         requirements = (
@@ -114,7 +112,10 @@ class Builder:
             else []
         )
         extra = request.extra_requirements if managed else []
-        fp = fingerprint(chosen.version_text, requirements, extra, managed)
+        fp = fingerprint(
+            chosen.version_text, requirements, extra, managed,
+            interpreter=chosen.path, image=request.image or "",
+        )
         if not managed:
             out.line("environment_management is off: packages are used as installed with the interpreter.")
             return BuiltEnvironment(fp, chosen.path, chosen.version_text, False, True)
@@ -129,7 +130,7 @@ class Builder:
     async def _build(
         self,
         request: BuildRequest,
-        chosen: PythonInstallation,
+        chosen: Installation,
         fp: str,
         requirements_path: Path | None,
         extra: list[str],
@@ -163,9 +164,10 @@ class Builder:
         if index:
             env["UV_INDEX_URL"] = index
         spec = JobSpec(
-            key=key, kind="build", content_guid=request.content_guid, image=None,
+            key=key, kind="build", content_guid=request.content_guid, image=request.image,
             command=["/bin/sh", "-c", "set -e\n" + "\n".join(steps)], env=env,
             workdir=str(request.bundle_dir), port=None, resources=request.resources,
+            service_account=request.service_account,
         )
         out.line(f"Building package environment {fp} (job {key}):")
         for line in (requirements_path.read_text(errors="replace").splitlines() if requirements_path else []):

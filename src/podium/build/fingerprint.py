@@ -17,10 +17,19 @@ def normalise_requirements(text: str) -> list[str]:
     return sorted(lines)
 
 
-def fingerprint(python_version: str, requirements: list[str], extra: list[str], manage: bool) -> str:
+def fingerprint(
+    python_version: str,
+    requirements: list[str],
+    extra: list[str],
+    manage: bool,
+    *,
+    interpreter: str = "",
+    image: str = "",
+) -> str:
+    """Same environment image, interpreter and requirements: same package environment."""
     payload = json.dumps(
         {"python": python_version, "requirements": requirements, "extra": sorted(extra),
-         "managed": manage, "format": 1},
+         "managed": manage, "interpreter": interpreter, "image": image, "format": 2},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
