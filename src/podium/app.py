@@ -13,7 +13,18 @@ from sqlalchemy import update
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from podium import __version__, errors, web
-from podium.api import bundles, content, deploy, env_vars, jobs, keys, permissions, server, users
+from podium.api import (
+    bundles,
+    content,
+    deploy,
+    env_vars,
+    environments,
+    jobs,
+    keys,
+    permissions,
+    server,
+    users,
+)
 from podium.context import Podium, open_podium
 from podium.proxy import routes as content_routes
 from podium.settings import Settings
@@ -93,7 +104,9 @@ def create_app(settings: Settings, ctx: Podium | None = None) -> FastAPI:
     )
     app.state.podium = ctx
     _install_error_handlers(app)
-    for module in (server, users, keys, content, bundles, deploy, env_vars, permissions, jobs):
+    for module in (
+        server, users, keys, content, bundles, deploy, env_vars, permissions, jobs, environments,
+    ):
         app.include_router(module.router, prefix=API)
     app.include_router(content_routes.router)
     web.install(app)

@@ -10,11 +10,13 @@ from typing import Annotated, Any
 import typer
 
 from podium import __version__
+from podium.cli_env import env
 from podium.settings import Settings, SettingsError, defaults_toml, load_settings
 
 app = typer.Typer(help="Podium: publish data-science content.", no_args_is_help=True)
 admin = typer.Typer(help="Administer a server's accounts directly in its database.", no_args_is_help=True)
 app.add_typer(admin, name="admin")
+app.add_typer(env, name="env")
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML settings file.", envvar="PODIUM_CONFIG")

@@ -1,0 +1,193 @@
+"""``v1/environments``: the execution environment catalogue, and explaining a choice.
+
+Administrators create, update and delete environments; publishers list and read
+them; viewers cannot see them (reference/connect-semantics.md §1.2). Records
+managed by the settings file or derived from the host refuse API changes.
+``POST v1/environments/explain`` and ``GET v1/content/{guid}/bundles/{id}/environment``
+show which environment a bundle gets and why every other one was not chosen.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from podium import errors
+from podium.api import deps
+from podium.api.body import json_object
+from podium.api.bundles import load_bundle
+from podium.api.content import visible_content
+from podium.api.serialize import RUNTIME_RECORD_FIELDS, iso
+from podium.context import Podium
+from podium.environments.catalogue import apply_fields, resolve, selection_json
+from podium.environments.host import HOST
+from podium.environments.model import InvalidRequest
+from podium.environments.validate import (
+    INSTALLATION_FIELDS,
+    NAME_EXISTS,
+    UPDATABLE,
+    validate_environment,
+)
+from podium.store.models import ExecutionEnvironment, User
+
+router = APIRouter()
+
+
+def environment_json(record: ExecutionEnvironment) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": str(record.id),
+        "guid": record.guid,
+        "created_time": iso(record.created_time),
+        "updated_time": iso(record.updated_time),
+        "title": record.title,
+        "description": record.description,
+        "cluster_name": record.cluster_name,
+        "environment_type": record.environment_type,
+        "name": record.name,
+        "matching": record.matching,
+        "supervisor": record.supervisor,
+        "managed_by": record.managed_by,
+        "volume_mounts": list(record.volume_mounts or []),
+    }
+    for field in INSTALLATION_FIELDS:
+        body[field] = {"installations": list(getattr(record, field) or [])}
+    return body
+
+
+def _load(session: Session, guid: str) -> ExecutionEnvironment:
+    try:
+        uuid.UUID(guid)
+    except ValueError:
+        raise errors.invalid_id("environment", guid) from None
+    record = session.scalar(select(ExecutionEnvironment).where(ExecutionEnvironment.guid == guid))
+    if record is None:
+        raise errors.not_found("environment", guid)
+    return record
+
+
+def _editable(record: ExecutionEnvironment) -> ExecutionEnvironment:
+    if record.managed_by == HOST:
+        raise errors.forbidden(
+            f"Environment {record.name!r} describes this host's interpreters and is kept by Podium "
+            "at start; change it with the settings python_installations, r_installations, "
+            "quarto_installations and local_environment_matching."
+        )
+    if record.managed_by is not None:
+        raise errors.forbidden(
+            f"Environment {record.name!r} is managed by the settings file "
+            "([[environments.declared_environments]]); change it there and restart the server."
+        )
+    return record
+
+
+def _name_taken(name: str) -> errors.ApiError:
+    return errors.ApiError(
+        409, NAME_EXISTS, f"An environment with the image name {name!r} already exists."
+    )
+
+
+@router.get("/v1/environments")
+def list_environments(
+    session: Session = Depends(deps.db), _user: User = Depends(deps.publisher)
+) -> list[dict[str, Any]]:
+    records = session.scalars(select(ExecutionEnvironment).order_by(ExecutionEnvironment.id))
+    return [environment_json(record) for record in records]
+
+
+@router.post("/v1/environments")
+async def create_environment(
+    request: Request, session: Session = Depends(deps.db), _user: User = Depends(deps.administrator)
+) -> dict[str, Any]:
+    fields = validate_environment(await json_object(request), creating=True)
+    if session.scalar(select(ExecutionEnvironment.id).where(ExecutionEnvironment.name == fields["name"])):
+        raise _name_taken(fields["name"])
+    record = ExecutionEnvironment()
+    apply_fields(record, fields)
+    session.add(record)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise _name_taken(fields["name"]) from None
+    return environment_json(record)
+
+
+@router.post("/v1/environments/explain")
+async def explain(
+    request: Request,
+    ctx: Podium = Depends(deps.podium),
+    session: Session = Depends(deps.db),
+    user: User = Depends(deps.publisher),
+) -> dict[str, Any]:
+    """Which environment a bundle with ``manifest`` would get, and why not the others.
+
+    Body: ``{"manifest": {...}, "content_guid": "..."}``; with a content guid the
+    content's ``default_image_name`` takes part, as in a deploy.
+    """
+    body = await json_object(request)
+    manifest = body.get("manifest")
+    if not isinstance(manifest, dict):
+        raise errors.bad_request("The body needs \"manifest\": the bundle's manifest.json object.")
+    content_image = None
+    if body.get("content_guid") is not None:
+        content_image = visible_content(session, user, str(body["content_guid"])).default_image_name
+    try:
+        selection = resolve(ctx.settings, session, manifest, content_image)
+    except InvalidRequest as exc:
+        raise errors.bad_request(str(exc), code=38) from None
+    return selection_json(selection)
+
+
+@router.get("/v1/environments/{guid}")
+def get_environment(
+    guid: str, session: Session = Depends(deps.db), _user: User = Depends(deps.publisher)
+) -> dict[str, Any]:
+    return environment_json(_load(session, guid))
+
+
+@router.put("/v1/environments/{guid}")
+async def update_environment(
+    guid: str,
+    request: Request,
+    session: Session = Depends(deps.db),
+    _user: User = Depends(deps.administrator),
+) -> dict[str, Any]:
+    record = _editable(_load(session, guid))
+    body = await json_object(request)
+    fields = validate_environment({k: v for k, v in body.items() if k in UPDATABLE}, creating=False)
+    apply_fields(record, fields)
+    session.commit()
+    return environment_json(record)
+
+
+@router.delete("/v1/environments/{guid}", status_code=204)
+def delete_environment(
+    guid: str, session: Session = Depends(deps.db), _user: User = Depends(deps.administrator)
+) -> Response:
+    session.delete(_editable(_load(session, guid)))
+    session.commit()
+    return Response(status_code=204)
+
+
+@router.get("/v1/content/{guid}/bundles/{bundle_id}/environment")
+def bundle_environment(
+    guid: str,
+    bundle_id: str,
+    ctx: Podium = Depends(deps.podium),
+    session: Session = Depends(deps.db),
+    user: User = Depends(deps.publisher),
+) -> dict[str, Any]:
+    """The environment a bundle was built with (``recorded``) and what it would get now, and why."""
+    content = visible_content(session, user, guid)
+    bundle = load_bundle(session, content, bundle_id)
+    try:
+        body = selection_json(resolve(ctx.settings, session, bundle.manifest, content.default_image_name))
+    except InvalidRequest as exc:
+        raise errors.bad_request(str(exc), code=38) from None
+    body["recorded"] = {name: getattr(bundle, name) for name in RUNTIME_RECORD_FIELDS}
+    return body

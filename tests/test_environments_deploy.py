@@ -1,0 +1,131 @@
+"""Deploying against the environment catalogue with the real rsconnect CLI.
+
+``rsconnect deploy fastapi --image X`` records the content against environment X (an
+administrator's environment pointing at this host's interpreter); when no environment
+fits, the deploy fails with the explaining message and the previous bundle keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import RunningServer
+from tests.test_clients import rsconnect
+from tests.test_python_content import FASTAPI_APP, guid_of, write_app
+
+pytestmark = pytest.mark.integration
+
+IMAGE = "podium/e2e-python"
+OLD_IMAGE = "podium/e2e-python39"
+VERSION = platform.python_version()
+LINE = ".".join(VERSION.split(".")[:2])
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, server: RunningServer) -> Path:
+    home = tmp_path_factory.mktemp("home")
+    key = server.user_key("env_publisher", "publisher")
+    added = rsconnect(home, "add", "-n", "podium", "-s", server.url, "-k", key)
+    assert added.returncode == 0, added.stdout + added.stderr
+    return home
+
+
+@pytest.fixture(scope="module")
+def environments(server: RunningServer, home: Path) -> dict[str, str]:
+    """Two administrator environments, made with ``rsconnect environment add``: this host's
+    interpreter under IMAGE, and an old Python under OLD_IMAGE; both only when named."""
+    guids = {}
+    for image, python in ((IMAGE, f"{VERSION}={os.path.realpath(sys.executable)}"),
+                          (OLD_IMAGE, "3.9.18=/opt/python/3.9.18/bin/python3.9")):
+        made = rsconnect(home, "environment", "add", "-s", server.url, "-k", server.admin_key, image,
+                         "-m", "exact", "--python", python)
+        assert made.returncode == 0, made.stdout + made.stderr
+        guids[image] = json.loads(made.stdout)["guid"]
+    return guids
+
+
+def content(server: RunningServer, guid: str) -> dict[str, Any]:
+    return server.api().get(f"{server.url}/__api__/v1/content/{guid}").json()  # type: ignore[no-any-return]
+
+
+def test_deploy_with_image_records_the_environment(
+    server: RunningServer, home: Path, environments: dict[str, str], tmp_path: Path
+) -> None:
+    app = write_app(tmp_path, "image_app", FASTAPI_APP, "fastapi\n")
+    done = rsconnect(home, "deploy", "fastapi", "-n", "podium", "--image", IMAGE, str(app))
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert f"The manifest requests image '{IMAGE}'" in output
+    assert f"Chose environment image '{IMAGE}', {environments[IMAGE]}" in output
+    assert f"Not chosen: image '{OLD_IMAGE}': its image is not '{IMAGE}'" in output
+    guid = guid_of(app)
+    record = content(server, guid)
+    assert record["image_name"] == IMAGE
+    assert record["environment_guid"] == environments[IMAGE]
+    assert record["cluster_name"] == "Kubernetes"  # what rsconnect environment add sends
+    assert record["py_version"] == VERSION
+    bundle = server.api().get(f"{server.url}/__api__/v1/content/{guid}/bundles/{record['bundle_id']}").json()
+    assert (bundle["image_name"], bundle["environment_guid"]) == (IMAGE, environments[IMAGE])
+    served = server.api().get(f"{server.url}/content/{guid}/")
+    assert served.status_code == 200 and served.json()["hello"] == "podium"
+    jobs = server.api().get(f"{server.url}/__api__/v1/content/{guid}/jobs").json()
+    assert jobs and all(job["image"] == IMAGE for job in jobs)  # build and run jobs alike
+    explained = server.api().get(
+        f"{server.url}/__api__/v1/content/{guid}/bundles/{record['bundle_id']}/environment"
+    ).json()
+    assert explained["recorded"]["environment_guid"] == environments[IMAGE]
+    assert explained["chosen"]["guid"] == environments[IMAGE]
+
+
+def test_deploy_without_a_fitting_environment_fails_and_keeps_serving(
+    server: RunningServer, home: Path, environments: dict[str, str], tmp_path: Path
+) -> None:
+    app = write_app(tmp_path, "keeps_serving", FASTAPI_APP, "fastapi\n")
+    first = rsconnect(home, "deploy", "fastapi", "-n", "podium", "--image", IMAGE, str(app))
+    assert first.returncode == 0, first.stdout + first.stderr
+    guid = guid_of(app)
+    before = content(server, guid)
+    for image, needles in (
+        (OLD_IMAGE, (
+            f"Cannot find a compatible execution environment for image '{OLD_IMAGE}' and Python {VERSION}",
+            f"image '{OLD_IMAGE}': has Python 3.9.18; none is {LINE}.x like the bundle's {VERSION}",
+            f"image 'Local': its image is not '{OLD_IMAGE}'",
+        )),
+        ("podium/nowhere", (
+            "for image 'podium/nowhere'",
+            f"image '{IMAGE}': its image is not 'podium/nowhere', which the manifest requests",
+        )),
+    ):
+        failed = rsconnect(home, "deploy", "fastapi", "-n", "podium", "--image", image, str(app))
+        output = failed.stdout + failed.stderr
+        assert failed.returncode != 0, output
+        for needle in needles:
+            assert needle in output, output
+        after = content(server, guid)
+        assert (after["bundle_id"], after["image_name"]) == (before["bundle_id"], IMAGE)
+        served = server.api().get(f"{server.url}/content/{guid}/")
+        assert served.status_code == 200 and served.json()["hello"] == "podium"
+
+
+def test_deploy_uses_the_content_default_image(
+    server: RunningServer, home: Path, environments: dict[str, str], tmp_path: Path
+) -> None:
+    app = write_app(tmp_path, "default_image", FASTAPI_APP, "fastapi\n")
+    first = rsconnect(home, "deploy", "fastapi", "-n", "podium", str(app))
+    assert first.returncode == 0, first.stdout + first.stderr
+    guid = guid_of(app)
+    assert content(server, guid)["image_name"] == "Local"  # automatic: exact-only environments skipped
+    publisher = server.api(server.user_key("env_publisher", "publisher"))
+    patched = publisher.patch(f"{server.url}/__api__/v1/content/{guid}", json={"default_image_name": IMAGE})
+    assert patched.status_code == 200, patched.text
+    again = rsconnect(home, "deploy", "fastapi", "-n", "podium", str(app))
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output
+    assert f"The content's default image is '{IMAGE}' (default_image_name)." in output
+    assert content(server, guid)["environment_guid"] == environments[IMAGE]
