@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -510,7 +511,8 @@ def test_resources_live_cpu_quota_in_cgroup_and_lowered_max_at_launch(tmp_path: 
             or Path("/sys/fs/cgroup/cgroup.controllers").exists()):
         pytest.skip("no cgroup CPU controller on this host")
     data = tmp_path / "data"
-    server = start_server(data)
+    limits = {"PODIUM_MEMORY_LIMIT_BYTES": str(GiB)}  # a server default: builds get it too
+    server = start_server(data, limits)
     key = server.user_key("live_owner", "publisher")
     client = server.api(key)
     try:
@@ -518,8 +520,8 @@ def test_resources_live_cpu_quota_in_cgroup_and_lowered_max_at_launch(tmp_path: 
         assert client.patch(api(server, f"v1/content/{guid}"), json={"cpu_limit": 0.5}).status_code == 200
         _, task = deploy(server, key, guid, fastapi_bundle())
         assert task["code"] == 0, task["all_output"]
-        # The build job ran under the content's limits too.
-        assert any(" launched build job" in line and "limits None/cgroup" in line for line in server.log().splitlines())
+        # The build job ran under the content's resolved limits too (memory from the default).
+        assert re.search(r"launched build job, pid \d+, limits (cgroup[12]|rlimit)/cgroup[12]", server.log())
         assert client.get(f"{server.url}/content/{guid}/").json() == {"ok": True}
         (job,) = _run_jobs(server, key, guid)
         assert _cgroup_cpu_quota(job["pid"]) == (50_000, 100_000)
@@ -527,7 +529,7 @@ def test_resources_live_cpu_quota_in_cgroup_and_lowered_max_at_launch(tmp_path: 
         server.stop()
     # The administrator lowers the maximum below what the content asked for; the next
     # launch runs at the new maximum, and says so.
-    server = start_server(data, {"PODIUM_MAX_CPU_LIMIT_CORES": "0.25"}, bootstrap=False)
+    server = start_server(data, {**limits, "PODIUM_MAX_CPU_LIMIT_CORES": "0.25"}, bootstrap=False)
     try:
         client = server.api(key)
         assert client.get(f"{server.url}/content/{guid}/").json() == {"ok": True}
