@@ -283,7 +283,9 @@ def test_dashboard_service_account_set_by_admin_read_only_for_publisher(
     shot(publisher, "content-service-account")
 
 
-def test_dashboard_rollback_to_an_older_bundle(server: RunningServer, signed_in: Any) -> None:
+def test_dashboard_rollback_to_an_older_bundle(
+    server: RunningServer, signed_in: Any, tmp_path: Path
+) -> None:
     key = make_user(server, "paula", "publisher")
     item = new_content(server, key, "versions", title="Versioned site", access_type="logged_in")
     first, _ = deploy(server, key, item["guid"], static_bundle({"index.html": "<h1>Version one</h1>"}))
@@ -302,6 +304,14 @@ def test_dashboard_rollback_to_an_older_bundle(server: RunningServer, signed_in:
     shot(page, "content-bundles")
     served = server.api(key).get(f"{server.url}/content/{item['guid']}/")
     assert "Version one" in served.text
+
+    # A new version uploaded from the same pane is deployed and becomes active.
+    archive = tmp_path / "three.tar.gz"
+    archive.write_bytes(static_bundle({"index.html": "<h1>Version three</h1>"}))
+    page.get_by_label("New bundle").set_input_files(str(archive))
+    page.get_by_role("button", name="Upload and deploy").click()
+    expect(page.locator("#deploy-status")).to_contain_text("is deployed and active", timeout=60_000)
+    expect(page.frame_locator("iframe").get_by_role("heading")).to_have_text("Version three", timeout=10_000)
 
 
 def test_dashboard_environment_variables_are_write_only(server: RunningServer, signed_in: Any) -> None:
@@ -393,6 +403,12 @@ def test_dashboard_follow_a_running_apps_log_and_stop_it(server: RunningServer, 
     page.locator("tr[data-kind=build]").first.get_by_role("button").click()
     expect(page.locator("#job-log-status")).to_contain_text("has ended", timeout=15_000)
 
+    # The Execution environment pane says what the build chose, and why.
+    page.get_by_role("link", name="Execution environment").click()
+    expect(page.locator("ul.explanation")).to_contain_text("Chose environment image 'Local'")
+    expect(page.locator("dl.facts")).to_contain_text("3.11")
+    shot(page, "content-environment")
+
     admin = signed_in("ada")
     admin.goto(f"{server.url}/connect/admin/processes")
     row = admin.locator("tr", has_text="Chatty API")
@@ -403,7 +419,7 @@ def test_dashboard_follow_a_running_apps_log_and_stop_it(server: RunningServer, 
     admin.once("dialog", lambda dialog: dialog.accept())
     row.get_by_role("button", name=re.compile("^Stop")).click()
     expect(admin.get_by_text("No processes are running.")).to_be_visible(timeout=20_000)
-    page.reload()
+    page.goto(content_page(server, item["guid"], "logs"))
     expect(page.locator("tr[data-kind=run]").first).to_contain_text("stopped")
 
 
@@ -456,3 +472,34 @@ def test_dashboard_admin_manages_users(server: RunningServer, signed_in: Any) ->
     publisher = signed_in("paula")
     publisher.goto(f"{server.url}/connect/admin/users")
     expect(publisher.get_by_role("heading", name="No access")).to_be_visible()
+
+
+def test_dashboard_admin_creates_an_execution_environment(server: RunningServer, signed_in: Any) -> None:
+    make_user(server, "ada", "administrator")
+    page = signed_in("ada")
+    page.goto(f"{server.url}/connect/admin/environments")
+    form = page.locator("form[data-api='POST v1/environments']")
+    form.get_by_label("Title").fill("Python 3.12 image")
+    form.get_by_label("Image name").fill("ghcr.io/acme/python:3.12")
+    form.get_by_label("Python installations").fill("3.12 /usr/bin/python3")
+    form.get_by_role("button", name="Add environment").click()
+    expect(form.get_by_role("alert")).to_contain_text("not a semantic version")
+    form.get_by_label("Python installations").fill("3.12.4 /opt/python/3.12.4/bin/python3")
+    form.get_by_label("Matching").select_option("exact")
+    form.get_by_role("button", name="Add environment").click()
+    row = page.locator("tr[data-env='ghcr.io/acme/python:3.12']")
+    expect(row).to_contain_text("3.12.4")
+    expect(row).to_contain_text("exact")
+    shot(page, "admin-environments")
+    environments = server.api().get(api(server, "v1/environments")).json()
+    created = next(e for e in environments if e["name"] == "ghcr.io/acme/python:3.12")
+    assert created["python"]["installations"] == [{"version": "3.12.4", "path": "/opt/python/3.12.4/bin/python3"}]
+
+    row.get_by_text("Edit").click()
+    row.get_by_label("Matching").select_option("any")
+    row.get_by_role("button", name="Save").click()
+    expect(page.locator("tr[data-env='ghcr.io/acme/python:3.12']")).to_contain_text("any")
+    page.locator("tr[data-env='ghcr.io/acme/python:3.12']").get_by_text("Edit").click()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Remove environment").click()
+    expect(page.locator("tr[data-env='ghcr.io/acme/python:3.12']")).to_have_count(0)

@@ -12,14 +12,18 @@ from sqlalchemy.orm import Session
 
 from podium import auth
 from podium.api import deps
+from podium.api import environments as environments_api
 from podium.api import users as users_api
 from podium.api.jobs import job_json
 from podium.context import Podium
+from podium.environments.model import MATCHING
+from podium.environments.validate import CLUSTERS
 from podium.store.models import Job, User
 from podium.web.pages import administrator
 from podium.web.templating import render
 
 router = APIRouter()
+RUNTIMES = (("python", "Python"), ("r", "R"), ("quarto", "Quarto"))
 TABS = (("users", "Users"), ("processes", "Processes"), ("environments", "Environments"))
 
 
@@ -59,7 +63,9 @@ def running_processes(ctx: Podium, session: Session) -> list[ProcessRow]:
     rows = []
     for job in session.scalars(select(Job).where(Job.status == 0).order_by(Job.id)):
         content = job.content
-        cpu, memory, conns, state = content.cpu_limit, content.memory_limit, None, "running"
+        # Builds and renders run under the content's resolved resources, as processes do.
+        resolved = ctx.job_resources(content).resources
+        cpu, memory, conns, state = resolved.cpu_limit, resolved.memory_limit, None, "running"
         for pool, process in ctx.scheduler.processes_of(content.id):
             if process.key == job.key:
                 cpu = pool.target.resources.cpu_limit
@@ -86,6 +92,22 @@ def processes_page(
     )
 
 
+def _installation_lines(environment: dict[str, Any], runtime: str) -> str:
+    return "\n".join(
+        f"{i['version']} {i['path']}" for i in environment[runtime]["installations"]
+    )
+
+
 @router.get("/connect/admin/environments")
-def environments_page(request: Request, user: User = Depends(administrator)) -> Response:
-    return render(request, "admin_environments.html", user=user, tabs=TABS, tab="environments")
+def environments_page(
+    request: Request,
+    session: Session = Depends(deps.db),
+    user: User = Depends(administrator),
+) -> Response:
+    environments = environments_api.list_environments(session, user)
+    for environment in environments:
+        environment["lines"] = {r: _installation_lines(environment, r) for r, _ in RUNTIMES}
+    return render(
+        request, "admin_environments.html", user=user, tabs=TABS, tab="environments",
+        environments=environments, runtimes=RUNTIMES, matching=MATCHING, clusters=CLUSTERS,
+    )

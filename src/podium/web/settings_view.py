@@ -12,6 +12,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from podium import errors
+from podium.api import environments as environments_api
 from podium.context import Podium
 from podium.resources import CPU, MEMORY, ResourcePolicy
 from podium.store.models import Bundle, Content, User
@@ -93,7 +95,11 @@ def resource_fields(ctx: Podium, content: Content) -> list[Field]:
 
 
 def environment_facts(ctx: Podium, session: Session, user: User, content: Content) -> dict[str, Any]:
-    """What the active bundle runs with."""
+    """What the active bundle runs with, what its manifest asked for, and why that choice.
+
+    The explanation is the one ``GET v1/content/{guid}/bundles/{id}/environment``
+    answers: which environment the bundle would get now, and why not the others.
+    """
     bundle = session.get(Bundle, content.bundle_id) if content.bundle_id is not None else None
     chosen = {
         "cluster_name": content.cluster_name,
@@ -104,5 +110,14 @@ def environment_facts(ctx: Podium, session: Session, user: User, content: Conten
         "quarto_version": content.quarto_version,
         "python_path": bundle.python_path if bundle is not None else None,
     }
-    return {"bundle": bundle, "chosen": chosen, "explanation": None, "problem": "",
-            "server_default_image": getattr(ctx.settings, "default_image_name", "")}
+    explanation: dict[str, Any] | None = None
+    problem = ""
+    if bundle is not None:
+        try:
+            explanation = environments_api.bundle_environment(
+                content.guid, str(bundle.id), ctx, session, user
+            )
+        except errors.ApiError as exc:
+            problem = exc.message
+    return {"bundle": bundle, "chosen": chosen, "explanation": explanation, "problem": problem,
+            "server_default_image": ctx.settings.default_image_name}
