@@ -1,7 +1,8 @@
 """The dashboard in a real browser: Playwright driving Debian's Chromium against a real server.
 
-Each test signs in as the role it exercises. The main pages are photographed
-into docs/screenshots/ (the README shows them).
+Each test signs in as the role it exercises. The main pages are photographed;
+with PODIUM_UPDATE_SCREENSHOTS=1 the pictures replace those in docs/screenshots/
+(the README shows them).
 """
 
 from __future__ import annotations
@@ -86,12 +87,13 @@ def new_content(server: RunningServer, key: str, name: str, **fields: Any) -> di
 
 
 @pytest.fixture
-def signed_in(browser: Browser, server: RunningServer) -> Iterator[Any]:
+def signed_in(browser: Browser, server: RunningServer, screenshots: Path) -> Iterator[Any]:
     """``signed_in(username)`` opens a signed-in page for that user (in its own context)."""
     contexts: list[BrowserContext] = []
 
     def open_as(username: str) -> Page:
         context = browser.new_context(viewport=LAPTOP)
+        context.podium_screenshots = screenshots  # type: ignore[attr-defined]
         contexts.append(context)
         page = context.new_page()
         page.goto(f"{server.url}/__login__?next=/connect/")
@@ -106,9 +108,19 @@ def signed_in(browser: Browser, server: RunningServer) -> Iterator[Any]:
         context.close()
 
 
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """docs/screenshots/ with PODIUM_UPDATE_SCREENSHOTS=1, else a temporary folder
+    (so an ordinary test run leaves the work tree clean)."""
+    if os.environ.get("PODIUM_UPDATE_SCREENSHOTS"):
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return SCREENSHOTS
+    return tmp_path_factory.mktemp("screenshots")
+
+
 def shot(page: Page, name: str, full_page: bool = False) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=full_page)
+    folder = page.context.podium_screenshots  # type: ignore[attr-defined]
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=full_page)
 
 
 def content_page(server: RunningServer, guid: str, pane: str = "") -> str:
@@ -118,9 +130,12 @@ def content_page(server: RunningServer, guid: str, pane: str = "") -> str:
 # --- sign-in, the content list and what each role sees -----------------------------------
 
 
-def test_dashboard_sign_in_refuses_wrong_password(browser: Browser, server: RunningServer) -> None:
+def test_dashboard_sign_in_refuses_wrong_password(
+    browser: Browser, server: RunningServer, screenshots: Path
+) -> None:
     make_user(server, "vera", "viewer")
     context = browser.new_context(viewport=LAPTOP)
+    context.podium_screenshots = screenshots  # type: ignore[attr-defined]
     page = context.new_page()
     page.goto(f"{server.url}/connect/")
     page.wait_for_url(re.compile(r".*/__login__.*"))
