@@ -22,6 +22,7 @@ from podium.api import (
     jobs,
     keys,
     permissions,
+    renderings,
     server,
     users,
 )
@@ -106,6 +107,7 @@ def create_app(settings: Settings, ctx: Podium | None = None) -> FastAPI:
     _install_error_handlers(app)
     for module in (
         server, users, keys, content, bundles, deploy, env_vars, permissions, jobs, environments,
+        renderings,
     ):
         app.include_router(module.router, prefix=API)
     app.include_router(content_routes.router)

@@ -16,11 +16,12 @@ from typing import Any
 
 from podium.appmodes import PYTHON_INTERACTIVE
 from podium.context import Podium
+from podium.render import KERNEL_REQUIREMENTS, SUPPORTED_RENDER_MODES, latest_rendering, render_bundle
 from podium.store.models import Bundle, Content, utcnow
 from podium.tasks import TaskFailed, TaskOutput
 
 log = logging.getLogger(__name__)
-SUPPORTED_APP_MODES = frozenset({"static"}) | PYTHON_INTERACTIVE
+SUPPORTED_APP_MODES = frozenset({"static"}) | PYTHON_INTERACTIVE | SUPPORTED_RENDER_MODES
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,13 @@ class DeployRequest:
     activate: bool
 
 
-async def _prepare_python(ctx: Podium, request: DeployRequest, out: TaskOutput) -> None:
+async def _prepare_environment(ctx: Podium, request: DeployRequest, out: TaskOutput) -> None:
+    """Choose the execution environment; build the package environment when Python is needed."""
     from podium.apps import RUNTIME_REQUIREMENTS
     from podium.build import BuildRequest
     from podium.environments.catalogue import resolve
     from podium.environments.model import InvalidRequest
+    from podium.render import quarto_missing
 
     with ctx.store.session() as session:
         content = session.get(Content, request.content_id)
@@ -50,19 +53,25 @@ async def _prepare_python(ctx: Podium, request: DeployRequest, out: TaskOutput) 
     chosen = selection.chosen
     if chosen is None:  # the failure names the request and every candidate's reason
         log.info("content %s bundle %s: no compatible environment", guid, request.bundle_id)
-        raise TaskFailed(selection.failure())
+        raise TaskFailed(quarto_missing(selection) or selection.failure())
     for line in selection.lines():
         out.line(line)
-    python = chosen.installation("python")
-    assert python is not None  # Python content always needs Python
     env = chosen.environment
+    r, quarto = chosen.installation("r"), chosen.installation("quarto")
+    python = chosen.installation("python")
+    if python is None:  # a document needing no Python (Quarto's markdown engine)
+        _record_environment(ctx, request.bundle_id, env, None, r, quarto)
+        return
+    extra = list(RUNTIME_REQUIREMENTS.get(app_mode, []))
+    if app_mode in SUPPORTED_RENDER_MODES:
+        extra += KERNEL_REQUIREMENTS
     build = BuildRequest(
         content_id=request.content_id,
         content_guid=guid,
         bundle_id=request.bundle_id,
         bundle_dir=ctx.bundle_dir(request.content_id, request.bundle_id).resolve(),
         manifest=manifest,
-        extra_requirements=list(RUNTIME_REQUIREMENTS.get(app_mode, [])),
+        extra_requirements=extra,
         python=python,
         image=env.name,
         resources=job.resources,
@@ -72,20 +81,46 @@ async def _prepare_python(ctx: Podium, request: DeployRequest, out: TaskOutput) 
         log.warning("content %s: build of bundle %s: %s", guid, request.bundle_id, warning)
         out.line(f"Warning: {warning}")
     built = await ctx.builder.ensure(build, out)
-    r, quarto = chosen.installation("r"), chosen.installation("quarto")
+    _record_environment(ctx, request.bundle_id, env, built, r, quarto)
+
+
+def _record_environment(
+    ctx: Podium, bundle_id: int, env: Any, built: Any, r: Any, quarto: Any
+) -> None:
+    """Write on the bundle what it was built with (``built`` None: no package environment)."""
     with ctx.store.session() as session:
-        bundle = session.get(Bundle, request.bundle_id)
+        bundle = session.get(Bundle, bundle_id)
         if bundle is None:
             raise TaskFailed("The bundle was deleted during the deploy.")
-        bundle.env_fingerprint = built.fingerprint
-        bundle.python_path = built.python
-        bundle.py_version = built.python_version
-        bundle.py_environment_management = built.managed
+        if built is not None:
+            bundle.env_fingerprint = built.fingerprint
+            bundle.python_path = built.python
+            bundle.py_version = built.python_version
+            bundle.py_environment_management = built.managed
         bundle.cluster_name = env.cluster_name
         bundle.image_name = env.name
         bundle.environment_guid = env.guid
         bundle.r_version = r.version_text if r else None
         bundle.quarto_version = quarto.version_text if quarto else None
+
+
+async def _render_for_deploy(ctx: Podium, request: DeployRequest, out: TaskOutput) -> None:
+    """Render the bundle unless its newest rendering already succeeded (the draft
+    deploy before an activating one renders; activating then reuses that output)."""
+    from sqlalchemy import select
+
+    from podium.store.models import Rendering
+
+    with ctx.store.session() as session:
+        newest = session.scalar(
+            select(Rendering).where(Rendering.content_id == request.content_id)
+            .order_by(Rendering.id.desc()).limit(1)
+        )
+        reusable = latest_rendering(session, request.content_id, request.bundle_id)
+        if newest is not None and reusable is not None and newest.id == reusable.id:
+            out.line(f"Bundle {request.bundle_id} is already rendered (rendering {reusable.id}).")
+            return
+    await render_bundle(ctx, request.content_id, request.bundle_id, out, "deploy")
 
 
 async def run_deploy(ctx: Podium, request: DeployRequest, out: TaskOutput) -> dict[str, Any] | None:
@@ -102,10 +137,12 @@ async def run_deploy(ctx: Podium, request: DeployRequest, out: TaskOutput) -> di
                 f"This Podium server cannot run {app_mode!r} content yet; supported app modes: "
                 f"{', '.join(sorted(SUPPORTED_APP_MODES))}."
             )
-        if app_mode in PYTHON_INTERACTIVE:
-            await _prepare_python(ctx, request, out)
+        if app_mode in PYTHON_INTERACTIVE or app_mode in SUPPORTED_RENDER_MODES:
+            await _prepare_environment(ctx, request, out)
         else:
             out.line("Static content: nothing to build.")
+        if app_mode in SUPPORTED_RENDER_MODES:
+            await _render_for_deploy(ctx, request, out)
         ctx.content_changed(guid)
         if not request.activate:
             out.line(

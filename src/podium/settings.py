@@ -318,6 +318,14 @@ class Settings(BaseSettings):
         "Launcher.KubernetesContentServiceAccountSelection (default false there).",
     )
 
+    # [render]
+    render_timeout_seconds: int = setting(
+        1800,
+        "render",
+        "Longest time one render job (a notebook executed and converted, a Quarto render) may "
+        "take before it is stopped and counted as failed; earlier output stays served.",
+    )
+
     @field_validator("declared_environments")
     @classmethod
     def _check_declared(cls, value: list[Any]) -> list[dict[str, Any]]:

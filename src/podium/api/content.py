@@ -172,7 +172,8 @@ def delete_content(
     session.commit()
     ctx.content_changed(guid)
     ctx.scheduler.retire(content_id, None, None)
-    for path in (ctx.data_dir / "apps" / str(content_id), ctx.data_dir / "bundles" / str(content_id)):
+    for path in (ctx.data_dir / "apps" / str(content_id), ctx.data_dir / "bundles" / str(content_id),
+                 ctx.data_dir / "outputs" / str(content_id)):
         shutil.rmtree(path, ignore_errors=True)
     return Response(status_code=204)
 

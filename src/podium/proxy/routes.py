@@ -22,10 +22,12 @@ from sqlalchemy.orm import Session
 from podium import auth, errors
 from podium.api import deps
 from podium.context import Podium
-from podium.store.models import Bundle, Content
+from podium.store.models import Bundle, Content, Rendering
 
 router = APIRouter()
 _DRAFT = re.compile(r"^_bundle(\d+)(/.*)?$")
+# An earlier rendering of rendered content: /content/{guid}/_rendering{id}/ (see podium.render).
+_RENDERING = re.compile(r"^_rendering(\d+)(/.*)?$")
 
 
 def _page(status: int, title: str, text: str) -> HTMLResponse:
@@ -93,6 +95,16 @@ def serve_content(
         return _page(404, "Not found", "There is no content at this address.")
 
     draft = _DRAFT.match(path)
+    earlier = _RENDERING.match(path)
+    if earlier:
+        if not auth.can_view(session, who.user, content):
+            return _denied(request, who)
+        rendering = session.get(Rendering, int(earlier.group(1)))
+        if rendering is None or rendering.content_id != content.id or rendering.status != "succeeded":
+            return _page(404, "Not found", "This content has no such rendering.")
+        if earlier.group(2) is None:
+            return RedirectResponse(f"/content/{guid}/{path}/", status_code=301)
+        return _serve_rendering(ctx, rendering, earlier.group(2))
     if draft:
         if not auth.can_manage(session, who.user, content):
             return _denied(request, who)
@@ -114,7 +126,27 @@ def serve_content(
     return _serve_bundle(ctx, content, bundle, rest)
 
 
+def _serve_rendering(ctx: Podium, rendering: Rendering, rest: str) -> Response:
+    from podium.render import output_dir
+
+    if rest.strip("/") == "":
+        rest = rendering.primary_file
+    target = safe_file(output_dir(ctx, rendering.content_id, rendering.id), rest)
+    if target is None:
+        return _page(404, "Not found", f"This rendering has no file {rest!r}.")
+    validator = hashlib.md5(f"r{rendering.id}:{target}".encode(), usedforsecurity=False).hexdigest()
+    return FileResponse(target, headers={"ETag": f'"{validator}"', "Cache-Control": "no-cache"})
+
+
 def _serve_bundle(ctx: Podium, content: Content, bundle: Bundle, rest: str) -> Response:
+    from podium.render import RENDERED_MODES, latest_rendering
+
+    if bundle.app_mode in RENDERED_MODES:
+        with ctx.store.session() as session:
+            rendering = latest_rendering(session, content.id, bundle.id)
+        if rendering is None:
+            return _page(404, "Not rendered yet", "This content has no successful rendering yet.")
+        return _serve_rendering(ctx, rendering, rest)
     root = ctx.bundle_dir(content.id, bundle.id)
     if bundle.app_mode == "static":
         if rest.strip("/") == "":

@@ -284,3 +284,27 @@ class ExecutionEnvironment(Base):
     managed_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Rendering(Base):
+    """One render of a document bundle (a notebook, a Quarto or R Markdown document).
+
+    Its output lives in ``outputs/<content_id>/<id>/``; ``primary_file`` is the page
+    served at the output's root. Viewers see the newest successful rendering of the
+    active bundle, so a failed render keeps the previous output served.
+    """
+
+    __tablename__ = "renderings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_id: Mapped[int] = mapped_column(ForeignKey("content.id", ondelete="CASCADE"), index=True)
+    bundle_id: Mapped[int] = mapped_column(Integer)
+    job_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # "running", "succeeded" or "failed".
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    # What asked for it: "deploy", "api" (on demand) or "schedule".
+    reason: Mapped[str] = mapped_column(String(16), default="deploy")
+    error: Mapped[str] = mapped_column(Text, default="")
+    primary_file: Mapped[str] = mapped_column(String(1024), default="index.html")
+    start_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    end_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
