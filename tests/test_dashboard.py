@@ -438,6 +438,58 @@ def test_dashboard_follow_a_running_apps_log_and_stop_it(server: RunningServer, 
     expect(page.locator("tr[data-kind=run]").first).to_contain_text("stopped")
 
 
+# --- rendered documents -------------------------------------------------------------------
+
+
+def notebook_bundle() -> bytes:
+    cells = [("import uuid\nprint('run', uuid.uuid4().hex[:8])", [])]
+    notebook = {
+        "cells": [
+            {"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {"tags": tags},
+             "outputs": [], "source": [source]}
+            for i, (source, tags) in enumerate(cells)
+        ],
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                     "language_info": {"name": "python"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }
+    manifest = {
+        "version": 1,
+        "locale": "en_US.UTF-8",
+        "metadata": {"appmode": "jupyter-static", "entrypoint": "report.ipynb"},
+        "python": {
+            "version": "3.11.7",
+            "package_manager": {"name": "pip", "version": "23.2.1", "package_file": "requirements.txt"},
+        },
+        "files": {"report.ipynb": {}, "requirements.txt": {}},
+    }
+    return tar_gz({"manifest.json": json.dumps(manifest), "requirements.txt": "\n",
+                   "report.ipynb": json.dumps(notebook)})
+
+
+def test_dashboard_render_a_notebook_again(server: RunningServer, signed_in: Any) -> None:
+    key = make_user(server, "paula", "publisher")
+    item = new_content(server, key, "notebook", title="Notebook report")
+    _, task = deploy(server, key, item["guid"], notebook_bundle())
+    assert task["code"] == 0, task["all_output"]
+    page = signed_in("paula")
+    page.goto(content_page(server, item["guid"], "renderings"))
+    rows = page.locator("table.renderings tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("shown to viewers")
+    first = page.frame_locator("iframe").get_by_text(re.compile(r"run [0-9a-f]{8}")).inner_text()
+    page.get_by_role("button", name="Render again").click()
+    expect(page.locator("#deploy-status")).to_contain_text("Rendered", timeout=120_000)
+    expect(rows).to_have_count(2, timeout=10_000)
+    expect(rows.first).to_contain_text("shown to viewers")
+    expect(page.frame_locator("iframe").get_by_text(re.compile(r"run [0-9a-f]{8}"))).not_to_have_text(first)
+    shot(page, "content-renderings")
+    # An earlier rendering stays viewable.
+    rows.nth(1).get_by_role("link", name=re.compile("View rendering")).click()
+    expect(page.get_by_role("note")).to_contain_text("You are looking at rendering")
+    expect(page.frame_locator("iframe").get_by_text(re.compile(r"run [0-9a-f]{8}"))).to_have_text(first)
+
+
 # --- profile and administration ----------------------------------------------------------
 
 

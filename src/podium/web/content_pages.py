@@ -20,9 +20,11 @@ from podium.api import deps
 from podium.api import env_vars as env_vars_api
 from podium.api import jobs as jobs_api
 from podium.api import permissions as permissions_api
+from podium.api import renderings as renderings_api
 from podium.api import users as users_api
 from podium.api.serialize import content_json, user_json
 from podium.context import Podium
+from podium.render import SUPPORTED_RENDER_MODES
 from podium.store.models import Bundle, Content, User
 from podium.web import settings_view
 from podium.web.pages import PageError, as_page_errors, current_user, signed_in
@@ -40,6 +42,7 @@ PANES: tuple[tuple[str, str, bool], ...] = (
     ("service-account", "Service account", True),
     ("variables", "Environment variables", True),
     ("bundles", "Bundles", True),
+    ("renderings", "Renderings", False),
     ("logs", "Logs", True),
 )
 
@@ -93,11 +96,12 @@ def content_page_default(
     guid: str,
     request: Request,
     draft: str | None = None,
+    rendering: str | None = None,
     ctx: Podium = Depends(deps.podium),
     session: Session = Depends(deps.db),
     user: User = Depends(signed_in),
 ) -> Response:
-    return content_page(guid, "info", request, draft, ctx, session, user)
+    return content_page(guid, "info", request, draft, rendering, ctx, session, user)
 
 
 @router.get("/connect/apps/{guid}/draft/{bundle_id}")
@@ -112,6 +116,7 @@ def content_page(
     pane: str,
     request: Request,
     draft: str | None = None,
+    rendering: str | None = None,
     ctx: Podium = Depends(deps.podium),
     session: Session = Depends(deps.db),
     user: User = Depends(signed_in),
@@ -119,7 +124,11 @@ def content_page(
     with as_page_errors():
         content = content_api.visible_content(session, user, guid)
     manage = auth.can_manage(session, user, content)
-    panes = [(slug, label) for slug, label, needs in PANES if manage or not needs]
+    panes = [
+        (slug, label) for slug, label, needs in PANES
+        if (manage or not needs)
+        and (slug != "renderings" or content.app_mode in SUPPORTED_RENDER_MODES)
+    ]
     if pane not in {slug for slug, _ in panes}:
         if pane in {slug for slug, _, _ in PANES}:
             raise PageError(403, "Only the owner, collaborators and administrators can see this pane.")
@@ -129,10 +138,13 @@ def content_page(
     frame = f"/content/{content.guid}/"
     if draft and draft.isdigit() and manage:
         frame += f"_bundle{draft}/"
+    elif rendering and rendering.isdigit():
+        frame += f"_rendering{rendering}/"
     context: dict[str, Any] = {
         "item": item, "content": content, "pane": pane, "panes": panes, "manage": manage,
         "frame_url": frame if content.bundle_id is not None or draft else None,
         "draft": draft if manage else None,
+        "rendering": rendering if rendering and rendering.isdigit() else None,
         "mode_label": app_mode_label(content.app_mode),
     }
     with as_page_errors():
@@ -174,6 +186,9 @@ def _pane_context(
         for bundle in bundles:
             bundle["creator"] = names.get(bundle["created_by"], "—")
         return {"bundles": bundles}
+    if pane == "renderings":
+        caller = deps.Caller(user, "session")
+        return {"renderings": renderings_api.list_renderings(guid, ctx, session, caller)}
     if pane == "logs":
         jobs = jobs_api.list_jobs(guid, session, user)
         return {"jobs": jobs}

@@ -87,6 +87,28 @@
     });
   });
 
+  const renderNow = document.getElementById("render-now");
+  if (renderNow) {
+    renderNow.addEventListener("click", async () => {
+      renderNow.disabled = true;
+      deployLog.hidden = false;
+      deployLog.textContent = "";
+      deployStatus.classList.remove("error");
+      deployStatus.textContent = "Rendering…";
+      try {
+        const started = await Podium.request("POST", `v1/content/${guid}/render`);
+        const task = await Podium.followTask(started.task_id, deployLog);
+        if (task.code === 0 && !task.error) {
+          deployStatus.textContent = "Rendered: viewers now see the new output.";
+          setTimeout(() => window.location.reload(), 1200);
+        } else {
+          throw new Podium.ApiError(`The render failed: ${task.error || "see the output above"}`, 0, 0);
+        }
+      } catch (err) { reportError(err); }
+      renderNow.disabled = false;
+    });
+  }
+
   const upload = document.getElementById("upload-form");
   if (upload) {
     upload.addEventListener("submit", async (event) => {
