@@ -241,6 +241,21 @@ def test_dashboard_publish_by_upload_streams_the_deploy(
     page.get_by_role("button", name="Upload and deploy").click()
     expect(page.get_by_role("alert")).to_contain_text("already own content named 'browser-upload'")
 
+    # A new version of existing content, picked from the list; then delete it from its Info pane.
+    archive.write_bytes(static_bundle({"index.html": "<h1>Second version</h1>"}))
+    page.goto(f"{server.url}/connect/publish")
+    page.get_by_label("Publish to").select_option(label="Uploaded site (Static site)")
+    expect(page.get_by_label("Title")).to_be_hidden()
+    page.get_by_label("Bundle archive").set_input_files(str(archive))
+    page.get_by_role("button", name="Upload and deploy").click()
+    expect(page.locator("#publish-status")).to_contain_text("is active", timeout=60_000)
+    page.get_by_role("link", name="Open the content page").click()
+    expect(page.frame_locator("iframe").get_by_role("heading")).to_have_text("Second version")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete content").click()
+    page.wait_for_url(f"{server.url}/connect/")
+    expect(page.get_by_role("link", name="Uploaded site")).to_have_count(0)
+
 
 def test_dashboard_runtime_and_resource_settings(server: RunningServer, signed_in: Any) -> None:
     key = make_user(server, "paula", "publisher")
