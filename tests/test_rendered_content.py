@@ -174,3 +174,27 @@ def test_render_refused_for_content_that_is_not_rendered(server: RunningServer) 
     assert refused.status_code == 400 and "rendered content" in refused.json()["error"]
     variants = api.get(f"{server.url}/__api__/applications/{made['guid']}/variants").json()
     assert variants[0]["is_default"] and variants[0]["id"] == int(made["id"])
+
+
+def test_schedule_api_validates_and_replaces(server: RunningServer, token_notebook: str) -> None:
+    api = publisher(server)
+    base = f"{server.url}/__api__"
+    content = api.get(f"{base}/v1/content/{token_notebook}").json()
+    variant = api.get(f"{base}/applications/{token_notebook}/variants").json()[0]
+    body = {"app_id": variant["app_id"], "variant_id": variant["id"], "type": "day",
+            "schedule": '{"N": 1}', "start_time": "2099-01-01T06:00:00Z", "timezone": "Asia/Tokyo"}
+    bad = api.post(f"{base}/schedules", json={**body, "type": "semimonth", "schedule": "{}"})
+    assert bad.status_code == 400 and "not supported" in bad.json()["error"]
+    assert api.post(f"{base}/schedules", json={**body, "timezone": "Nowhere/Else"}).status_code == 400
+    made = api.post(f"{base}/schedules", json=body)
+    assert made.status_code == 200, made.text
+    assert made.json()["next_run"] == "2099-01-01T06:00:00Z" and made.json()["app_id"] == int(content["id"])
+    assert api.post(f"{base}/schedules", json=body).status_code == 409
+    changed = api.post(f"{base}/schedules/{made.json()['id']}", json={**made.json(), "type": "week"})
+    assert changed.status_code == 200 and changed.json()["type"] == "week"
+    assert api.get(f"{base}/variants/{variant['id']}/schedules").json()[0]["type"] == "week"
+    assert api.delete(f"{base}/schedules/{made.json()['id']}").status_code == 204
+    assert api.get(f"{base}/variants/{variant['id']}/schedules").json() == []
+    other = api.post(f"{base}/v1/content", json={"name": "static-thing"}).json()
+    refused = api.post(f"{base}/schedules", json={**body, "app_id": int(other["id"]), "variant_id": int(other["id"])})
+    assert refused.status_code == 400

@@ -23,11 +23,13 @@ from podium.api import (
     keys,
     permissions,
     renderings,
+    schedules,
     server,
     users,
 )
 from podium.context import Podium, open_podium
 from podium.proxy import routes as content_routes
+from podium.render.schedules import ScheduleRunner
 from podium.settings import Settings
 from podium.store.models import Task, utcnow
 
@@ -87,8 +89,13 @@ def create_app(settings: Settings, ctx: Podium | None = None) -> FastAPI:
         _fail_interrupted_tasks(ctx)
         await ctx.scheduler.adopt(ctx.wanted_target)
         ctx.scheduler.start()
+        render_schedules = ScheduleRunner(
+            ctx.store, settings.schedule_poll_seconds, lambda cid: renderings.run_scheduled(ctx, cid)
+        )
+        render_schedules.start()
         log.info("Podium %s serving on %s", __version__, settings.listen)
         yield
+        await render_schedules.close()
         await ctx.tasks.shutdown()
         await ctx.scheduler.close(stop_processes=not settings.keep_processes_on_shutdown)
         await ctx.backend.close()
@@ -107,7 +114,7 @@ def create_app(settings: Settings, ctx: Podium | None = None) -> FastAPI:
     _install_error_handlers(app)
     for module in (
         server, users, keys, content, bundles, deploy, env_vars, permissions, jobs, environments,
-        renderings,
+        renderings, schedules,
     ):
         app.include_router(module.router, prefix=API)
     app.include_router(content_routes.router)

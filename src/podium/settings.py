@@ -325,6 +325,14 @@ class Settings(BaseSettings):
         "Longest time one render job (a notebook executed and converted, a Quarto render) may "
         "take before it is stopped and counted as failed; earlier output stays served.",
     )
+    schedule_poll_seconds: float = setting(
+        5.0,
+        "render",
+        "How often each server node looks for due render schedules. A due run is claimed in "
+        "the database, so several nodes never run it twice; a run missed while no node ran "
+        "fires once at the next look.",
+        gt=0,
+    )
 
     @field_validator("declared_environments")
     @classmethod

@@ -150,3 +150,21 @@ async def render_variant(
         "id": snap.id, "output": snap.output, "finished": snap.finished, "code": snap.code,
         "error": snap.error, "last": snap.last, "result": snap.result, "user_id": user.id,
     }
+
+
+def run_scheduled(ctx: Podium, content_id: int) -> None:
+    """Start the render a schedule claimed (called by the schedule runner, in the event loop)."""
+    import logging
+
+    with ctx.store.session() as session:
+        content = session.get(Content, content_id)
+        if content is None:
+            return
+        try:
+            task_id = start_render(ctx, content, None, "schedule")
+        except errors.ApiError as exc:
+            logging.getLogger(__name__).warning(
+                "content %s: scheduled render skipped: %s", content.guid, exc.message
+            )
+            return
+        logging.getLogger(__name__).info("content %s: scheduled render started (task %s)", content.guid, task_id)

@@ -308,3 +308,27 @@ class Rendering(Base):
     primary_file: Mapped[str] = mapped_column(String(1024), default="index.html")
     start_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     end_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Schedule(Base):
+    """When rendered content renders again: Connect's schedule fields, one per content.
+
+    ``schedule`` is the rule as Connect keeps it, a JSON string such as ``{"N": 2}``;
+    ``next_run`` is claimed by the node that runs it (``podium.render.schedules``).
+    """
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_id: Mapped[int] = mapped_column(
+        ForeignKey("content.id", ondelete="CASCADE"), unique=True
+    )
+    type: Mapped[str] = mapped_column(String(16))
+    schedule: Mapped[str] = mapped_column(Text, default="{}")
+    start_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    next_run: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    email: Mapped[bool] = mapped_column(Boolean, default=False)
+    activate: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
