@@ -1,16 +1,20 @@
 """The execution-backend contract: every backend must pass these tests.
 
-The ``harness`` fixture is parametrised over backends. To add one (``kubernetes``,
-through the simulated cluster), add its name to ``BACKENDS`` and a branch in
-``harness`` that makes instances of it sharing one set of jobs. The jobs run
+The ``harness`` fixture is parametrised over backends: ``local``, and ``kubernetes``
+through the simulated cluster (``tests/k8s_sim``), one namespace per test. The jobs run
 ``sys.executable`` and ``sh`` with loopback networking and read pids from their
 output, so the backend must run them on this host: the local backend does, and so does
 the simulated cluster's local kubelet.
+
+Where backends legitimately differ the harness says so: a Kubernetes job may be PENDING
+after ``launch`` returns (tests wait for RUNNING), and the pod log API merges stdout and
+stderr (``merged_streams``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 import time
 import urllib.request
@@ -22,6 +26,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from k8s_sim import SimCluster
 from podium.runtime import (
     BackendError,
     ExecutionBackend,
@@ -34,15 +39,42 @@ from podium.runtime import (
     LogLine,
     Resources,
 )
+from podium.runtime.kubernetes.backend import KubernetesBackend
+from podium.runtime.kubernetes.client import AsyncioKubeClient
+from podium.runtime.kubernetes.manifests import KubernetesJobConfig
 
-BACKENDS = ["local"]
+BACKENDS = ["local", "kubernetes"]
+SIM_IMAGE = "podium.test/runtime:host"  # the simulated kubelet runs it on the host
+_namespaces = itertools.count(1)
 PY = sys.executable
 T = TypeVar("T")
 
 
+# Backends made while a scenario runs; closed on its event loop before the loop ends
+# (a Kubernetes backend holds connections and watch tasks bound to that loop).
+_made: list[ExecutionBackend] = []
+
+
 def run(coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
     """Run one test scenario on a fresh event loop (no pytest-asyncio needed)."""
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+    async def scenario() -> T:
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        finally:
+            for backend in _made:
+                await backend.close()
+
+    return asyncio.run(scenario())
+
+
+def tracked(make: Callable[[], ExecutionBackend]) -> Callable[[], ExecutionBackend]:
+    def make_tracked() -> ExecutionBackend:
+        backend = make()
+        _made.append(backend)
+        return backend
+
+    return make_tracked
 
 
 @dataclass
@@ -52,6 +84,7 @@ class Harness:
 
     make: Callable[[], ExecutionBackend]
     workdir: str
+    merged_streams: bool = False
     backend: ExecutionBackend = field(init=False)
     launched: list[JobHandle] = field(default_factory=list)
     _count: int = 0
@@ -103,10 +136,34 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     workdir.mkdir()
     if request.param == "local":
         harness = Harness(lambda: LocalBackend(root), str(workdir))
+    elif request.param == "kubernetes":
+        cluster = request.getfixturevalue("k8s_cluster")
+        kubeconfig = str(cluster.write_kubeconfig(tmp_path / "kubeconfig"))
+        config = KubernetesJobConfig(namespace=f"contract-{next(_namespaces)}", default_image=SIM_IMAGE)
+        harness = Harness(
+            tracked(lambda: KubernetesBackend(lambda: AsyncioKubeClient.connect(kubeconfig), config)),
+            str(workdir), merged_streams=True,
+        )
     else:
         raise AssertionError(f"no harness for backend {request.param!r}")
     yield harness
     run(harness.cleanup())
+    _made.clear()
+
+
+@pytest.fixture(scope="module")
+def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
+    cluster = SimCluster(tmp_path_factory.mktemp("k8s"), images={SIM_IMAGE})
+    cluster.start()
+    yield cluster
+    problems = list(cluster.problems)
+    cluster.stop()
+    assert problems == []
+
+
+async def running(backend: ExecutionBackend, handle: JobHandle) -> None:
+    """Wait until a launched job has left PENDING (at once for the local backend)."""
+    await wait_status(backend, handle, lambda status: status.state is not JobState.PENDING)
 
 
 async def wait_status(
@@ -161,10 +218,13 @@ def test_backend_job_succeeds_with_exit_code_and_logs(harness: Harness) -> None:
         assert status.started_at and status.finished_at
         assert status.started_at <= status.finished_at
         lines = await read_logs(harness.backend, handle)
-        assert [(line.stream, line.data) for line in lines if line.stream == "stdout"] == [
-            ("stdout", "hello")
-        ]
-        assert ("stderr", "oops") in [(line.stream, line.data) for line in lines]
+        if harness.merged_streams:
+            assert sorted(line.data for line in lines) == ["hello", "oops"]
+        else:
+            assert [(line.stream, line.data) for line in lines if line.stream == "stdout"] == [
+                ("stdout", "hello")
+            ]
+            assert ("stderr", "oops") in [(line.stream, line.data) for line in lines]
         assert all(line.timestamp.utcoffset() == timedelta(0) for line in lines)
         # Following an ended job returns what it printed, and ends.
         assert await read_logs(harness.backend, handle, follow=True) == lines
@@ -324,6 +384,7 @@ def test_backend_stop_kills_grandchildren(harness: Harness) -> None:
 def test_backend_handle_from_json_works_in_a_new_backend(harness: Harness) -> None:
     async def scenario() -> None:
         handle = await harness.launch(harness.spec(SLEEP))
+        await running(harness.backend, handle)
         stored = handle.to_json()
         await harness.backend.close()  # the server goes away; the job does not
 
@@ -362,6 +423,8 @@ def test_backend_list_jobs_finds_running_jobs_from_a_new_backend(harness: Harnes
         second = await harness.launch(harness.spec(SLEEP))
         done = await harness.launch(harness.spec(python("pass")))
         await wait_status(harness.backend, done)
+        await running(harness.backend, first)
+        await running(harness.backend, second)
 
         restarted = harness.make()
         found = await restarted.list_jobs()
@@ -377,6 +440,7 @@ def test_backend_list_jobs_finds_running_jobs_from_a_new_backend(harness: Harnes
 def test_backend_launch_of_an_existing_key_returns_that_job(harness: Harness) -> None:
     async def scenario() -> None:
         handle = await harness.launch(harness.spec(SLEEP, key="only-once"))
+        await running(harness.backend, handle)
         again = await harness.launch(harness.spec(python("pass"), key="only-once"))
         assert again.key == handle.key
         assert (await harness.backend.status(again)).state is JobState.RUNNING
@@ -395,8 +459,10 @@ def test_backend_run_job_address_answers_http(harness: Harness) -> None:
 
     async def scenario() -> None:
         handle = await harness.launch(harness.spec(["sh", "-c", server], kind="run"))
-        address = await harness.backend.address(handle)
-        assert address is not None
+        deadline = time.monotonic() + 10
+        while (address := await harness.backend.address(handle)) is None:  # a pod may be pending
+            assert time.monotonic() < deadline, "the run job never got an address"
+            await asyncio.sleep(0.05)
         host, port = address
         deadline = time.monotonic() + 10
         while True:  # an address is not readiness: wait for the server to listen

@@ -1,0 +1,395 @@
+"""The Kubernetes execution backend: every job one ``batch/v1`` Job with one pod.
+
+Lifecycle, in the terms of :class:`~podium.runtime.base.ExecutionBackend`:
+
+- :meth:`launch` creates the Job (:func:`.manifests.job_manifest`) and returns at once;
+  the job is PENDING until its pod's container runs. A 409 means the key exists: its
+  Job is adopted.
+- :meth:`status` answers from one shared list+watch cache of this server's Jobs and
+  Pods (:mod:`.watch`). Failures the cluster reports before a process exits fail the
+  job fast, with the Kubernetes reason: ``ErrImagePull``/``ImagePullBackOff`` (and
+  other container-creation errors), ``Unschedulable``, ``FailedCreate`` (from the
+  Job's events, e.g. a missing service account), ``DeadlineExceeded``; an ended
+  container gives ``OOMKilled``, ``StartError``, ``Signalled`` (exit code > 128) or
+  ``Exited``. Final states are remembered so they never change for this backend.
+- A Job that no longer exists while its handle records a uid was deleted: STOPPED (by
+  :meth:`stop`, by another server, or by ``ttlSecondsAfterFinished`` after the DB
+  recorded its end). A handle without a uid and no Job is UNKNOWN/``NotFound``.
+- :meth:`address` is the pod IP and container port once the pod is Ready.
+- :meth:`logs` reads the pod log API (``follow`` streams until the container ends).
+  The API merges stdout and stderr: every line comes back as ``stdout``.
+- :meth:`stop` deletes the Job with ``propagationPolicy=Background`` and its pods with
+  ``gracePeriodSeconds`` (rounded up to a whole second, at least 1), then waits until
+  they are gone. An ended Job is left for its TTL; 404 means done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from podium.runtime.base import BackendError, JobHandle, JobSpec, JobState, JobStatus, LogLine
+from podium.runtime.kubernetes.client import KubeApiError, KubeClient
+from podium.runtime.kubernetes.manifests import (
+    LABEL_KEY,
+    LABEL_KIND,
+    KubernetesJobConfig,
+    job_manifest,
+    job_name,
+    label_selector,
+    selector_labels,
+)
+from podium.runtime.kubernetes.watch import Reflector
+
+log = logging.getLogger(__name__)
+
+# Container waiting reasons after which the pod will not start without a change.
+FATAL_WAITING = {
+    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+    "CreateContainerConfigError", "CreateContainerError",
+}
+SYNC_TIMEOUT_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 60.0  # after the grace period: pod deletion confirmed by the kubelet
+EVENTS_TTL_SECONDS = 1.0
+LOG_END_WAIT_SECONDS = 10.0
+
+ClientFactory = Callable[[], Awaitable[KubeClient]]
+
+
+class KubernetesBackend:
+    name = "kubernetes"
+
+    def __init__(self, connect: ClientFactory, config: KubernetesJobConfig) -> None:
+        self._connect = connect
+        self.config = config
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: KubeClient | None = None
+        self._jobs: Reflector | None = None
+        self._pods: Reflector | None = None
+        self._final: dict[str, JobStatus] = {}
+        self._events: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    async def _ready(self) -> tuple[KubeClient, Reflector, Reflector]:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first use, or the old event loop is gone
+            self._loop, self._client, self._jobs, self._pods = loop, None, None, None
+        if self._client is None:
+            self._client = await self._wrap(self._connect())
+            selector = label_selector(selector_labels(self.config))
+            self._jobs = Reflector(self._client, "jobs", self.config.namespace, selector)
+            self._pods = Reflector(self._client, "pods", self.config.namespace, selector)
+            self._jobs.start()
+            self._pods.start()
+        assert self._jobs is not None and self._pods is not None
+        for reflector in (self._jobs, self._pods):
+            if not reflector.synced.is_set():
+                try:
+                    await asyncio.wait_for(reflector.synced.wait(), SYNC_TIMEOUT_SECONDS)
+                except TimeoutError:
+                    error = reflector.error
+                    raise BackendError(
+                        "ClusterUnavailable",
+                        "The Kubernetes API server could not be reached.",
+                        status=503, detail=str(error) if error else "list timed out",
+                    ) from None
+        return self._client, self._jobs, self._pods
+
+    @staticmethod
+    async def _wrap(call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except KubeApiError as error:
+            raise _backend_error(error) from error
+
+    def _check(self, handle: JobHandle) -> None:
+        if handle.backend != self.name:
+            raise BackendError(
+                "WrongBackend", f"Job {handle.key} belongs to the {handle.backend} backend.", status=400
+            )
+
+    def _handle(self, job: dict[str, Any]) -> JobHandle:
+        meta = job["metadata"]
+        return JobHandle(self.name, meta["labels"][LABEL_KEY], {
+            "namespace": meta.get("namespace", self.config.namespace),
+            "name": meta["name"], "uid": meta.get("uid", ""),
+        })
+
+    def _objects(self, handle: JobHandle) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        assert self._jobs is not None and self._pods is not None
+        name = str(handle.data.get("name") or job_name(handle.key))
+        job = self._jobs.objects.get(name)
+        uid = handle.data.get("uid")
+        if job is not None and uid and job["metadata"].get("uid") != uid:
+            job = None  # a newer Job under the same name is not this handle's job
+        pods = [
+            pod for pod in self._pods.objects.values()
+            if pod["metadata"].get("labels", {}).get(LABEL_KEY) == handle.key
+        ]
+        pods.sort(key=lambda pod: str(pod["metadata"].get("creationTimestamp", "")))
+        return job, (pods[-1] if pods else None)
+
+    # --- the interface ----------------------------------------------------------------
+
+    async def launch(self, spec: JobSpec) -> JobHandle:
+        client, jobs, _ = await self._ready()
+        manifest = job_manifest(spec, self.config)
+        name = manifest["metadata"]["name"]
+        try:
+            job = await client.create_job(self.config.namespace, manifest)
+        except KubeApiError as error:
+            if error.status != 409:
+                raise _backend_error(error, f"Job {spec.key} could not be created") from error
+            job = jobs.objects.get(name) or await self._wrap(client.get_job(self.config.namespace, name))
+            log.info("job %s (content %s): adopted the existing Job %s", spec.key, spec.content_guid, name)
+            return self._handle(job)
+        jobs.put(job)
+        log.info(
+            "job %s (content %s): created Job %s/%s (image %s)",
+            spec.key, spec.content_guid, self.config.namespace, name,
+            manifest["spec"]["template"]["spec"]["containers"][0]["image"],
+        )
+        return self._handle(job)
+
+    async def status(self, handle: JobHandle) -> JobStatus:
+        self._check(handle)
+        if handle.key in self._final:
+            return self._final[handle.key]
+        client, _, _ = await self._ready()
+        job, pod = self._objects(handle)
+        if job is None:
+            if pod is not None:  # an orphaned or still-terminating pod
+                status = _pod_status(pod)
+            elif handle.data.get("uid"):
+                status = JobStatus(JobState.STOPPED, reason="Stopped",
+                                   message="the Job no longer exists in the cluster")
+            else:
+                return JobStatus(JobState.UNKNOWN, reason="NotFound", message="no such job")
+        else:
+            status = _job_failure(job) or (_pod_status(pod) if pod else None) \
+                or await self._events_status(client, job) or JobStatus(JobState.PENDING)
+        if not status.state.active:
+            self._final[handle.key] = status
+            if status.state is JobState.FAILED:
+                log.info("job %s: failed: %s (%s)", handle.key, status.reason, status.message)
+        return status
+
+    async def _events_status(self, client: KubeClient, job: dict[str, Any]) -> JobStatus | None:
+        """FAILED with ``FailedCreate`` when the Job controller could not create the pod."""
+        name, uid = job["metadata"]["name"], job["metadata"].get("uid", "")
+        cached = self._events.get(uid)
+        if cached is None or time.monotonic() - cached[0] > EVENTS_TTL_SECONDS:
+            try:
+                events = await client.list_events(
+                    self.config.namespace, f"involvedObject.name={name},involvedObject.kind=Job"
+                )
+            except KubeApiError as error:
+                log.warning("job %s: could not list events: %s", name, error)
+                events = []
+            cached = self._events[uid] = (time.monotonic(), events)
+        for event in cached[1]:
+            if event.get("reason") == "FailedCreate" and event.get("involvedObject", {}).get("uid") in (uid, None):
+                return JobStatus(JobState.FAILED, reason="FailedCreate", message=str(event.get("message", "")))
+        return None
+
+    async def address(self, handle: JobHandle) -> tuple[str, int] | None:
+        status = await self.status(handle)
+        if status.state is not JobState.RUNNING:
+            return None
+        _, pod = self._objects(handle)
+        if pod is None or pod["metadata"].get("labels", {}).get(LABEL_KIND) != "run":
+            return None
+        pod_status = pod.get("status", {})
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in pod_status.get("conditions") or [])
+        ports = pod["spec"]["containers"][0].get("ports") or []
+        if not ready or not pod_status.get("podIP") or not ports or pod["metadata"].get("deletionTimestamp"):
+            return None
+        return (str(pod_status["podIP"]), int(ports[0]["containerPort"]))
+
+    async def logs(self, handle: JobHandle, follow: bool = False) -> AsyncIterator[LogLine]:
+        self._check(handle)
+        client, _, pods = await self._ready()
+        while True:
+            change = pods.change()
+            _, pod = self._objects(handle)
+            started = pod is not None and _container_started(pod)
+            if started or not follow or not (await self.status(handle)).state.active:
+                break
+            await pods.wait_changed(1.0, change)
+        if pod is None or not started:
+            return
+        try:
+            async for raw in client.pod_log(self.config.namespace, pod["metadata"]["name"], follow):
+                stamp, _, data = raw.partition(" ")
+                yield LogLine("stdout", _parse_time(stamp) or datetime.now(UTC), data)
+        except KubeApiError as error:
+            if error.status not in (400, 404):  # gone, or never started: nothing to read
+                raise _backend_error(error, f"Logs of job {handle.key} could not be read") from error
+        # The log stream ends when the container does; the watch may report it a moment
+        # later. Following ends once the job has ended, so wait for the cache to agree.
+        deadline = time.monotonic() + LOG_END_WAIT_SECONDS
+        while follow and time.monotonic() < deadline:
+            change = pods.change()
+            if not (await self.status(handle)).state.active:
+                break
+            await pods.wait_changed(0.5, change)
+
+    async def stop(self, handle: JobHandle, grace_seconds: float) -> None:
+        self._check(handle)
+        status = await self.status(handle)
+        if not status.state.active:
+            return
+        client, jobs, pods = await self._ready()
+        job, pod = self._objects(handle)
+        namespace = str(handle.data.get("namespace") or self.config.namespace)
+        log.info("job %s: stopping (grace %g s)", handle.key, grace_seconds)
+        if job is not None:
+            with _gone_ok():
+                await client.delete_job(namespace, job["metadata"]["name"])
+        grace = max(1, math.ceil(grace_seconds))
+        for candidate in [p for p in pods.objects.values()
+                          if p["metadata"].get("labels", {}).get(LABEL_KEY) == handle.key]:
+            with _gone_ok():
+                await client.delete_pod(namespace, candidate["metadata"]["name"], grace)
+        deadline = time.monotonic() + grace + STOP_TIMEOUT_SECONDS
+        while True:
+            changes = [jobs.change(), pods.change()]
+            job, pod = self._objects(handle)
+            if job is None and pod is None:
+                break
+            if time.monotonic() > deadline:
+                raise BackendError("StopFailed", f"Job {handle.key} was not gone in time.")
+            waits = [asyncio.ensure_future(change.wait()) for change in changes]
+            await asyncio.wait(waits, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waits:
+                waiter.cancel()
+        self._final[handle.key] = JobStatus(
+            JobState.STOPPED, reason="Stopped", message="stopped",
+            started_at=status.started_at, finished_at=datetime.now(UTC),
+        )
+
+    async def list_jobs(self) -> list[JobHandle]:
+        _, jobs, _ = await self._ready()
+        handles = []
+        for job in sorted(jobs.objects.values(), key=lambda j: str(j["metadata"].get("creationTimestamp"))):
+            if job["metadata"].get("deletionTimestamp") or LABEL_KEY not in job["metadata"].get("labels", {}):
+                continue
+            handle = self._handle(job)
+            if (await self.status(handle)).state.active:
+                handles.append(handle)
+        return handles
+
+    async def close(self) -> None:
+        """Stop watching and close the connection pool; Jobs keep running."""
+        if self._loop is asyncio.get_running_loop():
+            for reflector in (self._jobs, self._pods):
+                if reflector is not None:
+                    await reflector.stop()
+            if self._client is not None:
+                await self._client.close()
+        self._loop, self._client, self._jobs, self._pods = None, None, None, None
+
+
+@contextlib.contextmanager
+def _gone_ok() -> Any:
+    try:
+        yield
+    except KubeApiError as error:
+        if error.status != 404:
+            raise _backend_error(error, "Could not delete") from error
+
+
+def _backend_error(error: KubeApiError, what: str = "The Kubernetes API server refused") -> BackendError:
+    reason = {0: "ClusterUnavailable", 403: "Forbidden", 409: "Conflict", 422: "Invalid"}.get(
+        error.status, "KubernetesError"
+    )
+    return BackendError(reason, f"{what}: {error.message or error.reason}",
+                        status=503 if error.status == 0 else 500, detail=str(error))
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        text = str(value).replace("Z", "+00:00")
+        if "." in text:  # RFC 3339 with nanoseconds: Python takes at most microseconds
+            head, _, tail = text.partition(".")
+            digits = "".join(ch for ch in tail if ch.isdigit())
+            text = f"{head}.{digits[:6]}{tail[len(digits):]}"
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def _container_state(pod: dict[str, Any]) -> dict[str, Any]:
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    return dict(statuses[0].get("state") or {}) if statuses else {}
+
+
+def _container_started(pod: dict[str, Any]) -> bool:
+    state = _container_state(pod)
+    return "running" in state or "terminated" in state
+
+
+def _job_failure(job: dict[str, Any]) -> JobStatus | None:
+    for condition in job.get("status", {}).get("conditions") or []:
+        if condition.get("type") == "Failed" and condition.get("status") == "True" \
+                and condition.get("reason") == "DeadlineExceeded":
+            return JobStatus(JobState.FAILED, reason="DeadlineExceeded",
+                             message=str(condition.get("message") or "the job ran past its deadline"))
+    return None
+
+
+def _pod_status(pod: dict[str, Any]) -> JobStatus:
+    status = pod.get("status", {})
+    phase = status.get("phase")
+    state = _container_state(pod)
+    if phase in (None, "Pending") and not {"running", "terminated"} & set(state):
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in FATAL_WAITING:
+            return JobStatus(JobState.FAILED, reason=str(waiting["reason"]),
+                             message=str(waiting.get("message") or waiting["reason"]))
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+                return JobStatus(JobState.FAILED, reason="Unschedulable",
+                                 message=str(condition.get("message") or "no node can run the job"))
+        return JobStatus(JobState.PENDING)
+    if "running" in state and phase not in ("Succeeded", "Failed"):
+        return JobStatus(JobState.RUNNING, started_at=_parse_time(state["running"].get("startedAt")))
+    ended = state.get("terminated")
+    if phase == "Failed" and status.get("reason") == "DeadlineExceeded":
+        return JobStatus(JobState.FAILED, reason="DeadlineExceeded", message=str(status.get("message", "")))
+    if not ended:
+        if phase in ("Succeeded", "Failed"):
+            return JobStatus(JobState.FAILED, reason="Lost", message="the pod ended without an exit status")
+        return JobStatus(JobState.PENDING)
+    code = int(ended.get("exitCode", 0))
+    times = {"started_at": _parse_time(ended.get("startedAt")), "finished_at": _parse_time(ended.get("finishedAt"))}
+    reason = ended.get("reason")
+    if code == 0 and phase == "Succeeded":
+        return JobStatus(JobState.SUCCEEDED, 0, "Completed", "exited with code 0", **times)
+    if reason == "OOMKilled":
+        return JobStatus(JobState.FAILED, code, "OOMKilled",
+                         "killed for using more memory than its limit", **times)
+    if reason in ("StartError", "ContainerCannotRun"):
+        return JobStatus(JobState.FAILED, code, "StartError", str(ended.get("message") or reason), **times)
+    if 128 < code <= 128 + 64:
+        return JobStatus(JobState.FAILED, code, "Signalled",
+                         f"killed by signal {_signal_name(code - 128)}", **times)
+    return JobStatus(JobState.FAILED, code, "Exited", f"exited with code {code}", **times)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

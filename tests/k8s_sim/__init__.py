@@ -1,0 +1,99 @@
+"""A simulated Kubernetes cluster for tests: a real HTTP API server in a thread of its
+own, with a Job controller and a local kubelet (see ``reference/kubernetes-testing.md``).
+
+    cluster = SimCluster(tmp_path, images={"python:3.12"})
+    cluster.start()
+    cluster.write_kubeconfig(tmp_path / "kubeconfig")
+    ...
+    cluster.stop()
+
+What it does not model is listed in ``tests/k8s_sim/README.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from .server import ApiServer, self_check
+from .store import Store
+from .workloads import Workloads
+
+T = TypeVar("T")
+
+
+class SimCluster:
+    def __init__(self, root: Path, images: set[str], validate: bool = True) -> None:
+        self.root = root
+        self.images = images
+        self.validate = validate
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="k8s-sim", daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.store: Store
+        self.workloads: Workloads
+
+    def start(self) -> str:
+        self._thread.start()
+        self.url = self.call(self._start())
+        return self.url
+
+    async def _start(self) -> str:
+        self.store = Store(self_check if self.validate else None)
+        self.workloads = Workloads(self.store, self.root, self.images)
+        server = ApiServer(self.store, self.workloads)
+        self._runner = web.AppRunner(server.app, handle_signals=False, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}"
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        """Run ``coro`` on the cluster's event loop (its objects live there)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def create_service_account(self, namespace: str, name: str) -> None:
+        async def create() -> None:
+            self.store.create("serviceaccounts", namespace,
+                              {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
+        self.call(create())
+
+    @property
+    def problems(self) -> list[str]:
+        return self.workloads.problems
+
+    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "sim",
+            "clusters": [{"name": "sim", "cluster": {"server": self.url}}],
+            "users": [{"name": "sim", "user": {"token": "sim"}}],
+            "contexts": [{"name": "sim", "context": {"cluster": "sim", "user": "sim", "namespace": namespace}}],
+        }))
+        return path
+
+    def stop(self) -> None:
+        async def shutdown() -> None:
+            await self.workloads.shutdown()
+            if self._runner is not None:
+                await self._runner.cleanup()
+            current = asyncio.current_task()
+            rest = [task for task in asyncio.all_tasks() if task is not current]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+        try:
+            self.call(shutdown())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            if not self._thread.is_alive():
+                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+                self._loop.close()

@@ -1,0 +1,335 @@
+"""The simulated cluster's controllers: the Job controller, the scheduler, the kubelet,
+the garbage collector and the TTL controller, over one :class:`~.store.Store`.
+
+The kubelet runs each pod's container as a local process through Podium's own
+:class:`~podium.runtime.LocalBackend` (sessions, SIGTERM → SIGKILL, cgroup limits,
+OOM reporting); every pod gets its own loopback IP (``127.10.x.y``), passed to the
+process through the downward API (``$POD_IP``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from podium.runtime import JobHandle, JobSpec, JobState, LocalBackend, Resources
+
+from .store import Store, now
+
+log = logging.getLogger(__name__)
+NODE = "sim-node"
+NODE_CPU = 2.0
+NODE_MEMORY = 8 * 2**30
+PROBE_PERIOD = 0.1  # faster than the real 1 s minimum, to keep tests quick
+BACKOFF_AFTER_PULL = 0.5
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+_FACTORS = {None: 1, "m": 0.001, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
+            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def parse_quantity(value: Any) -> float:
+    """A Kubernetes quantity as a number; ValueError when it does not parse."""
+    match = _QUANTITY.match(str(value))
+    if not match:
+        raise ValueError(f"quantities must match the regular expression {_QUANTITY.pattern!r}")
+    return float(match.group(1)) * _FACTORS[match.group(2)]
+
+
+@dataclass
+class PodRun:
+    ip: str
+    handle: JobHandle | None = None
+    task: asyncio.Task[None] | None = None
+    stops: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class Workloads:
+    def __init__(self, store: Store, root: Path, images: set[str]) -> None:
+        self.store = store
+        self.images = images
+        self.local = LocalBackend(root / "kubelet")
+        self.runs: dict[str, PodRun] = {}  # by pod uid
+        self.problems: list[str] = []
+        self._ips = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(self._guard(coro))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, coro: Any) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.exception("simulated cluster: controller failed")
+            self.problems.append(repr(error))
+
+    def event(self, obj: dict[str, Any], kind: str, reason: str, message: str, type_: str = "Warning") -> None:
+        meta = obj["metadata"]
+        self.store.create("events", meta["namespace"], {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}."},
+            "involvedObject": {"apiVersion": obj.get("apiVersion", "v1"), "kind": kind,
+                               "name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+            "reason": reason, "message": message, "type": type_, "count": 1,
+            "firstTimestamp": now(), "lastTimestamp": now(), "source": {"component": "sim"},
+        })
+
+    # --- Job controller ---------------------------------------------------------------
+
+    def job_created(self, job: dict[str, Any]) -> None:
+        meta, spec = job["metadata"], job["spec"]
+        namespace = meta["namespace"]
+        template = copy.deepcopy(spec["template"])
+        pod_spec = template["spec"]
+        account = pod_spec.get("serviceAccountName") or "default"
+        if account != "default" and self.store.get("serviceaccounts", namespace, account) is None:
+            self.event(job, "Job", "FailedCreate",
+                       f'Error creating: pods "{meta["name"]}-" is forbidden: error looking up service '
+                       f'account {namespace}/{account}: serviceaccount "{account}" not found')
+            return
+        pod_spec.setdefault("serviceAccountName", account)
+        pod_spec.setdefault("terminationGracePeriodSeconds", 30)
+        labels = {**template.get("metadata", {}).get("labels", {}),
+                  "job-name": meta["name"], "controller-uid": meta["uid"],
+                  "batch.kubernetes.io/job-name": meta["name"],
+                  "batch.kubernetes.io/controller-uid": meta["uid"]}
+        pod = self.store.create("pods", namespace, {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{meta['name']}-{secrets.token_hex(3)[:5]}", "labels": labels,
+                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
+                                              "uid": meta["uid"], "controller": True,
+                                              "blockOwnerDeletion": True}]},
+            "spec": pod_spec,
+            "status": {"phase": "Pending", "qosClass": "BestEffort"},
+        })
+        job["status"] = {"active": 1, "startTime": now()}
+        self.store.update("jobs", job)
+        if spec.get("activeDeadlineSeconds"):
+            self.spawn(self._deadline(job, float(spec["activeDeadlineSeconds"])))
+        self.schedule(pod)
+
+    async def _deadline(self, job: dict[str, Any], seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if job["status"].get("active") and self.store.get("jobs", job["metadata"]["namespace"], job["metadata"]["name"]) is job:
+            self.finish_job(job, failed=True, reason="DeadlineExceeded",
+                            message="Job was active longer than specified deadline")
+            for pod in self.pods_of(job):
+                self.delete_pod(pod, 0)
+
+    def pods_of(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        uid = job["metadata"]["uid"]
+        return [pod for pod in self.store.items("pods", job["metadata"]["namespace"])
+                if any(ref.get("uid") == uid for ref in pod["metadata"].get("ownerReferences") or [])]
+
+    def finish_job(self, job: dict[str, Any], failed: bool, reason: str, message: str) -> None:
+        if any(c["type"] in ("Complete", "Failed") for c in job["status"].get("conditions", [])):
+            return
+        stamp = now()
+        kinds = ("FailureTarget", "Failed") if failed else ("SuccessCriteriaMet", "Complete")
+        job["status"].update(active=0, ready=0, conditions=[
+            {"type": kind, "status": "True", "reason": reason, "message": message,
+             "lastProbeTime": stamp, "lastTransitionTime": stamp} for kind in kinds
+        ])
+        job["status"]["failed" if failed else "succeeded"] = 1
+        if not failed:
+            job["status"]["completionTime"] = stamp
+        self.store.update("jobs", job)
+        ttl = job["spec"].get("ttlSecondsAfterFinished")
+        if ttl is not None:
+            self.spawn(self._ttl(job, float(ttl)))
+
+    async def _ttl(self, job: dict[str, Any], seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if self.store.get("jobs", job["metadata"]["namespace"], job["metadata"]["name"]) is job:
+            self.delete_job(job, "Background")
+
+    def pod_ended(self, pod: dict[str, Any]) -> None:
+        for ref in pod["metadata"].get("ownerReferences") or []:
+            job = self.store.get("jobs", pod["metadata"]["namespace"], ref["name"])
+            if job is None or job["metadata"]["uid"] != ref["uid"]:
+                continue
+            if pod["status"]["phase"] == "Succeeded":
+                self.finish_job(job, False, "CompletionsReached", "Reached expected number of succeeded pods")
+            else:
+                self.finish_job(job, True, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+
+    def delete_job(self, job: dict[str, Any], propagation: str | None) -> None:
+        """``batch/v1`` Jobs orphan their pods unless told otherwise, as the API server does."""
+        pods = self.pods_of(job)
+        self.store.remove("jobs", job)
+        for pod in pods:
+            if propagation in ("Background", "Foreground"):
+                self.delete_pod(pod, None)
+            else:
+                pod["metadata"]["ownerReferences"] = []
+                self.store.update("pods", pod)
+
+    # --- scheduler and kubelet --------------------------------------------------------
+
+    def schedule(self, pod: dict[str, Any]) -> None:
+        container = pod["spec"]["containers"][0]
+        requests = (container.get("resources") or {}).get("requests") or {}
+        short = [name for name, capacity in (("cpu", NODE_CPU), ("memory", NODE_MEMORY))
+                 if name in requests and parse_quantity(requests[name]) > capacity]
+        stamp = now()
+        if short:
+            message = "0/1 nodes are available: " + ", ".join(f"1 Insufficient {name}" for name in short) + "."
+            pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                            "message": message, "lastTransitionTime": stamp}]
+            self.store.update("pods", pod)
+            self.event(pod, "Pod", "FailedScheduling", message)
+            return
+        pod["spec"]["nodeName"] = NODE
+        self._ips += 1
+        ip = f"127.10.{self._ips // 250}.{self._ips % 250 + 1}"
+        run = self.runs[pod["metadata"]["uid"]] = PodRun(ip)
+        pod["status"].update(
+            hostIP="127.0.0.1", podIP=ip, podIPs=[{"ip": ip}], startTime=stamp,
+            conditions=[{"type": "PodScheduled", "status": "True", "lastTransitionTime": stamp},
+                        {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                         "lastTransitionTime": stamp}],
+            containerStatuses=[self._container_status(container, {"waiting": {"reason": "ContainerCreating"}})],
+        )
+        self.store.update("pods", pod)
+        run.task = asyncio.get_running_loop().create_task(self._guard(self._run(pod, run)))
+
+    @staticmethod
+    def _container_status(container: dict[str, Any], state: dict[str, Any], ready: bool = False,
+                          started: bool = False) -> dict[str, Any]:
+        return {"name": container["name"], "image": container["image"], "imageID": "",
+                "ready": ready, "started": started, "restartCount": 0, "state": state}
+
+    def _set(self, pod: dict[str, Any], state: dict[str, Any], ready: bool = False, phase: str | None = None) -> None:
+        container = pod["spec"]["containers"][0]
+        pod["status"]["containerStatuses"] = [self._container_status(container, state, ready, "running" in state)]
+        for condition in pod["status"]["conditions"]:
+            if condition["type"] == "Ready" and (condition["status"] == "True") != ready:
+                condition.update(status="True" if ready else "False", lastTransitionTime=now())
+                condition.pop("reason", None)
+        if phase:
+            pod["status"]["phase"] = phase
+        self.store.update("pods", pod)
+
+    async def _run(self, pod: dict[str, Any], run: PodRun) -> None:
+        container = pod["spec"]["containers"][0]
+        image = container["image"]
+        if image not in self.images:
+            message = f'failed to pull image "{image}": not found in the simulated cluster\'s images'
+            self._set(pod, {"waiting": {"reason": "ErrImagePull", "message": message}})
+            self.event(pod, "Pod", "Failed", message)
+            await asyncio.sleep(BACKOFF_AFTER_PULL)
+            self._set(pod, {"waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}})
+            return
+        env = {}
+        for item in container.get("env") or []:
+            if "value" in item:
+                env[item["name"]] = str(item["value"])
+            elif (item.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") == "status.podIP":
+                env[item["name"]] = run.ip
+            elif (item.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+                env[item["name"]] = pod["metadata"]["name"]
+        limits = (container.get("resources") or {}).get("limits") or {}
+        spec = JobSpec(
+            key=pod["metadata"]["uid"], kind="build", content_guid=pod["metadata"]["name"], image=None,
+            command=[*container.get("command", []), *container.get("args", [])], env=env,
+            workdir=container.get("workingDir") or "/", port=None,
+            resources=Resources(
+                cpu_limit=parse_quantity(limits["cpu"]) if "cpu" in limits else None,
+                memory_limit=int(parse_quantity(limits["memory"])) if "memory" in limits else None,
+            ),
+        )
+        run.handle = await self.local.launch(spec)
+        probe = container.get("readinessProbe") or {}
+        running = False
+        while True:
+            status = await self.local.status(run.handle)
+            if status.state is JobState.RUNNING:
+                ready = await self._probe(run.ip, probe)
+                stamp = (status.started_at.strftime("%Y-%m-%dT%H:%M:%SZ") if status.started_at else now())
+                current = pod["status"]["containerStatuses"][0]
+                if not running or current["ready"] != ready:
+                    running = True
+                    pod["status"]["phase"] = "Running"
+                    self._set(pod, {"running": {"startedAt": stamp}}, ready)
+            elif not status.state.active:
+                self._terminated(pod, status)
+                return
+            await asyncio.sleep(PROBE_PERIOD if running and probe else 0.03)
+
+    @staticmethod
+    async def _probe(ip: str, probe: dict[str, Any]) -> bool:
+        if not probe:
+            return True
+        port = (probe.get("tcpSocket") or probe.get("httpGet") or {}).get("port")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(ip, int(port)), 1)
+        except (OSError, TimeoutError, ValueError, TypeError):
+            return False
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True
+
+    def _terminated(self, pod: dict[str, Any], status: Any) -> None:
+        code = status.exit_code
+        if status.reason == "StartError":
+            code, reason = 128, "StartError"
+        elif status.reason == "OOMKilled":
+            code, reason = 137, "OOMKilled"
+        else:
+            code = 0 if code is None and status.state is JobState.SUCCEEDED else (code if code is not None else 137)
+            reason = "Completed" if code == 0 else "Error"
+        fmt = "%Y-%m-%dT%H:%M:%SZ"
+        terminated = {"exitCode": code, "reason": reason,
+                      "startedAt": status.started_at.strftime(fmt) if status.started_at else now(),
+                      "finishedAt": status.finished_at.strftime(fmt) if status.finished_at else now()}
+        if reason == "StartError":
+            terminated["message"] = status.message or "failed to start"
+        self._set(pod, {"terminated": terminated}, False, "Succeeded" if code == 0 else "Failed")
+        self.pod_ended(pod)
+
+    def delete_pod(self, pod: dict[str, Any], grace: int | None) -> None:
+        if grace is None:
+            grace = int(pod["spec"].get("terminationGracePeriodSeconds", 30))
+        meta = pod["metadata"]
+        if not meta.get("deletionTimestamp"):
+            meta.update(deletionTimestamp=now(), deletionGracePeriodSeconds=grace)
+            self.store.update("pods", pod)
+        run = self.runs.get(meta["uid"])
+        if run is None or run.handle is None or pod["status"].get("phase") in ("Succeeded", "Failed"):
+            if run is not None and run.task is not None and run.handle is None:
+                run.task.cancel()
+            self.store.remove("pods", pod)
+            return
+        run.stops.append(asyncio.get_running_loop().create_task(self._guard(self._kill(pod, run, grace))))
+
+    async def _kill(self, pod: dict[str, Any], run: PodRun, grace: int) -> None:
+        assert run.handle is not None
+        await self.local.stop(run.handle, grace)
+        if run.task is not None:
+            run.task.cancel()
+        status = await self.local.status(run.handle)
+        if pod["status"].get("phase") not in ("Succeeded", "Failed"):
+            self._terminated(pod, status)
+        self.store.remove("pods", pod)
+
+    async def shutdown(self) -> None:
+        for run in list(self.runs.values()):
+            if run.task is not None:
+                run.task.cancel()
+            if run.handle is not None:
+                await self.local.stop(run.handle, 0)
+        for task in list(self._tasks):
+            task.cancel()

@@ -1,0 +1,269 @@
+"""The Kubernetes backend against the simulated cluster: what only Kubernetes reports
+(image pulls, scheduling, admission, deadlines), the pod spec it creates, the watch
+cache's recovery, and the simulator's own wire behaviour. The backend-agnostic
+behaviour is covered by ``test_runtime_contract.py``."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from k8s_sim import SimCluster
+from k8s_sim.store import field_match, label_match
+from podium.runtime import JobHandle, JobSpec, JobState, JobStatus, Resources
+from podium.runtime.kubernetes.backend import KubernetesBackend
+from podium.runtime.kubernetes.client import AsyncioKubeClient, KubeApiError
+from podium.runtime.kubernetes.manifests import KubernetesJobConfig
+
+IMAGE = "podium.test/runtime:host"
+GUID = "0b6e8e6c-5f0d-4c4e-9a53-7a0b1c2d3e4f"
+PY = sys.executable
+MiB = 2**20
+T = TypeVar("T")
+_namespaces = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
+    sim = SimCluster(tmp_path_factory.mktemp("k8s"), images={IMAGE})
+    sim.start()
+    yield sim
+    problems = list(sim.problems)
+    sim.stop()
+    assert problems == []
+
+
+class Env:
+    def __init__(self, cluster: SimCluster, kubeconfig: str, namespace: str) -> None:
+        self.cluster = cluster
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+
+    def backend(self, **config: Any) -> KubernetesBackend:
+        settings = KubernetesJobConfig(namespace=self.namespace, default_image=IMAGE, **config)
+        return KubernetesBackend(lambda: AsyncioKubeClient.connect(self.kubeconfig), settings)
+
+    def run(self, scenario: Callable[[KubernetesBackend], Coroutine[Any, Any, T]], **config: Any) -> T:
+        async def main() -> T:
+            backend = self.backend(**config)
+            try:
+                return await asyncio.wait_for(scenario(backend), 20)
+            finally:
+                for handle in await backend.list_jobs():
+                    await backend.stop(handle, 0)
+                await backend.close()
+
+        return asyncio.run(main())
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.cluster.url + path, timeout=5) as response:
+            body = response.read().decode()
+        return json.loads(body) if body.startswith("{") else body
+
+
+@pytest.fixture
+def env(cluster: SimCluster, tmp_path: Path) -> Env:
+    namespace = f"backend-{next(_namespaces)}"
+    return Env(cluster, str(cluster.write_kubeconfig(tmp_path / "kubeconfig")), namespace)
+
+
+def spec(command: list[str], key: str = "job-1", **changes: Any) -> JobSpec:
+    values: dict[str, Any] = dict(key=key, kind="build", content_guid=GUID, image=None, command=command,
+                                  env={}, workdir="/tmp", port=None)
+    values.update(changes)
+    return JobSpec(**values)
+
+
+async def ended(backend: KubernetesBackend, handle: JobHandle, timeout: float = 10) -> JobStatus:
+    deadline = time.monotonic() + timeout
+    while (status := await backend.status(handle)).state.active and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return status
+
+
+SLEEP = [PY, "-c", "import time; time.sleep(60)"]
+
+
+def test_kubernetes_unknown_image_fails_with_image_pull_reason(env: Env) -> None:
+    async def scenario(backend: KubernetesBackend) -> JobStatus:
+        return await ended(backend, await backend.launch(spec(SLEEP, image="registry.invalid/nope:1")))
+
+    status = env.run(scenario)
+    assert (status.state, status.reason) == (JobState.FAILED, "ErrImagePull")
+    assert status.message and "registry.invalid/nope:1" in status.message
+
+
+def test_kubernetes_missing_service_account_fails_with_failed_create(env: Env) -> None:
+    async def scenario(backend: KubernetesBackend) -> JobStatus:
+        return await ended(backend, await backend.launch(spec(SLEEP, service_account="ghost")))
+
+    status = env.run(scenario)
+    assert (status.state, status.reason) == (JobState.FAILED, "FailedCreate")
+    assert status.message and 'serviceaccount "ghost" not found' in status.message
+
+
+def test_kubernetes_pod_gets_service_account_resources_and_labels(env: Env) -> None:
+    env.cluster.create_service_account(env.namespace, "reports")
+    resources = Resources(cpu_request=0.25, cpu_limit=1, memory_request=64 * MiB, memory_limit=256 * MiB)
+
+    async def scenario(backend: KubernetesBackend) -> dict[str, Any]:
+        handle = await backend.launch(spec(SLEEP, service_account="reports", resources=resources))
+        deadline = time.monotonic() + 10
+        while (await backend.status(handle)).state is not JobState.RUNNING:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        return env.get(f"/api/v1/namespaces/{env.namespace}/pods?labelSelector=podium.dev/job-key%3Djob-1")
+
+    pods = env.run(scenario)["items"]
+    assert len(pods) == 1
+    pod = pods[0]
+    assert pod["spec"]["serviceAccountName"] == "reports"
+    assert pod["spec"]["automountServiceAccountToken"] is True
+    assert pod["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "250m", "memory": str(64 * MiB)}, "limits": {"cpu": "1", "memory": str(256 * MiB)},
+    }
+    labels = pod["metadata"]["labels"]
+    assert (labels["podium.dev/content-guid"], labels["podium.dev/job-kind"], labels["job-name"]) == (
+        GUID, "build", "job-1"
+    )
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "Job"
+    assert pod["status"]["podIP"].startswith("127.10.")
+
+
+def test_kubernetes_request_beyond_the_node_is_unschedulable(env: Env) -> None:
+    async def scenario(backend: KubernetesBackend) -> JobStatus:
+        return await ended(backend, await backend.launch(spec(SLEEP, resources=Resources(cpu_request=64))))
+
+    status = env.run(scenario)
+    assert (status.state, status.reason) == (JobState.FAILED, "Unschedulable")
+    assert status.message == "0/1 nodes are available: 1 Insufficient cpu."
+
+
+def test_kubernetes_over_memory_limit_is_oom_killed(env: Env) -> None:
+    if not Path("/sys/fs/cgroup/memory").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        pytest.skip("no memory cgroup on this host")
+    allocate = [PY, "-c", "x = bytearray(512 * 2**20); x[::4096] = b'x' * len(x[::4096]); print('survived')"]
+
+    async def scenario(backend: KubernetesBackend) -> JobStatus:
+        return await ended(backend, await backend.launch(
+            spec(allocate, resources=Resources(memory_limit=64 * MiB))
+        ))
+
+    status = env.run(scenario)
+    if status.reason != "OOMKilled" and status.state is JobState.SUCCEEDED:
+        pytest.skip("memory limits are not enforceable here (no writable memory cgroup)")
+    assert (status.state, status.reason, status.exit_code) == (JobState.FAILED, "OOMKilled", 137)
+
+
+def test_kubernetes_active_deadline_from_the_template_patch_fails_the_job(env: Env) -> None:
+    async def scenario(backend: KubernetesBackend) -> JobStatus:
+        return await ended(backend, await backend.launch(spec(SLEEP)))
+
+    status = env.run(scenario, job_template_patch={"spec": {"activeDeadlineSeconds": 1}})
+    assert (status.state, status.reason) == (JobState.FAILED, "DeadlineExceeded")
+
+
+def test_kubernetes_stop_deletes_job_and_pods_in_the_background(env: Env) -> None:
+    async def scenario(backend: KubernetesBackend) -> tuple[JobStatus, Any, Any]:
+        handle = await backend.launch(spec(SLEEP))
+        while (await backend.status(handle)).state is not JobState.RUNNING:
+            await asyncio.sleep(0.05)
+        await backend.stop(handle, 1)
+        jobs = env.get(f"/apis/batch/v1/namespaces/{env.namespace}/jobs")
+        pods = env.get(f"/api/v1/namespaces/{env.namespace}/pods")
+        return await backend.status(handle), jobs, pods
+
+    status, jobs, pods = env.run(scenario)
+    assert status.state is JobState.STOPPED
+    assert (jobs["items"], pods["items"]) == ([], [])
+
+
+def test_kubernetes_watch_recovers_after_410_expired(env: Env) -> None:
+    async def scenario(backend: KubernetesBackend) -> JobStatus:
+        first = await backend.launch(spec([PY, "-c", "pass"], key="before"))
+        await ended(backend, first)
+        env.cluster.call(_compact_and_drop_watches(env.cluster))  # the next resume gets 410
+        second = await backend.launch(spec([PY, "-c", "raise SystemExit(5)"], key="after"))
+        return await ended(backend, second)
+
+    status = env.run(scenario)
+    assert (status.state, status.exit_code) == (JobState.FAILED, 5)
+
+
+async def _compact_and_drop_watches(cluster: SimCluster) -> None:
+    cluster.store.compact()
+    cluster.store.drop_watches()
+
+
+def test_kubernetes_launch_refused_by_admission_is_a_backend_error(env: Env) -> None:
+    async def scenario(backend: KubernetesBackend) -> None:
+        from podium.runtime import BackendError
+
+        with pytest.raises(BackendError) as caught:
+            await backend.launch(spec(SLEEP))
+        assert caught.value.reason == "Invalid"
+        assert "restartPolicy" in caught.value.message
+
+    env.run(scenario, job_template_patch={"spec": {"template": {"spec": {"restartPolicy": "Always"}}}})
+
+
+def test_sim_delete_without_propagation_orphans_pods(env: Env) -> None:
+    async def scenario(backend: KubernetesBackend) -> None:
+        handle = await backend.launch(spec(SLEEP))
+        while (await backend.status(handle)).state is not JobState.RUNNING:
+            await asyncio.sleep(0.05)
+        client = await AsyncioKubeClient.connect(env.kubeconfig)
+        try:
+            await client._json(client._batch.delete_namespaced_job, "job-1", env.namespace)
+            pods, _ = await client.list_objects("pods", env.namespace, "podium.dev/job-key=job-1")
+            assert len(pods) == 1 and pods[0]["metadata"]["ownerReferences"] == []
+            await client.delete_pod(env.namespace, pods[0]["metadata"]["name"], 1)
+            with pytest.raises(KubeApiError) as caught:
+                await client.get_job(env.namespace, "job-1")
+            assert caught.value.status == 404
+        finally:
+            await client.close()
+
+    env.run(scenario)
+
+
+def test_sim_log_of_a_pod_not_started_is_400(env: Env) -> None:
+    async def scenario(backend: KubernetesBackend) -> None:
+        handle = await backend.launch(spec(SLEEP, image="registry.invalid/nope:1"))
+        await ended(backend, handle)
+        assert [line async for line in backend.logs(handle, follow=True)] == []
+        pods = env.get(f"/api/v1/namespaces/{env.namespace}/pods")["items"]
+        url = f"/api/v1/namespaces/{env.namespace}/pods/{pods[0]['metadata']['name']}/log?follow=True"
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            await asyncio.to_thread(env.get, url)
+        assert caught.value.code == 400
+        assert "is waiting to start" in json.loads(caught.value.read())["message"]
+
+    env.run(scenario)
+
+
+def test_sim_discovery_answers_with_and_without_trailing_slash(env: Env) -> None:
+    assert env.get("/version")["major"] == "1"
+    assert env.get("/version/")["minor"] == "33"
+    assert env.get("/apis")["groups"][0]["name"] == "batch"
+
+
+def test_sim_selectors() -> None:
+    labels = {"a": "1", "b": "x"}
+    assert label_match("a=1,b in (x, y),!c", labels)
+    assert not label_match("a!=1", labels)
+    assert not label_match("b notin (x)", labels)
+    assert label_match("a", labels) and not label_match("c", labels)
+    obj = {"metadata": {"name": "n"}, "involvedObject": {"kind": "Job"}}
+    assert field_match("metadata.name=n,involvedObject.kind=Job", obj)
+    assert not field_match("involvedObject.kind!=Job", obj)
