@@ -154,3 +154,19 @@ def test_schedule_fires_and_again_after_restart_without_doubling(
         assert datetime.fromisoformat(listed[0]["next_run"].replace("Z", "+00:00")) > datetime.now(UTC)
     finally:
         server.stop()
+
+
+def test_fail_interrupted_renderings_marks_running_ones_failed(store: Store) -> None:
+    from podium.render import fail_interrupted_renderings
+    from podium.store.models import Rendering
+
+    content_id = _scheduled(store, T0)
+    with store.session() as session:
+        session.add_all([
+            Rendering(content_id=content_id, bundle_id=1, status="running"),
+            Rendering(content_id=content_id, bundle_id=1, status="succeeded"),
+        ])
+    assert fail_interrupted_renderings(store) == 1
+    with store.session() as session:
+        statuses = sorted(session.scalars(select(Rendering.status)))
+    assert statuses == ["failed", "succeeded"]

@@ -29,6 +29,7 @@ from podium.api import (
 )
 from podium.context import Podium, open_podium
 from podium.proxy import routes as content_routes
+from podium.render import fail_interrupted_renderings
 from podium.render.schedules import ScheduleRunner
 from podium.settings import Settings
 from podium.store.models import Task, utcnow
@@ -87,6 +88,7 @@ def create_app(settings: Settings, ctx: Podium | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         _fail_interrupted_tasks(ctx)
+        fail_interrupted_renderings(ctx.store)
         await ctx.scheduler.adopt(ctx.wanted_target)
         ctx.scheduler.start()
         render_schedules = ScheduleRunner(

@@ -43,6 +43,7 @@ _TAIL_LINES = 20
 
 __all__ = [
     "KERNEL_REQUIREMENTS",
+    "fail_interrupted_renderings",
     "RENDERED_MODES",
     "SUPPORTED_RENDER_MODES",
     "latest_rendering",
@@ -67,6 +68,20 @@ def latest_rendering(session: Session, content_id: int, bundle_id: int) -> Rende
         .order_by(Rendering.id.desc())
         .limit(1)
     )
+
+
+def fail_interrupted_renderings(store: Any) -> int:
+    """Renderings left running by a stopped server can never finish (their jobs are
+    stopped at start, see ``Scheduler.adopt``): record them as failed. Returns how many."""
+    from sqlalchemy import update
+
+    with store.session() as session:
+        done = session.execute(
+            update(Rendering)
+            .where(Rendering.status == "running")
+            .values(status="failed", error="The server stopped while this render ran.", end_time=utcnow())
+        )
+        return int(getattr(done, "rowcount", 0) or 0)
 
 
 def quarto_missing(selection: Any) -> str | None:
