@@ -30,7 +30,10 @@ if args == ["--version"]:
     print("1.4.550")
     sys.exit(0)
 if args[:1] == ["inspect"]:
-    print(json.dumps({{"quarto": {{"version": "1.4.550"}}, "engines": ["markdown"]}}))
+    target = pathlib.Path(args[1])
+    docs = [target] if target.is_file() else list(target.glob("*.qmd"))
+    engine = "jupyter" if any("jupyter: python3" in d.read_text() for d in docs) else "markdown"
+    print(json.dumps({{"quarto": {{"version": "1.4.550"}}, "engines": [engine]}}))
     sys.exit(0)
 # Podium renders a single document as: render <document> --output-dir <absolute dir>
 if len(args) != 4 or args[0] != "render" or args[2] != "--output-dir" or not os.path.isabs(args[3]):
@@ -43,11 +46,17 @@ if not source.is_file():
 if "FAIL" in source.read_text():
     print("ERROR: stand-in quarto was asked to fail", file=sys.stderr)
     sys.exit(1)
+kernel = "no QUARTO_PYTHON"
+if os.environ.get("QUARTO_PYTHON"):
+    import subprocess
+    probe = [os.environ["QUARTO_PYTHON"], "-c", "import nbclient, ipykernel; print('kernel ready')"]
+    kernel = subprocess.run(probe, capture_output=True, text=True).stdout.strip() or "kernel missing"
 out = pathlib.Path(args[3])
 out.mkdir(parents=True, exist_ok=True)
 print("pandoc: writing", out / (source.stem + ".html"))
 (out / (source.stem + ".html")).write_text(
     "<html><body><pre id='args'>" + html.escape(json.dumps(args)) + "</pre>"
+    + "<p id='kernel'>" + kernel + "</p>"
     + html.escape(source.read_text()) + "</body></html>"
 )
 """
@@ -113,7 +122,7 @@ def test_quarto_document_renders_with_the_environments_quarto(
     api = server.api(server.user_key("quarto_publisher"))
     page = api.get(f"{server.url}/content/{guid}/")
     assert page.status_code == 200, page.text
-    assert "Hello from Quarto" in page.text
+    assert "Hello from Quarto" in page.text and "no QUARTO_PYTHON" in page.text
     args = json.loads(re.search(r"<pre id='args'>(.*?)</pre>", page.text).group(1).replace("&quot;", '"'))
     assert args[:3] == ["render", "report.qmd", "--output-dir"]
     content = api.get(f"{server.url}/__api__/v1/content/{guid}").json()
@@ -122,6 +131,22 @@ def test_quarto_document_renders_with_the_environments_quarto(
     assert args[3].endswith(f"/outputs/{content['id']}/{rendering['id']}")
     jobs = api.get(f"{server.url}/__api__/v1/content/{guid}/jobs").json()
     assert [job["tag"] for job in jobs if job["tag"].startswith("build_")] == ["build_report"]
+
+
+def test_quarto_jupyter_engine_renders_with_the_contents_python(
+    quarto_server: RunningServer, stand_in: Path, tmp_path: Path
+) -> None:
+    server = quarto_server
+    home = client_home(server, tmp_path, "quarto_publisher")
+    directory = write_document(tmp_path, "```{python}\nprint(1)\n```")
+    source = directory / "report.qmd"
+    source.write_text(source.read_text().replace("title: Report", "title: Report\njupyter: python3"))
+    (directory / "requirements.txt").write_text("\n")
+    code, output = deploy_quarto(home, str(stand_in), directory)
+    assert code == 0, output
+    assert "Building package environment" in output or "Reusing package environment" in output
+    page = server.api(server.user_key("quarto_publisher")).get(f"{server.url}/content/{guid_in(output)}/")
+    assert page.status_code == 200 and "<p id='kernel'>kernel ready</p>" in page.text, page.text
 
 
 def test_quarto_render_failure_is_reported(quarto_server: RunningServer, stand_in: Path, tmp_path: Path) -> None:
