@@ -317,6 +317,61 @@ class Settings(BaseSettings):
         "refused (error 195) and stored names are ignored at launch. Connect: "
         "Launcher.KubernetesContentServiceAccountSelection (default false there).",
     )
+    kubernetes_enabled: bool = setting(
+        False,
+        "kubernetes",
+        "Run every build, render and content process as a Kubernetes Job instead of a local "
+        "process. Connect: Launcher.Kubernetes.",
+    )
+    kubernetes_kubeconfig: Path | None = setting(
+        None,
+        "kubernetes",
+        "Kubeconfig file to reach the cluster with; unset means the in-cluster service account "
+        "when Podium runs in a pod, else ~/.kube/config.",
+    )
+    kubernetes_namespace: str = setting(
+        "default", "kubernetes", "Namespace the Jobs are created in. Connect: Launcher.KubernetesNamespace."
+    )
+    kubernetes_instance: str = setting(
+        "podium",
+        "kubernetes",
+        "Value of the app.kubernetes.io/instance label on every Job; Podium servers sharing a "
+        "namespace need different values (the servers of one installation share one).",
+    )
+    kubernetes_default_image: str = setting(
+        "ghcr.io/podium/runtime:latest",
+        "kubernetes",
+        "Image of jobs whose execution environment names none (the local environment).",
+    )
+    kubernetes_data_pvc: str = setting(
+        "",
+        "kubernetes",
+        "PersistentVolumeClaim holding the data dir, mounted at the data dir's own path in every "
+        "Job; empty mounts nothing (only for clusters whose nodes already see that path).",
+    )
+    kubernetes_data_sub_path: str = setting(
+        "", "kubernetes", "Sub path of the data dir inside kubernetes_data_pvc; empty = its root."
+    )
+    kubernetes_image_pull_policy: str = setting(
+        "IfNotPresent", "kubernetes", "imagePullPolicy of job containers: Always, IfNotPresent or Never."
+    )
+    kubernetes_image_pull_secrets: list[str] = setting(
+        [], "kubernetes", "Names of Secrets used to pull job images (imagePullSecrets)."
+    )
+    kubernetes_job_ttl_seconds: int = setting(
+        3600,
+        "kubernetes",
+        "ttlSecondsAfterFinished of every Job: how long an ended Job and its pod (and so its "
+        "log) stay in the cluster.",
+        ge=0,
+    )
+    kubernetes_job_template_patch: dict[str, Any] = setting(
+        {},
+        "kubernetes",
+        "Merged into every generated Job (dicts merge, lists are appended): tolerations, node "
+        "selector, extra volumes, annotations. Example: {spec = {template = {spec = "
+        "{nodeSelector = {pool = \"content\"}}}}}.",
+    )
 
     # [render]
     render_timeout_seconds: int = setting(
@@ -324,6 +379,14 @@ class Settings(BaseSettings):
         "render",
         "Longest time one render job (a notebook executed and converted, a Quarto render) may "
         "take before it is stopped and counted as failed; earlier output stays served.",
+    )
+    renderings_kept: int = setting(
+        20,
+        "render",
+        "Renderings kept per content, newest first, with their output on disk; older ones are "
+        "deleted after each successful render (the one viewers are served is always kept). "
+        "0 keeps every rendering.",
+        ge=0,
     )
     schedule_poll_seconds: float = setting(
         5.0,

@@ -229,9 +229,35 @@ async def render_bundle(
         log.info("content %s: render job %s failed: %s", guid, key, detail)
         raise TaskFailed(message + "\n".join(tail[-_TAIL_LINES:]))
     _finish(ctx, rendering_id, "", primary)
+    _prune(ctx, content_id, ctx.settings.renderings_kept)
     log.info("content %s: rendering %s of bundle %s ready (job %s)", guid, rendering_id, bundle_id, key)
     out.line(f"Rendering {rendering_id} is ready.")
     return rendering_id
+
+
+def _prune(ctx: Podium, content_id: int, kept: int) -> None:
+    """Delete renderings (rows and output) beyond the newest ``kept``, never the served one."""
+    if kept <= 0:
+        return
+    with ctx.store.session() as session:
+        content = session.get(Content, content_id)
+        served = latest_rendering(session, content_id, content.bundle_id) if content and content.bundle_id else None
+        old = list(
+            session.scalars(
+                select(Rendering)
+                .where(Rendering.content_id == content_id, Rendering.status != "running")
+                .order_by(Rendering.id.desc())
+                .offset(kept)
+            )
+        )
+        doomed = [row.id for row in old if served is None or row.id != served.id]
+        for row in old:
+            if row.id in doomed:
+                session.delete(row)
+    for rendering_id in doomed:
+        shutil.rmtree(output_dir(ctx, content_id, rendering_id), ignore_errors=True)
+    if doomed:
+        log.info("content %s: deleted %d old renderings", content_id, len(doomed))
 
 
 async def _stream(ctx: Podium, handle: Any, out: TaskOutput, tail: list[str]) -> None:
