@@ -187,6 +187,33 @@ class Podium:
         return {**user_env, **env}
 
 
+def make_backend(settings: Settings, data: Path) -> ExecutionBackend:
+    """The local backend, or the Kubernetes one when ``kubernetes_enabled`` is set."""
+    from podium.runtime import LocalBackend
+
+    if not settings.kubernetes_enabled:
+        return LocalBackend(data / "jobs")
+    from podium.runtime.kubernetes.backend import KubernetesBackend
+    from podium.runtime.kubernetes.client import AsyncioKubeClient
+    from podium.runtime.kubernetes.manifests import KubernetesJobConfig
+
+    config = KubernetesJobConfig(
+        namespace=settings.kubernetes_namespace,
+        instance=settings.kubernetes_instance,
+        default_image=settings.kubernetes_default_image,
+        data_pvc=settings.kubernetes_data_pvc or None,
+        data_sub_path=settings.kubernetes_data_sub_path,
+        data_mount_path=str(data),
+        image_pull_policy=settings.kubernetes_image_pull_policy,
+        image_pull_secrets=tuple(settings.kubernetes_image_pull_secrets),
+        ttl_seconds_after_finished=settings.kubernetes_job_ttl_seconds,
+        default_service_account=settings.default_service_account or None,
+        job_template_patch=settings.kubernetes_job_template_patch,
+    )
+    kubeconfig = str(settings.kubernetes_kubeconfig) if settings.kubernetes_kubeconfig else None
+    return KubernetesBackend(lambda: AsyncioKubeClient.connect(kubeconfig), config)
+
+
 def open_podium(settings: Settings) -> Podium:
     """Make the data dir, migrate the database and assemble the server state."""
     from uv import find_uv_bin
@@ -197,14 +224,14 @@ def open_podium(settings: Settings) -> Podium:
     from podium.environments.catalogue import sync_catalogue
     from podium.environments.host import local_environment
     from podium.jobs import JobRunner
-    from podium.runtime import LocalBackend, allocate_port
+    from podium.runtime import allocate_port
     from podium.scheduler import Scheduler
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     data = settings.data_dir.resolve()
     store = Store(settings.effective_database_url)
     store.migrate()
-    backend = LocalBackend(data / "jobs")
+    backend = make_backend(settings, data)
     jobs = JobRunner(store, backend)
     installations = discover_pythons(settings.python_installations)
     log.info("Python installations: %s", ", ".join(f"{i.version_text} ({i.path})" for i in installations) or "none")

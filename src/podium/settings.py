@@ -388,6 +388,14 @@ class Settings(BaseSettings):
         "0 keeps every rendering.",
         ge=0,
     )
+    smtp_host: str = setting(
+        "",
+        "render",
+        "SMTP server that mails renderings (schedules with email on, POST variants/{id}/sender). "
+        "Empty means no email is sent.",
+    )
+    smtp_port: int = setting(25, "render", "Port of the SMTP server (plain SMTP, no login).")
+    smtp_from: str = setting("podium@localhost", "render", "Sender address of mailed renderings.")
     schedule_poll_seconds: float = setting(
         5.0,
         "render",

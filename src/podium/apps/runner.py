@@ -46,7 +46,9 @@ from typing import Any, NoReturn
 
 DEFAULT_OBJECTS = ("app", "application", "create_app", "make_app")
 FACTORIES = frozenset({"create_app", "make_app"})
-HOST = "127.0.0.1"
+# On Kubernetes a pod is reached at its own IP (the downward API's status.podIP);
+# on the host, loopback only.
+HOST = os.environ.get("POD_IP") or "127.0.0.1"
 # Longer than any upstream pool keeps an idle connection, so the proxy never reuses one
 # the app has just closed.
 KEEPALIVE_SECONDS = 75
