@@ -505,6 +505,38 @@ def test_dashboard_render_a_notebook_again(server: RunningServer, signed_in: Any
     expect(page.frame_locator("iframe").get_by_text(re.compile(r"run [0-9a-f]{8}"))).to_have_text(first)
 
 
+def test_dashboard_schedule_a_notebook(server: RunningServer, signed_in: Any) -> None:
+    key = make_user(server, "paula", "publisher")
+    item = new_content(server, key, "scheduled", title="Scheduled report")
+    deploy(server, key, item["guid"], notebook_bundle())
+    page = signed_in("paula")
+    page.goto(content_page(server, item["guid"], "renderings"))
+    expect(page.locator("#schedule-summary")).to_contain_text("Not scheduled")
+    page.get_by_label("Repeat").select_option("dayofweek")
+    page.get_by_role("button", name="Schedule", exact=True).click()
+    expect(page.get_by_role("alert")).to_contain_text("needs Days")
+    page.get_by_label("Repeat").select_option("day")
+    page.get_by_label("N", exact=True).fill("2")
+    page.get_by_label("Time zone").select_option("UTC")
+    page.get_by_label("First run at").fill("2031-05-04T06:30")
+    page.get_by_role("button", name="Schedule", exact=True).click()
+    summary = page.locator("#schedule-summary")
+    expect(summary).to_contain_text("Renders every 2 days, starting 2031-05-04 06:30 UTC.")
+    expect(summary).to_contain_text("Next run: 2031-05-04 06:30 UTC")
+    shot(page, "content-schedule", full_page=True)
+    record = server.api(key).get(api(server, f"variants/{item['id']}/schedules")).json()
+    assert (record[0]["type"], record[0]["schedule"]) == ("day", '{"N":2}')
+
+    page.get_by_label("Repeat").select_option("dayofweek")
+    page.get_by_label("Monday").check()
+    page.get_by_label("Thursday").check()
+    page.get_by_role("button", name="Save schedule").click()
+    expect(summary).to_contain_text("Renders every Monday, Thursday")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Remove schedule").click()
+    expect(summary).to_contain_text("Not scheduled")
+
+
 # --- profile and administration ----------------------------------------------------------
 
 

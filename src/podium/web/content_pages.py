@@ -21,6 +21,7 @@ from podium.api import env_vars as env_vars_api
 from podium.api import jobs as jobs_api
 from podium.api import permissions as permissions_api
 from podium.api import renderings as renderings_api
+from podium.api import schedules as schedules_api
 from podium.api import users as users_api
 from podium.api.serialize import content_json, user_json
 from podium.context import Podium
@@ -188,7 +189,12 @@ def _pane_context(
         return {"bundles": bundles}
     if pane == "renderings":
         caller = deps.Caller(user, "session")
-        return {"renderings": renderings_api.list_renderings(guid, ctx, session, caller)}
+        schedules = schedules_api.list_schedules(str(content.id), session, user)
+        return {
+            "renderings": renderings_api.list_renderings(guid, ctx, session, caller),
+            "schedule": settings_view.schedule_view(schedules[0]) if schedules else None,
+            "schedule_types": settings_view.SCHEDULE_TYPES,
+        }
     if pane == "logs":
         jobs = jobs_api.list_jobs(guid, session, user)
         return {"jobs": jobs}

@@ -7,6 +7,7 @@ server has one), so the page can say what an empty field means.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,3 +122,39 @@ def environment_facts(ctx: Podium, session: Session, user: User, content: Conten
             problem = exc.message
     return {"bundle": bundle, "chosen": chosen, "explanation": explanation, "problem": problem,
             "server_default_image": ctx.settings.default_image_name}
+
+
+# Render schedule types as the Renderings pane offers them: (type, label, unit of N).
+SCHEDULE_TYPES: tuple[tuple[str, str, str], ...] = (
+    ("minute", "Every N minutes", "minutes"),
+    ("hour", "Every N hours", "hours"),
+    ("day", "Every N days", "days"),
+    ("week", "Every N weeks", "weeks"),
+    ("year", "Every N years", "years"),
+    ("weekday", "Every weekday (Monday to Friday)", ""),
+    ("dayofweek", "On chosen days of the week", ""),
+)
+WEEKDAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+
+
+def schedule_view(schedule: dict[str, Any]) -> dict[str, Any]:
+    """A schedule as the API answers it, with its rule read and described in words."""
+    try:
+        rule = json.loads(schedule.get("schedule") or "{}")
+    except ValueError:
+        rule = {}
+    rule = rule if isinstance(rule, dict) else {}
+    kind = schedule.get("type")
+    n = rule.get("N") if isinstance(rule.get("N"), int) else 1
+    days = [d for d in rule.get("Days") or [] if isinstance(d, int) and 0 <= d <= 6]
+    units = {t: unit for t, _, unit in SCHEDULE_TYPES}
+    if kind == "weekday":
+        words = "every weekday"
+    elif kind == "dayofweek":
+        words = "every " + ", ".join(WEEKDAYS[d] for d in sorted(days))
+    elif kind in units:
+        unit = units[str(kind)]
+        words = f"every {unit[:-1]}" if n == 1 else f"every {n} {unit}"
+    else:
+        words = str(kind)
+    return {**schedule, "n": n, "days": days, "words": words}

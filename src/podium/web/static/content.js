@@ -109,6 +109,65 @@
     });
   }
 
+  /* --- Renderings pane: the render schedule (Connect's v0 schedule calls) --- */
+  const scheduleForm = document.getElementById("schedule-form");
+  if (scheduleForm) {
+    const type = scheduleForm.querySelector("#schedule-type");
+    const zone = scheduleForm.querySelector("#schedule-zone");
+    const start = scheduleForm.querySelector("#schedule-start");
+    const local = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+    // The time is typed as a wall-clock time in the chosen zone: offered are this
+    // browser's zone (converted by the browser) and UTC.
+    for (const name of new Set([local, "UTC"])) zone.add(new Option(name, name));
+    if (scheduleForm.dataset.timezone === "UTC") zone.value = "UTC";
+    const pad = (n) => String(n).padStart(2, "0");
+    const shown = (date, utc) => utc
+      ? `${date.getUTCFullYear()}-${pad(date.getUTCMonth() + 1)}-${pad(date.getUTCDate())}T${pad(date.getUTCHours())}:${pad(date.getUTCMinutes())}`
+      : `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}`;
+    const first = scheduleForm.dataset.start ? new Date(scheduleForm.dataset.start) : new Date(Date.now() + 3600e3);
+    start.value = shown(first, zone.value === "UTC");
+    const sync = () => {
+      scheduleForm.querySelector("#schedule-n-field").hidden = ["weekday", "dayofweek"].includes(type.value);
+      scheduleForm.querySelector("#schedule-days").hidden = type.value !== "dayofweek";
+    };
+    type.addEventListener("change", sync);
+    sync();
+
+    const scheduleId = scheduleForm.dataset.scheduleId;
+    scheduleForm.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      let rule = {};
+      if (type.value === "dayofweek") {
+        rule = { Days: [...scheduleForm.querySelectorAll("input[name=day]:checked")].map((b) => Number(b.value)) };
+      } else if (type.value !== "weekday") {
+        rule = { N: Number(scheduleForm.querySelector("#schedule-n").value) };
+      }
+      const when = zone.value === "UTC" ? new Date(start.value + ":00Z") : new Date(start.value);
+      if (Number.isNaN(when.getTime())) {
+        Podium.say(scheduleForm, "Give the date and time of the first run.", true);
+        return;
+      }
+      const id = Number(scheduleForm.dataset.contentId);
+      const body = { app_id: id, variant_id: id, type: type.value, schedule: JSON.stringify(rule),
+        start_time: when.toISOString(), timezone: zone.value };
+      try {
+        await Podium.request("POST", scheduleId ? `schedules/${scheduleId}` : "schedules", body);
+        Podium.say(scheduleForm, "Schedule saved.", false);
+        setTimeout(() => window.location.reload(), 800);
+      } catch (err) { Podium.say(scheduleForm, err.message, true); }
+    });
+    const remove = document.getElementById("schedule-remove");
+    if (remove) {
+      remove.addEventListener("click", async () => {
+        if (!window.confirm("Remove the schedule? The document keeps its renderings.")) return;
+        try {
+          await Podium.request("DELETE", `schedules/${scheduleId}`);
+          window.location.reload();
+        } catch (err) { Podium.say(scheduleForm, err.message, true); }
+      });
+    }
+  }
+
   const upload = document.getElementById("upload-form");
   if (upload) {
     upload.addEventListener("submit", async (event) => {
