@@ -24,7 +24,7 @@ from .workloads import Workloads, parse_quantity
 SCHEMA_VERSION = "1.33.0"
 BOOKMARK_SECONDS = 1.0
 _SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-KINDS = {"jobs": ("batch/v1", "Job"), "pods": ("v1", "Pod"), "events": ("v1", "Event"),
+KINDS = {"namespaces": ("v1", "Namespace"), "jobs": ("batch/v1", "Job"), "pods": ("v1", "Pod"), "events": ("v1", "Event"),
          "serviceaccounts": ("v1", "ServiceAccount")}
 
 
@@ -67,6 +67,8 @@ class ApiServer:
         add("DELETE", "/apis/batch/v1/namespaces/{ns}/{kind:jobs}/{name}", self.delete)
         add("DELETE", "/api/v1/namespaces/{ns}/{kind:pods}/{name}", self.delete)
         add("GET", "/api/v1/namespaces/{ns}/pods/{name}/log", self.log)
+        add("POST", "/api/v1/namespaces", self.create_namespace)
+        add("DELETE", "/api/v1/namespaces/{name}", self.delete_namespace)
 
     async def version(self, request: web.Request) -> web.Response:
         return web.json_response({"major": "1", "minor": "33", "gitVersion": "v1.33.0-podium-sim",
@@ -86,6 +88,27 @@ class ApiServer:
         if obj is None:
             return status(404, "NotFound", f'{kind} "{name}" not found')
         return web.json_response(obj)
+
+    async def create_namespace(self, request: web.Request) -> web.Response:
+        """Namespaces are implicit here; creating one only records it."""
+        body = await request.json()
+        name = body.get("metadata", {}).get("name", "")
+        if self.store.get("namespaces", "", name) is not None:
+            return status(409, "AlreadyExists", f'namespaces "{name}" already exists')
+        return web.json_response(self.store.create("namespaces", "", body), status=201)
+
+    async def delete_namespace(self, request: web.Request) -> web.Response:
+        """Deletes the namespace's jobs (with their pods) and forgets it."""
+        name = request.match_info["name"]
+        namespace = self.store.get("namespaces", "", name)
+        for job in self.store.items("jobs", name):
+            self.workloads.delete_job(job, "Background")
+        for pod in self.store.items("pods", name):
+            self.workloads.delete_pod(pod, 0)
+        if namespace is None:
+            return status(404, "NotFound", f'namespaces "{name}" not found')
+        self.store.remove("namespaces", namespace)
+        return web.json_response(namespace)
 
     async def create_plain(self, request: web.Request) -> web.Response:
         kind, ns = request.match_info["kind"], request.match_info["ns"]
