@@ -102,16 +102,32 @@ def test_schedule_fires_and_again_after_restart_without_doubling(
     import time
     import warnings
 
+    from aiosmtpd.controller import Controller
     from posit import connect
-    from tests.conftest import start_server
+    from tests.conftest import free_port, start_server
     from tests.test_clients import rsconnect
     from tests.test_rendered_content import TOKEN_CELLS, deploy_notebook, write_notebook
 
+    class Inbox:
+        def __init__(self) -> None:
+            self.messages: list[tuple[list[str], str]] = []
+
+        async def handle_DATA(self, _server, _session, envelope):  # type: ignore[no-untyped-def]  # noqa: N802
+            self.messages.append((list(envelope.rcpt_tos), envelope.content.decode(errors="replace")))
+            return "250 OK"
+
+    inbox = Inbox()
+    smtp = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
     data_dir = tmp_path_factory.mktemp("podium-schedules") / "data"
-    env = {"PODIUM_SCHEDULE_POLL_SECONDS": "0.3"}
+    env = {"PODIUM_SCHEDULE_POLL_SECONDS": "0.3", "PODIUM_SMTP_HOST": "127.0.0.1",
+           "PODIUM_SMTP_PORT": str(smtp.port), "PODIUM_SMTP_FROM": "reports@podium.test"}
     server = start_server(data_dir, env)
     try:
         key = server.user_key("schedule_publisher")
+        me = server.api(key).get(f"{server.url}/__api__/v1/user").json()
+        assert server.api().put(f"{server.url}/__api__/v1/users/{me['guid']}",
+                                json={"email": "publisher@podium.test"}).status_code == 200
         home = tmp_path_factory.mktemp("home")
         assert rsconnect(home, "add", "-n", "podium", "-s", server.url, "-k", key).returncode == 0
         guid = deploy_notebook(home, write_notebook(tmp_path_factory.mktemp("nb"), "sched", TOKEN_CELLS))
@@ -120,7 +136,9 @@ def test_schedule_fires_and_again_after_restart_without_doubling(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             start = datetime.now(UTC) + timedelta(seconds=2)
-            made = content.schedule.create(type="hour", n=1, start_time=start, timezone="Europe/Paris")
+            made = content.schedule.create(
+                type="hour", n=1, start_time=start, timezone="Europe/Paris", email=True
+            )
             assert made["type"] == "hour" and made["next_run"] is not None
             assert content.schedule.find_one()["id"] == made["id"]
 
@@ -139,6 +157,16 @@ def test_schedule_fires_and_again_after_restart_without_doubling(
 
         first = wait_for(1)
         assert first[0]["status"] == "succeeded" and first[0]["active"]
+        deadline = time.monotonic() + 10
+        while not inbox.messages and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert inbox.messages and inbox.messages[0][0] == ["publisher@podium.test"]
+        assert "token-" in inbox.messages[0][1] and "reports@podium.test" in inbox.messages[0][1]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            variant = content._default_variant
+            variant.send_mail("me")
+        assert len(inbox.messages) == 2
         server.stop()
         # While the server is down the next run comes due (as if the downtime spanned it).
         store = Store(f"sqlite:///{data_dir / 'db' / 'podium.sqlite'}")
@@ -154,6 +182,7 @@ def test_schedule_fires_and_again_after_restart_without_doubling(
         assert datetime.fromisoformat(listed[0]["next_run"].replace("Z", "+00:00")) > datetime.now(UTC)
     finally:
         server.stop()
+        smtp.stop()
 
 
 def test_fail_interrupted_renderings_marks_running_ones_failed(store: Store) -> None:

@@ -24,7 +24,8 @@ from podium.api.content import managed_content, visible_content
 from podium.api.serialize import iso
 from podium.context import Podium
 from podium.render import SUPPORTED_RENDER_MODES, latest_rendering, render_bundle
-from podium.store.models import Content, Rendering, User
+from podium.render.mail import AUDIENCES, MailError
+from podium.store.models import Content, Rendering, Schedule, User
 from podium.tasks import TaskFailed, TaskOutput
 
 router = APIRouter()
@@ -50,10 +51,49 @@ def start_render(ctx: Podium, content: Content, user_id: int | None, reason: str
                     raise TaskFailed("The content was deleted or has no active bundle.")
                 bundle_id = current.bundle_id
             rendering_id = await render_bundle(ctx, content_id, bundle_id, out, reason)
+        if reason == "schedule":
+            with ctx.store.session() as session:
+                schedule = session.scalar(select(Schedule).where(Schedule.content_id == content_id))
+                wanted = schedule is not None and schedule.email
+            if wanted:
+                try:
+                    sent = await mail_rendering(ctx, content_id, rendering_id, "collaborators_viewers", None)
+                    out.line(f"Mailed rendering {rendering_id} to {sent} recipients.")
+                except MailError as exc:  # the render itself succeeded
+                    out.line(f"Warning: {exc}")
         return {"rendering_id": str(rendering_id)}
 
     ctx.tasks.start(task_id, body)
     return task_id
+
+
+async def mail_rendering(
+    ctx: Podium, content_id: int, rendering_id: int, audience: str, me_id: int | None
+) -> int:
+    """Mail a successful rendering to ``audience``; returns how many addresses were sent to."""
+    import asyncio
+
+    from podium.render import output_dir
+    from podium.render.mail import build_message, recipients, send
+
+    if not ctx.settings.smtp_host:
+        raise MailError("Email is not configured on this server (setting smtp_host).")
+    with ctx.store.session() as session:
+        content = session.get(Content, content_id)
+        rendering = session.get(Rendering, rendering_id)
+        if (content is None or rendering is None or rendering.content_id != content_id
+                or rendering.status != "succeeded"):
+            raise MailError(f"Rendering {rendering_id} is not a successful rendering of this content.")
+        me = session.get(User, me_id) if me_id is not None else None
+        to = recipients(session, content, audience, me)
+        title = content.title or content.name
+        page = output_dir(ctx, content_id, rendering_id) / rendering.primary_file
+        url = f"{ctx.content_url(content.guid)}_rendering{rendering_id}/"
+    if not to:
+        return 0
+    message = build_message(ctx.settings.smtp_from, to, title, url, page)
+    await asyncio.to_thread(send, ctx.settings, message)
+    return len(to)
 
 
 def rendering_json(ctx: Podium, rendering: Rendering, content: Content, active_id: int | None) -> dict[str, Any]:
@@ -168,3 +208,35 @@ def run_scheduled(ctx: Podium, content_id: int) -> None:
             )
             return
         logging.getLogger(__name__).info("content %s: scheduled render started (task %s)", content.guid, task_id)
+
+
+@router.post("/variants/{variant_id}/sender")
+async def send_variant(
+    variant_id: str,
+    email: str = "me",
+    rendering_id: str | None = None,
+    ctx: Podium = Depends(deps.podium),
+    session: Session = Depends(deps.db),
+    user: User = Depends(deps.user),
+) -> dict[str, Any]:
+    """Mail a rendering (default: the one served) to ``me``, ``collaborators`` or
+    ``collaborators_viewers`` (posit-sdk's ``Variant.send_mail``)."""
+    content = session.get(Content, int(variant_id)) if variant_id.isdigit() else None
+    if content is None or not auth.can_see_settings(session, user, content):
+        raise errors.not_found("variant", variant_id)
+    if email not in AUDIENCES:
+        raise errors.bad_request(f"email must be one of {', '.join(AUDIENCES)}; got {email!r}.")
+    if email != "me" and not auth.can_manage(session, user, content):
+        raise errors.forbidden("Only the owner, collaborators and administrators can mail others.")
+    if rendering_id:
+        chosen = int(rendering_id) if rendering_id.isdigit() else -1
+    else:
+        active = latest_rendering(session, content.id, content.bundle_id) if content.bundle_id else None
+        chosen = active.id if active else -1
+    content_id, user_id = content.id, user.id
+    session.close()
+    try:
+        sent = await mail_rendering(ctx, content_id, chosen, email, user_id)
+    except MailError as exc:
+        raise errors.bad_request(str(exc)) from None
+    return {"sent": sent}

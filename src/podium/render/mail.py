@@ -1,0 +1,71 @@
+"""Mailing a rendering to the people of its content, through the configured SMTP server.
+
+Recipients follow Connect's choices: ``me`` (the caller), ``collaborators`` (the
+owner and users with the owner role on the content) and ``collaborators_viewers``
+(those plus users with the viewer role); only users with an email address and not
+locked. The message carries the rendering's page as its HTML body and a link to
+the content. Nothing is sent when ``smtp_host`` is empty.
+"""
+
+from __future__ import annotations
+
+import smtplib
+from email.message import EmailMessage
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from podium.settings import Settings
+from podium.store.models import Content, Permission, User
+
+AUDIENCES = ("me", "collaborators", "collaborators_viewers")
+
+
+class MailError(RuntimeError):
+    """The SMTP server could not be reached or refused the message; the message says which."""
+
+
+def recipients(session: Session, content: Content, audience: str, me: User | None) -> list[str]:
+    if audience not in AUDIENCES:
+        raise ValueError(f"email must be one of {', '.join(AUDIENCES)}; got {audience!r}")
+    users: list[User] = []
+    if audience == "me":
+        users = [me] if me is not None else []
+    else:
+        roles = ("owner",) if audience == "collaborators" else ("owner", "viewer")
+        guids = session.scalars(
+            select(Permission.principal_guid).where(
+                Permission.content_id == content.id, Permission.principal_type == "user",
+                Permission.role.in_(roles),
+            )
+        )
+        users = [content.owner, *session.scalars(select(User).where(User.guid.in_(list(guids))))]
+    found: list[str] = []
+    for user in users:
+        if user is not None and user.email and not user.locked and user.email not in found:
+            found.append(user.email)
+    return found
+
+
+def build_message(sender: str, to: list[str], title: str, url: str, page: Path | None) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = ", ".join(to)
+    message["Subject"] = title
+    message.set_content(f"{title}\n\nView it at {url}\n")
+    if page is not None and page.is_file():
+        message.add_alternative(page.read_text(errors="replace"), subtype="html")
+    return message
+
+
+def send(settings: Settings, message: EmailMessage) -> None:
+    """Deliver ``message`` (blocking: call it in a thread)."""
+    try:
+        with smtplib.SMTP(settings.smtp_host, settings.smtp_port, timeout=30) as smtp:
+            smtp.send_message(message)
+    except (OSError, smtplib.SMTPException) as exc:
+        raise MailError(
+            f"Could not send email through {settings.smtp_host}:{settings.smtp_port} "
+            f"(settings smtp_host, smtp_port): {exc}"
+        ) from None
