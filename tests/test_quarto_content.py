@@ -33,7 +33,23 @@ if args[:1] == ["inspect"]:
     target = pathlib.Path(args[1])
     docs = [target] if target.is_file() else list(target.glob("*.qmd"))
     engine = "jupyter" if any("jupyter: python3" in d.read_text() for d in docs) else "markdown"
-    print(json.dumps({{"quarto": {{"version": "1.4.550"}}, "engines": [engine]}}))
+    found = {{"quarto": {{"version": "1.4.550"}}, "engines": [engine]}}
+    if (target / "_quarto.yml").is_file():
+        found["files"] = {{"input": sorted(str(d) for d in docs)}}
+    print(json.dumps(found))
+    sys.exit(0)
+# A project (_quarto.yml) is rendered whole: render --output-dir <absolute dir>
+if len(args) == 3 and args[:2] == ["render", "--output-dir"] and os.path.isabs(args[2]):
+    if not pathlib.Path("_quarto.yml").is_file():
+        print("stand-in quarto: no _quarto.yml in", os.getcwd(), file=sys.stderr)
+        sys.exit(2)
+    out = pathlib.Path(args[2])
+    out.mkdir(parents=True, exist_ok=True)
+    for page in sorted(pathlib.Path(".").glob("*.qmd")):
+        (out / (page.stem + ".html")).write_text(
+            "<html><body><pre id='args'>" + html.escape(json.dumps(args)) + "</pre>"
+            + html.escape(page.read_text()) + "</body></html>"
+        )
     sys.exit(0)
 # Podium renders a single document as: render <document> --output-dir <absolute dir>
 if len(args) != 4 or args[0] != "render" or args[2] != "--output-dir" or not os.path.isabs(args[3]):
@@ -147,6 +163,26 @@ def test_quarto_jupyter_engine_renders_with_the_contents_python(
     assert "Building package environment" in output or "Reusing package environment" in output
     page = server.api(server.user_key("quarto_publisher")).get(f"{server.url}/content/{guid_in(output)}/")
     assert page.status_code == 200 and "<p id='kernel'>kernel ready</p>" in page.text, page.text
+
+
+def test_quarto_project_renders_whole_and_serves_its_index(
+    quarto_server: RunningServer, stand_in: Path, tmp_path: Path
+) -> None:
+    server = quarto_server
+    home = client_home(server, tmp_path, "quarto_publisher")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "_quarto.yml").write_text("project:\n  type: website\n")
+    (site / "index.qmd").write_text("---\ntitle: Home\n---\n\nWelcome to the site\n")
+    (site / "about.qmd").write_text("---\ntitle: About\n---\n\nAbout this site\n")
+    code, output = deploy_quarto(home, str(stand_in), site)
+    assert code == 0, output
+    guid = guid_in(output)
+    api = server.api(server.user_key("quarto_publisher"))
+    assert api.get(f"{server.url}/__api__/v1/content/{guid}").json()["content_category"] == "site"
+    home_page = api.get(f"{server.url}/content/{guid}/")
+    assert home_page.status_code == 200 and "Welcome to the site" in home_page.text
+    assert "About this site" in api.get(f"{server.url}/content/{guid}/about.html").text
 
 
 def test_quarto_render_failure_is_reported(quarto_server: RunningServer, stand_in: Path, tmp_path: Path) -> None:

@@ -157,6 +157,8 @@ async def run_deploy(ctx: Podium, request: DeployRequest, out: TaskOutput) -> di
                 raise TaskFailed("The content was deleted during the deploy.")
             content.bundle_id = request.bundle_id
             content.app_mode = app_mode
+            # "site" for a multi-document Quarto project, as rsconnect writes it.
+            content.content_category = str((bundle.manifest.get("metadata") or {}).get("content_category") or "")
             content.last_deployed_time = utcnow()
             for field in ("cluster_name", "image_name", "environment_guid", "py_version",
                           "r_version", "quarto_version", "py_environment_management",
