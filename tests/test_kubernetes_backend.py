@@ -32,7 +32,7 @@ from k8s_sim.store import field_match, label_match
 from podium.runtime import JobHandle, JobSpec, JobState, JobStatus, Resources
 from podium.runtime.kubernetes.backend import KubernetesBackend
 from podium.runtime.kubernetes.client import AsyncioKubeClient, KubeApiError
-from podium.runtime.kubernetes.manifests import KubernetesJobConfig
+from podium.runtime.kubernetes.manifests import KubernetesJobConfig, job_manifest
 
 REAL_KUBECONFIG = os.environ.get("PODIUM_TEST_KUBECONFIG")
 IMAGE = os.environ.get("PODIUM_TEST_IMAGE", "podium.test/runtime:host")
@@ -156,6 +156,11 @@ def test_kubernetes_unknown_image_fails_with_image_pull_reason(env: Env) -> None
     status = env.run(scenario)
     assert (status.state, status.reason) == (JobState.FAILED, "ErrImagePull")
     assert status.message and "registry.invalid/nope:1" in status.message
+    # The cluster would keep trying to pull: the backend deleted the Job it failed.
+    deadline = time.monotonic() + 10
+    while env.get(f"/apis/batch/v1/namespaces/{env.namespace}/jobs")["items"]:
+        assert time.monotonic() < deadline, "the failed Job was not deleted"
+        time.sleep(0.1)
 
 
 def test_kubernetes_missing_service_account_fails_with_failed_create(env: Env) -> None:
@@ -296,15 +301,23 @@ def test_sim_delete_without_propagation_orphans_pods(env: Env) -> None:
 @sim_only
 def test_sim_log_of_a_pod_not_started_is_400(env: Env) -> None:
     async def scenario(backend: KubernetesBackend) -> None:
-        handle = await backend.launch(spec(SLEEP, image="registry.invalid/nope:1"))
-        await ended(backend, handle)
-        assert [line async for line in backend.logs(handle, follow=True)] == []
-        pods = env.get(f"/api/v1/namespaces/{env.namespace}/pods")["items"]
+        # The backend deletes a Job it failed: look at the pod before asking the backend.
+        client = await AsyncioKubeClient.connect(env.kubeconfig)
+        try:
+            manifest = job_manifest(spec(SLEEP, image="registry.invalid/nope:1"), backend.config)
+            await client.create_job(env.namespace, manifest)
+        finally:
+            await client.close()
+        while not (pods := env.get(f"/api/v1/namespaces/{env.namespace}/pods")["items"]) \
+                or "containerStatuses" not in pods[0]["status"]:
+            await asyncio.sleep(0.05)
         url = f"/api/v1/namespaces/{env.namespace}/pods/{pods[0]['metadata']['name']}/log?follow=True"
         with pytest.raises(urllib.error.HTTPError) as caught:
             await asyncio.to_thread(env.get, url)
         assert caught.value.code == 400
         assert "is waiting to start" in json.loads(caught.value.read())["message"]
+        handle = JobHandle(backend.name, "job-1", {"name": "job-1"})
+        assert [line async for line in backend.logs(handle, follow=True)] == []
 
     env.run(scenario)
 

@@ -6,15 +6,16 @@ shows the pod's log."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from k8s_sim import SimCluster
 from tests.conftest import RunningServer, start_server
+from tests.test_clients import rsconnect
 from tests.test_python_content import (
     FASTAPI_APP,
     content_url,
@@ -23,7 +24,8 @@ from tests.test_python_content import (
     wait_until,
     write_app,
 )
-from tests.test_clients import rsconnect
+
+from k8s_sim import SimCluster
 
 pytestmark = pytest.mark.integration
 IMAGE = "podium.test/runtime:host"
@@ -56,31 +58,109 @@ def server(tmp_path_factory: pytest.TempPathFactory, cluster: SimCluster) -> Ite
     running.stop()
 
 
+@pytest.fixture(scope="module")
+def fastapi_app(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> str:
+    home = tmp_path_factory.mktemp("home")
+    added = rsconnect(home, "add", "-n", "podium", "-s", server.url, "-k", server.user_key("k8s_pub", "publisher"))
+    assert added.returncode == 0, added.stdout + added.stderr
+    directory = write_app(tmp_path_factory.mktemp("apps"), "fastapi_app", FASTAPI_APP, "fastapi\n")
+    done = deploy_dir(home, "fastapi", directory)
+    assert done.returncode == 0, done.stdout + done.stderr + server.log()
+    return guid_of(directory)
+
+
+def run_jobs(cluster: SimCluster, guid: str) -> list[dict[str, Any]]:
+    """The content's run Jobs in the cluster that have not ended."""
+    selector = f"podium.dev/job-kind%3Drun,podium.dev/content-guid%3D{guid}"
+    items = cluster_get(cluster, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs?labelSelector={selector}")["items"]
+    return [job for job in items if not job["status"].get("conditions")]
+
+
+def admin_patch(server: RunningServer, guid: str, **fields: Any) -> None:
+    response = server.api().patch(f"{server.url}/__api__/v1/content/{guid}", json=fields)
+    assert response.status_code == 200, response.text
+
+
+def stop_run_jobs(server: RunningServer, guid: str) -> None:
+    client = server.api()
+    for job in client.get(f"{server.url}/__api__/v1/content/{guid}/jobs").json():
+        if job["status"] == 0 and job["tag"].startswith("run"):
+            client.delete(f"{server.url}/__api__/v1/content/{guid}/jobs/{job['key']}")
+
+
+def test_kubernetes_run_pod_has_service_account_and_resources(
+    server: RunningServer, cluster: SimCluster, fastapi_app: str
+) -> None:
+    cluster.create_service_account(NAMESPACE, "reports")
+    admin_patch(server, fastapi_app, service_account_name="reports", memory_limit=256 * 2**20, cpu_limit=0.5)
+    try:
+        stop_run_jobs(server, fastapi_app)
+        assert server.api().get(content_url(server, fastapi_app)).status_code == 200
+        [job] = run_jobs(cluster, fastapi_app)
+        pod = job["spec"]["template"]["spec"]
+        assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == ("reports", True)
+        assert pod["containers"][0]["resources"]["limits"] == {"cpu": "500m", "memory": str(256 * 2**20)}
+    finally:
+        admin_patch(server, fastapi_app, service_account_name=None, memory_limit=None, cpu_limit=None)
+        stop_run_jobs(server, fastapi_app)
+
+
+def test_kubernetes_missing_service_account_surfaces_failed_create(
+    server: RunningServer, cluster: SimCluster, fastapi_app: str
+) -> None:
+    admin_patch(server, fastapi_app, service_account_name="ghost")
+    try:
+        stop_run_jobs(server, fastapi_app)
+        answer = server.api().get(content_url(server, fastapi_app), headers={"Accept": "application/json"})
+        assert answer.status_code >= 500
+        listed = server.api().get(f"{server.url}/__api__/v1/content/{fastapi_app}/jobs").json()
+        assert any("FailedCreate" in (job["error"] or "") or 'serviceaccount "ghost" not found' in (job["error"] or "")
+                   for job in listed), listed
+    finally:
+        admin_patch(server, fastapi_app, service_account_name=None)
+        stop_run_jobs(server, fastapi_app)
+
+
+def test_kubernetes_scale_up_creates_jobs_and_idle_stop_deletes_them(
+    server: RunningServer, cluster: SimCluster, fastapi_app: str
+) -> None:
+    admin_patch(server, fastapi_app, max_processes=2, max_conns_per_process=1, load_factor=1.0,
+                idle_timeout=2, min_processes=0)
+    client = server.api()
+    try:
+        assert client.get(content_url(server, fastapi_app)).status_code == 200  # one process
+        url = content_url(server, fastapi_app) + "sleep?s=6"
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(client.get, url, headers={"Accept": "application/json"})
+            time.sleep(0.5)
+            second = pool.submit(client.get, url, headers={"Accept": "application/json"})
+            wait_until(lambda: len(run_jobs(cluster, fastapi_app)) == 2, 30)
+            results = [first.result(), second.result()]
+        assert sorted(r.status_code for r in results) == [200, 200]
+        # Idle processes stop after idle_timeout: their Jobs are deleted from the cluster.
+        wait_until(lambda: run_jobs(cluster, fastapi_app) == [], 30)
+    finally:
+        admin_patch(server, fastapi_app, max_processes=None, max_conns_per_process=None, load_factor=None,
+                    idle_timeout=None, min_processes=None)
+
+
 def cluster_get(cluster: SimCluster, path: str) -> Any:
     with urllib.request.urlopen(cluster.url + path, timeout=5) as response:
         return json.loads(response.read())
 
 
 def test_kubernetes_fastapi_deploy_and_serve_through_jobs(
-    server: RunningServer, cluster: SimCluster, tmp_path: Path
+    server: RunningServer, cluster: SimCluster, fastapi_app: str
 ) -> None:
-    home = tmp_path / "home"
-    home.mkdir()
-    added = rsconnect(home, "add", "-n", "podium", "-s", server.url, "-k", server.user_key("k8s_pub", "publisher"))
-    assert added.returncode == 0, added.stdout + added.stderr
-    directory = write_app(tmp_path / "apps", "fastapi_app", FASTAPI_APP, "fastapi\n")
-    done = deploy_dir(home, "fastapi", directory)
-    assert done.returncode == 0, done.stdout + done.stderr + server.log()
-    guid = guid_of(directory)
-
+    guid = fastapi_app
     client = server.api(server.user_key("k8s_pub", "publisher"))
     body = client.get(content_url(server, guid)).json()
     assert body["hello"] == "podium"
 
-    listed = cluster_get(cluster, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs")["items"]
+    selector = f"podium.dev/content-guid%3D{guid}"
+    listed = cluster_get(cluster, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs?labelSelector={selector}")["items"]
     kinds = {job["metadata"]["labels"]["podium.dev/job-kind"] for job in listed}
     assert {"build", "run"} <= kinds
-    assert all(job["metadata"]["labels"]["podium.dev/content-guid"] == guid for job in listed)
     assert all(job["spec"]["template"]["spec"]["containers"][0]["image"] == "Local" for job in listed)
     pods = cluster_get(cluster, f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=podium.dev/job-kind%3Drun")
     assert pods["items"] and pods["items"][0]["status"]["podIP"].startswith("127.10.")

@@ -55,6 +55,8 @@ FATAL_WAITING = {
     "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
     "CreateContainerConfigError", "CreateContainerError",
 }
+# Reasons the backend fails a job for while the cluster still counts it active.
+FAIL_FAST = FATAL_WAITING | {"Unschedulable", "FailedCreate"}
 SYNC_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 60.0  # after the grace period: pod deletion confirmed by the kubelet
 EVENTS_TTL_SECONDS = 1.0
@@ -75,6 +77,7 @@ class KubernetesBackend:
         self._pods: Reflector | None = None
         self._final: dict[str, JobStatus] = {}
         self._events: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -180,7 +183,24 @@ class KubernetesBackend:
             self._final[handle.key] = status
             if status.state is JobState.FAILED:
                 log.info("job %s: failed: %s (%s)", handle.key, status.reason, status.message)
+            if job is not None and status.reason in FAIL_FAST and not _job_finished(job):
+                # The cluster still counts the Job as active (it would keep pulling or
+                # scheduling): delete it so the job the backend calls failed never runs.
+                task = asyncio.create_task(self._delete_failed(client, handle, job))
+                self._cleanups.add(task)
+                task.add_done_callback(self._cleanups.discard)
         return status
+
+    async def _delete_failed(self, client: KubeClient, handle: JobHandle, job: dict[str, Any]) -> None:
+        try:
+            with _gone_ok():
+                await client.delete_job(job["metadata"]["namespace"], job["metadata"]["name"])
+            _, pod = self._objects(handle)
+            if pod is not None:
+                with _gone_ok():
+                    await client.delete_pod(pod["metadata"]["namespace"], pod["metadata"]["name"], 1)
+        except BackendError as error:
+            log.warning("job %s: could not delete the failed Job: %s", handle.key, error.detail)
 
     async def _events_status(self, client: KubeClient, job: dict[str, Any]) -> JobStatus | None:
         """FAILED with ``FailedCreate`` when the Job controller could not create the pod."""
@@ -291,6 +311,8 @@ class KubernetesBackend:
     async def close(self) -> None:
         """Stop watching and close the connection pool; Jobs keep running."""
         if self._loop is asyncio.get_running_loop():
+            if self._cleanups:
+                await asyncio.gather(*self._cleanups, return_exceptions=True)
             for reflector in (self._jobs, self._pods):
                 if reflector is not None:
                     await reflector.stop()
@@ -338,6 +360,11 @@ def _container_state(pod: dict[str, Any]) -> dict[str, Any]:
 def _container_started(pod: dict[str, Any]) -> bool:
     state = _container_state(pod)
     return "running" in state or "terminated" in state
+
+
+def _job_finished(job: dict[str, Any]) -> bool:
+    return any(condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True"
+               for condition in job.get("status", {}).get("conditions") or [])
 
 
 def _job_failure(job: dict[str, Any]) -> JobStatus | None:
