@@ -39,9 +39,28 @@ def test_next_run_weekdays_and_days_of_week() -> None:
     assert next_run("dayofweek", '{"Days": [0]}', T0, "UTC", T0) == T0 + timedelta(days=6)  # Sunday
 
 
+def test_next_run_monthly_rules() -> None:
+    # T0 is 2 March 2026, 09:30 UTC.
+    assert next_run("semimonth", '{"First": true}', T0, "UTC", T0) == datetime(2026, 3, 15, 9, 30, tzinfo=UTC)
+    assert next_run("semimonth", '{"First": false}', T0, "UTC", T0 + timedelta(days=13)) == datetime(
+        2026, 3, 31, 9, 30, tzinfo=UTC
+    )
+    assert next_run("dayofmonth", '{"N": 1, "Day": 31}', T0, "UTC", datetime(2026, 4, 1, tzinfo=UTC)) == datetime(
+        2026, 4, 30, 9, 30, tzinfo=UTC
+    )
+    # Every 3 months from March: June, not April or May.
+    assert next_run("dayofmonth", '{"N": 3, "Day": 1}', T0, "UTC", T0) == datetime(2026, 6, 1, 9, 30, tzinfo=UTC)
+    # 09:30 in Tokyo on the 5th of each month is 00:30 UTC.
+    tokyo = datetime(2026, 3, 5, 0, 30, tzinfo=UTC)
+    assert next_run("dayofmonth", '{"N": 1, "Day": 5}', tokyo, "Asia/Tokyo", tokyo) == datetime(
+        2026, 4, 5, 0, 30, tzinfo=UTC
+    )
+
+
 @pytest.mark.parametrize(
     ("type_", "rule", "message"),
-    [("minute", "{}", "needs N"), ("semimonth", "{}", "not supported"), ("dayofweek", '{"Days": [9]}', "Days")],
+    [("minute", "{}", "needs N"), ("dayweekofmonth", "{}", "not supported"), ("dayofweek", '{"Days": [9]}', "Days"),
+     ("dayofmonth", '{"N": 1, "Day": 32}', "Day")],
 )
 def test_next_run_refuses_bad_rules(type_: str, rule: str, message: str) -> None:
     with pytest.raises(InvalidSchedule, match=message):

@@ -183,7 +183,7 @@ def test_schedule_api_validates_and_replaces(server: RunningServer, token_notebo
     variant = api.get(f"{base}/applications/{token_notebook}/variants").json()[0]
     body = {"app_id": variant["app_id"], "variant_id": variant["id"], "type": "day",
             "schedule": '{"N": 1}', "start_time": "2099-01-01T06:00:00Z", "timezone": "Asia/Tokyo"}
-    bad = api.post(f"{base}/schedules", json={**body, "type": "semimonth", "schedule": "{}"})
+    bad = api.post(f"{base}/schedules", json={**body, "type": "dayweekofmonth", "schedule": "{}"})
     assert bad.status_code == 400 and "not supported" in bad.json()["error"]
     assert api.post(f"{base}/schedules", json={**body, "timezone": "Nowhere/Else"}).status_code == 400
     made = api.post(f"{base}/schedules", json=body)

@@ -5,7 +5,10 @@ A schedule (Connect's fields: ``type``, ``schedule`` as a JSON string, ``start_t
 the first one after a moment. Supported types: ``minute``, ``hour``, ``day``,
 ``week``, ``year`` (every ``N``; days, weeks and years keep the wall-clock time in
 the schedule's timezone), ``weekday`` (Monday to Friday) and ``dayofweek``
-(``Days``, 0 = Sunday), all at ``start_time``'s time of day.
+(``Days``, 0 = Sunday), ``semimonth`` (``First`` true: the 1st and 15th, false:
+the 14th and the last day), ``dayofmonth`` (day ``Day`` of every ``N`` months,
+the month's last day when shorter), all at ``start_time``'s time of day.
+``dayweekofmonth`` is refused for now.
 
 :class:`ScheduleRunner` is the loop every server node runs. A due run is claimed in
 the database by moving ``next_run`` forward with ``UPDATE ... WHERE next_run = <the
@@ -31,7 +34,7 @@ from podium.store.models import Schedule
 
 log = logging.getLogger(__name__)
 INTERVALS = ("minute", "hour", "day", "week", "year")
-SUPPORTED_TYPES = (*INTERVALS, "weekday", "dayofweek")
+SUPPORTED_TYPES = (*INTERVALS, "weekday", "dayofweek", "semimonth", "dayofmonth")
 
 
 class InvalidSchedule(ValueError):
@@ -60,6 +63,13 @@ def parse_rule(type_: str, rule: str) -> dict[str, Any]:
             isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 6 for d in days
         ):
             raise InvalidSchedule("A 'dayofweek' schedule needs Days, weekdays from 0 (Sunday) to 6.")
+    if type_ == "semimonth" and not isinstance(value.get("First", True), bool):
+        raise InvalidSchedule("A 'semimonth' schedule's First must be true or false.")
+    if type_ == "dayofmonth":
+        n, day = value.get("N", 1), value.get("Day")
+        if not (isinstance(n, int) and isinstance(day, int)) or isinstance(n, bool) or isinstance(day, bool) \
+                or n < 1 or not 1 <= day <= 31:
+            raise InvalidSchedule("A 'dayofmonth' schedule needs N (at least 1) and Day (1 to 31).")
     return value
 
 
@@ -105,6 +115,8 @@ def next_run(type_: str, rule: str, start_time: datetime, timezone: str, after: 
         while occurrence(k) <= after:
             k += 1
         return occurrence(k)
+    if type_ in ("semimonth", "dayofmonth"):
+        return _monthly(type_, params, local_start, tz, start, after)
     days = {1, 2, 3, 4, 5} if type_ == "weekday" else set(params["Days"])
     first: date = max(local_start.date(), after.astimezone(tz).date())
     for offset in range(8):
@@ -114,6 +126,31 @@ def next_run(type_: str, rule: str, start_time: datetime, timezone: str, after: 
         if (day.weekday() + 1) % 7 in days and moment >= start and moment > after:
             return moment
     raise AssertionError("a weekly rule always has an occurrence within 8 days")
+
+
+def _monthly(
+    type_: str, params: dict[str, Any], local_start: datetime, tz: ZoneInfo, start: datetime, after: datetime
+) -> datetime:
+    import calendar
+
+    every = int(params.get("N", 1)) if type_ == "dayofmonth" else 1
+    local_after = after.astimezone(tz)
+    base = local_start.year * 12 + local_start.month - 1
+    first = max(base, local_after.year * 12 + local_after.month - 1)
+    first += (base - first) % every  # the first month on the schedule's rhythm
+    for month_index in range(first, first + 24 * every + 1, every):
+        year, month = divmod(month_index, 12)
+        last = calendar.monthrange(year, month + 1)[1]
+        if type_ == "dayofmonth":
+            days = [min(int(params["Day"]), last)]
+        else:
+            days = [1, 15] if params.get("First", True) else [14, last]
+        for day in days:
+            local = datetime(year, month + 1, day, local_start.hour, local_start.minute, local_start.second)
+            moment = local.replace(tzinfo=tz).astimezone(UTC)
+            if moment >= start and moment > after:
+                return moment
+    raise AssertionError("a monthly rule always has an occurrence within two years")
 
 
 def claim(store: Store, schedule_id: int, expected: datetime, following: datetime) -> bool:
