@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import signal
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -190,3 +192,62 @@ def test_kubernetes_fastapi_deploy_and_serve_through_jobs(
 
 def publisher_log(client: Any, url: str) -> list[dict[str, Any]]:
     return list(client.get(url).json().get("entries") or [])
+
+
+def test_kubernetes_memory_limit_kill_is_reported_as_oom_killed(
+    server: RunningServer, cluster: SimCluster, fastapi_app: str
+) -> None:
+    admin_patch(server, fastapi_app, memory_limit=96 * 2**20)
+    client = server.api()
+    try:
+        stop_run_jobs(server, fastapi_app)
+        assert client.get(content_url(server, fastapi_app)).status_code == 200
+        pod_limits = run_jobs(cluster, fastapi_app)[0]["spec"]["template"]["spec"]["containers"][0]["resources"]
+        assert pod_limits["limits"]["memory"] == str(96 * 2**20)
+        assert client.get(content_url(server, fastapi_app) + "eat?mb=400").status_code == 502
+
+        def killed() -> list[dict[str, Any]]:
+            listed = client.get(f"{server.url}/__api__/v1/content/{fastapi_app}/jobs").json()
+            return [job for job in listed if "memory" in (job["error"] or "")]
+
+        assert wait_until(killed, 20)
+    finally:
+        admin_patch(server, fastapi_app, memory_limit=None)
+        stop_run_jobs(server, fastapi_app)
+
+
+def test_kubernetes_restarted_server_adopts_running_jobs(cluster: SimCluster, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {
+        "PODIUM_KUBERNETES_ENABLED": "true",
+        "PODIUM_KUBERNETES_KUBECONFIG": str(cluster.write_kubeconfig(tmp_path / "kubeconfig")),
+        "PODIUM_KUBERNETES_NAMESPACE": NAMESPACE,
+        "PODIUM_KUBERNETES_INSTANCE": "restart-test",  # apart from the module's server
+        "PODIUM_KUBERNETES_DEFAULT_IMAGE": IMAGE,
+    }
+    first = start_server(data, env)
+    try:
+        home = tmp_path / "home"
+        home.mkdir()
+        key = first.user_key("restarter", "publisher")
+        assert rsconnect(home, "add", "-n", "p", "-s", first.url, "-k", key).returncode == 0
+        directory = write_app(tmp_path, "restart_app", FASTAPI_APP, "fastapi\n")
+        done = rsconnect(home, "deploy", "fastapi", "-n", "p", str(directory))
+        assert done.returncode == 0, done.stdout + done.stderr
+        guid = guid_of(directory)
+        pid = first.api(key).get(f"{first.url}/content/{guid}/").json()["pid"]
+        [job] = run_jobs(cluster, guid)
+    finally:
+        first.process.send_signal(signal.SIGKILL)  # a crash: nothing is cleaned up
+        first.process.wait()
+    assert [j["metadata"]["uid"] for j in run_jobs(cluster, guid)] == [job["metadata"]["uid"]]
+    second = start_server(data, env, bootstrap=False)
+    try:
+        second._keys = dict(first._keys)
+        body = second.api(key).get(f"{second.url}/content/{guid}/").json()
+        assert body["pid"] == pid  # adopted, not restarted
+        assert [j["metadata"]["uid"] for j in run_jobs(cluster, guid)] == [job["metadata"]["uid"]]
+    finally:
+        second.stop()
+    # A clean shutdown stops the processes: their Jobs are deleted, nothing is orphaned.
+    wait_until(lambda: run_jobs(cluster, guid) == [], 20)
