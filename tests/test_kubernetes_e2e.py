@@ -251,3 +251,27 @@ def test_kubernetes_restarted_server_adopts_running_jobs(cluster: SimCluster, tm
         second.stop()
     # A clean shutdown stops the processes: their Jobs are deleted, nothing is orphaned.
     wait_until(lambda: run_jobs(cluster, guid) == [], 20)
+
+
+def test_kubernetes_unknown_image_surfaces_err_image_pull_in_the_deploy(
+    server: RunningServer, cluster: SimCluster, tmp_path: Path
+) -> None:
+    import os
+    import platform
+    import sys
+
+    unknown = "registry.invalid/podium/python:3"
+    home = tmp_path / "home"
+    home.mkdir()
+    python = f"{platform.python_version()}={os.path.realpath(sys.executable)}"
+    made = rsconnect(home, "environment", "add", "-s", server.url, "-k", server.admin_key, unknown,
+                     "-m", "exact", "--python", python)
+    assert made.returncode == 0, made.stdout + made.stderr
+    key = server.user_key("k8s_pub", "publisher")
+    assert rsconnect(home, "add", "-n", "podium", "-s", server.url, "-k", key).returncode == 0
+    directory = write_app(tmp_path, "unknown_image_app", FASTAPI_APP, "fastapi\n")
+    done = rsconnect(home, "deploy", "fastapi", "-n", "podium", "--image", unknown, str(directory))
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "ErrImagePull" in output or "ImagePullBackOff" in output, output
+    assert unknown in output

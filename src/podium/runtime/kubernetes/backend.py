@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import signal
@@ -179,6 +180,9 @@ class KubernetesBackend:
         else:
             status = _job_failure(job) or (_pod_status(pod) if pod else None) \
                 or await self._events_status(client, job) or JobStatus(JobState.PENDING)
+        if status.reason in FAIL_FAST and status.message and not status.message.startswith(status.reason):
+            # Shown as-is in deploy tasks and the dashboard: name the Kubernetes reason.
+            status = dataclasses.replace(status, message=f"{status.reason}: {status.message}")
         if not status.state.active:
             self._final[handle.key] = status
             if status.state is JobState.FAILED:
