@@ -159,7 +159,7 @@ class Podium:
         targets = []
         for content_id, bundle_id, min_processes in rows:
             wanted = self.settings.min_processes if min_processes is None else min_processes
-            if wanted > 0:
+            if wanted > 0 and bundle_id is not None:
                 target = self.app_target(content_id, bundle_id, draft=False)
                 if target is not None:
                     targets.append(target)

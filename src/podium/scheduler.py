@@ -19,8 +19,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from podium.apps import launch_plan
 from podium.jobs import JobRunner, handle_of, new_job_key
@@ -444,8 +445,8 @@ class Scheduler:
                 return_exceptions=True,
             )
 
-    def _background(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

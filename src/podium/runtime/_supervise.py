@@ -200,7 +200,7 @@ class Supervisor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=self._prepare_child,  # noqa: PLW1509 (no threads here)
+                preexec_fn=self._prepare_child,
             )
         except (OSError, subprocess.SubprocessError) as error:
             return self._start_failed(record, error)

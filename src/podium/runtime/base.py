@@ -127,7 +127,7 @@ class JobHandle:
         raw = json.loads(text)
         if not isinstance(raw, dict) or not isinstance(raw.get("data", {}), dict):
             message = "a job handle is a JSON object with backend, key and data"
-            raise ValueError(message)  # noqa: TRY004 (bad JSON content, as json.loads raises)
+            raise ValueError(message)
         return cls(backend=str(raw["backend"]), key=str(raw["key"]), data=raw.get("data", {}))
 
 

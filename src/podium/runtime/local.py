@@ -195,7 +195,7 @@ class LocalBackend:
             return
         job_dir = self.root / handle.key
         try:
-            file = open(job_dir / LOG, "rb")  # noqa: ASYNC230, SIM115 (local file, kept open)
+            file = open(job_dir / LOG, "rb")  # noqa: SIM115 (local file, kept open)
         except OSError:
             return
         with file:
