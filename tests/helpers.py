@@ -39,8 +39,11 @@ def static_bundle(
     return tar_gz({**pages, "manifest.json": json.dumps(manifest)})
 
 
-def fastapi_bundle() -> bytes:
-    app = "from fastapi import FastAPI\napp = FastAPI()\n@app.get('/')\ndef root():\n    return {'ok': True}\n"
+_MINIMAL_FASTAPI = "from fastapi import FastAPI\napp = FastAPI()\n@app.get('/')\ndef root():\n    return {'ok': True}\n"
+
+
+def fastapi_bundle(app: str = _MINIMAL_FASTAPI) -> bytes:
+    """A FastAPI bundle as rsconnect writes it, with ``app`` as its app.py."""
     manifest = {
         "version": 1,
         "locale": "en_US.UTF-8",

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 from tests.conftest import RunningServer, start_server
-from tests.helpers import deploy, static_bundle, tar_gz
+from tests.helpers import deploy, fastapi_bundle, static_bundle, tar_gz
 
 pytestmark = pytest.mark.integration
 
@@ -396,25 +396,11 @@ def root(who: str = "nobody"):
 """
 
 
-def chatty_bundle() -> bytes:
-    manifest = {
-        "version": 1,
-        "locale": "en_US.UTF-8",
-        "metadata": {"appmode": "python-fastapi", "entrypoint": "app"},
-        "python": {
-            "version": "3.11.7",
-            "package_manager": {"name": "pip", "version": "23.2.1", "package_file": "requirements.txt"},
-        },
-        "files": {"requirements.txt": {}, "app.py": {}},
-    }
-    return tar_gz({"manifest.json": json.dumps(manifest), "requirements.txt": "fastapi\n", "app.py": CHATTY_APP})
-
-
 def test_dashboard_follow_a_running_apps_log_and_stop_it(server: RunningServer, signed_in: Any) -> None:
     key = make_user(server, "paula", "publisher")
     make_user(server, "ada", "administrator")
     item = new_content(server, key, "chatty", title="Chatty API", access_type="logged_in")
-    _, task = deploy(server, key, item["guid"], chatty_bundle())
+    _, task = deploy(server, key, item["guid"], fastapi_bundle(CHATTY_APP))
     assert task["code"] == 0, task["all_output"]
     client = server.api(key)
     assert client.get(f"{server.url}/content/{item['guid']}/", params={"who": "first"}).json() == {"ok": True}

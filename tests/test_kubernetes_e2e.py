@@ -22,6 +22,7 @@ from tests.test_python_content import (
     FASTAPI_APP,
     content_url,
     deploy_dir,
+    deploy_restart_app,
     guid_of,
     wait_until,
     write_app,
@@ -227,15 +228,7 @@ def test_kubernetes_restarted_server_adopts_running_jobs(cluster: SimCluster, tm
     }
     first = start_server(data, env)
     try:
-        home = tmp_path / "home"
-        home.mkdir()
-        key = first.user_key("restarter", "publisher")
-        assert rsconnect(home, "add", "-n", "p", "-s", first.url, "-k", key).returncode == 0
-        directory = write_app(tmp_path, "restart_app", FASTAPI_APP, "fastapi\n")
-        done = rsconnect(home, "deploy", "fastapi", "-n", "p", str(directory))
-        assert done.returncode == 0, done.stdout + done.stderr
-        guid = guid_of(directory)
-        pid = first.api(key).get(f"{first.url}/content/{guid}/").json()["pid"]
+        key, guid, pid = deploy_restart_app(first, tmp_path)
         [job] = run_jobs(cluster, guid)
     finally:
         first.process.send_signal(signal.SIGKILL)  # a crash: nothing is cleaned up

@@ -390,19 +390,25 @@ def test_streamlit_app_with_websocket(server: RunningServer, home: Path, tmp_pat
 # --- restart safety ---------------------------------------------------------------------
 
 
+def deploy_restart_app(server: RunningServer, tmp_path: Path) -> tuple[str, str, int]:
+    """Deploy the FastAPI app with rsconnect as a new publisher; (key, guid, app pid)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    key = server.user_key("restarter", "publisher")
+    assert rsconnect(home, "add", "-n", "p", "-s", server.url, "-k", key).returncode == 0
+    directory = write_app(tmp_path, "restart_app", FASTAPI_APP, "fastapi\n")
+    done = rsconnect(home, "deploy", "fastapi", "-n", "p", str(directory))
+    assert done.returncode == 0, done.stdout + done.stderr
+    guid = guid_of(directory)
+    pid = server.api(key).get(f"{server.url}/content/{guid}/").json()["pid"]
+    return key, guid, pid
+
+
 def test_server_restart_adopts_running_processes(tmp_path: Path) -> None:
     data = tmp_path / "data"
     first = start_server(data)
     try:
-        home = tmp_path / "home"
-        home.mkdir()
-        key = first.user_key("restarter", "publisher")
-        assert rsconnect(home, "add", "-n", "p", "-s", first.url, "-k", key).returncode == 0
-        directory = write_app(tmp_path, "restart_app", FASTAPI_APP, "fastapi\n")
-        done = rsconnect(home, "deploy", "fastapi", "-n", "p", str(directory))
-        assert done.returncode == 0, done.stdout + done.stderr
-        guid = guid_of(directory)
-        pid = first.api(key).get(f"{first.url}/content/{guid}/").json()["pid"]
+        key, guid, pid = deploy_restart_app(first, tmp_path)
     finally:
         first.process.send_signal(signal.SIGKILL)  # a crash: nothing is cleaned up
         first.process.wait()
