@@ -27,8 +27,22 @@ run: install
 	$(BIN)/podium serve --data-dir $(DATA_DIR) --listen $(LISTEN)
 
 # The dashboard's browser tests drive Debian's Chromium (Playwright never downloads one here).
+# R content (rmd-static, shiny, api) runs on Debian's R with rmarkdown, shiny and plumber;
+# R Markdown needs pandoc. apt-get runs only when something is missing.
+R_PACKAGES := rmarkdown shiny plumber
 system-deps:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	@missing=""; \
+	command -v Rscript >/dev/null || missing="$$missing r-base-core"; \
+	command -v pandoc >/dev/null || missing="$$missing pandoc"; \
+	for pkg in $(R_PACKAGES); do \
+	  command -v Rscript >/dev/null && Rscript -e "quit(status = !requireNamespace('$$pkg', quietly = TRUE))" \
+	    >/dev/null 2>&1 || missing="$$missing r-cran-$$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing from Debian:$$missing"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
 
 # pytest exits 5 when it collected no tests: that is a failure here too (any non-zero is).
 test: install system-deps
