@@ -11,7 +11,9 @@
 The app (a raw ASGI callable: ``/`` answers ``ok``, ``/big`` streams 10 MiB in 64 KiB
 chunks, ``/ws`` echoes websocket messages) runs under uvicorn (uvloop, httptools, no
 access log) pinned to core 0. The front runs pinned to core 0 as well, the same core
-as the app, as in DESIGN.md ("What the proxy path costs"). The load generators are
+as the app, as in DESIGN.md ("What the proxy path costs"), and reaches the app on the
+unix socket the app also listens on, as Podium reaches local content processes
+(``--tcp-upstream``: over loopback TCP, as on Kubernetes). The load generators are
 pinned to core 1: ``wrk -t1 -c64`` for small requests, ``wrk -t1 -c8`` for ``/big``,
 and a websocket client doing send/receive round trips over 16 connections.
 
@@ -88,18 +90,28 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 return
 
 
+def app_socket_path(port: int) -> str:
+    """The unix socket the app also listens on, next to its TCP ``port``."""
+    return f"/tmp/podium-bench-app-{port}.sock"
+
+
 def serve_app(port: int) -> None:
+    """The app on 127.0.0.1:``port`` (direct) and on a unix socket (for the front)."""
     import uvicorn
 
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
+    tcp = socket.socket()
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind(("127.0.0.1", port))
+    path = app_socket_path(port)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(path)
+    config = uvicorn.Config(
+        app, loop="uvloop", http="httptools", access_log=False, log_level="warning"
     )
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run(sockets=[tcp, unix])
 
 
 # -- the front, with a fixed router --
@@ -110,8 +122,9 @@ class FixedRouter:
 
     prefix = b"/content/x"
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, unix: bool) -> None:
         self.port = port
+        self.unix_path = app_socket_path(port) if unix else None
 
     async def route(
         self,
@@ -121,17 +134,18 @@ class FixedRouter:
         client: tuple[str, int] | None,
     ) -> Any:
         if target.startswith(self.prefix):
-            return Forward("127.0.0.1", self.port, target[len(self.prefix) :] or b"/")
+            rest = target[len(self.prefix) :] or b"/"
+            return Forward("127.0.0.1", self.port, rest, unix_path=self.unix_path)
         return Respond(404, [], b"not found")
 
 
-def serve_front(port: int, upstream_port: int) -> None:
+def serve_front(port: int, upstream_port: int, unix: bool) -> None:
     import uvloop
 
     from podium.proxy.front import Front
 
     async def main() -> None:
-        front = Front(FixedRouter(upstream_port), "/nonexistent/podium-bench.sock")
+        front = Front(FixedRouter(upstream_port, unix), "/nonexistent/podium-bench.sock")
         await front.start("127.0.0.1", port)
         await asyncio.Event().wait()
 
@@ -406,6 +420,10 @@ def main(argv: list[str] | None = None) -> None:
         help="measure this proxy URL (mapping to the app root) instead of starting a front",
     )
     parser.add_argument("--app-port", type=int, help="use the app already listening on PORT")
+    parser.add_argument(
+        "--tcp-upstream", action="store_true",
+        help="the front reaches the app over loopback TCP instead of its unix socket",
+    )
     parser.add_argument("--podium", action="store_true",
                         help="measure a real podium serve with the app deployed as content")
     parser.add_argument(
@@ -432,7 +450,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.through:
             through_url = args.through
         else:
-            stack.enter_context(pinned(0, "serve-front", str(front_port), str(app_port)))
+            upstream = "tcp" if args.tcp_upstream or args.app_port else "unix"
+            stack.enter_context(pinned(0, "serve-front", str(front_port), str(app_port), upstream))
             wait_for_port(front_port)
             through_url = f"http://127.0.0.1:{front_port}/content/x"
         direct_url = f"http://127.0.0.1:{app_port}"
@@ -444,7 +463,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "serve-app":
         serve_app(int(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "serve-front":
-        serve_front(int(sys.argv[2]), int(sys.argv[3]))
+        serve_front(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "unix")
     elif len(sys.argv) > 1 and sys.argv[1] == "ws-client":
         ws_client(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
     else:

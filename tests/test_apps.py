@@ -99,6 +99,19 @@ def test_launch_plan_dash_sets_pathname_prefixes() -> None:
     )
 
 
+def test_launch_plan_unix_socket_only_for_servers_that_listen_on_two_sockets() -> None:
+    sock = "/data/run/sockets/run-x.sock"
+    for mode, server in (("python-fastapi", "asgi"), ("python-api", "wsgi"), ("python-dash", "dash")):
+        the_plan = launch_plan(mode, None, PY, RUNNER, 8123, BASE, sock)
+        assert the_plan.unix_socket == sock
+        assert the_plan.argv[2] == server
+        assert the_plan.argv[the_plan.argv.index("--unix-socket") + 1] == sock
+        assert "--port" in the_plan.argv  # TCP stays: readiness probes and other clients
+    for mode in ("python-streamlit", "python-shiny", "python-bokeh", "python-panel", "python-gradio", "jupyter-voila"):
+        the_plan = launch_plan(mode, None if mode != "jupyter-voila" else "app.ipynb", PY, RUNNER, 8123, BASE, sock)
+        assert the_plan.unix_socket is None and sock not in the_plan.argv
+
+
 def test_launch_plan_streamlit_serves_under_base_url_path() -> None:
     assert plan("python-streamlit") == LaunchPlan(
         [

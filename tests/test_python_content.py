@@ -36,7 +36,8 @@ def root(request: Request):
             "identity": request.headers.get("rstudio-connect-credentials"),
             "authorization": request.headers.get("authorization"),
             "cookie": request.headers.get("cookie"),
-            "secret": os.environ.get("MY_SECRET")}
+            "secret": os.environ.get("MY_SECRET"),
+            "server": request.scope.get("server"), "client": request.scope.get("client")}
 
 @app.get("/sleep")
 async def sleep(s: float = 1.0):
@@ -171,6 +172,10 @@ def test_fastapi_served_with_identity_and_stripped_credentials(server: RunningSe
     assert json.loads(body["identity"])["user"] == "py_publisher"
     assert body["authorization"] is None
     assert body["cookie"] == "app_cookie=kept"
+    # The proxy reached the local process on its unix socket, and the viewer's address
+    # came through X-Forwarded-For.
+    assert body["server"][0].endswith(".sock")
+    assert body["client"][0] == "127.0.0.1"
     docs = client.get(content_url(server, fastapi_app) + "docs")
     assert docs.status_code == 200 and f"/content/{fastapi_app}/openapi.json" in docs.text
     assert client.get(content_url(server, fastapi_app) + "openapi.json").status_code == 200

@@ -250,8 +250,14 @@ def open_podium(settings: Settings) -> Podium:
     tmp = runner.with_suffix(".tmp")
     tmp.write_text(runner_source())
     tmp.replace(runner)
+    socket_dir = None
+    if not settings.kubernetes_enabled:  # processes on this host: reach them by unix socket
+        socket_dir = data / "run" / "sockets"
+        socket_dir.mkdir(parents=True, exist_ok=True)
+        socket_dir.chmod(0o700)
     scheduler = Scheduler(
-        jobs, str(runner), lambda _target: {}, settings.stop_grace_seconds, allocate_port
+        jobs, str(runner), lambda _target: {}, settings.stop_grace_seconds, allocate_port,
+        socket_dir,
     )
     return Podium(
         settings=settings,

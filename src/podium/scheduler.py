@@ -16,11 +16,14 @@ Backends only start, watch and stop; every decision here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from podium.apps import launch_plan
@@ -77,6 +80,8 @@ class Process:
     key: str
     handle: JobHandle | None = None
     address: tuple[str, int] | None = None
+    # a unix socket the process also listens on (local processes; see podium.apps)
+    unix_path: str | None = None
     strip_prefix: bool = True
     conns: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -122,6 +127,10 @@ class Lease:
         return self.process.address
 
     @property
+    def unix_path(self) -> str | None:
+        return self.process.unix_path
+
+    @property
     def strip_prefix(self) -> bool:
         return self.process.strip_prefix
 
@@ -143,6 +152,8 @@ class Unavailable(Exception):
 
 
 PoolKey = tuple[int, int, str]
+# sun_path holds 108 bytes with its terminating NUL on Linux
+_MAX_UNIX_PATH = 108
 
 
 class Scheduler:
@@ -153,8 +164,12 @@ class Scheduler:
         env_factory: EnvFactory,
         stop_grace_seconds: float,
         port_allocator: Callable[[], int],
+        socket_dir: Path | None = None,
     ) -> None:
+        """``socket_dir``: where processes on this host also listen on unix sockets
+        (the local backend; None where the proxy reaches processes over the network)."""
         self.jobs = jobs
+        self.socket_dir = socket_dir
         self.runner_path = runner_path
         self.env_factory = env_factory
         self.stop_grace_seconds = stop_grace_seconds
@@ -227,6 +242,14 @@ class Scheduler:
 
     # --- starting -----------------------------------------------------------------------
 
+    def _socket_path(self, key: str) -> str | None:
+        """The unix socket of process ``key``, or None (no socket dir, or a path too
+        long for a unix socket address: the process is then reached over TCP only)."""
+        if self.socket_dir is None:
+            return None
+        path = str(self.socket_dir / f"{key}.sock")
+        return path if len(path.encode()) < _MAX_UNIX_PATH else None
+
     def _spawn(self, pool: Pool) -> Process:
         process = Process(new_job_key("run"))
         pool.processes.append(process)
@@ -239,16 +262,20 @@ class Scheduler:
             port = self.port_allocator()
             plan = launch_plan(
                 target.app_mode, target.entrypoint, target.python, self.runner_path, port,
-                target.base_path,
+                target.base_path, self._socket_path(process.key),
             )
             process.strip_prefix = plan.strip_prefix
+            process.unix_path = plan.unix_socket
             env = {**await asyncio.to_thread(self.env_factory, target), **plan.env, "PORT": str(port)}
             spec = JobSpec(
                 key=process.key, kind="run", content_guid=target.content_guid, image=target.image,
                 command=plan.argv, env=env, workdir=target.workdir, port=port,
                 resources=target.resources, service_account=target.service_account,
             )
-            meta: dict[str, object] = {"base_path": target.base_path, "strip_prefix": plan.strip_prefix}
+            meta: dict[str, object] = {
+                "base_path": target.base_path, "strip_prefix": plan.strip_prefix,
+                "unix_socket": plan.unix_socket,
+            }
             for warning in target.resource_warnings:
                 log.warning("content %s: job %s: %s", target.content_guid, process.key, warning)
             if target.resource_warnings:
@@ -279,6 +306,8 @@ class Scheduler:
             if process.address is None:
                 process.address = await self.jobs.backend.address(process.handle)
             if process.address is not None and await _answers_http(process.address, probe_path):
+                if process.unix_path is not None and not os.path.exists(process.unix_path):
+                    process.unix_path = None  # TCP works; the socket did not appear
                 process.last_active = time.monotonic()
                 process.ready.set()
                 log.info(
@@ -311,6 +340,9 @@ class Scheduler:
     def _remove(self, pool: Pool, process: Process) -> None:
         if process in pool.processes:
             pool.processes.remove(process)
+        if process.unix_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(process.unix_path)  # left behind when the process was killed
 
     async def _stop(self, pool: Pool, process: Process, why: str) -> None:
         process.stopping = True
@@ -405,7 +437,11 @@ class Scheduler:
                 await self.jobs.stop(handle, self.stop_grace_seconds)
                 continue
             pool = self._pool(target)
-            process = Process(row.key, handle=handle, strip_prefix=bool(row.meta.get("strip_prefix", True)))
+            unix = row.meta.get("unix_socket")
+            process = Process(
+                row.key, handle=handle, strip_prefix=bool(row.meta.get("strip_prefix", True)),
+                unix_path=unix if isinstance(unix, str) else None,
+            )
             process.address = await self.jobs.backend.address(handle)
             pool.processes.append(process)
             log.info("adopted process %s of content %s", row.key, target.content_guid)

@@ -24,6 +24,10 @@ Servers (the first argument):
     a Bokeh server with the one application mounted at the prefix itself (not at
     ``<prefix>/<app name>`` as ``bokeh serve`` would).
 
+With ``--unix-socket PATH``, ``asgi``, ``wsgi`` and ``dash`` listen on that unix socket
+as well as on the TCP port (the proxy on the same host prefers the socket: it costs
+fewer cycles per message than loopback TCP).
+
 Entrypoints are ``module`` or ``module:object`` (the object may be dotted:
 ``app:app.server``). With no object, the names ``app``, ``application``, ``create_app``
 and ``make_app`` are tried in that order, as rsconnect documents for Connect
@@ -37,10 +41,12 @@ to fix; an exception raised by the bundle's own code shows its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import re
 import runpy
+import socket
 import sys
 from typing import Any, NoReturn
 
@@ -127,12 +133,20 @@ def script_name_middleware(app: Any, script_name: str) -> Any:
     return with_script_name
 
 
-def serve_asgi(entrypoint: str, port: int, root_path: str) -> None:
+def bind_unix_socket(path: str) -> socket.socket:
+    """A unix stream socket bound at ``path`` (a stale file there is replaced)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    return sock
+
+
+def serve_asgi(entrypoint: str, port: int, root_path: str, unix_socket: str | None = None) -> None:
     import uvicorn
 
     app = load_object(entrypoint)
-    uvicorn.run(
-        app,
+    options: dict[str, Any] = dict(
         host=HOST,
         port=port,
         root_path=root_path,
@@ -140,9 +154,24 @@ def serve_asgi(entrypoint: str, port: int, root_path: str) -> None:
         forwarded_allow_ips="*",
         timeout_keep_alive=KEEPALIVE_SECONDS,
     )
+    if unix_socket is None:
+        uvicorn.run(app, **options)
+        return
+    # Both sockets bound here, served by one uvicorn server.
+    tcp = socket.socket(socket.AF_INET6 if ":" in HOST else socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind((HOST, port))
+    sockets = [tcp, bind_unix_socket(unix_socket)]
+    try:
+        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=sockets)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(unix_socket)
 
 
-def serve_wsgi(entrypoint: str, port: int, script_name: str, dash: bool = False) -> None:
+def serve_wsgi(
+    entrypoint: str, port: int, script_name: str, dash: bool = False, unix_socket: str | None = None
+) -> None:
     # gunicorn refuses requests outside an inherited SCRIPT_NAME; the middleware sets it.
     os.environ.pop("SCRIPT_NAME", None)
     from gunicorn.app.base import BaseApplication
@@ -161,8 +190,11 @@ def serve_wsgi(entrypoint: str, port: int, script_name: str, dash: bool = False)
             raise EntrypointError(f"{entrypoint!r} is not a WSGI application")
         return script_name_middleware(app, script_name)
 
+    if unix_socket is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(unix_socket)
     options = {
-        "bind": f"{HOST}:{port}",
+        "bind": [f"{HOST}:{port}"] + ([f"unix:{unix_socket}"] if unix_socket else []),
         "workers": 1,
         "worker_class": "gthread",
         "threads": WSGI_THREADS,
@@ -268,12 +300,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entrypoint", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--prefix", required=True, help="public prefix, no trailing slash")
+    parser.add_argument("--unix-socket", help="also listen here (asgi, wsgi, dash)")
     args = parser.parse_args(argv)
     try:
         if args.server == "asgi":
-            serve_asgi(args.entrypoint, args.port, args.prefix)
+            serve_asgi(args.entrypoint, args.port, args.prefix, args.unix_socket)
         elif args.server in ("wsgi", "dash"):
-            serve_wsgi(args.entrypoint, args.port, args.prefix, dash=args.server == "dash")
+            serve_wsgi(
+                args.entrypoint, args.port, args.prefix, dash=args.server == "dash",
+                unix_socket=args.unix_socket,
+            )
         elif args.server == "shiny":
             serve_shiny(args.entrypoint, args.port, args.prefix)
         elif args.server == "gradio":

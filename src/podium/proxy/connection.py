@@ -377,7 +377,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _decided(self, req: Request, decision: Decision) -> None:
         if isinstance(decision, Forward):
-            self._forward(req, (decision.host, decision.port), decision.target, decision)
+            key: Key = decision.unix_path or (decision.host, decision.port)
+            self._forward(req, key, decision.target, decision)
         elif isinstance(decision, PassToApp):
             self._forward(req, self.front.app_key, req.target, None)
         elif isinstance(decision, Respond):

@@ -228,6 +228,7 @@ class ContentRouter:
             on_done=lease.release,
             read_timeout_seconds=app.limits.read_timeout or None,
             connection_timeout_seconds=app.limits.connection_timeout or None,
+            unix_path=lease.unix_path,
         )
 
 
