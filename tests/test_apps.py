@@ -112,6 +112,17 @@ def test_launch_plan_unix_socket_only_for_servers_that_listen_on_two_sockets() -
         assert the_plan.unix_socket is None and sock not in the_plan.argv
 
 
+def test_launch_plan_binds_the_given_host_on_the_command_line() -> None:
+    # On Kubernetes the scheduler passes $(POD_IP), which the kubelet expands.
+    for mode, expected in (("python-streamlit", ["--server.address", "$(POD_IP)"]),
+                           ("python-panel", ["--address", "$(POD_IP)"]),
+                           ("jupyter-voila", ["--Voila.ip=$(POD_IP)"])):
+        argv = launch_plan(mode, "app.ipynb" if mode == "jupyter-voila" else None, PY, RUNNER, 8123,
+                           BASE, host="$(POD_IP)").argv
+        assert any(argv[i:i + len(expected)] == expected for i in range(len(argv))), argv
+        assert "127.0.0.1" not in " ".join(argv)
+
+
 def test_launch_plan_streamlit_serves_under_base_url_path() -> None:
     assert plan("python-streamlit") == LaunchPlan(
         [

@@ -163,6 +163,22 @@ def test_kubernetes_unknown_image_fails_with_image_pull_reason(env: Env) -> None
         time.sleep(0.1)
 
 
+def test_kubernetes_command_references_to_pod_ip_are_expanded(env: Env) -> None:
+    # Streamlit, Panel and Voila take their bind address on the command line: the
+    # scheduler passes $(POD_IP), which the kubelet expands from the downward API.
+    command = [PY, "-c", "import os, sys; print(sys.argv[1] == os.environ['POD_IP'], sys.argv[2])",
+               "$(POD_IP)", "$$(POD_IP)"]
+
+    async def scenario(backend: KubernetesBackend) -> list[str]:
+        handle = await backend.launch(spec(command))
+        status = await ended(backend, handle)
+        assert status.state is JobState.SUCCEEDED, status
+        return [line async for line in backend.logs(handle)]
+
+    lines = env.run(scenario)
+    assert any("True $(POD_IP)" in str(line) for line in lines), lines
+
+
 def test_kubernetes_missing_service_account_fails_with_failed_create(env: Env) -> None:
     async def scenario(backend: KubernetesBackend) -> JobStatus:
         return await ended(backend, await backend.launch(spec(SLEEP, service_account="ghost")))

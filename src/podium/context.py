@@ -250,14 +250,14 @@ def open_podium(settings: Settings) -> Podium:
     tmp = runner.with_suffix(".tmp")
     tmp.write_text(runner_source())
     tmp.replace(runner)
-    socket_dir = None
+    socket_dir, listen_host = None, "$(POD_IP)"  # pods: bind the pod IP, as the kubelet expands it
     if not settings.kubernetes_enabled:  # processes on this host: reach them by unix socket
-        socket_dir = data / "run" / "sockets"
+        socket_dir, listen_host = data / "run" / "sockets", "127.0.0.1"
         socket_dir.mkdir(parents=True, exist_ok=True)
         socket_dir.chmod(0o700)
     scheduler = Scheduler(
         jobs, str(runner), lambda _target: {}, settings.stop_grace_seconds, allocate_port,
-        socket_dir,
+        socket_dir, listen_host,
     )
     return Podium(
         settings=settings,

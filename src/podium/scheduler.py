@@ -165,11 +165,14 @@ class Scheduler:
         stop_grace_seconds: float,
         port_allocator: Callable[[], int],
         socket_dir: Path | None = None,
+        listen_host: str = "127.0.0.1",
     ) -> None:
         """``socket_dir``: where processes on this host also listen on unix sockets
-        (the local backend; None where the proxy reaches processes over the network)."""
+        (the local backend; None where the proxy reaches processes over the network).
+        ``listen_host``: the address processes bind (see :func:`podium.apps.launch_plan`)."""
         self.jobs = jobs
         self.socket_dir = socket_dir
+        self.listen_host = listen_host
         self.runner_path = runner_path
         self.env_factory = env_factory
         self.stop_grace_seconds = stop_grace_seconds
@@ -262,7 +265,7 @@ class Scheduler:
             port = self.port_allocator()
             plan = launch_plan(
                 target.app_mode, target.entrypoint, target.python, self.runner_path, port,
-                target.base_path, self._socket_path(process.key),
+                target.base_path, self._socket_path(process.key), self.listen_host,
             )
             process.strip_prefix = plan.strip_prefix
             process.unix_path = plan.unix_socket

@@ -43,6 +43,22 @@ def parse_quantity(value: Any) -> float:
     return float(match.group(1)) * _FACTORS[match.group(2)]
 
 
+_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand_references(text: str, env: dict[str, str]) -> str:
+    """The kubelet's ``$(VAR)`` expansion in command and args (from the container's
+    env): a defined variable is replaced, an undefined reference stays as written,
+    ``$$`` is ``$``. (Env values referring to earlier env entries are not expanded.)"""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _REFERENCE.sub(one, text)
+
+
 @dataclass
 class PodRun:
     ip: str
@@ -243,7 +259,9 @@ class Workloads:
         limits = (container.get("resources") or {}).get("limits") or {}
         spec = JobSpec(
             key=pod["metadata"]["uid"], kind="build", content_guid=pod["metadata"]["name"], image=None,
-            command=[*container.get("command", []), *container.get("args", [])], env=env,
+            command=[expand_references(arg, env)
+                     for arg in [*container.get("command", []), *container.get("args", [])]],
+            env=env,
             workdir=container.get("workingDir") or "/", port=None,
             resources=Resources(
                 cpu_limit=parse_quantity(limits["cpu"]) if "cpu" in limits else None,

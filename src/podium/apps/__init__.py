@@ -158,6 +158,7 @@ def launch_plan(
     port: int,
     base_path: str,
     unix_socket: str | None = None,
+    host: str = HOST,
 ) -> LaunchPlan:
     """The launch plan for one content process.
 
@@ -167,7 +168,10 @@ def launch_plan(
     ``unix_socket``, when given, is a path where the servers that can listen on two
     sockets at once (uvicorn for ASGI, gunicorn for WSGI and Dash) also listen: the
     proxy on the same host reaches them there for fewer cycles per message than
-    loopback TCP costs (``LaunchPlan.unix_socket`` says whether it applies). Raises
+    loopback TCP costs (``LaunchPlan.unix_socket`` says whether it applies). ``host``
+    is the address that servers started by their own command line (Streamlit, Panel,
+    Voila) bind: loopback locally; on Kubernetes ``$(POD_IP)``, which the kubelet
+    expands from the container's environment (the runner reads ``$POD_IP`` itself). Raises
     ``ValueError`` for an app mode that is not a Python app, an entrypoint that is not
     valid for the mode, or a malformed prefix or port.
     """
@@ -204,7 +208,7 @@ def launch_plan(
     if app_mode == "python-streamlit":
         argv = [
             python, "-m", "streamlit", "run", file_entrypoint(app_mode, entrypoint),
-            "--server.address", HOST,
+            "--server.address", host,
             "--server.port", str(port),
             "--server.baseUrlPath", prefix.strip("/"),
             "--server.headless", "true",
@@ -232,7 +236,7 @@ def launch_plan(
         path = file_entrypoint(app_mode, entrypoint)
         argv = [
             python, "-m", "panel", "serve", path,
-            "--address", HOST,
+            "--address", host,
             "--port", str(port),
             "--prefix", prefix,
             "--allow-websocket-origin", "*",
@@ -247,7 +251,7 @@ def launch_plan(
     argv = [
         python, "-m", "voila", *notebook,
         "--no-browser",
-        f"--Voila.ip={HOST}",
+        f"--Voila.ip={host}",
         f"--port={port}",
         f"--Voila.base_url={base_path}",
         # The kernel WebSocket's Origin is the viewer's host, which the proxy's Host
