@@ -57,3 +57,5 @@ PYTHON_INTERACTIVE = frozenset(
         "jupyter-voila",
     }
 )
+# R app modes Podium runs as processes: Shiny apps and Plumber APIs.
+R_INTERACTIVE = frozenset({"shiny", "api"})

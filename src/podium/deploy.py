@@ -1,8 +1,9 @@
 """Deploying a bundle: the task behind ``POST v1/content/{guid}/deploy``.
 
-A deploy prepares the bundle to run (static content needs nothing; Python
+A deploy prepares the bundle to run (static content needs nothing; Python and R
 content gets its execution environment, chosen by ``podium.environments`` and
-recorded on the bundle, and its package environment, built or reused) and, when asked to
+recorded on the bundle, and its package environment, a venv or an R library, built
+or reused) and, when asked to
 activate, makes it the content's active bundle in one database write: viewers
 switch from the old bundle to the new one at once, and a failed deploy leaves
 the previous bundle active and serving.
@@ -14,14 +15,16 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from podium.appmodes import PYTHON_INTERACTIVE
+from podium.appmodes import PYTHON_INTERACTIVE, R_INTERACTIVE
 from podium.context import Podium
 from podium.render import KERNEL_REQUIREMENTS, SUPPORTED_RENDER_MODES, latest_rendering, render_bundle
 from podium.store.models import Bundle, Content, utcnow
 from podium.tasks import TaskFailed, TaskOutput
 
 log = logging.getLogger(__name__)
-SUPPORTED_APP_MODES = frozenset({"static"}) | PYTHON_INTERACTIVE | SUPPORTED_RENDER_MODES
+SUPPORTED_APP_MODES = frozenset({"static"}) | PYTHON_INTERACTIVE | R_INTERACTIVE | SUPPORTED_RENDER_MODES
+# Modes whose package environment gets the notebook kernel packages.
+_KERNEL_MODES = frozenset({"jupyter-static", "quarto-static"})
 
 
 @dataclass(frozen=True)
@@ -32,12 +35,14 @@ class DeployRequest:
 
 
 async def _prepare_environment(ctx: Podium, request: DeployRequest, out: TaskOutput) -> None:
-    """Choose the execution environment; build the package environment when Python is needed."""
+    """Choose the execution environment; build the package environments the bundle needs
+    (an R library when it needs R, a venv when it needs Python)."""
     from podium.apps import RUNTIME_REQUIREMENTS
-    from podium.build import BuildRequest
+    from podium.build import BuildRequest, RBuildRequest
+    from podium.build.r import r_managed
     from podium.environments.catalogue import resolve
     from podium.environments.model import InvalidRequest
-    from podium.render import quarto_missing
+    from podium.environments.select import missing_runtime
 
     with ctx.store.session() as session:
         content = session.get(Content, request.content_id)
@@ -53,23 +58,40 @@ async def _prepare_environment(ctx: Podium, request: DeployRequest, out: TaskOut
     chosen = selection.chosen
     if chosen is None:  # the failure names the request and every candidate's reason
         log.info("content %s bundle %s: no compatible environment", guid, request.bundle_id)
-        raise TaskFailed(quarto_missing(selection) or selection.failure())
+        raise TaskFailed(
+            missing_runtime(selection, "r") or missing_runtime(selection, "quarto") or selection.failure()
+        )
     for line in selection.lines():
         out.line(line)
     env = chosen.environment
     r, quarto = chosen.installation("r"), chosen.installation("quarto")
     python = chosen.installation("python")
-    if python is None:  # a document needing no Python (Quarto's markdown engine)
-        _record_environment(ctx, request.bundle_id, env, None, r, quarto)
+    bundle_dir = ctx.bundle_dir(request.content_id, request.bundle_id).resolve()
+    for warning in job.warnings:
+        log.warning("content %s: build of bundle %s: %s", guid, request.bundle_id, warning)
+        out.line(f"Warning: {warning}")
+    r_library = None
+    if r is not None:
+        r_library = await ctx.builder.ensure_r(
+            RBuildRequest(
+                content_id=request.content_id, content_guid=guid, bundle_id=request.bundle_id,
+                bundle_dir=bundle_dir, manifest=manifest, r=r,
+                managed=r_managed(manifest, ctx.settings.r_environment_management),
+                image=env.name, resources=job.resources, service_account=job.service_account,
+            ),
+            out,
+        )
+    if python is None:  # needing no Python (R content, Quarto's markdown engine)
+        _record_environment(ctx, request.bundle_id, env, None, r, quarto, r_library)
         return
     extra = list(RUNTIME_REQUIREMENTS.get(app_mode, []))
-    if app_mode in SUPPORTED_RENDER_MODES:
+    if app_mode in _KERNEL_MODES:
         extra += KERNEL_REQUIREMENTS
     build = BuildRequest(
         content_id=request.content_id,
         content_guid=guid,
         bundle_id=request.bundle_id,
-        bundle_dir=ctx.bundle_dir(request.content_id, request.bundle_id).resolve(),
+        bundle_dir=bundle_dir,
         manifest=manifest,
         extra_requirements=extra,
         python=python,
@@ -77,17 +99,15 @@ async def _prepare_environment(ctx: Podium, request: DeployRequest, out: TaskOut
         resources=job.resources,
         service_account=job.service_account,
     )
-    for warning in job.warnings:
-        log.warning("content %s: build of bundle %s: %s", guid, request.bundle_id, warning)
-        out.line(f"Warning: {warning}")
     built = await ctx.builder.ensure(build, out)
-    _record_environment(ctx, request.bundle_id, env, built, r, quarto)
+    _record_environment(ctx, request.bundle_id, env, built, r, quarto, r_library)
 
 
 def _record_environment(
-    ctx: Podium, bundle_id: int, env: Any, built: Any, r: Any, quarto: Any
+    ctx: Podium, bundle_id: int, env: Any, built: Any, r: Any, quarto: Any, r_library: Any = None
 ) -> None:
-    """Write on the bundle what it was built with (``built`` None: no package environment)."""
+    """Write on the bundle what it was built with (``built`` None: no Python package
+    environment; ``r_library`` None: no R)."""
     with ctx.store.session() as session:
         bundle = session.get(Bundle, bundle_id)
         if bundle is None:
@@ -101,6 +121,9 @@ def _record_environment(
         bundle.image_name = env.name
         bundle.environment_guid = env.guid
         bundle.r_version = r.version_text if r else None
+        bundle.r_path = r_library.r if r_library is not None else None
+        bundle.r_library = r_library.library if r_library is not None else None
+        bundle.r_environment_management = r_library.managed if r_library is not None else None
         bundle.quarto_version = quarto.version_text if quarto else None
 
 
@@ -137,7 +160,7 @@ async def run_deploy(ctx: Podium, request: DeployRequest, out: TaskOutput) -> di
                 f"This Podium server cannot run {app_mode!r} content yet; supported app modes: "
                 f"{', '.join(sorted(SUPPORTED_APP_MODES))}."
             )
-        if app_mode in PYTHON_INTERACTIVE or app_mode in SUPPORTED_RENDER_MODES:
+        if app_mode != "static":
             await _prepare_environment(ctx, request, out)
         else:
             out.line("Static content: nothing to build.")

@@ -169,6 +169,24 @@ class Settings(BaseSettings):
         "removes it at the next start.",
     )
 
+    # [r]
+    r_repository_url: str = setting(
+        "https://cloud.r-project.org",
+        "r",
+        "CRAN-like repository R package restores install from (it holds src/contrib/PACKAGES; "
+        "file:// URLs work). Of the packages a bundle lists (renv.lock, else manifest packages), "
+        "those the execution environment's R library lacks at the listed or a newer version "
+        "are installed from it: the listed version (current, or from src/contrib/Archive), "
+        "else a newer current one.",
+    )
+    r_environment_management: bool = setting(
+        True,
+        "r",
+        "Whether Podium restores the R packages of bundles whose manifest does not say "
+        "(environment.environment_management.r). false uses the execution environment's R "
+        "library as is, as a manifest's environment_management.r = false always does.",
+    )
+
     # [scheduler]
     min_processes: int = setting(
         0, "scheduler", "Default processes kept running per interactive content, even idle."

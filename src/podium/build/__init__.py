@@ -1,11 +1,13 @@
-"""Package environments: one venv per fingerprint, built with uv as a build job.
+"""Package environments: one venv (or R library) per fingerprint, built as a build job.
 
 A bundle's environment is identified by a fingerprint of the execution
 environment's image and interpreter (chosen by ``podium.environments``), its
 normalised requirements and the runtime packages Podium adds. The
 first bundle with a fingerprint builds ``envs/<fingerprint>/`` through the
 execution backend (so the build runs where content runs, with its limits and
-logs); every later bundle with the same fingerprint reuses it at once.
+logs); every later bundle with the same fingerprint reuses it at once. Python
+environments are venvs made with uv; R libraries (``envs/r-<fingerprint>/``)
+are restored with the environment's R (:mod:`podium.build.r`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from podium.build.fingerprint import fingerprint, normalise_requirements
+from podium.build.r import (
+    PackageListError,
+    RBuildRequest,
+    RLibrary,
+    RPackage,
+    r_fingerprint,
+    restore_script,
+    wanted_packages,
+)
 from podium.environments.model import Installation
 from podium.jobs import JobRunner, new_job_key
 from podium.runtime import JobSpec, JobState, Resources
@@ -33,7 +44,7 @@ _PASSTHROUGH = ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTP_PRO
                 "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy")
 _TAIL_LINES = 20
 
-__all__ = ["BuildRequest", "BuiltEnvironment", "Builder"]
+__all__ = ["BuildRequest", "BuiltEnvironment", "Builder", "RBuildRequest", "RLibrary"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,7 @@ class Builder:
         uv_path: str,
         index_url: str,
         timeout_seconds: int,
+        r_repository_url: str = "",
     ) -> None:
         self.jobs = jobs
         self.envs_dir = envs_dir
@@ -85,6 +97,7 @@ class Builder:
         self.uv_path = uv_path
         self.index_url = index_url
         self.timeout_seconds = timeout_seconds
+        self.r_repository_url = r_repository_url
         self._locks: dict[str, asyncio.Lock] = {}
 
     def env_path(self, fp: str) -> Path:
@@ -173,7 +186,19 @@ class Builder:
         for line in (requirements_path.read_text(errors="replace").splitlines() if requirements_path else []):
             if line.strip() and not line.lstrip().startswith("#"):
                 out.line(f"  requirement: {line.strip()}")
-        handle = await self.jobs.launch(spec, request.content_id, request.bundle_id, "python_restore")
+        await self._run(spec, request.content_id, request.bundle_id, "python_restore", staging, out,
+                        "Building the package environment")
+        (staging / READY_MARKER).write_text(chosen.version_text + "\n")
+        self._publish(staging, self.env_path(fp))
+        out.line(f"Package environment {fp} is ready.")
+
+    async def _run(
+        self, spec: JobSpec, content_id: int, bundle_id: int, tag: str, staging: Path,
+        out: TaskOutput, what: str,
+    ) -> None:
+        """Run a build job, streaming its log into the task; on failure remove ``staging``
+        and raise :class:`TaskFailed` with the end of the log."""
+        handle = await self.jobs.launch(spec, content_id, bundle_id, tag)
         tail: list[str] = []
         streamer = asyncio.create_task(self._stream(handle, out, tail))
         status = await self.jobs.wait(handle, self.timeout_seconds)
@@ -186,21 +211,89 @@ class Builder:
                 "(setting build_timeout_seconds)."
             )
         await asyncio.wait_for(streamer, 10)
-        self.jobs.record_end(key, status)
+        self.jobs.record_end(spec.key, status)
         if status.state is not JobState.SUCCEEDED:
             shutil.rmtree(staging, ignore_errors=True)
             detail = status.message or f"exit code {status.exit_code}"
             raise TaskFailed(
-                f"Building the package environment failed ({detail}). Last lines of the build log:\n"
+                f"{what} failed ({detail}). Last lines of the build log:\n"
                 + "\n".join(tail[-_TAIL_LINES:])
             )
-        (staging / READY_MARKER).write_text(chosen.version_text + "\n")
-        final = self.env_path(fp)
+
+    @staticmethod
+    def _publish(staging: Path, final: Path) -> None:
         if final.exists():  # built meanwhile by another node: keep theirs
             shutil.rmtree(staging, ignore_errors=True)
         else:
             os.rename(staging, final)
-        out.line(f"Package environment {fp} is ready.")
+
+    # --- R -------------------------------------------------------------------------------
+
+    async def ensure_r(self, request: RBuildRequest, out: TaskOutput) -> RLibrary:
+        """The R library for ``request``, restored as a build job or reused at once."""
+        r = request.r
+        if self.jobs.backend.name == "local" and not os.access(r.path, os.X_OK):
+            raise TaskFailed(
+                f"The execution environment's R {r.version_text} at {r.path} is not an executable "
+                "on this server; an administrator should correct the environment (GET v1/environments)."
+            )
+        if not request.managed:
+            out.line(
+                f"environment_management.r is off: R packages are used as installed with R "
+                f"{r.version_text} at {r.path}."
+            )
+            return RLibrary(None, r.path, r.version_text, None, False, True)
+        try:
+            packages, origin = wanted_packages(request.bundle_dir, request.manifest)
+        except PackageListError as exc:
+            raise TaskFailed(f"Cannot restore the bundle's R packages: {exc}") from None
+        if not packages:
+            out.line(f"The bundle lists no R packages ({origin}): R {r.version_text} runs with its own library.")
+            return RLibrary(None, r.path, r.version_text, None, True, True)
+        if not self.r_repository_url:
+            raise TaskFailed(
+                "The bundle lists R packages but no R package repository is configured "
+                "(setting r_repository_url)."
+            )
+        fp = r_fingerprint(r, packages, self.r_repository_url, request.image)
+        library = self.env_path(fp) / "library"
+        lock = self._locks.setdefault(fp, asyncio.Lock())
+        async with lock:
+            if (self.env_path(fp) / READY_MARKER).exists():
+                out.line(f"Reusing R package library {fp}: packages unchanged, nothing to install.")
+                return RLibrary(fp, r.path, r.version_text, str(library), True, True)
+            await self._restore_r(request, fp, packages, origin, out)
+        return RLibrary(fp, r.path, r.version_text, str(library), True, False)
+
+    async def _restore_r(
+        self, request: RBuildRequest, fp: str, packages: list[RPackage], origin: str, out: TaskOutput
+    ) -> None:
+        key = new_job_key("build")
+        staging = self.envs_dir / f".{fp}.{key}"
+        (staging / "library").mkdir(parents=True)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        (staging / "packages.dcf").write_text("\n".join(p.dcf() for p in packages))
+        (staging / "restore.R").write_text(restore_script())
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(self.cache_dir), "LANG": "C.UTF-8"}
+        env.update({name: os.environ[name] for name in _PASSTHROUGH if name in os.environ})
+        command = [
+            request.r.path, "--no-echo", "--no-restore", "--no-save", f"--file={staging / 'restore.R'}",
+            "--args", str(staging / "library"), str(staging / "packages.dcf"), self.r_repository_url,
+        ]
+        spec = JobSpec(
+            key=key, kind="build", content_guid=request.content_guid, image=request.image,
+            command=command, env=env, workdir=str(request.bundle_dir), port=None,
+            resources=request.resources, service_account=request.service_account,
+        )
+        out.line(
+            f"Restoring R package library {fp} with R {request.r.version_text} from "
+            f"{self.r_repository_url} (job {key}); {len(packages)} packages from {origin}."
+        )
+        await self._run(spec, request.content_id, request.bundle_id, "packrat_restore", staging, out,
+                        "Restoring the R packages")
+        (staging / READY_MARKER).write_text(request.r.version_text + "\n")
+        self._publish(staging, self.env_path(fp))
+        out.line(f"R package library {fp} is ready.")
 
     async def _stream(self, handle: Any, out: TaskOutput, tail: list[str]) -> None:
         async for line in self.jobs.backend.logs(handle, follow=True):

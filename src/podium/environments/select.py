@@ -145,6 +145,42 @@ class Selection:
         )
 
 
+# Where a manifest asks for each runtime, and how an administrator provides it.
+_ASKED_IN = {"python": "manifest python.version", "r": "manifest platform", "quarto": "manifest quarto.version"}
+_PROVIDE = {
+    "python": "add a Python installation to an environment ('podium env', or the "
+    "python_installations setting for this host)",
+    "r": "install R on this host (Debian: r-base-core, r-cran-rmarkdown, r-cran-shiny, "
+    "r-cran-plumber) and restart Podium, or add an R installation to an environment "
+    "('podium env', or the r_installations setting for this host)",
+    "quarto": "add a Quarto installation to an environment ('podium env', or the "
+    "quarto_installations setting for this host)",
+}
+
+
+def missing_runtime(selection: Selection, runtime: str) -> str | None:
+    """The error for a bundle needing ``runtime`` when no candidate environment has any
+    installation of it (None when one has, or an environment was chosen). It names what
+    was asked and what each environment has."""
+    request = selection.request.runtime(runtime)
+    if request is None or selection.chosen is not None:
+        return None
+    if any(candidate.environment.installations(runtime) for candidate in selection.others):
+        return None
+    label = LABELS[runtime]
+    have = "; ".join(
+        f"{c.environment.label} has "
+        + (", ".join(f"{LABELS[n]} {_listing(c.environment.installations(n))}"
+                     for n in LABELS if c.environment.installations(n)) or "no installations")
+        for c in selection.others
+    )
+    return (
+        f"This bundle needs {label} ({request.describe(runtime)}, from {_ASKED_IN[runtime]}); "
+        f"no execution environment provides it. An administrator can {_PROVIDE[runtime]}."
+        + (f" Environments: {have}." if have else " No execution environments are defined.")
+    )
+
+
 def _line(version: Version) -> tuple[int, int]:
     return version.major, version.minor
 

@@ -172,6 +172,10 @@ class Bundle(Base):
     # The package environment (envs/<fingerprint>) this bundle runs with, set by its build.
     env_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
     python_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    # The R executable and the R package library (envs/r-<fingerprint>/library; None: the
+    # execution environment's own library) a bundle needing R runs with, set by its build.
+    r_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    r_library: Mapped[str | None] = mapped_column(String(1024), nullable=True)
 
     content: Mapped[Content] = relationship()
     created_by: Mapped[User | None] = relationship()
