@@ -31,6 +31,7 @@ from podium.render.commands import (
     notebook_plan,
     primary_file,
     quarto_plan,
+    rmarkdown_plan,
 )
 from podium.runtime import BackendError, JobSpec, JobState
 from podium.store.models import Bundle, Content, Rendering, utcnow
@@ -38,7 +39,7 @@ from podium.tasks import TaskFailed, TaskOutput
 
 log = logging.getLogger(__name__)
 RENDERED_MODES = frozenset(TAGS)
-SUPPORTED_RENDER_MODES = frozenset({"jupyter-static", "quarto-static"})
+SUPPORTED_RENDER_MODES = frozenset({"jupyter-static", "quarto-static", "rmd-static"})
 _TAIL_LINES = 20
 
 __all__ = [
@@ -86,16 +87,9 @@ def fail_interrupted_renderings(store: Any) -> int:
 
 def quarto_missing(selection: Any) -> str | None:
     """The error for a bundle that needs Quarto when no candidate environment has any."""
-    request = selection.request.quarto
-    if request is None or selection.chosen is not None:
-        return None
-    if any(candidate.environment.quarto for candidate in selection.others):
-        return None
-    return (
-        f"This bundle needs Quarto ({request.describe('quarto')}, from manifest quarto.version); "
-        "no execution environment provides it. An administrator can add a Quarto installation "
-        "to an environment ('podium env', or the quarto_installations setting for this host)."
-    )
+    from podium.environments.select import missing_runtime
+
+    return missing_runtime(selection, "quarto")
 
 
 def _plan(ctx: Podium, session: Session, content: Content, bundle: Bundle, out_dir: Path) -> RenderPlan:
@@ -124,6 +118,15 @@ def _plan(ctx: Podium, session: Session, content: Content, bundle: Bundle, out_d
             return quarto_plan(quarto.path, bundle.python_path, manifest, files, str(out_dir))
         except ValueError as exc:
             raise TaskFailed(f"Cannot render this Quarto bundle: {exc}.") from None
+    if bundle.app_mode == "rmd-static":
+        if not bundle.r_path:
+            raise TaskFailed("The bundle has no R installation recorded; deploy it again.")
+        root = ctx.bundle_dir(content.id, bundle.id)
+        files = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+        try:
+            return rmarkdown_plan(bundle.r_path, manifest, files, str(out_dir))
+        except ValueError as exc:
+            raise TaskFailed(f"Cannot render this R Markdown bundle: {exc}.") from None
     raise TaskFailed(f"Podium cannot render {bundle.app_mode!r} content on this server yet.")
 
 
@@ -144,6 +147,8 @@ def _job_env(ctx: Podium, session: Session, content: Content, bundle: Bundle, pl
         "POSIT_PRODUCT": "CONNECT",
         **plan.env,
     }
+    if bundle.r_library:  # the bundle's restored R packages, ahead of the environment's
+        env["R_LIBS"] = bundle.r_library
     return {**decrypted_env(ctx, session, content.id), **env}
 
 

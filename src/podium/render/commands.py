@@ -6,7 +6,9 @@ in the content's package environment, with the kernel packages
 ``jupyter.hide_tagged_input`` (cells tagged ``hide_input``, as in Connect) are
 honoured. A Quarto document or project (``quarto-static``) is rendered with the
 execution environment's ``quarto render``; the jupyter engine uses the content's
-Python through ``QUARTO_PYTHON``.
+Python through ``QUARTO_PYTHON``. An R Markdown document (``rmd-static``) is
+rendered by ``rmarkdown::render`` with the execution environment's R, its package
+library first on ``R_LIBS`` (set by the caller).
 """
 
 from __future__ import annotations
@@ -84,6 +86,45 @@ def quarto_plan(
     env = {"QUARTO_PYTHON": python} if python else {}
     candidates = ("index.html",) + ((f"{Path(target).stem}.html",) if target else ())
     return RenderPlan(argv, env, candidates)
+
+
+# Run by ``R -e`` with the document and the output directory as arguments; intermediate
+# files go to a temporary directory, so the bundle directory holds only the bundle.
+RMARKDOWN_RENDER = (
+    "args <- commandArgs(trailingOnly = TRUE); "
+    "rmarkdown::render(args[[1]], output_dir = args[[2]], intermediates_dir = tempdir(), "
+    "envir = new.env(parent = globalenv()))"
+)
+
+
+def rmd_document(manifest: Mapping[str, Any], bundle_files: list[str]) -> str:
+    """The document an ``rmd-static`` bundle renders: ``metadata.primary_rmd``, else its only
+    (or first) ``.Rmd`` file at the top of the bundle."""
+    primary = _section(manifest, "metadata").get("primary_rmd")
+    if isinstance(primary, str) and primary:
+        parts = primary.split("/")
+        if primary.startswith(("/", "-")) or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"metadata.primary_rmd {primary!r} must be a relative path inside the bundle")
+        return primary
+    files = [str(name) for name in _section(manifest, "files")] or bundle_files
+    found = sorted(f for f in files if f.lower().endswith(".rmd") and "/" not in f)
+    if not found:
+        raise ValueError("the manifest names no metadata.primary_rmd and the bundle has no .Rmd document")
+    return found[0]
+
+
+def rmarkdown_plan(
+    r: str, manifest: Mapping[str, Any], bundle_files: list[str], output_dir: str
+) -> RenderPlan:
+    """``rmarkdown::render(<document>, output_dir = <output_dir>)`` with R, in the bundle directory."""
+    document = rmd_document(manifest, bundle_files)
+    argv = [r, "--no-echo", "--no-restore", "--no-save", "-e", RMARKDOWN_RENDER,
+            "--args", document, output_dir]
+    primary_html = _section(manifest, "metadata").get("primary_html")
+    candidates = ((primary_html,) if isinstance(primary_html, str) and primary_html else ()) + (
+        f"{Path(document).stem}.html", "index.html",
+    )
+    return RenderPlan(argv, {}, candidates)
 
 
 def primary_file(output_dir: Path, candidates: tuple[str, ...]) -> str | None:
