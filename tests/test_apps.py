@@ -255,12 +255,27 @@ def test_runtime_requirements_cover_exactly_the_python_modes() -> None:
 
 
 @pytest.mark.parametrize(
-    "mode", ["static", "quarto-static", "jupyter-static", "shiny", "api", "rmd-shiny", "nodejs",
+    "mode", ["static", "quarto-static", "jupyter-static", "rmd-static", "rmd-shiny", "nodejs",
              "unknown", "python-flask", ""],
 )
 def test_launch_plan_rejects_modes_that_are_not_python_apps(mode: str) -> None:
-    with pytest.raises(ValueError, match="cannot be run as a Python app"):
+    with pytest.raises(ValueError, match="cannot be run as a Python or R app"):
         plan(mode)
+
+
+@pytest.mark.parametrize(
+    "mode, call, tag",
+    [("shiny", "shiny::runApp('.', host = host, port = port", "run_app"),
+     ("api", "plumber::pr_run(plumber::plumb(dir = '.'), host = host, port = port)", "run_api")],
+)
+def test_launch_plan_r_modes_run_r_with_address_as_arguments(mode: str, call: str, tag: str) -> None:
+    r = "/opt/R/4.2.2/bin/R"
+    result = launch_plan(mode, None, r, RUNNER, 8123, BASE, "/run/x.sock", "$(POD_IP)")
+    assert result.argv[:5] == [r, "--no-echo", "--no-restore", "--no-save", "-e"]
+    assert call in result.argv[5]
+    # The address is passed as arguments after --args, never pasted into R code.
+    assert result.argv[6:] == ["--args", "$(POD_IP)", "8123"]
+    assert result.strip_prefix and result.tag == tag and result.unix_socket is None and result.env == {}
 
 
 @pytest.mark.parametrize(

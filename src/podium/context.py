@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from podium.appmodes import PYTHON_INTERACTIVE
+from podium.appmodes import PYTHON_INTERACTIVE, R_INTERACTIVE
 from podium.crypto import SecretBox
 from podium.settings import Settings
 from podium.store import Store
@@ -119,7 +119,14 @@ class Podium:
             bundle = session.get(Bundle, bundle_id)
             if content is None or bundle is None or bundle.content_id != content_id:
                 return None
-            if bundle.app_mode not in PYTHON_INTERACTIVE or not bundle.python_path:
+            # Python apps run with their venv's python, R apps with the environment's R.
+            if bundle.app_mode in PYTHON_INTERACTIVE:
+                interpreter = bundle.python_path
+            elif bundle.app_mode in R_INTERACTIVE:
+                interpreter = bundle.r_path
+            else:
+                return None
+            if not interpreter:
                 return None
             if not draft and content.bundle_id != bundle_id:
                 return None
@@ -131,7 +138,7 @@ class Podium:
                 bundle_id=bundle.id,
                 app_mode=bundle.app_mode,
                 entrypoint=(bundle.manifest.get("metadata") or {}).get("entrypoint"),
-                python=bundle.python_path,
+                python=interpreter,
                 workdir=str(self.bundle_dir(content.id, bundle.id).resolve()),
                 base_path=base,
                 draft=draft,
@@ -153,7 +160,7 @@ class Podium:
         """Active bundles whose content keeps processes warm (``min_processes`` > 0)."""
         with self.store.session() as session:
             query = select(Content.id, Content.bundle_id, Content.min_processes).where(
-                Content.bundle_id.is_not(None), Content.app_mode.in_(PYTHON_INTERACTIVE)
+                Content.bundle_id.is_not(None), Content.app_mode.in_(PYTHON_INTERACTIVE | R_INTERACTIVE)
             )
             rows = list(session.execute(query))
         targets = []
@@ -184,6 +191,9 @@ class Podium:
         }
         with self.store.session() as session:
             user_env = decrypted_env(self, session, target.content_id)
+            bundle = session.get(Bundle, target.bundle_id)
+            if bundle is not None and bundle.r_library:  # its R packages ahead of the environment's
+                env["R_LIBS"] = bundle.r_library
         return {**user_env, **env}
 
 
@@ -242,7 +252,7 @@ def open_podium(settings: Settings) -> Podium:
     sync_catalogue(store, settings.declared_environments, local)
     builder = Builder(
         jobs, data / "envs", data / "cache", find_uv_bin(), settings.package_index_url,
-        settings.build_timeout_seconds,
+        settings.build_timeout_seconds, settings.r_repository_url,
     )
     runtime_dir = data / "runtime"
     runtime_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""How each Python app mode is started so it works under its public prefix.
+"""How each Python (and R) app mode is started so it works under its public prefix.
 
 Content is served at ``/content/{guid}/`` (drafts at ``/content/{guid}/_bundle{id}/``)
 but listens on a loopback port. :func:`launch_plan` is a pure function from the app
@@ -24,7 +24,8 @@ accept WebSocket ``Origin`` headers of any host: the proxy has authorised the vi
 The ASGI, WSGI, Dash, Shiny, Gradio and Bokeh apps are started by
 :mod:`podium.apps.runner`, a stdlib-only script that runs in the content's own venv;
 the server writes :func:`runner_source` to ``<runtime>/podium_runner.py``. Streamlit,
-Panel and Voila are started by their own command-line interfaces.
+Panel and Voila are started by their own command-line interfaces. R Shiny apps and
+Plumber APIs are started by R (:mod:`podium.apps.r`).
 
 Entrypoints follow the manifest's ``metadata.entrypoint``: ``module[:object]`` for
 Python apps (``None`` means ``app``, as in Connect); a file for Streamlit, Bokeh and
@@ -38,6 +39,8 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
+from podium.apps.r import R_TAGS, r_command
+
 __all__ = ["RUNTIME_REQUIREMENTS", "LaunchPlan", "launch_plan", "runner_source"]
 
 HOST = "127.0.0.1"
@@ -48,7 +51,7 @@ DEFAULT_ENTRYPOINT = "app"
 class LaunchPlan:
     """The command that starts one content process, and how the proxy must reach it.
 
-    ``argv[0]`` is the venv's python. ``env`` holds only the variables the launch needs
+    ``argv[0]`` is the venv's python (R for R app modes). ``env`` holds only the variables the launch needs
     (the backend adds ``PORT`` and everything else). ``strip_prefix`` True means the
     proxy forwards ``/content/<guid>/x`` as ``/x``; False means it forwards the path
     unchanged. ``tag`` is Connect's job tag for the mode. ``unix_socket`` is the path
@@ -172,13 +175,15 @@ def launch_plan(
     is the address that servers started by their own command line (Streamlit, Panel,
     Voila) bind: loopback locally; on Kubernetes ``$(POD_IP)``, which the kubelet
     expands from the container's environment (the runner reads ``$POD_IP`` itself). Raises
-    ``ValueError`` for an app mode that is not a Python app, an entrypoint that is not
-    valid for the mode, or a malformed prefix or port.
+    ``ValueError`` for an app mode that is not a Python or R app, an entrypoint that is
+    not valid for the mode, or a malformed prefix or port. For the R modes ``shiny`` and
+    ``api``, ``python`` is the R executable and ``entrypoint`` is unused (R finds
+    ``app.R``, ``plumber.R`` or ``entrypoint.R`` in the bundle directory).
     """
-    if app_mode not in TAGS:
+    if app_mode not in TAGS and app_mode not in R_TAGS:
         raise ValueError(
-            f"app mode {app_mode!r} cannot be run as a Python app process; supported: "
-            + ", ".join(sorted(TAGS))
+            f"app mode {app_mode!r} cannot be run as a Python or R app process; supported: "
+            + ", ".join(sorted([*TAGS, *R_TAGS]))
         )
     if not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+/", base_path) or re.search(
         r"/\.\.?/", base_path
@@ -186,6 +191,8 @@ def launch_plan(
         raise ValueError(f"base path {base_path!r} must be an absolute path ending with '/'")
     if not 0 < port < 65536:
         raise ValueError(f"port {port} is out of range")
+    if app_mode in R_TAGS:
+        return LaunchPlan(r_command(app_mode, python, host, port), {}, strip_prefix=True, tag=R_TAGS[app_mode])
     prefix = base_path.rstrip("/")
     tag = TAGS[app_mode]
     env = {"PYTHONUNBUFFERED": "1"}
