@@ -152,7 +152,10 @@ class Settings(BaseSettings):
         pattern="^(nearest|major-minor|exact)$",
     )
     r_installations: list[str] = setting(
-        [], "environments", "R executables of the 'Local' environment. Empty means R on PATH."
+        [],
+        "environments",
+        "R executables (R, or Rscript standing for the R beside it) of the 'Local' environment. "
+        "Empty means R (else Rscript) on PATH.",
     )
     quarto_installations: list[str] = setting(
         [],

@@ -4,6 +4,10 @@ Without Kubernetes, content runs on the server's host, so the catalogue holds
 one environment describing it: Python interpreters from ``python_installations``
 (or discovered), R and Quarto from their settings or ``PATH``. It is kept up to
 date at every start and selected by the same rules as any other environment.
+
+R installations are recorded as their ``R`` executable, as Connect records them
+(``/opt/R/4.2.2/bin/R``); an ``Rscript`` given in ``r_installations`` or found on
+``PATH`` stands for the ``R`` beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from podium.environments.model import SEMVER
 
 LOCAL_NAME = "Local"
 HOST = "host"
-_R_VERSION = re.compile(r"R version (\d+\.\d+\.\d+)")
+# "R version 4.2.2 Patched (...)" from R, "Rscript (R) version 4.2.2 (...)" from Rscript.
+_R_VERSION = re.compile(r"^(?:R|Rscript \(R\)) version (\d+\.\d+\.\d+)", re.MULTILINE)
 
 
 def _run(path: str, *args: str) -> str:
@@ -37,18 +42,29 @@ def _probe_r(path: str) -> str | None:
     return found.group(1) if found else None
 
 
+def _r_executable(path: str) -> str:
+    """The ``R`` beside an ``Rscript`` (content is run as ``R --no-echo -e ...``)."""
+    if os.path.basename(path) == "Rscript":
+        sibling = os.path.join(os.path.dirname(path), "R")
+        if os.access(sibling, os.X_OK):
+            return sibling
+    return path
+
+
 def _probe_quarto(path: str) -> str | None:
     text = _run(path, "--version").strip()
     return text if SEMVER.match(text) else None
 
 
-def _discover(configured: list[str], command: str, probe: Any) -> list[dict[str, str]]:
-    paths = configured or [p for p in [shutil.which(command)] if p]
+def _discover(
+    configured: list[str], commands: tuple[str, ...], probe: Any, executable: Any = os.path.realpath
+) -> list[dict[str, str]]:
+    paths = configured or [p for p in [next(filter(None, map(shutil.which, commands)), None)] if p]
     found: dict[str, dict[str, str]] = {}
     for path in paths:
         if not os.access(path, os.X_OK):
             continue
-        real = os.path.realpath(path)
+        real = executable(os.path.realpath(path))
         version = probe(real)
         if version and version not in found:
             found[version] = {"version": version, "path": real}
@@ -72,6 +88,6 @@ def local_environment(
         "description": "The interpreters installed on this Podium host.",
         "matching": matching,
         "python": {"installations": python},
-        "r": {"installations": _discover(r_installations, "R", _probe_r)},
-        "quarto": {"installations": _discover(quarto_installations, "quarto", _probe_quarto)},
+        "r": {"installations": _discover(r_installations, ("R", "Rscript"), _probe_r, _r_executable)},
+        "quarto": {"installations": _discover(quarto_installations, ("quarto",), _probe_quarto)},
     }
