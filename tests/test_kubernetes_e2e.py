@@ -37,9 +37,9 @@ NAMESPACE = "podium-e2e"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
-    # "Local" is the host execution environment's image name; the simulated kubelet runs
-    # it on the host like any other known image.
-    sim = SimCluster(tmp_path_factory.mktemp("k8s"), images={IMAGE, "Local"})
+    # Jobs of the host "Local" environment run in the default image, IMAGE: the
+    # simulated kubelet runs it on the host, whose interpreters "Local" lists.
+    sim = SimCluster(tmp_path_factory.mktemp("k8s"), images={IMAGE})
     sim.start()
     yield sim
     problems = list(sim.problems)
@@ -164,7 +164,7 @@ def test_kubernetes_fastapi_deploy_and_serve_through_jobs(
     listed = cluster_get(cluster, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs?labelSelector={selector}")["items"]
     kinds = {job["metadata"]["labels"]["podium.dev/job-kind"] for job in listed}
     assert {"build", "run"} <= kinds
-    assert all(job["spec"]["template"]["spec"]["containers"][0]["image"] == "Local" for job in listed)
+    assert all(job["spec"]["template"]["spec"]["containers"][0]["image"] == IMAGE for job in listed)
     pods = cluster_get(cluster, f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=podium.dev/job-kind%3Drun")
     assert pods["items"] and pods["items"][0]["status"]["podIP"].startswith("127.10.")
 

@@ -129,6 +129,17 @@ def test_job_manifest_build_without_service_account_mounts_no_token() -> None:
     assert manifest["metadata"]["labels"]["podium.dev/job-kind"] == "build"
 
 
+def test_job_manifest_local_environment_runs_in_the_default_image() -> None:
+    from podium.environments.host import LOCAL_NAME
+
+    config = KubernetesJobConfig(default_image="registry.example/podium:1")
+    image = job_manifest(spec("build", key="build-8", image=LOCAL_NAME), config)["spec"]["template"]["spec"][
+        "containers"][0]["image"]
+    assert image == "registry.example/podium:1"
+    other = job_manifest(spec("build", key="build-9", image="python:3.12"), config)
+    assert other["spec"]["template"]["spec"]["containers"][0]["image"] == "python:3.12"
+
+
 def test_job_manifest_default_service_account_applies_when_spec_has_none() -> None:
     pod = job_manifest(spec("render"), FULL)["spec"]["template"]["spec"]
     assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == ("podium-content", True)

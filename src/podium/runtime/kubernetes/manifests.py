@@ -28,6 +28,9 @@ from typing import Any
 
 from podium.runtime.base import JobSpec, Resources
 
+# The host environment's name (podium.environments.host.LOCAL_NAME), which is no image.
+LOCAL_ENVIRONMENT = "Local"
+
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_CONTENT = "podium.dev/content-guid"
@@ -151,12 +154,22 @@ def _env(spec: JobSpec, config: KubernetesJobConfig) -> list[dict[str, Any]]:
     return env
 
 
+def job_image(image: str | None, config: KubernetesJobConfig) -> str:
+    """The container image of a job in execution environment image ``image``.
+
+    The host's ``Local`` environment names no real image: its jobs run in
+    ``default_image`` (Podium's own image in the shipped manifests, so the
+    interpreters ``Local`` lists are the ones the pod has).
+    """
+    return image if image and image != LOCAL_ENVIRONMENT else config.default_image
+
+
 def job_manifest(spec: JobSpec, config: KubernetesJobConfig) -> dict[str, Any]:
     """The ``batch/v1`` Job running ``spec`` under ``config``."""
     labels = job_labels(spec, config)
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": spec.image or config.default_image,
+        "image": job_image(spec.image, config),
         "imagePullPolicy": config.image_pull_policy,
         "command": list(spec.command),
         "workingDir": spec.workdir,
