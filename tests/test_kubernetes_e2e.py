@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import re
 import signal
 import time
 import urllib.request
@@ -268,3 +269,27 @@ def test_kubernetes_unknown_image_surfaces_err_image_pull_in_the_deploy(
     assert done.returncode != 0
     assert "ErrImagePull" in output or "ImagePullBackOff" in output, output
     assert unknown in output
+
+
+def test_kubernetes_notebook_renders_in_a_render_job(
+    server: RunningServer, cluster: SimCluster, tmp_path: Path
+) -> None:
+    from tests.test_rendered_content import write_notebook
+
+    home = tmp_path / "home"
+    home.mkdir()
+    key = server.user_key("k8s_pub", "publisher")
+    added = rsconnect(home, "add", "-n", "podium", "-s", server.url, "-k", key)
+    assert added.returncode == 0, added.stdout + added.stderr
+    directory = write_notebook(tmp_path, "k8s_report", [("print('computed', 6 * 7, 'in a pod')", [])])
+    done = rsconnect(home, "deploy", "notebook", "-n", "podium", str(directory / "report.ipynb"))
+    assert done.returncode == 0, done.stdout + done.stderr + server.log()
+    found = re.search(r"/content/([0-9a-f-]{36})/", done.stdout + done.stderr)
+    assert found, done.stdout + done.stderr
+    guid = found.group(1)
+    page = server.api(key).get(content_url(server, guid))
+    assert page.status_code == 200 and "computed 42 in a pod" in page.text, page.text[:500]
+    selector = f"podium.dev/content-guid%3D{guid}"
+    listed = cluster_get(cluster, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs?labelSelector={selector}")["items"]
+    kinds = [job["metadata"]["labels"]["podium.dev/job-kind"] for job in listed]
+    assert "render" in kinds, kinds
