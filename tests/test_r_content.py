@@ -273,11 +273,22 @@ function(plus = 0) {
 """
 
 
-def test_plumber_api_through_the_proxy(r_server: RunningServer) -> None:
+def renv_lock(**versions: str) -> str:
+    return json.dumps({
+        "R": {"Version": PLATFORM, "Repositories": [{"Name": "CRAN", "URL": CRAN}]},
+        "Packages": {name: {"Package": name, "Version": version, "Source": "Repository",
+                            "Repository": "CRAN"} for name, version in versions.items()},
+    })
+
+
+def test_plumber_api_through_the_proxy_with_packages_from_renv_lock(r_server: RunningServer) -> None:
     key, guid = new_content(r_server, "r-plumber")
-    archive = r_bundle("api", {"plumber.R": PLUMBER_API}, {"plumber": "1.2.1", TEST_PACKAGE: "0.1.0"})
+    # The bundle's renv.lock, when it has one, is what is restored.
+    files = {"plumber.R": PLUMBER_API, "renv.lock": renv_lock(plumber="1.2.1", **{TEST_PACKAGE: "0.1.0"})}
+    archive = r_bundle("api", files, {"plumber": "1.2.1"})
     _, task = deploy(r_server, key, guid, archive)
     assert task["code"] == 0, output_of(task)
+    assert "2 packages from renv.lock" in output_of(task), output_of(task)
     answer = r_server.api(key).get(f"{r_server.url}/content/{guid}/answer", params={"plus": 8})
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"answer": 50, "r": PLATFORM}
