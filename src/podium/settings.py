@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -415,7 +415,27 @@ class Settings(BaseSettings):
         "SMTP server that mails renderings (schedules with email on, POST variants/{id}/sender). "
         "Empty means no email is sent.",
     )
-    smtp_port: int = setting(25, "render", "Port of the SMTP server (plain SMTP, no login).")
+    smtp_port: int = setting(
+        25, "render", "Port of the SMTP server (usually 25, 587 for STARTTLS, 465 for implicit TLS)."
+    )
+    smtp_security: Literal["auto", "starttls", "tls", "none"] = setting(
+        "auto",
+        "render",
+        "How the SMTP connection is protected: 'auto' upgrades with STARTTLS when the server "
+        "offers it, 'starttls' requires it, 'tls' speaks TLS from the start (port 465), "
+        "'none' never encrypts. Certificates are verified against the system's trust store "
+        "(SSL_CERT_FILE overrides it).",
+    )
+    smtp_username: str = setting(
+        "", "render", "Login name at the SMTP server; empty sends without logging in."
+    )
+    smtp_password: SecretStr = setting(
+        "",
+        "render",
+        "Password of smtp_username (better given as PODIUM_SMTP_PASSWORD than in a file). "
+        "Never sent unencrypted: with smtp_security 'auto' and a server without STARTTLS, "
+        "sending fails rather than exposing it. Never logged or printed.",
+    )
     smtp_from: str = setting("podium@localhost", "render", "Sender address of mailed renderings.")
     schedule_poll_seconds: float = setting(
         5.0,
