@@ -308,3 +308,21 @@ def test_r_content_refused_clearly_when_no_environment_provides_r(tmp_path: Path
         assert "image 'Local' has Python" in error and "r_installations" in error, error
     finally:
         server.stop()
+
+
+def test_unreachable_r_repository_is_named_as_such(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    server = start_server(tmp_path / "data", {"PODIUM_R_REPOSITORY_URL": nowhere})
+    try:
+        key, guid = new_content(server, "r-offline")
+        archive = r_bundle("rmd-static", {"report.Rmd": "# hello\n"}, {"podiumabsent": "1.0.0"},
+                           metadata={"primary_rmd": "report.Rmd"})
+        _, task = deploy(server, key, guid, archive)
+        assert task["code"] != 0
+        assert f"cannot read the R package repository {nowhere} (setting r_repository_url)" in output_of(task), \
+            output_of(task)
+        assert "has no such package" not in output_of(task)
+    finally:
+        server.stop()

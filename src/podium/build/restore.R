@@ -56,10 +56,24 @@ if (length(needed) == 0) {
   quit(save = "no", status = 0)
 }
 
+unreachable <- function(why) {
+  fail(sprintf(paste0(
+    "cannot read the R package repository %s (setting r_repository_url): %s. ",
+    "Check the URL, and that this host reaches it (a proxy goes in https_proxy)."), repo, why))
+}
+index_warnings <- character(0)
 available <- tryCatch(
-  available.packages(repos = repo, type = "source"),
-  error = function(e) fail(sprintf("cannot read the R package repository %s: %s", repo, conditionMessage(e)))
+  withCallingHandlers(
+    available.packages(repos = repo, type = "source"),
+    warning = function(w) {
+      index_warnings <<- c(index_warnings, gsub("\\s+", " ", conditionMessage(w)))
+      invokeRestart("muffleWarning")
+    }
+  ),
+  error = function(e) unreachable(conditionMessage(e))
 )
+# An unreachable repository is a warning and an empty index, not an error.
+if (nrow(available) == 0 && length(index_warnings)) unreachable(paste(index_warnings, collapse = "; "))
 from_repository <- character(0)
 archived <- character(0)
 problems <- character(0)
