@@ -287,7 +287,8 @@ class Builder:
         )
         out.line(
             f"Restoring R package library {fp} with R {request.r.version_text} from "
-            f"{self.r_repository_url} (job {key}); {len(packages)} packages from {origin}."
+            f"{self.r_repository_url} (job {key}); {len(packages)} "
+            f"{'package' if len(packages) == 1 else 'packages'} from {origin}."
         )
         await self._run(spec, request.content_id, request.bundle_id, "packrat_restore", staging, out,
                         "Restoring the R packages")
