@@ -198,3 +198,37 @@ def test_schedule_api_validates_and_replaces(server: RunningServer, token_notebo
     other = api.post(f"{base}/v1/content", json={"name": "static-thing"}).json()
     refused = api.post(f"{base}/schedules", json={**body, "app_id": int(other["id"]), "variant_id": int(other["id"])})
     assert refused.status_code == 400
+
+
+def test_schedule_with_activate_false_keeps_serving_the_current_rendering(
+    server: RunningServer, home: Path, tmp_path: Path
+) -> None:
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    guid = deploy_notebook(home, write_notebook(tmp_path, "quiet_token", TOKEN_CELLS))
+    url = f"{server.url}/content/{guid}/"
+    served = served_token(server, url)
+    api = publisher(server)
+    base = f"{server.url}/__api__"
+    variant = api.get(f"{base}/applications/{guid}/variants").json()[0]
+    soon = (datetime.now(UTC) + timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    made = api.post(f"{base}/schedules", json={
+        "app_id": variant["app_id"], "variant_id": variant["id"], "type": "day", "schedule": '{"N": 1}',
+        "start_time": soon, "timezone": "UTC", "activate": False,
+    })
+    assert made.status_code == 200, made.text
+    assert made.json()["activate"] is False
+    try:
+        deadline = time.monotonic() + 60
+        while not any(r["reason"] == "schedule" and r["status"] != "running" for r in renderings(server, guid)):
+            assert time.monotonic() < deadline, renderings(server, guid)
+            time.sleep(0.5)
+    finally:
+        api.delete(f"{base}/schedules/{made.json()['id']}")
+    history = renderings(server, guid)
+    scheduled = next(r for r in history if r["reason"] == "schedule")
+    assert scheduled["status"] == "succeeded" and scheduled["activated"] is False and not scheduled["active"]
+    # Viewers still get the earlier output; the scheduled one is viewable at its own address.
+    assert served_token(server, url) == served
+    assert served_token(server, scheduled["url"]) != served

@@ -50,11 +50,16 @@ def start_render(ctx: Podium, content: Content, user_id: int | None, reason: str
                 if current is None or current.bundle_id is None:
                     raise TaskFailed("The content was deleted or has no active bundle.")
                 bundle_id = current.bundle_id
-            rendering_id = await render_bundle(ctx, content_id, bundle_id, out, reason)
-        if reason == "schedule":
-            with ctx.store.session() as session:
-                schedule = session.scalar(select(Schedule).where(Schedule.content_id == content_id))
+                schedule = (
+                    session.scalar(select(Schedule).where(Schedule.content_id == content_id))
+                    if reason == "schedule" else None
+                )
+                activate = schedule is None or schedule.activate
                 wanted = schedule is not None and schedule.email
+            if not activate:
+                out.line("The schedule has activate: false: this rendering is kept but not served.")
+            rendering_id = await render_bundle(ctx, content_id, bundle_id, out, reason, activate)
+        if reason == "schedule":
             if wanted:
                 try:
                     sent = await mail_rendering(ctx, content_id, rendering_id, "collaborators_viewers", None)
@@ -109,6 +114,7 @@ def rendering_json(ctx: Podium, rendering: Rendering, content: Content, active_i
         "start_time": iso(rendering.start_time),
         "end_time": iso(rendering.end_time),
         "active": rendering.id == active_id,
+        "activated": rendering.activated,
         "url": f"{ctx.content_url(content.guid)}_rendering{rendering.id}/" if ok else None,
     }
 

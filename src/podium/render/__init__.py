@@ -58,13 +58,14 @@ def output_dir(ctx: Podium, content_id: int, rendering_id: int) -> Path:
 
 
 def latest_rendering(session: Session, content_id: int, bundle_id: int) -> Rendering | None:
-    """The newest successful rendering of ``bundle_id``: what viewers are served."""
+    """The newest successful, activated rendering of ``bundle_id``: what viewers are served."""
     return session.scalar(
         select(Rendering)
         .where(
             Rendering.content_id == content_id,
             Rendering.bundle_id == bundle_id,
             Rendering.status == "succeeded",
+            Rendering.activated.is_(True),
         )
         .order_by(Rendering.id.desc())
         .limit(1)
@@ -164,16 +165,19 @@ def _finish(ctx: Podium, rendering_id: int, error: str, primary: str | None = No
 
 
 async def render_bundle(
-    ctx: Podium, content_id: int, bundle_id: int, out: TaskOutput, reason: str
+    ctx: Podium, content_id: int, bundle_id: int, out: TaskOutput, reason: str, activate: bool = True
 ) -> int:
     """Render ``bundle_id`` into a new rendering and return its id.
+
+    With ``activate`` false (a schedule's ``activate: false``) the rendering is kept in
+    the history but never served in place of the current one.
 
     Raises :class:`TaskFailed` when the render cannot start or fails; the rendering
     is then recorded as failed (when it got that far) and earlier output stays served.
     The caller holds the content's deploy lock.
     """
     with ctx.store.session() as session:
-        rendering = Rendering(content_id=content_id, bundle_id=bundle_id, reason=reason)
+        rendering = Rendering(content_id=content_id, bundle_id=bundle_id, reason=reason, activated=activate)
         session.add(rendering)
         session.flush()
         rendering_id = rendering.id

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -308,6 +309,9 @@ class Rendering(Base):
     status: Mapped[str] = mapped_column(String(16), default="running")
     # What asked for it: "deploy", "api" (on demand) or "schedule".
     reason: Mapped[str] = mapped_column(String(16), default="deploy")
+    # False for the output of a schedule with ``activate: false``: kept and viewable in the
+    # history, never what /content/<guid>/ serves.
+    activated: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     error: Mapped[str] = mapped_column(Text, default="")
     primary_file: Mapped[str] = mapped_column(String(1024), default="index.html")
     start_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
