@@ -59,13 +59,12 @@ def start_render(ctx: Podium, content: Content, user_id: int | None, reason: str
             if not activate:
                 out.line("The schedule has activate: false: this rendering is kept but not served.")
             rendering_id = await render_bundle(ctx, content_id, bundle_id, out, reason, activate)
-        if reason == "schedule":
-            if wanted:
-                try:
-                    sent = await mail_rendering(ctx, content_id, rendering_id, "collaborators_viewers", None)
-                    out.line(f"Mailed rendering {rendering_id} to {sent} recipients.")
-                except MailError as exc:  # the render itself succeeded
-                    out.line(f"Warning: {exc}")
+        if wanted:  # a schedule with email on
+            try:
+                sent = await mail_rendering(ctx, content_id, rendering_id, "collaborators_viewers", None)
+                out.line(f"Mailed rendering {rendering_id} to {sent} recipients.")
+            except MailError as exc:  # the render itself succeeded
+                out.line(f"Warning: {exc}")
         return {"rendering_id": str(rendering_id)}
 
     ctx.tasks.start(task_id, body)
