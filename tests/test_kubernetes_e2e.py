@@ -293,3 +293,24 @@ def test_kubernetes_notebook_renders_in_a_render_job(
     listed = cluster_get(cluster, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs?labelSelector={selector}")["items"]
     kinds = [job["metadata"]["labels"]["podium.dev/job-kind"] for job in listed]
     assert "render" in kinds, kinds
+
+
+def test_kubernetes_plumber_api_restores_and_runs_in_jobs(server: RunningServer, cluster: SimCluster) -> None:
+    # R content goes through the same backend: the restore is a build Job, the API a run Job.
+    from tests.helpers import deploy
+    from tests.test_r_content import r_bundle, require_r
+
+    require_r()
+    api_source = 'function(x = 1) list(doubled = as.numeric(x) * 2, pod = Sys.getenv("POD_IP"))\n'
+    plumber = "#* @get /double\n" + api_source
+    key = server.user_key("k8s_pub", "publisher")
+    guid = server.api(key).post(f"{server.url}/__api__/v1/content", json={"name": "k8s-plumber"}).json()["guid"]
+    _, task = deploy(server, key, guid, r_bundle("api", {"plumber.R": plumber}, {"plumber": "1.2.1"}))
+    assert task["code"] == 0, "\n".join(task["all_output"]) + server.log()
+    answer = server.api(key).get(f"{content_url(server, guid)}double", params={"x": 21})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["doubled"] == [42] and body["pod"][0].startswith("127.10."), body
+    selector = f"podium.dev/content-guid%3D{guid}"
+    listed = cluster_get(cluster, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs?labelSelector={selector}")["items"]
+    assert {"build", "run"} <= {job["metadata"]["labels"]["podium.dev/job-kind"] for job in listed}
