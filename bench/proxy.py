@@ -4,6 +4,8 @@
     python bench/proxy.py --quick         # 3 s per measurement, for a smoke run
     python bench/proxy.py --through URL   # measure an already running proxy at URL
                                           # (e.g. http://127.0.0.1:3939/content/<guid>)
+    python bench/proxy.py --nginx         # also nginx in front of the same app (Debian's
+                                          # nginx, one worker on core 0), for comparison
     python bench/proxy.py --podium        # a real `podium serve` (pinned to core 0) with
                                           # the app deployed as content; direct = the same
                                           # content process reached at its own port
@@ -296,6 +298,52 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+user root;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
+    upstream app {{ server {upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location /content/x/ {{
+            proxy_pass http://app/;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_read_timeout 1h;
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx(port: int, upstream: str) -> Iterator[subprocess.Popen[bytes]]:
+    """nginx (one worker, pinned to core 0) proxying ``/content/x/`` to ``upstream``
+    (``unix:/path`` or ``host:port``) as the front does: streaming, websocket upgrades,
+    upstream keep-alive."""
+    import tempfile
+
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    work = tempfile.mkdtemp(prefix="podium-bench-nginx-")
+    conf = os.path.join(work, "nginx.conf")
+    with open(conf, "w") as out:
+        out.write(NGINX_CONF.format(work=work, upstream=upstream, port=port))
+    proc = subprocess.Popen(["taskset", "-c", "0", binary, "-p", work, "-c", conf])
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def pinned(core: int, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_src(), os.environ.get("PYTHONPATH")]))}
@@ -424,6 +472,10 @@ def main(argv: list[str] | None = None) -> None:
         "--tcp-upstream", action="store_true",
         help="the front reaches the app over loopback TCP instead of its unix socket",
     )
+    parser.add_argument(
+        "--nginx", action="store_true",
+        help="also measure nginx (Debian's, one worker) in front of the same app",
+    )
     parser.add_argument("--podium", action="store_true",
                         help="measure a real podium serve with the app deployed as content")
     parser.add_argument(
@@ -457,6 +509,15 @@ def main(argv: list[str] | None = None) -> None:
         direct_url = f"http://127.0.0.1:{app_port}"
         print(f"direct {direct_url}, through {through_url}: {seconds:g} s each", flush=True)
         compare(direct_url, through_url, seconds, rounds)
+        if args.nginx:
+            nginx_port = free_port()
+            upstream = (f"127.0.0.1:{app_port}" if args.tcp_upstream or args.app_port
+                        else f"unix:{app_socket_path(app_port)}")
+            stack.enter_context(nginx(nginx_port, upstream))
+            wait_for_port(nginx_port)
+            nginx_url = f"http://127.0.0.1:{nginx_port}/content/x"
+            print(f"\nnginx, for comparison: direct {direct_url}, through {nginx_url}", flush=True)
+            compare(direct_url, nginx_url, seconds, rounds)
 
 
 if __name__ == "__main__":
