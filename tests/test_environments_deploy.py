@@ -129,3 +129,46 @@ def test_deploy_uses_the_content_default_image(
     assert again.returncode == 0, output
     assert f"The content's default image is '{IMAGE}' (default_image_name)." in output
     assert content(server, guid)["environment_guid"] == environments[IMAGE]
+
+
+SUPERVISED_APP = """
+import os
+from fastapi import FastAPI
+app = FastAPI()
+
+@app.get("/")
+def root():
+    return {"supervised": os.environ.get("PODIUM_TEST_SUPERVISED")}
+"""
+
+
+def test_environment_supervisor_wraps_every_job(server: RunningServer, home: Path, tmp_path: Path) -> None:
+    script = tmp_path / "supervise.sh"
+    script.write_text('#!/bin/sh\necho "supervised: $1" >&2\nexport PODIUM_TEST_SUPERVISED="by $(basename "$0")"\n'
+                      'exec "$@"\n')
+    script.chmod(0o755)
+    api = server.api()
+    base = f"{server.url}/__api__/v1/environments"
+    body: dict[str, Any] = {
+        "cluster_name": "Kubernetes", "name": "podium/e2e-supervised", "matching": "exact",
+        "python": {"installations": [{"version": VERSION, "path": os.path.realpath(sys.executable)}]},
+    }
+    refused = api.post(base, json={**body, "supervisor": "'unbalanced quote"})
+    assert refused.status_code == 400 and "supervisor" in refused.json()["error"], refused.text
+    refused = api.post(base, json={**body, "volume_mounts": [
+        {"source": {"volume_type": "hostPath"}, "target": {"path": "/mnt/x"}}]})
+    assert refused.status_code == 400 and "volume_mounts[0]" in refused.json()["error"], refused.text
+    made = api.post(base, json={**body, "supervisor": str(script), "volume_mounts": [
+        {"source": {"volume_type": "pvc", "pvc_name": "shared"}, "target": {"path": "/mnt/shared"}}]})
+    assert made.status_code == 200, made.text
+
+    app = write_app(tmp_path, "supervised_app", SUPERVISED_APP, "fastapi\n")
+    done = rsconnect(home, "deploy", "fastapi", "-n", "podium", "--image", "podium/e2e-supervised", str(app))
+    assert done.returncode == 0, done.stdout + done.stderr
+    guid = guid_of(app)
+    assert server.api().get(f"{server.url}/content/{guid}/").json() == {"supervised": "by supervise.sh"}
+    # The build ran under the supervisor too; the volume mount is Kubernetes-only and ignored here.
+    jobs = server.api().get(f"{server.url}/__api__/v1/content/{guid}/jobs").json()
+    build = next(job for job in jobs if job["tag"] == "python_restore")
+    log = server.api().get(f"{server.url}/__api__/v1/content/{guid}/jobs/{build['key']}/log").json()
+    assert any(entry["data"].startswith("supervised: ") for entry in log["entries"]), log

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import kubernetes_validate
 import pytest
 from kubernetes_validate.utils import latest_version
 
-from podium.runtime import JobKind, JobSpec, Resources
+from podium.runtime import JobKind, JobSpec, Resources, VolumeMount
 from podium.runtime.kubernetes.manifests import (
     KubernetesJobConfig,
     cpu_quantity,
@@ -189,7 +190,41 @@ VARIANTS = {
     "build-limits-patch": (
         spec("build", port=None, resources=Resources(None, 1, None, 2**30)), FULL
     ),
+    "run-environment-volumes": (
+        spec(volume_mounts=(
+            VolumeMount("/mnt/shared", read_only=True, nfs_host="nfs.example", nfs_export_path="/exports/data"),
+            VolumeMount("/mnt/models", pvc_name="models"),
+        )),
+        KubernetesJobConfig(data_pvc="podium-data"),
+    ),
 }
+
+
+def test_job_manifest_mounts_the_environments_volumes_beside_the_data_dir() -> None:
+    job_spec, config = VARIANTS["run-environment-volumes"]
+    pod = job_manifest(job_spec, config)["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["podium-data", "environment-0", "environment-1"]
+    assert pod["volumes"][1]["nfs"] == {"server": "nfs.example", "path": "/exports/data", "readOnly": True}
+    assert pod["volumes"][2]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": False}
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert [(m["name"], m["mountPath"], m.get("readOnly")) for m in mounts[1:]] == [
+        ("environment-0", "/mnt/shared", True), ("environment-1", "/mnt/models", False)]
+
+
+@pytest.mark.parametrize(("record", "error"), [
+    ({"source": {"volume_type": "nfs", "nfs_host": "h"}, "target": {"path": "/x"}}, "nfs_export_path"),
+    ({"source": {"volume_type": "pvc"}, "target": {"path": "/x"}}, "pvc_name"),
+    ({"source": {"volume_type": "hostPath"}, "target": {"path": "/x"}}, "'nfs' or 'pvc'"),
+    ({"source": {"volume_type": "pvc", "pvc_name": "c"}, "target": {"path": "relative"}}, "absolute"),
+    ({"source": {"volume_type": "pvc", "pvc_name": "c"}, "target": {"path": "/x", "read_only": "yes"}}, "read_only"),
+    ({"target": {"path": "/x"}}, "{source, target}"),
+])
+def test_volume_mount_records_are_checked(record: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        VolumeMount.from_record(record)
+    assert VolumeMount.from_record(
+        {"source": {"volume_type": "PVC", "pvc_name": "c"}, "target": {"path": "/x", "read_only": True}}
+    ) == VolumeMount("/x", True, pvc_name="c")
 
 
 @pytest.mark.parametrize("version", SCHEMA_VERSIONS)

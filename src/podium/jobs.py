@@ -9,16 +9,18 @@ scheduler.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import shlex
 import socket
 import uuid
 from typing import Any
 
 from sqlalchemy import select
 
-from podium.runtime import ExecutionBackend, JobHandle, JobSpec, JobState, JobStatus
+from podium.runtime import ExecutionBackend, JobHandle, JobSpec, JobState, JobStatus, VolumeMount
 from podium.store import Store
-from podium.store.models import Job, utcnow
+from podium.store.models import ExecutionEnvironment, Job, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,12 @@ class JobRunner:
         tag: str,
         meta: dict[str, Any] | None = None,
     ) -> JobHandle:
+        """Record and launch ``spec``, run under its execution environment's supervisor
+        and with its volume mounts (the environment named by ``spec.image``)."""
         with self.store.session() as session:
+            spec = _in_environment(spec, session.scalar(
+                select(ExecutionEnvironment).where(ExecutionEnvironment.name == spec.image)
+            ) if spec.image else None)
             session.add(
                 Job(
                     key=spec.key, content_id=content_id, bundle_id=bundle_id, kind=spec.kind,
@@ -110,3 +117,22 @@ def handle_of(job: Job) -> JobHandle | None:
     return JobHandle(
         backend=str(job.handle["backend"]), key=str(job.handle["key"]), data=job.handle.get("data", {})
     )
+
+
+def _in_environment(spec: JobSpec, environment: ExecutionEnvironment | None) -> JobSpec:
+    """``spec`` wrapped in the environment's ``supervisor`` (``<supervisor> <command...>``,
+    split as a shell would) and given its ``volume_mounts``."""
+    if environment is None:
+        return spec
+    changes: dict[str, Any] = {}
+    if environment.supervisor:
+        changes["command"] = [*shlex.split(environment.supervisor), *spec.command]
+    mounts = []
+    for record in environment.volume_mounts or []:
+        try:
+            mounts.append(VolumeMount.from_record(record))
+        except ValueError as exc:  # validated when stored: only an old or edited record
+            log.warning("environment %s: volume mount %r skipped: %s", environment.name, record, exc)
+    if mounts:
+        changes["volume_mounts"] = tuple(mounts)
+    return dataclasses.replace(spec, **changes) if changes else spec

@@ -9,11 +9,13 @@ environment declared in the settings file obeys exactly the API's rules.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
 from podium import errors
 from podium.environments.model import MATCHING, SEMVER
+from podium.runtime.base import VolumeMount
 
 TITLE_INVALID = 168
 DESCRIPTION_INVALID = 169
@@ -111,10 +113,14 @@ def validate_environment(body: Mapping[str, Any], *, creating: bool) -> dict[str
         fields["matching"] = body["matching"]
     if "supervisor" in body:
         supervisor = body["supervisor"] or None
-        if supervisor is not None and (not isinstance(supervisor, str) or _CONTROL.search(supervisor)):
+        if supervisor is not None and (
+            not isinstance(supervisor, str) or _CONTROL.search(supervisor) or not _words(supervisor)
+        ):
             raise _bad(
                 SUPERVISOR_INVALID,
-                "supervisor must be a command without control characters (tabs, newlines ...).",
+                "supervisor must be a command without control characters (tabs, newlines ...), "
+                "quoted as a shell would split it; every job in the environment runs under it "
+                "as `<supervisor> <command...>`.",
             )
         fields["supervisor"] = supervisor
     for field in INSTALLATION_FIELDS:
@@ -124,8 +130,20 @@ def validate_environment(body: Mapping[str, Any], *, creating: bool) -> dict[str
         mounts = body.get("volume_mounts") or []
         if not isinstance(mounts, list) or not all(isinstance(m, Mapping) for m in mounts):
             raise errors.bad_request("volume_mounts must be a list of objects {source, target}.")
+        for index, mount in enumerate(mounts):
+            try:
+                VolumeMount.from_record(mount)
+            except ValueError as exc:
+                raise errors.bad_request(f"volume_mounts[{index}]: {exc}.") from None
         fields["volume_mounts"] = [dict(m) for m in mounts]
     return fields
+
+
+def _words(command: str) -> list[str]:
+    try:
+        return shlex.split(command)
+    except ValueError:  # unbalanced quotes
+        return []
 
 
 def validate_declarations(items: list[Any]) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from podium.runtime.base import (
     JobStatus,
     LogLine,
     Resources,
+    VolumeMount,
     valid_key,
 )
 from podium.runtime.local import LocalBackend, allocate_port
@@ -29,6 +30,7 @@ __all__ = [
     "LocalBackend",
     "LogLine",
     "Resources",
+    "VolumeMount",
     "allocate_port",
     "valid_key",
 ]

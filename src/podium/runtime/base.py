@@ -74,6 +74,44 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class VolumeMount:
+    """A volume an execution environment mounts into its jobs at ``path``: an NFS export
+    (``nfs_host``, ``nfs_export_path``) or a PersistentVolumeClaim (``pvc_name``).
+    Kubernetes mounts it; jobs of the local backend see the host's file system."""
+
+    path: str
+    read_only: bool = False
+    pvc_name: str | None = None
+    nfs_host: str | None = None
+    nfs_export_path: str | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> VolumeMount:
+        """From Connect's ``{source: {volume_type, nfs_host, nfs_export_path, pvc_name},
+        target: {path, read_only}}``; ValueError says which field is wrong."""
+        source, target = record.get("source"), record.get("target")
+        if not isinstance(source, Mapping) or not isinstance(target, Mapping):
+            raise ValueError("a volume mount is an object {source, target}")
+        path, read_only = target.get("path"), target.get("read_only", False)
+        if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
+            raise ValueError(f"target.path must be an absolute path; got {path!r}")
+        if not isinstance(read_only, bool):
+            raise ValueError("target.read_only must be true or false")
+        kind = str(source.get("volume_type") or "").lower()
+        if kind == "nfs":
+            host, export = source.get("nfs_host"), source.get("nfs_export_path")
+            if not (isinstance(host, str) and host and isinstance(export, str) and export.startswith("/")):
+                raise ValueError("an nfs volume needs nfs_host and an absolute nfs_export_path")
+            return cls(path, read_only, nfs_host=host, nfs_export_path=export)
+        if kind in ("pvc", "persistentvolumeclaim"):
+            claim = source.get("pvc_name")
+            if not (isinstance(claim, str) and claim):
+                raise ValueError("a pvc volume needs pvc_name")
+            return cls(path, read_only, pvc_name=claim)
+        raise ValueError(f"source.volume_type must be 'nfs' or 'pvc'; got {source.get('volume_type')!r}")
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """Everything a backend needs to run one job; no ORM objects.
 
@@ -92,6 +130,8 @@ class JobSpec:
     port: int | None
     resources: Resources = Resources()
     service_account: str | None = None
+    # the execution environment's volumes (mounted by Kubernetes; see VolumeMount)
+    volume_mounts: tuple[VolumeMount, ...] = ()
 
     def __post_init__(self) -> None:
         if not valid_key(self.key):

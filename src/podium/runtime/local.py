@@ -91,6 +91,11 @@ class LocalBackend:
         self.python = python
 
     async def launch(self, spec: JobSpec) -> JobHandle:
+        if spec.volume_mounts:
+            log.info(
+                "job %s: the environment's volume mounts apply on Kubernetes only; local jobs "
+                "see the host's file system", spec.key,
+            )
         job_dir = self.root / spec.key
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)

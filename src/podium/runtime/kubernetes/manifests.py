@@ -193,14 +193,26 @@ def job_manifest(spec: JobSpec, config: KubernetesJobConfig) -> dict[str, Any]:
     pod_spec["automountServiceAccountToken"] = bool(account)
     if config.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": name} for name in config.image_pull_secrets]
+    mounts: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
     if config.data_pvc:
         mount: dict[str, Any] = {"name": DATA_VOLUME, "mountPath": config.data_mount_path}
         if config.data_sub_path:
             mount["subPath"] = config.data_sub_path
-        container["volumeMounts"] = [mount]
-        pod_spec["volumes"] = [
-            {"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": config.data_pvc}}
-        ]
+        mounts.append(mount)
+        volumes.append({"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": config.data_pvc}})
+    for index, wanted in enumerate(spec.volume_mounts):
+        name = f"environment-{index}"
+        mounts.append({"name": name, "mountPath": wanted.path, "readOnly": wanted.read_only})
+        if wanted.pvc_name is not None:
+            volumes.append({"name": name, "persistentVolumeClaim": {
+                "claimName": wanted.pvc_name, "readOnly": wanted.read_only}})
+        else:
+            volumes.append({"name": name, "nfs": {
+                "server": wanted.nfs_host, "path": wanted.nfs_export_path, "readOnly": wanted.read_only}})
+    if mounts:
+        container["volumeMounts"] = mounts
+        pod_spec["volumes"] = volumes
     pod_spec["containers"] = [container]
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,
