@@ -231,6 +231,23 @@ def test_select_every_environment_gets_a_reason() -> None:
     assert [c.environment.id for c in selection.others] == sorted(c.environment.id for c in selection.others)
 
 
+def test_select_respects_environment_permissions() -> None:
+    import dataclasses
+
+    alice, bob = "aaaaaaaa-0000-4000-8000-000000000001", "bbbbbbbb-0000-4000-8000-000000000002"
+    restricted = dataclasses.replace(env(1, "Local", py=("3.11.7",)), allowed_users=frozenset({alice}))
+    open_env = env(2, "ghcr.io/acme/py311", py=("3.11.2",))
+    allowed = select_environment(python_request("3.11.7"), [restricted, open_env], user=alice)
+    assert allowed.chosen is not None and allowed.chosen.environment.id == 1
+    refused = select_environment(python_request("3.11.7"), [restricted, open_env], user=bob)
+    assert refused.chosen is not None and refused.chosen.environment.id == 2
+    reason = next(c.reason for c in refused.others if c.environment.id == 1)
+    assert "restricted to the users in its permissions" in reason and restricted.guid in reason
+    # Administrators (no user) pass every restriction.
+    anyone = select_environment(python_request("3.11.7"), [restricted, open_env])
+    assert anyone.chosen is not None and anyone.chosen.environment.id == 1
+
+
 def test_select_is_deterministic_whatever_the_order() -> None:
     forwards = select_environment(python_request("3.11.4"), list(CATALOGUE.values()))
     backwards = select_environment(python_request("3.11.4"), list(reversed(CATALOGUE.values())))

@@ -172,3 +172,39 @@ def test_environment_supervisor_wraps_every_job(server: RunningServer, home: Pat
     build = next(job for job in jobs if job["tag"] == "python_restore")
     log = server.api().get(f"{server.url}/__api__/v1/content/{guid}/jobs/{build['key']}/log").json()
     assert any(entry["data"].startswith("supervised: ") for entry in log["entries"]), log
+
+
+def test_environment_permissions_limit_who_deploys_with_it(
+    server: RunningServer, home: Path, tmp_path: Path
+) -> None:
+    key = server.user_key("env_publisher", "publisher")
+    me = server.api(key).get(f"{server.url}/__api__/v1/user").json()
+    server.user_key("env_outsider", "publisher")
+    outsider = server.api().get(f"{server.url}/__api__/v1/users", params={"prefix": "env_outsider"}).json()
+    outsider_guid = next(u["guid"] for u in outsider["results"] if u["username"] == "env_outsider")
+    image = "podium/e2e-restricted"
+    python = f"{VERSION}={os.path.realpath(sys.executable)}"
+    made = rsconnect(home, "environment", "add", "-s", server.url, "-k", server.admin_key, image,
+                     "-m", "exact", "--python", python, "--allow-user", outsider_guid)
+    assert made.returncode == 0, made.stdout + made.stderr
+    guid = json.loads(made.stdout)["guid"]
+    listed = server.api(key).get(f"{server.url}/__api__/v1/environments/{guid}/permissions").json()
+    assert [(p["user_guid"], p["environment_guid"]) for p in listed] == [(outsider_guid, guid)]
+    # Publishers cannot change permissions.
+    refused = server.api(key).post(f"{server.url}/__api__/v1/environments/{guid}/permissions",
+                                   json={"user_guid": me["guid"]})
+    assert refused.status_code == 403, refused.text
+
+    app = write_app(tmp_path, "restricted_app", FASTAPI_APP, "fastapi\n")
+    denied = rsconnect(home, "deploy", "fastapi", "-n", "podium", "--image", image, str(app))
+    assert denied.returncode != 0
+    assert "its use is restricted to the users in its permissions" in denied.stdout + denied.stderr
+
+    # rsconnect environment edit --allow-user replaces the list (adds me, removes the outsider).
+    edited = rsconnect(home, "environment", "edit", "-s", server.url, "-k", server.admin_key, guid,
+                       "--allow-user", me["guid"])
+    assert edited.returncode == 0, edited.stdout + edited.stderr
+    listed = server.api().get(f"{server.url}/__api__/v1/environments/{guid}/permissions").json()
+    assert [p["user_guid"] for p in listed] == [me["guid"]]
+    allowed = rsconnect(home, "deploy", "fastapi", "-n", "podium", "--image", image, str(app))
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr

@@ -32,6 +32,8 @@ class DeployRequest:
     content_id: int
     bundle_id: int
     activate: bool
+    # the deploying user's guid, checked against environment permissions (None: an administrator)
+    deployer: str | None = None
 
 
 async def _prepare_environment(ctx: Podium, request: DeployRequest, out: TaskOutput) -> None:
@@ -50,7 +52,9 @@ async def _prepare_environment(ctx: Podium, request: DeployRequest, out: TaskOut
         if content is None or bundle is None:
             raise TaskFailed("The content or bundle was deleted during the deploy.")
         try:
-            selection = resolve(ctx.settings, session, bundle.manifest, content.default_image_name)
+            selection = resolve(
+                ctx.settings, session, bundle.manifest, content.default_image_name, request.deployer
+            )
         except InvalidRequest as exc:
             raise TaskFailed(str(exc)) from None
         guid, manifest, app_mode = content.guid, dict(bundle.manifest), bundle.app_mode

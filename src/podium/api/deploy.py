@@ -49,7 +49,8 @@ async def deploy(
             "mode cannot change once deployed. Deploy the bundle as new content instead.",
         )
     task_id = ctx.tasks.create("deploy", user.id, content.id)
-    job = DeployRequest(content_id=content.id, bundle_id=bundle.id, activate=activate)
+    deployer = None if user.user_role == "administrator" else user.guid
+    job = DeployRequest(content_id=content.id, bundle_id=bundle.id, activate=activate, deployer=deployer)
 
     async def body_fn(out: Any) -> Any:
         return await run_deploy(ctx, job, out)

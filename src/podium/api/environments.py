@@ -33,7 +33,7 @@ from podium.environments.validate import (
     UPDATABLE,
     validate_environment,
 )
-from podium.store.models import ExecutionEnvironment, User
+from podium.store.models import EnvironmentPermission, ExecutionEnvironment, User
 
 router = APIRouter()
 
@@ -136,8 +136,9 @@ async def explain(
     content_image = None
     if body.get("content_guid") is not None:
         content_image = visible_content(session, user, str(body["content_guid"])).default_image_name
+    deployer = None if user.user_role == "administrator" else user.guid
     try:
-        selection = resolve(ctx.settings, session, manifest, content_image)
+        selection = resolve(ctx.settings, session, manifest, content_image, deployer)
     except InvalidRequest as exc:
         raise errors.bad_request(str(exc), code=38) from None
     return selection_json(selection)
@@ -191,3 +192,85 @@ def bundle_environment(
         raise errors.bad_request(str(exc), code=38) from None
     body["recorded"] = {name: getattr(bundle, name) for name in RUNTIME_RECORD_FIELDS}
     return body
+
+
+# --- permissions: who may deploy with an environment ---------------------------------
+
+
+def permission_json(permission: EnvironmentPermission, environment: ExecutionEnvironment) -> dict[str, Any]:
+    return {
+        "id": str(permission.id),
+        "guid": permission.guid,
+        "environment_guid": environment.guid,
+        "user_guid": permission.user_guid,
+        "group_guid": None,
+    }
+
+
+@router.get("/v1/environments/{guid}/permissions")
+def list_environment_permissions(
+    guid: str, session: Session = Depends(deps.db), _user: User = Depends(deps.publisher)
+) -> list[dict[str, Any]]:
+    """The users allowed to deploy with the environment; none listed means everyone."""
+    record = _load(session, guid)
+    rows = session.scalars(
+        select(EnvironmentPermission)
+        .where(EnvironmentPermission.environment_id == record.id)
+        .order_by(EnvironmentPermission.id)
+    )
+    return [permission_json(row, record) for row in rows]
+
+
+@router.post("/v1/environments/{guid}/permissions")
+async def add_environment_permission(
+    guid: str,
+    request: Request,
+    session: Session = Depends(deps.db),
+    _user: User = Depends(deps.administrator),
+) -> dict[str, Any]:
+    """Allow a user (``{"user_guid": ...}``) to deploy with the environment. Once an
+    environment has a permission, only the users listed (and administrators) may use it."""
+    record = _load(session, guid)
+    body = await json_object(request)
+    if body.get("group_guid"):
+        raise errors.bad_request(
+            "Podium has no groups yet: allow users one by one with {\"user_guid\": ...}."
+        )
+    user_guid = body.get("user_guid")
+    if not isinstance(user_guid, str) or session.scalar(select(User).where(User.guid == user_guid)) is None:
+        raise errors.bad_request(f"user_guid must name an existing user; got {user_guid!r}.")
+    existing = session.scalar(
+        select(EnvironmentPermission).where(
+            EnvironmentPermission.environment_id == record.id, EnvironmentPermission.user_guid == user_guid
+        )
+    )
+    if existing is not None:
+        raise errors.ApiError(409, 3, f"User {user_guid} already has a permission on this environment.")
+    permission = EnvironmentPermission(environment_id=record.id, user_guid=user_guid)
+    session.add(permission)
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent request added the same user
+        session.rollback()
+        raise errors.ApiError(409, 3, f"User {user_guid} already has a permission on this environment.") from None
+    return permission_json(permission, record)
+
+
+@router.delete("/v1/environments/{guid}/permissions/{permission_guid}", status_code=204)
+def delete_environment_permission(
+    guid: str,
+    permission_guid: str,
+    session: Session = Depends(deps.db),
+    _user: User = Depends(deps.administrator),
+) -> Response:
+    record = _load(session, guid)
+    permission = session.scalar(
+        select(EnvironmentPermission).where(
+            EnvironmentPermission.environment_id == record.id, EnvironmentPermission.guid == permission_guid
+        )
+    )
+    if permission is None:
+        raise errors.not_found("environment permission", permission_guid)
+    session.delete(permission)
+    session.commit()
+    return Response(status_code=204)

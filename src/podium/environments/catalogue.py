@@ -8,6 +8,7 @@ database hold the environments declared in the settings file and the host's
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -26,7 +27,7 @@ from podium.environments.select import Policy, Selection, select_environment
 from podium.environments.validate import INSTALLATION_FIELDS, validate_environment
 from podium.settings import Settings
 from podium.store import Store
-from podium.store.models import ExecutionEnvironment, utcnow
+from podium.store.models import EnvironmentPermission, ExecutionEnvironment, utcnow
 
 log = logging.getLogger(__name__)
 SETTINGS = "settings"
@@ -50,13 +51,21 @@ def to_value(record: ExecutionEnvironment) -> Environment:
         cluster_name=record.cluster_name,
         matching=record.matching,
         managed_by=record.managed_by,
-        **{name: _installations(getattr(record, name)) for name in RUNTIMES},
+        python=_installations(record.python),
+        r=_installations(record.r),
+        quarto=_installations(record.quarto),
     )
 
 
 def load_environments(session: Session) -> list[Environment]:
     records = session.scalars(select(ExecutionEnvironment).order_by(ExecutionEnvironment.id))
-    return [to_value(record) for record in records]
+    allowed: dict[int, set[str]] = {}
+    for permission in session.scalars(select(EnvironmentPermission)):
+        allowed.setdefault(permission.environment_id, set()).add(permission.user_guid)
+    return [
+        dataclasses.replace(to_value(record), allowed_users=frozenset(allowed.get(record.id, ())))
+        for record in records
+    ]
 
 
 def apply_fields(record: ExecutionEnvironment, fields: Mapping[str, Any]) -> None:
@@ -111,9 +120,13 @@ def policy(settings: Settings) -> Policy:
 
 
 def resolve(
-    settings: Settings, session: Session, manifest: Mapping[str, Any], content_image: str | None
+    settings: Settings, session: Session, manifest: Mapping[str, Any], content_image: str | None,
+    user: str | None = None,
 ) -> Selection:
     """Which environment a bundle with ``manifest`` gets on this server, and why.
+
+    ``user``: the deploying user's guid, for environments restricted by permissions
+    (None for administrators).
 
     Raises :class:`~podium.environments.model.InvalidRequest` for an unreadable
     runtime request in the manifest.
@@ -124,6 +137,7 @@ def resolve(
         content_image=content_image or None,
         server_image=settings.default_image_name or None,
         policy=policy(settings),
+        user=user,
     )
 
 

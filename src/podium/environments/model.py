@@ -71,6 +71,8 @@ class Environment:
     r: tuple[Installation, ...] = ()
     quarto: tuple[Installation, ...] = ()
     managed_by: str | None = None
+    # users (guids) allowed to deploy with it; empty: everyone (v1/environments/{guid}/permissions)
+    allowed_users: frozenset[str] = frozenset()
 
     def installations(self, runtime: str) -> tuple[Installation, ...]:
         return tuple(getattr(self, runtime))

@@ -316,10 +316,17 @@ def _scope(
     return "auto", None, "No image requested: choosing among environments with matching 'any'."
 
 
-def _out_of_scope(env: Environment, request: BundleRequest, source: str, target: str | None) -> str | None:
+def _out_of_scope(
+    env: Environment, request: BundleRequest, source: str, target: str | None, user: str | None
+) -> str | None:
     """Why ``env`` is not a candidate at all, or None when it is one."""
     if env.matching == "none":
         return "its matching is 'none': never selected"
+    if env.allowed_users and user is not None and user not in env.allowed_users:
+        return (
+            "its use is restricted to the users in its permissions, and you are not one "
+            f"(an administrator adds you: POST v1/environments/{env.guid}/permissions)"
+        )
     if source in ("manifest", "identifier"):
         if request.identifier and env.guid != request.identifier:
             return f"it is not environment {request.identifier}, which the manifest names"
@@ -368,8 +375,13 @@ def select_environment(
     content_image: str | None = None,
     server_image: str | None = None,
     policy: Policy = Policy(),
+    user: str | None = None,
 ) -> Selection:
-    """The environment ``request`` gets, with a reason for every other one (module doc)."""
+    """The environment ``request`` gets, with a reason for every other one (module doc).
+
+    ``user`` is the guid of the deploying user, checked against each environment's
+    permissions; None (an administrator, or nobody) passes every one.
+    """
     source, target, requested = _scope(request, content_image, server_image)
     needed = request.needed
     needs = (
@@ -380,7 +392,7 @@ def select_environment(
     rejected: list[Candidate] = []
     compatible: list[Candidate] = []
     for env in sorted(environments, key=lambda e: e.id):
-        why_not = _out_of_scope(env, request, source, target)
+        why_not = _out_of_scope(env, request, source, target, user)
         if why_not is not None:
             rejected.append(Candidate(env, False, why_not))
             continue

@@ -291,6 +291,22 @@ class ExecutionEnvironment(Base):
     updated_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
+class EnvironmentPermission(Base):
+    """A user allowed to deploy with an execution environment. An environment with no
+    permissions may be used by everyone; with some, only by those users (and
+    administrators)."""
+
+    __tablename__ = "environment_permissions"
+    __table_args__ = (UniqueConstraint("environment_id", "user_guid", name="uq_environment_permission_user"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guid: Mapped[str] = mapped_column(String(36), unique=True, default=new_guid)
+    environment_id: Mapped[int] = mapped_column(
+        ForeignKey("environments.id", ondelete="CASCADE"), index=True
+    )
+    user_guid: Mapped[str] = mapped_column(String(36))
+
+
 class Rendering(Base):
     """One render of a document bundle (a notebook, a Quarto or R Markdown document).
 
