@@ -83,3 +83,19 @@ def test_web_static_files_are_served(server: RunningServer) -> None:
     css = requests.get(f"{server.url}/__static__/podium.css", timeout=10)
     assert css.status_code == 200 and "text/css" in css.headers["content-type"]
     assert requests.get(f"{server.url}/__static__/nope.js", timeout=10).status_code == 404
+
+
+def test_web_pages_cannot_be_framed_but_content_can(server: RunningServer) -> None:
+    key = server.user_key("web_framer", "publisher")
+    for path in ("/connect/", "/__login__", "/connect/profile"):
+        page = server.api(key).get(f"{server.url}{path}")
+        assert page.status_code == 200, path
+        assert page.headers["x-frame-options"] == "DENY", path
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"], path
+        assert page.headers["x-content-type-options"] == "nosniff"
+    guid = _content(server, key, "frameable", access_type="all")
+    _, task = deploy(server, key, guid, static_bundle({"index.html": "<p>embed me</p>"}))
+    assert task["code"] == 0, task
+    served = requests.get(f"{server.url}/content/{guid}/")
+    assert served.status_code == 200 and "embed me" in served.text
+    assert "x-frame-options" not in served.headers

@@ -7,15 +7,52 @@ links point), and the static files under ``/__static__/``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from podium.web import admin, content_pages, login, pages, profile, publish
 from podium.web.templating import STATIC_PREFIX, WEB_DIR, make_environment
 
+# Dashboard pages are never framed (clickjacking; a published page on this origin
+# cannot load them in a frame to act through them), never sniffed, and send no
+# Referer beyond this origin.
+PAGE_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+]
+_PAGE_PREFIXES = ("/connect", "/__login__", "/__logout__", STATIC_PREFIX)
+
+
+class PageHeaders:
+    """Adds :data:`PAGE_HEADERS` to the dashboard's responses (content is left alone:
+    publishers may want their pages embedded)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/" or path.startswith(_PAGE_PREFIXES)):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                message["headers"] = [*message.get("headers", []),
+                                      *(h for h in PAGE_HEADERS if h[0] not in names)]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
 
 def install(app: FastAPI) -> None:
     app.state.templates = make_environment()
+    app.add_middleware(PageHeaders)
     pages.install_handlers(app)
     app.mount(STATIC_PREFIX, StaticFiles(directory=WEB_DIR / "static"), name="static")
     for module in (login, content_pages, publish, profile, admin):
