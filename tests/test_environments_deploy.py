@@ -206,5 +206,8 @@ def test_environment_permissions_limit_who_deploys_with_it(
     assert edited.returncode == 0, edited.stdout + edited.stderr
     listed = server.api().get(f"{server.url}/__api__/v1/environments/{guid}/permissions").json()
     assert [p["user_guid"] for p in listed] == [me["guid"]]
+    again = server.api().post(f"{server.url}/__api__/v1/environments/{guid}/permissions",
+                              json={"user_guid": me["guid"]})
+    assert again.status_code == 409 and "already has a permission" in again.json()["error"], again.text
     allowed = rsconnect(home, "deploy", "fastapi", "-n", "podium", "--image", image, str(app))
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr

@@ -239,18 +239,11 @@ async def add_environment_permission(
     user_guid = body.get("user_guid")
     if not isinstance(user_guid, str) or session.scalar(select(User).where(User.guid == user_guid)) is None:
         raise errors.bad_request(f"user_guid must name an existing user; got {user_guid!r}.")
-    existing = session.scalar(
-        select(EnvironmentPermission).where(
-            EnvironmentPermission.environment_id == record.id, EnvironmentPermission.user_guid == user_guid
-        )
-    )
-    if existing is not None:
-        raise errors.ApiError(409, 3, f"User {user_guid} already has a permission on this environment.")
     permission = EnvironmentPermission(environment_id=record.id, user_guid=user_guid)
     session.add(permission)
     try:
         session.commit()
-    except IntegrityError:  # a concurrent request added the same user
+    except IntegrityError:  # uq_environment_permission_user: the user is listed already
         session.rollback()
         raise errors.ApiError(409, 3, f"User {user_guid} already has a permission on this environment.") from None
     return permission_json(permission, record)
