@@ -174,6 +174,12 @@ def app_role(session: Session, user: User | None, content: Content) -> AppRole:
     return "editor" if permission.role == "owner" else "viewer"
 
 
+def environment_user(user: User) -> str | None:
+    """Whose execution environment permissions a deploy by ``user`` is checked against:
+    the user's guid, or None for administrators, who may use every environment."""
+    return None if user.user_role == "administrator" else user.guid
+
+
 def can_manage(session: Session, user: User | None, content: Content) -> bool:
     """Change settings, upload and deploy: owner, collaborators (publishers) and admins."""
     if user is None or user.locked:

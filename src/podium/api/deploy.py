@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from podium import errors
+from podium import auth, errors
 from podium.api import deps
 from podium.api.body import json_object
 from podium.api.bundles import load_bundle
@@ -49,8 +49,8 @@ async def deploy(
             "mode cannot change once deployed. Deploy the bundle as new content instead.",
         )
     task_id = ctx.tasks.create("deploy", user.id, content.id)
-    deployer = None if user.user_role == "administrator" else user.guid
-    job = DeployRequest(content_id=content.id, bundle_id=bundle.id, activate=activate, deployer=deployer)
+    job = DeployRequest(content_id=content.id, bundle_id=bundle.id, activate=activate,
+                        deployer=auth.environment_user(user))
 
     async def body_fn(out: Any) -> Any:
         return await run_deploy(ctx, job, out)

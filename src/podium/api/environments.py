@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from podium import errors
+from podium import auth, errors
 from podium.api import deps
 from podium.api.body import json_object
 from podium.api.bundles import load_bundle
@@ -136,9 +136,8 @@ async def explain(
     content_image = None
     if body.get("content_guid") is not None:
         content_image = visible_content(session, user, str(body["content_guid"])).default_image_name
-    deployer = None if user.user_role == "administrator" else user.guid
     try:
-        selection = resolve(ctx.settings, session, manifest, content_image, deployer)
+        selection = resolve(ctx.settings, session, manifest, content_image, auth.environment_user(user))
     except InvalidRequest as exc:
         raise errors.bad_request(str(exc), code=38) from None
     return selection_json(selection)

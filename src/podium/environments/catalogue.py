@@ -8,7 +8,6 @@ database hold the environments declared in the settings file and the host's
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -42,7 +41,7 @@ def _installations(items: list[dict[str, str]]) -> tuple[Installation, ...]:
     return tuple(result)
 
 
-def to_value(record: ExecutionEnvironment) -> Environment:
+def to_value(record: ExecutionEnvironment, allowed_users: frozenset[str] = frozenset()) -> Environment:
     return Environment(
         id=record.id,
         guid=record.guid,
@@ -54,6 +53,7 @@ def to_value(record: ExecutionEnvironment) -> Environment:
         python=_installations(record.python),
         r=_installations(record.r),
         quarto=_installations(record.quarto),
+        allowed_users=allowed_users,
     )
 
 
@@ -62,10 +62,7 @@ def load_environments(session: Session) -> list[Environment]:
     allowed: dict[int, set[str]] = {}
     for permission in session.scalars(select(EnvironmentPermission)):
         allowed.setdefault(permission.environment_id, set()).add(permission.user_guid)
-    return [
-        dataclasses.replace(to_value(record), allowed_users=frozenset(allowed.get(record.id, ())))
-        for record in records
-    ]
+    return [to_value(record, frozenset(allowed.get(record.id, ()))) for record in records]
 
 
 def apply_fields(record: ExecutionEnvironment, fields: Mapping[str, Any]) -> None:

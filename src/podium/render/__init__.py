@@ -86,13 +86,6 @@ def fail_interrupted_renderings(store: Any) -> int:
         return int(getattr(done, "rowcount", 0) or 0)
 
 
-def quarto_missing(selection: Any) -> str | None:
-    """The error for a bundle that needs Quarto when no candidate environment has any."""
-    from podium.environments.select import missing_runtime
-
-    return missing_runtime(selection, "quarto")
-
-
 def _plan(ctx: Podium, session: Session, content: Content, bundle: Bundle, out_dir: Path) -> RenderPlan:
     manifest = bundle.manifest
     if bundle.app_mode == "jupyter-static":
@@ -102,12 +95,13 @@ def _plan(ctx: Podium, session: Session, content: Content, bundle: Bundle, out_d
     if bundle.app_mode == "quarto-static":
         from podium.environments.catalogue import resolve
         from podium.environments.model import InvalidRequest
+        from podium.environments.select import missing_runtime
 
         try:
             selection = resolve(ctx.settings, session, manifest, content.default_image_name)
         except InvalidRequest as exc:
             raise TaskFailed(str(exc)) from None
-        missing = quarto_missing(selection)
+        missing = missing_runtime(selection, "quarto")
         if missing:
             raise TaskFailed(missing)
         quarto = selection.chosen.installation("quarto") if selection.chosen else None
