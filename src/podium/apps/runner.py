@@ -133,10 +133,15 @@ def script_name_middleware(app: Any, script_name: str) -> Any:
     return with_script_name
 
 
-def bind_unix_socket(path: str) -> socket.socket:
-    """A unix stream socket bound at ``path`` (a stale file there is replaced)."""
+def remove_stale_socket(path: str) -> None:
+    """Remove a socket file left at ``path`` by a killed process, so it can be bound."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def bind_unix_socket(path: str) -> socket.socket:
+    """A unix stream socket bound at ``path`` (a stale file there is replaced)."""
+    remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(path)
     return sock
@@ -191,8 +196,7 @@ def serve_wsgi(
         return script_name_middleware(app, script_name)
 
     if unix_socket is not None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(unix_socket)
+        remove_stale_socket(unix_socket)  # gunicorn binds it
     options = {
         "bind": [f"{HOST}:{port}"] + ([f"unix:{unix_socket}"] if unix_socket else []),
         "workers": 1,
