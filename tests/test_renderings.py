@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 from sqlalchemy import select
 
-from podium.render import _prune, output_dir
+from podium.layout import DataLayout
+from podium.render import prune_renderings
 from podium.store import Store
 from podium.store.models import Content, Rendering, User
 
 
 def test_prune_keeps_newest_and_the_served_rendering(store: Store, tmp_path: Path) -> None:
-    ctx = SimpleNamespace(store=store, data_dir=tmp_path)
+    layout = DataLayout(tmp_path)
     with store.session() as session:
         owner = User(username="owner")
         session.add(owner)
@@ -29,13 +29,13 @@ def test_prune_keeps_newest_and_the_served_rendering(store: Store, tmp_path: Pat
         session.flush()
         ids = [row.id for row in rows]
     for rendering_id in ids:
-        directory = output_dir(ctx, content_id, rendering_id)  # type: ignore[arg-type]
+        directory = layout.output_dir(content_id, rendering_id)
         directory.mkdir(parents=True)
         (directory / "index.html").write_text("x")
-    _prune(ctx, content_id, 2)  # type: ignore[arg-type]
+    prune_renderings(store, layout, content_id, 2)
     with store.session() as session:
         left = list(session.scalars(select(Rendering.id).order_by(Rendering.id)))
     # Kept: the served one (oldest), the two newest finished ones, and the running one.
     assert left == [ids[0], ids[2], ids[3], ids[4]]
-    assert not output_dir(ctx, content_id, ids[1]).exists()  # type: ignore[arg-type]
-    assert output_dir(ctx, content_id, ids[0]).exists()  # type: ignore[arg-type]
+    assert not layout.output_dir(content_id, ids[1]).exists()
+    assert layout.output_dir(content_id, ids[0]).exists()

@@ -193,13 +193,13 @@ def test_resources_valid_content_resolves_without_warnings() -> None:
 def test_resources_for_content_revalidates_against_current_settings(tmp_path: Path) -> None:
     content = SimpleNamespace(cpu_request=None, cpu_limit=0.5, memory_request=None, memory_limit=GiB,
                               service_account_name="reports")
-    before = for_content(content, load_settings(None, data_dir=tmp_path))
+    before = for_content(content, load_settings(None, data_dir=tmp_path).job_policy)
     assert (before.resources, before.service_account, before.warnings) == (
         Resources(cpu_limit=0.5, memory_limit=GiB), "reports", ())
     # The administrator lowers the maxima and turns service account selection off.
     lowered = load_settings(None, data_dir=tmp_path, max_cpu_limit_cores=0.25, max_memory_limit_bytes=256 * MiB,
                             content_service_account_selection=False, default_service_account="podium-jobs")
-    after = for_content(content, lowered)
+    after = for_content(content, lowered.job_policy)
     assert after.resources == Resources(cpu_limit=0.25, memory_limit=256 * MiB)
     assert after.service_account == "podium-jobs"
     assert len(after.warnings) == 3 and "'reports' is ignored" in after.warnings[2]
@@ -291,7 +291,7 @@ def test_resources_settings_file_and_policy(tmp_path: Path) -> None:
         '[kubernetes]\ndefault_service_account = "podium-jobs"\ncontent_service_account_selection = false\n'
     )
     settings = load_settings(config)
-    assert ResourcePolicy.from_settings(settings) == ResourcePolicy(
+    assert settings.resource_policy == ResourcePolicy(
         memory_limit=GiB, max_memory_limit=2 * GiB, cpu_limit=0.5, allow_unlimited=False
     )
     assert (settings.default_service_account, settings.content_service_account_selection) == ("podium-jobs", False)

@@ -1,15 +1,23 @@
-"""``create_app(settings)``: assembles the server from its parts."""
+"""The composition root: :func:`build` makes every part of one server node, once.
+
+Each part takes only the collaborators it uses; this module is the one place
+that knows them all. :func:`build` opens the data dir and the database and
+wires the parts; :func:`create_app` makes the FastAPI app that serves the API,
+the dashboard and the content routes with them (each endpoint names the parts
+it uses, see :mod:`podium.api.deps`); ``podium.serve`` puts the proxy front
+before it. ``docs/architecture.md`` draws the layers.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import update
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from podium import __version__, errors, web
@@ -27,15 +35,135 @@ from podium.api import (
     server,
     users,
 )
-from podium.context import Podium, open_podium
+from podium.apps import write_runner
+from podium.build import Builder
+from podium.changes import Changes
+from podium.deploy import Deployer
+from podium.environments.catalogue import sync_catalogue
+from podium.environments.host import local_environment
+from podium.environments.python import discover_pythons
+from podium.jobs import JobRunner
+from podium.layout import DataLayout
 from podium.proxy import routes as content_routes
-from podium.render import fail_interrupted_renderings
+from podium.proxy.router import ContentRouter
+from podium.render import Renderer, fail_interrupted_renderings
 from podium.render.schedules import ScheduleRunner
+from podium.render.tasks import RenderTasks
+from podium.runtime import ExecutionBackend, LocalBackend, allocate_port
+from podium.scheduler import Scheduler
+from podium.secrets import EnvVars, SecretBox
 from podium.settings import Settings
-from podium.store.models import Task, utcnow
+from podium.store import Store
+from podium.targets import AppTargets
+from podium.tasks import ContentLocks, TaskManager
+from podium.urls import Urls
 
 log = logging.getLogger(__name__)
 API = "/__api__"
+
+
+@dataclass(frozen=True)
+class Node:
+    """The parts of one server node that outlive requests (see :func:`build`)."""
+
+    settings: Settings
+    store: Store
+    layout: DataLayout
+    urls: Urls
+    changes: Changes
+    env_vars: EnvVars
+    backend: ExecutionBackend
+    jobs: JobRunner
+    tasks: TaskManager
+    scheduler: Scheduler
+    targets: AppTargets
+    deployer: Deployer
+    render_tasks: RenderTasks
+    router: ContentRouter
+
+
+def make_backend(settings: Settings, layout: DataLayout) -> ExecutionBackend:
+    """The local backend, or the Kubernetes one when ``kubernetes_enabled`` is set."""
+    if not settings.kubernetes_enabled:
+        return LocalBackend(layout.jobs)
+    # Imported here: the Kubernetes client (aiohttp) adds half a second to every start.
+    from podium.runtime.kubernetes.backend import KubernetesBackend
+    from podium.runtime.kubernetes.client import AsyncioKubeClient
+    from podium.runtime.kubernetes.manifests import KubernetesJobConfig
+
+    config = KubernetesJobConfig(
+        namespace=settings.kubernetes_namespace,
+        instance=settings.kubernetes_instance,
+        default_image=settings.kubernetes_default_image,
+        data_pvc=settings.kubernetes_data_pvc or None,
+        data_sub_path=settings.kubernetes_data_sub_path,
+        data_mount_path=str(layout.root),
+        image_pull_policy=settings.kubernetes_image_pull_policy,
+        image_pull_secrets=tuple(settings.kubernetes_image_pull_secrets),
+        ttl_seconds_after_finished=settings.kubernetes_job_ttl_seconds,
+        default_service_account=settings.default_service_account or None,
+        job_template_patch=settings.kubernetes_job_template_patch,
+    )
+    kubeconfig = str(settings.kubernetes_kubeconfig) if settings.kubernetes_kubeconfig else None
+    return KubernetesBackend(lambda: AsyncioKubeClient.connect(kubeconfig), config)
+
+
+def build(settings: Settings) -> Node:
+    """Make the data dir, migrate the database and wire every part of the server."""
+    from uv import find_uv_bin
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    layout = DataLayout(settings.data_dir.resolve())
+    store = Store(settings.effective_database_url)
+    store.migrate()
+    urls = Urls.from_settings(settings)
+    changes = Changes()
+    env_vars = EnvVars(SecretBox.from_file(settings.effective_secret_key_file))
+    backend = make_backend(settings, layout)
+    jobs = JobRunner(store, backend)
+    tasks = TaskManager(store)
+    locks = ContentLocks()
+    installations = discover_pythons(settings.python_installations)
+    log.info("Python installations: %s", ", ".join(f"{i.version_text} ({i.path})" for i in installations) or "none")
+    local = local_environment(
+        installations, settings.r_installations, settings.quarto_installations,
+        settings.local_environment_matching,
+    )
+    sync_catalogue(store, settings.declared_environments, local)
+    builder = Builder(
+        jobs, layout.envs, layout.cache, find_uv_bin(), settings.package_index_url,
+        settings.build_timeout_seconds, settings.r_repository_url,
+    )
+    targets = AppTargets(store, settings, layout, env_vars, urls)
+    socket_dir, listen_host = None, "$(POD_IP)"  # pods: bind the pod IP, as the kubelet expands it
+    if not settings.kubernetes_enabled:  # processes on this host: reach them by unix socket
+        socket_dir, listen_host = layout.run / "sockets", "127.0.0.1"
+        socket_dir.mkdir(parents=True, exist_ok=True)
+        socket_dir.chmod(0o700)
+    scheduler = Scheduler(
+        jobs, str(write_runner(layout.runtime)), targets.content_env, settings.stop_grace_seconds,
+        allocate_port, socket_dir, listen_host, warm_targets=targets.warm_targets,
+    )
+    renderer = Renderer(store, settings, layout, jobs, env_vars, urls)
+    router = ContentRouter(store, settings.session_lifetime_seconds, targets.app_target, scheduler)
+    changes.on_content(router.invalidate)
+    changes.on_users(router.forget_users)
+    return Node(
+        settings=settings,
+        store=store,
+        layout=layout,
+        urls=urls,
+        changes=changes,
+        env_vars=env_vars,
+        backend=backend,
+        jobs=jobs,
+        tasks=tasks,
+        scheduler=scheduler,
+        targets=targets,
+        deployer=Deployer(store, settings, layout, builder, renderer, scheduler, changes, locks, urls),
+        render_tasks=RenderTasks(store, settings, layout, renderer, tasks, locks, urls),
+        router=router,
+    )
 
 
 def _error_response(exc: errors.ApiError) -> JSONResponse:
@@ -67,41 +195,28 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error_response(errors.internal())
 
 
-def _fail_interrupted_tasks(ctx: Podium) -> None:
-    """Tasks left running by a stopped server can never finish: say so."""
-    with ctx.store.session() as session:
-        session.execute(
-            update(Task)
-            .where(Task.finished.is_(False))
-            .values(
-                finished=True,
-                code=1,
-                error="The server stopped while this task ran; deploy again.",
-                finished_time=utcnow(),
-            )
-        )
-
-
-def create_app(settings: Settings, ctx: Podium | None = None) -> FastAPI:
-    ctx = ctx or open_podium(settings)
+def create_app(node: Node) -> FastAPI:
+    """The FastAPI app of ``node``: API, dashboard and content routes, and the node's
+    background duties (process adoption, scaling, render schedules) in its lifespan."""
+    settings = node.settings
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        _fail_interrupted_tasks(ctx)
-        fail_interrupted_renderings(ctx.store)
-        await ctx.scheduler.adopt(ctx.wanted_target)
-        ctx.scheduler.start()
+        node.tasks.fail_interrupted()
+        fail_interrupted_renderings(node.store)
+        await node.scheduler.adopt(node.targets.wanted_target)
+        node.scheduler.start()
         render_schedules = ScheduleRunner(
-            ctx.store, settings.schedule_poll_seconds, lambda cid: renderings.run_scheduled(ctx, cid)
+            node.store, settings.schedule_poll_seconds, node.render_tasks.run_scheduled
         )
         render_schedules.start()
         log.info("Podium %s serving on %s", __version__, settings.listen)
         yield
         await render_schedules.close()
-        await ctx.tasks.shutdown()
-        await ctx.scheduler.close(stop_processes=not settings.keep_processes_on_shutdown)
-        await ctx.backend.close()
-        ctx.store.dispose()
+        await node.tasks.shutdown()
+        await node.scheduler.close(stop_processes=not settings.keep_processes_on_shutdown)
+        await node.backend.close()
+        node.store.dispose()
 
     app = FastAPI(
         title="Podium",
@@ -112,7 +227,10 @@ def create_app(settings: Settings, ctx: Podium | None = None) -> FastAPI:
         openapi_url=f"{API}/openapi.json",
         lifespan=lifespan,
     )
-    app.state.podium = ctx
+    # What endpoints may ask for (podium.api.deps), one attribute per part.
+    for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "backend", "tasks",
+                 "jobs", "scheduler", "deployer", "render_tasks"):
+        setattr(app.state, name, getattr(node, name))
     _install_error_handlers(app)
     for module in (
         server, users, keys, content, bundles, deploy, env_vars, permissions, jobs, environments,

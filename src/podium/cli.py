@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from podium import __version__
 from podium.cli_env import env
 from podium.settings import Settings, SettingsError, defaults_toml, load_settings
+
+if TYPE_CHECKING:
+    from podium.store import Store
 
 app = typer.Typer(help="Podium: publish data-science content.", no_args_is_help=True)
 admin = typer.Typer(help="Administer a server's accounts directly in its database.", no_args_is_help=True)
@@ -38,7 +41,7 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _store(settings: Settings) -> Any:
+def _store(settings: Settings) -> Store:
     from podium.store import Store
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -56,14 +59,14 @@ def serve(
     ] = None,
 ) -> None:
     """Start the server (API, content and dashboard)."""
+    from podium.app import build
     from podium.bootstrap import bootstrap_admin, has_users
-    from podium.context import open_podium
 
     settings = _settings(config, data_dir=data_dir, listen=listen)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    ctx = open_podium(settings)
-    if settings.bootstrap_admin_on_first_start and not has_users(ctx.store):
-        account = bootstrap_admin(ctx.store)
+    node = build(settings)
+    if settings.bootstrap_admin_on_first_start and not has_users(node.store):
+        account = bootstrap_admin(node.store)
         _err(
             "\n"
             "  Podium set up its first administrator. This is shown once; keep it safe.\n"
@@ -75,7 +78,7 @@ def serve(
         )
     from podium.serve import run
 
-    run(settings, ctx)
+    run(node)
 
 
 @app.command()
@@ -139,7 +142,7 @@ def admin_create_user(
         raise typer.Exit(2)
     settings = _settings(config, data_dir=data_dir)
     try:
-        account = create_user(_store(settings), username, role, password)  # type: ignore[arg-type]
+        account = create_user(_store(settings), username, role, password)
     except AdminError as exc:
         _err(f"error: {exc}")
         raise typer.Exit(1) from None

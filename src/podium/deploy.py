@@ -15,11 +15,25 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
+
 from podium.appmodes import PYTHON_INTERACTIVE, R_INTERACTIVE
-from podium.context import Podium
-from podium.render import KERNEL_REQUIREMENTS, SUPPORTED_RENDER_MODES, latest_rendering, render_bundle
-from podium.store.models import Bundle, Content, utcnow
-from podium.tasks import TaskFailed, TaskOutput
+from podium.apps import RUNTIME_REQUIREMENTS
+from podium.build import Builder, BuildRequest, BuiltEnvironment, RBuildRequest
+from podium.build.r import RLibrary, r_managed
+from podium.changes import Changes
+from podium.environments.catalogue import resolve
+from podium.environments.model import Environment, Installation, InvalidRequest
+from podium.environments.select import missing_runtime
+from podium.layout import DataLayout
+from podium.render import KERNEL_REQUIREMENTS, SUPPORTED_RENDER_MODES, Renderer, latest_rendering
+from podium.resources import for_content
+from podium.scheduler import Scheduler
+from podium.settings import Settings
+from podium.store import Store
+from podium.store.models import Bundle, Content, Rendering, utcnow
+from podium.tasks import ContentLocks, TaskFailed, TaskOutput
+from podium.urls import Urls
 
 log = logging.getLogger(__name__)
 SUPPORTED_APP_MODES = frozenset({"static"}) | PYTHON_INTERACTIVE | R_INTERACTIVE | SUPPORTED_RENDER_MODES
@@ -36,154 +50,74 @@ class DeployRequest:
     deployer: str | None = None
 
 
-async def _prepare_environment(ctx: Podium, request: DeployRequest, out: TaskOutput) -> None:
-    """Choose the execution environment; build the package environments the bundle needs
-    (an R library when it needs R, a venv when it needs Python)."""
-    from podium.apps import RUNTIME_REQUIREMENTS
-    from podium.build import BuildRequest, RBuildRequest
-    from podium.build.r import r_managed
-    from podium.environments.catalogue import resolve
-    from podium.environments.model import InvalidRequest
-    from podium.environments.select import missing_runtime
+class Deployer:
+    """Runs deploy tasks (:meth:`run`); one per server, made by the app."""
 
-    with ctx.store.session() as session:
-        content = session.get(Content, request.content_id)
-        bundle = session.get(Bundle, request.bundle_id)
-        if content is None or bundle is None:
-            raise TaskFailed("The content or bundle was deleted during the deploy.")
-        try:
-            selection = resolve(
-                ctx.settings, session, bundle.manifest, content.default_image_name, request.deployer
-            )
-        except InvalidRequest as exc:
-            raise TaskFailed(str(exc)) from None
-        guid, manifest, app_mode = content.guid, dict(bundle.manifest), bundle.app_mode
-        job = ctx.job_resources(content)  # builds run with the content's resources
-    chosen = selection.chosen
-    if chosen is None:  # the failure names the request and every candidate's reason
-        log.info("content %s bundle %s: no compatible environment", guid, request.bundle_id)
-        raise TaskFailed(
-            missing_runtime(selection, "r") or missing_runtime(selection, "quarto") or selection.failure()
-        )
-    for line in selection.lines():
-        out.line(line)
-    env = chosen.environment
-    r, quarto = chosen.installation("r"), chosen.installation("quarto")
-    python = chosen.installation("python")
-    bundle_dir = ctx.bundle_dir(request.content_id, request.bundle_id).resolve()
-    for warning in job.warnings:
-        log.warning("content %s: build of bundle %s: %s", guid, request.bundle_id, warning)
-        out.line(f"Warning: {warning}")
-    r_library = None
-    if r is not None:
-        r_library = await ctx.builder.ensure_r(
-            RBuildRequest(
-                content_id=request.content_id, content_guid=guid, bundle_id=request.bundle_id,
-                bundle_dir=bundle_dir, manifest=manifest, r=r,
-                managed=r_managed(manifest, ctx.settings.r_environment_management),
-                image=env.name, resources=job.resources, service_account=job.service_account,
-            ),
-            out,
-        )
-    if python is None:  # needing no Python (R content, Quarto's markdown engine)
-        _record_environment(ctx, request.bundle_id, env, None, r, quarto, r_library)
-        return
-    extra = list(RUNTIME_REQUIREMENTS.get(app_mode, []))
-    if app_mode in _KERNEL_MODES:
-        extra += KERNEL_REQUIREMENTS
-    build = BuildRequest(
-        content_id=request.content_id,
-        content_guid=guid,
-        bundle_id=request.bundle_id,
-        bundle_dir=bundle_dir,
-        manifest=manifest,
-        extra_requirements=extra,
-        python=python,
-        image=env.name,
-        resources=job.resources,
-        service_account=job.service_account,
-    )
-    built = await ctx.builder.ensure(build, out)
-    _record_environment(ctx, request.bundle_id, env, built, r, quarto, r_library)
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        layout: DataLayout,
+        builder: Builder,
+        renderer: Renderer,
+        scheduler: Scheduler,
+        changes: Changes,
+        locks: ContentLocks,
+        urls: Urls,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.layout = layout
+        self.builder = builder
+        self.renderer = renderer
+        self.scheduler = scheduler
+        self.changes = changes
+        self.locks = locks
+        self.urls = urls
 
-
-def _record_environment(
-    ctx: Podium, bundle_id: int, env: Any, built: Any, r: Any, quarto: Any, r_library: Any = None
-) -> None:
-    """Write on the bundle what it was built with (``built`` None: no Python package
-    environment; ``r_library`` None: no R)."""
-    with ctx.store.session() as session:
-        bundle = session.get(Bundle, bundle_id)
-        if bundle is None:
-            raise TaskFailed("The bundle was deleted during the deploy.")
-        if built is not None:
-            bundle.env_fingerprint = built.fingerprint
-            bundle.python_path = built.python
-            bundle.py_version = built.python_version
-            bundle.py_environment_management = built.managed
-        bundle.cluster_name = env.cluster_name
-        bundle.image_name = env.name
-        bundle.environment_guid = env.guid
-        bundle.r_version = r.version_text if r else None
-        bundle.r_path = r_library.r if r_library is not None else None
-        bundle.r_library = r_library.library if r_library is not None else None
-        bundle.r_environment_management = r_library.managed if r_library is not None else None
-        bundle.quarto_version = quarto.version_text if quarto else None
-
-
-async def _render_for_deploy(ctx: Podium, request: DeployRequest, out: TaskOutput) -> None:
-    """Render the bundle unless its newest rendering already succeeded (the draft
-    deploy before an activating one renders; activating then reuses that output)."""
-    from sqlalchemy import select
-
-    from podium.store.models import Rendering
-
-    with ctx.store.session() as session:
-        newest = session.scalar(
-            select(Rendering).where(Rendering.content_id == request.content_id)
-            .order_by(Rendering.id.desc()).limit(1)
-        )
-        reusable = latest_rendering(session, request.content_id, request.bundle_id)
-        if newest is not None and reusable is not None and newest.id == reusable.id:
-            out.line(f"Bundle {request.bundle_id} is already rendered (rendering {reusable.id}).")
-            return
-    await render_bundle(ctx, request.content_id, request.bundle_id, out, "deploy")
-
-
-async def run_deploy(ctx: Podium, request: DeployRequest, out: TaskOutput) -> dict[str, Any] | None:
-    async with ctx.deploy_lock(request.content_id):
-        with ctx.store.session() as session:
-            content = session.get(Content, request.content_id)
-            bundle = session.get(Bundle, request.bundle_id)
-            if content is None or bundle is None:
-                raise TaskFailed("The content or bundle was deleted during the deploy.")
-            guid, app_mode = content.guid, bundle.app_mode
-        out.line(f"Deploying bundle {request.bundle_id} ({app_mode}) to content {guid}")
-        if app_mode not in SUPPORTED_APP_MODES:
-            raise TaskFailed(
-                f"This Podium server cannot run {app_mode!r} content yet; supported app modes: "
-                f"{', '.join(sorted(SUPPORTED_APP_MODES))}."
-            )
-        if app_mode != "static":
-            await _prepare_environment(ctx, request, out)
-        else:
-            out.line("Static content: nothing to build.")
-        if app_mode in SUPPORTED_RENDER_MODES:
-            await _render_for_deploy(ctx, request, out)
-        ctx.content_changed(guid)
-        if not request.activate:
-            out.line(
-                f"Bundle {request.bundle_id} is ready as a draft at "
-                f"{ctx.content_url(guid)}_bundle{request.bundle_id}/ (not activated)."
-            )
+    async def run(self, request: DeployRequest, out: TaskOutput) -> dict[str, Any] | None:
+        async with self.locks(request.content_id):
+            with self.store.session() as session:
+                content = session.get(Content, request.content_id)
+                bundle = session.get(Bundle, request.bundle_id)
+                if content is None or bundle is None:
+                    raise TaskFailed("The content or bundle was deleted during the deploy.")
+                guid, app_mode = content.guid, bundle.app_mode
+            out.line(f"Deploying bundle {request.bundle_id} ({app_mode}) to content {guid}")
+            if app_mode not in SUPPORTED_APP_MODES:
+                raise TaskFailed(
+                    f"This Podium server cannot run {app_mode!r} content yet; supported app modes: "
+                    f"{', '.join(sorted(SUPPORTED_APP_MODES))}."
+                )
+            if app_mode != "static":
+                await self._prepare_environment(request, out)
+            else:
+                out.line("Static content: nothing to build.")
+            if app_mode in SUPPORTED_RENDER_MODES:
+                await self._render(request, out)
+            self.changes.content(guid)
+            if not request.activate:
+                out.line(
+                    f"Bundle {request.bundle_id} is ready as a draft at "
+                    f"{self.urls.content(guid)}_bundle{request.bundle_id}/ (not activated)."
+                )
+                return None
+            self._activate(request)
+            self.changes.content(guid)
+            self.scheduler.retire(request.content_id, request.bundle_id, f"/content/{guid}/")
+            log.info("content %s: activated bundle %s", guid, request.bundle_id)
+            out.line(f"Activated bundle {request.bundle_id}; serving at {self.urls.content(guid)}")
             return None
-        with ctx.store.session() as session:
+
+    def _activate(self, request: DeployRequest) -> None:
+        """Make the bundle the content's active one, in one database write."""
+        with self.store.session() as session:
             content = session.get(Content, request.content_id)
             bundle = session.get(Bundle, request.bundle_id)
             if content is None or bundle is None:
                 raise TaskFailed("The content was deleted during the deploy.")
             content.bundle_id = request.bundle_id
-            content.app_mode = app_mode
+            content.app_mode = bundle.app_mode
             # "site" for a multi-document Quarto project, as rsconnect writes it.
             content.content_category = str((bundle.manifest.get("metadata") or {}).get("content_category") or "")
             content.last_deployed_time = utcnow()
@@ -191,8 +125,104 @@ async def run_deploy(ctx: Podium, request: DeployRequest, out: TaskOutput) -> di
                           "r_version", "quarto_version", "py_environment_management",
                           "r_environment_management"):
                 setattr(content, field, getattr(bundle, field))
-        ctx.content_changed(guid)
-        ctx.scheduler.retire(request.content_id, request.bundle_id, f"/content/{guid}/")
-        log.info("content %s: activated bundle %s", guid, request.bundle_id)
-        out.line(f"Activated bundle {request.bundle_id}; serving at {ctx.content_url(guid)}")
-        return None
+
+    async def _prepare_environment(self, request: DeployRequest, out: TaskOutput) -> None:
+        """Choose the execution environment; build the package environments the bundle needs
+        (an R library when it needs R, a venv when it needs Python)."""
+        with self.store.session() as session:
+            content = session.get(Content, request.content_id)
+            bundle = session.get(Bundle, request.bundle_id)
+            if content is None or bundle is None:
+                raise TaskFailed("The content or bundle was deleted during the deploy.")
+            try:
+                selection = resolve(
+                    self.settings, session, bundle.manifest, content.default_image_name, request.deployer
+                )
+            except InvalidRequest as exc:
+                raise TaskFailed(str(exc)) from None
+            guid, manifest, app_mode = content.guid, dict(bundle.manifest), bundle.app_mode
+            job = for_content(content, self.settings.job_policy)  # builds run with the content's resources
+        chosen = selection.chosen
+        if chosen is None:  # the failure names the request and every candidate's reason
+            log.info("content %s bundle %s: no compatible environment", guid, request.bundle_id)
+            raise TaskFailed(
+                missing_runtime(selection, "r") or missing_runtime(selection, "quarto") or selection.failure()
+            )
+        for line in selection.lines():
+            out.line(line)
+        env = chosen.environment
+        r, quarto = chosen.installation("r"), chosen.installation("quarto")
+        python = chosen.installation("python")
+        bundle_dir = self.layout.bundle_dir(request.content_id, request.bundle_id).resolve()
+        for warning in job.warnings:
+            log.warning("content %s: build of bundle %s: %s", guid, request.bundle_id, warning)
+            out.line(f"Warning: {warning}")
+        r_library = None
+        if r is not None:
+            r_library = await self.builder.ensure_r(
+                RBuildRequest(
+                    content_id=request.content_id, content_guid=guid, bundle_id=request.bundle_id,
+                    bundle_dir=bundle_dir, manifest=manifest, r=r,
+                    managed=r_managed(manifest, self.settings.r_environment_management),
+                    image=env.name, resources=job.resources, service_account=job.service_account,
+                ),
+                out,
+            )
+        if python is None:  # needing no Python (R content, Quarto's markdown engine)
+            self._record_environment(request.bundle_id, env, None, r, quarto, r_library)
+            return
+        extra = list(RUNTIME_REQUIREMENTS.get(app_mode, []))
+        if app_mode in _KERNEL_MODES:
+            extra += KERNEL_REQUIREMENTS
+        build = BuildRequest(
+            content_id=request.content_id,
+            content_guid=guid,
+            bundle_id=request.bundle_id,
+            bundle_dir=bundle_dir,
+            manifest=manifest,
+            extra_requirements=extra,
+            python=python,
+            image=env.name,
+            resources=job.resources,
+            service_account=job.service_account,
+        )
+        built = await self.builder.ensure(build, out)
+        self._record_environment(request.bundle_id, env, built, r, quarto, r_library)
+
+    def _record_environment(
+        self, bundle_id: int, env: Environment, built: BuiltEnvironment | None,
+        r: Installation | None, quarto: Installation | None, r_library: RLibrary | None,
+    ) -> None:
+        """Write on the bundle what it was built with (``built`` None: no Python package
+        environment; ``r_library`` None: no R)."""
+        with self.store.session() as session:
+            bundle = session.get(Bundle, bundle_id)
+            if bundle is None:
+                raise TaskFailed("The bundle was deleted during the deploy.")
+            if built is not None:
+                bundle.env_fingerprint = built.fingerprint
+                bundle.python_path = built.python
+                bundle.py_version = built.python_version
+                bundle.py_environment_management = built.managed
+            bundle.cluster_name = env.cluster_name
+            bundle.image_name = env.name
+            bundle.environment_guid = env.guid
+            bundle.r_version = r.version_text if r else None
+            bundle.r_path = r_library.r if r_library is not None else None
+            bundle.r_library = r_library.library if r_library is not None else None
+            bundle.r_environment_management = r_library.managed if r_library is not None else None
+            bundle.quarto_version = quarto.version_text if quarto else None
+
+    async def _render(self, request: DeployRequest, out: TaskOutput) -> None:
+        """Render the bundle unless its newest rendering already succeeded (the draft
+        deploy before an activating one renders; activating then reuses that output)."""
+        with self.store.session() as session:
+            newest = session.scalar(
+                select(Rendering).where(Rendering.content_id == request.content_id)
+                .order_by(Rendering.id.desc()).limit(1)
+            )
+            reusable = latest_rendering(session, request.content_id, request.bundle_id)
+            if newest is not None and reusable is not None and newest.id == reusable.id:
+                out.line(f"Bundle {request.bundle_id} is already rendered (rendering {reusable.id}).")
+                return
+        await self.renderer.render_bundle(request.content_id, request.bundle_id, out, "deploy")

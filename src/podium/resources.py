@@ -4,7 +4,7 @@ Content carries ``cpu_request`` and ``cpu_limit`` (cores, fractional),
 ``memory_request`` and ``memory_limit`` (bytes) and ``service_account_name``;
 ``null`` means the server default. Everything here is a pure function of those
 values and a :class:`ResourcePolicy` (the server's defaults and maxima, from the
-``[scheduler]`` settings), so the API, the deploy task and the scheduler agree:
+``[scheduler]`` settings: ``Settings.resource_policy``), so the API, the deploy task and the scheduler agree:
 
 - :func:`check_resource_patch` validates what ``PATCH v1/content/{guid}`` asks for;
 - :func:`resolve_resources` gives the effective :class:`Resources` of every job of the
@@ -67,13 +67,10 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from podium.errors import ApiError
 from podium.runtime.base import Resources
-
-if TYPE_CHECKING:
-    from podium.settings import Settings
 
 MAX_MEMORY_BYTES = 2**53
 MAX_CPU_CORES = 1_000_000.0
@@ -103,20 +100,6 @@ class ResourcePolicy:
     max_cpu_request: float = 0.0
     max_cpu_limit: float = 0.0
     allow_unlimited: bool = True
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ResourcePolicy:
-        return cls(
-            memory_request=settings.memory_request_bytes,
-            memory_limit=settings.memory_limit_bytes,
-            max_memory_request=settings.max_memory_request_bytes,
-            max_memory_limit=settings.max_memory_limit_bytes,
-            cpu_request=settings.cpu_request_cores,
-            cpu_limit=settings.cpu_limit_cores,
-            max_cpu_request=settings.max_cpu_request_cores,
-            max_cpu_limit=settings.max_cpu_limit_cores,
-            allow_unlimited=settings.allow_unlimited_resources,
-        )
 
     def problems(self) -> list[str]:
         """Why these defaults contradict these maxima (empty when they agree)."""
@@ -385,12 +368,21 @@ class JobResources:
     warnings: tuple[str, ...] = ()
 
 
-def for_content(content: Any, settings: Settings) -> JobResources:
-    """The resolved resources and service account of ``content``'s jobs under ``settings``."""
-    resolved = resolve_resources(content_values(content), ResourcePolicy.from_settings(settings))
+@dataclass(frozen=True)
+class JobPolicy:
+    """What decides the resources and service account of every job (``Settings.job_policy``)."""
+
+    resources: ResourcePolicy = ResourcePolicy()
+    default_service_account: str = ""
+    service_account_selection: bool = True
+
+
+def for_content(content: Any, policy: JobPolicy) -> JobResources:
+    """The resolved resources and service account of ``content``'s jobs under ``policy``."""
+    resolved = resolve_resources(content_values(content), policy.resources)
     account, notes = resolve_service_account(
-        getattr(content, "service_account_name", None), settings.default_service_account,
-        settings.content_service_account_selection,
+        getattr(content, "service_account_name", None), policy.default_service_account,
+        policy.service_account_selection,
     )
     return JobResources(resolved.resources, account, resolved.warnings + notes)
 

@@ -166,10 +166,13 @@ class Scheduler:
         port_allocator: Callable[[], int],
         socket_dir: Path | None = None,
         listen_host: str = "127.0.0.1",
+        warm_targets: Callable[[], list[AppTarget]] | None = None,
     ) -> None:
-        """``socket_dir``: where processes on this host also listen on unix sockets
-        (the local backend; None where the proxy reaches processes over the network).
-        ``listen_host``: the address processes bind (see :func:`podium.apps.launch_plan`)."""
+        """``env_factory``: the environment of a new process of a target. ``socket_dir``:
+        where processes on this host also listen on unix sockets (the local backend; None
+        where the proxy reaches processes over the network). ``listen_host``: the address
+        processes bind (see :func:`podium.apps.launch_plan`). ``warm_targets``: the targets
+        that keep ``min_processes`` running (asked every few seconds; None: none)."""
         self.jobs = jobs
         self.socket_dir = socket_dir
         self.listen_host = listen_host
@@ -180,7 +183,7 @@ class Scheduler:
         self.pools: dict[PoolKey, Pool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
-        self.warm_targets: Callable[[], list[AppTarget]] | None = None
+        self.warm_targets = warm_targets
 
     # --- requests -----------------------------------------------------------------------
 

@@ -17,10 +17,8 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from podium.app import create_app
-from podium.context import Podium
+from podium.app import Node, create_app
 from podium.proxy.front import Front
-from podium.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +30,15 @@ class _AppServer(uvicorn.Server):
         yield
 
 
-async def serve(settings: Settings, ctx: Podium) -> None:
-    run_dir = ctx.data_dir / "run"
+async def serve(node: Node) -> None:
+    settings = node.settings
+    run_dir = node.layout.run
     run_dir.mkdir(parents=True, exist_ok=True)
     socket_path = run_dir / "app.sock"
     socket_path.unlink(missing_ok=True)
     app_server = _AppServer(
         uvicorn.Config(
-            create_app(settings, ctx),
+            create_app(node),
             uds=str(socket_path),
             proxy_headers=True,
             forwarded_allow_ips="*",
@@ -54,7 +53,7 @@ async def serve(settings: Settings, ctx: Podium) -> None:
             await app_task
             raise RuntimeError("the app server stopped during start-up")
         await asyncio.sleep(0.02)
-    front = Front(ctx.router, str(socket_path))
+    front = Front(node.router, str(socket_path))
     await front.start(settings.host, settings.port)
     log.info("Podium listening on http://%s:%d/", settings.host, front.port)
 
@@ -72,7 +71,7 @@ async def serve(settings: Settings, ctx: Podium) -> None:
     socket_path.unlink(missing_ok=True)
 
 
-def run(settings: Settings, ctx: Podium) -> None:
+def run(node: Node) -> None:
     try:
         import uvloop
 
@@ -80,4 +79,4 @@ def run(settings: Settings, ctx: Podium) -> None:
     except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
         runner = asyncio.Runner()
     with runner:
-        runner.run(serve(settings, ctx))
+        runner.run(serve(node))

@@ -19,6 +19,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from podium.environments.validate import validate_declarations
+from podium.resources import JobPolicy, ResourcePolicy, service_account_problem
+
 
 class SettingsError(Exception):
     """A settings file or value that cannot be used; the message says what to fix."""
@@ -449,8 +452,6 @@ class Settings(BaseSettings):
     @field_validator("declared_environments")
     @classmethod
     def _check_declared(cls, value: list[Any]) -> list[dict[str, Any]]:
-        from podium.environments.validate import validate_declarations
-
         return validate_declarations(value)
 
     @field_validator("listen")
@@ -464,8 +465,6 @@ class Settings(BaseSettings):
     @field_validator("default_service_account")
     @classmethod
     def _check_service_account(cls, value: str) -> str:
-        from podium.resources import service_account_problem
-
         problem = service_account_problem(value) if value else None
         if problem:
             raise ValueError(problem)
@@ -473,12 +472,32 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_resources(self) -> Settings:
-        from podium.resources import ResourcePolicy
-
-        problems = ResourcePolicy.from_settings(self).problems()
+        problems = self.resource_policy.problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def resource_policy(self) -> ResourcePolicy:
+        """The ``[scheduler]`` resource defaults and maxima, as :mod:`podium.resources` reads them."""
+        return ResourcePolicy(
+            memory_request=self.memory_request_bytes,
+            memory_limit=self.memory_limit_bytes,
+            max_memory_request=self.max_memory_request_bytes,
+            max_memory_limit=self.max_memory_limit_bytes,
+            cpu_request=self.cpu_request_cores,
+            cpu_limit=self.cpu_limit_cores,
+            max_cpu_request=self.max_cpu_request_cores,
+            max_cpu_limit=self.max_cpu_limit_cores,
+            allow_unlimited=self.allow_unlimited_resources,
+        )
+
+    @property
+    def job_policy(self) -> JobPolicy:
+        """Resources and service accounts of content jobs (:func:`podium.resources.for_content`)."""
+        return JobPolicy(
+            self.resource_policy, self.default_service_account, self.content_service_account_selection
+        )
 
     @property
     def host(self) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from podium.store import Store
 from podium.store.models import Task, TaskLine, utcnow
@@ -59,6 +59,17 @@ class TaskOutput:
 
 
 TaskBody = Callable[[TaskOutput], Awaitable[dict[str, Any] | None]]
+
+
+class ContentLocks:
+    """One lock per content item, held by its deploys and renders so they never overlap
+    (on this node)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def __call__(self, content_id: int) -> asyncio.Lock:
+        return self._locks.setdefault(content_id, asyncio.Lock())
 
 
 class TaskManager:
@@ -144,6 +155,21 @@ class TaskManager:
         finally:
             if not event.is_set():
                 self._events.pop(task_id, None)
+
+    def fail_interrupted(self) -> int:
+        """Tasks left running by a stopped server can never finish: say so. Returns how many."""
+        with self.store.session() as session:
+            done = session.execute(
+                update(Task)
+                .where(Task.finished.is_(False))
+                .values(
+                    finished=True,
+                    code=1,
+                    error="The server stopped while this task ran; deploy again.",
+                    finished_time=utcnow(),
+                )
+            )
+            return int(getattr(done, "rowcount", 0) or 0)
 
     async def shutdown(self) -> None:
         for runner in list(self._running):

@@ -28,17 +28,18 @@ from starlette.datastructures import UploadFile
 from podium import errors
 from podium.api import deps
 from podium.api.content import managed_content, visible_content
+from podium.api.lookup import found
 from podium.api.serialize import bundle_json
 from podium.bundles import BundleError, BundleLimits, unpack_bundle
-from podium.context import Podium
+from podium.layout import DataLayout
+from podium.settings import Settings
 from podium.store.models import Bundle, Content, User
 
 router = APIRouter()
 _CHUNK = 1 << 16
 
 
-def bundle_limits(ctx: Podium) -> BundleLimits:
-    s = ctx.settings
+def bundle_limits(s: Settings) -> BundleLimits:
     return BundleLimits(
         max_bytes=s.bundle_max_bytes,
         max_unpacked_bytes=s.bundle_max_unpacked_bytes,
@@ -129,14 +130,15 @@ def _check_checksum(request: Request, sink: _Sink) -> None:
 async def upload_bundle(
     guid: str,
     request: Request,
-    ctx: Podium = Depends(deps.podium),
+    settings: Settings = Depends(deps.settings),
+    layout: DataLayout = Depends(deps.layout),
     session: Session = Depends(deps.db),
     user: User = Depends(deps.user),
 ) -> dict[str, Any]:
     content = managed_content(session, user, guid)
-    limits = bundle_limits(ctx)
-    sink = _Sink(ctx.tmp_dir(), limits.max_bytes)
-    unpacked = ctx.tmp_dir() / f"unpack-{uuid.uuid4().hex}"
+    limits = bundle_limits(settings)
+    sink = _Sink(layout.tmp(), limits.max_bytes)
+    unpacked = layout.tmp() / f"unpack-{uuid.uuid4().hex}"
     try:
         metadata = await _receive(request, sink)
         sink.finish()
@@ -157,8 +159,8 @@ async def upload_bundle(
         )
         session.add(bundle)
         session.flush()
-        archive_path = ctx.bundle_archive(content.id, bundle.id)
-        bundle_path = ctx.bundle_dir(content.id, bundle.id)
+        archive_path = layout.bundle_archive(content.id, bundle.id)
+        bundle_path = layout.bundle_dir(content.id, bundle.id)
         archive_path.parent.mkdir(parents=True, exist_ok=True)
         bundle_path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(sink.path, archive_path)
@@ -180,9 +182,7 @@ def load_bundle(session: Session, content: Content, bundle_id: str | int | None)
     ident = str(bundle_id)
     if not ident.isdigit():
         raise errors.invalid_id("bundle", ident)
-    bundle = session.get(Bundle, int(ident))
-    if bundle is None:
-        raise errors.not_found("bundle", ident)
+    bundle = found(session.get(Bundle, int(ident)), "bundle", ident)
     if bundle.content_id != content.id:
         raise errors.bad_request(f"Bundle {ident} does not belong to this content.", code=82)
     return bundle
@@ -216,14 +216,14 @@ def get_bundle(
 def download_bundle(
     guid: str,
     bundle_id: str,
-    ctx: Podium = Depends(deps.podium),
+    layout: DataLayout = Depends(deps.layout),
     session: Session = Depends(deps.db),
     who: deps.Caller = Depends(deps.caller),
 ) -> Response:
     content = managed_content(session, who.user, guid)
     bundle = load_bundle(session, content, bundle_id)
     return FileResponse(
-        ctx.bundle_archive(content.id, bundle.id),
+        layout.bundle_archive(content.id, bundle.id),
         media_type="application/gzip",
         filename=f"bundle-{bundle.id}.tar.gz",
     )
@@ -233,7 +233,7 @@ def download_bundle(
 def delete_bundle(
     guid: str,
     bundle_id: str,
-    ctx: Podium = Depends(deps.podium),
+    layout: DataLayout = Depends(deps.layout),
     session: Session = Depends(deps.db),
     who: deps.Caller = Depends(deps.caller),
 ) -> Response:
@@ -245,8 +245,8 @@ def delete_bundle(
         )
     session.delete(bundle)
     session.commit()
-    ctx.bundle_archive(content.id, bundle.id).unlink(missing_ok=True)
-    shutil.rmtree(ctx.bundle_dir(content.id, bundle.id), ignore_errors=True)
+    layout.bundle_archive(content.id, bundle.id).unlink(missing_ok=True)
+    shutil.rmtree(layout.bundle_dir(content.id, bundle.id), ignore_errors=True)
     return Response(status_code=204)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -15,11 +14,16 @@ from sqlalchemy.orm import Session
 from podium import auth, errors
 from podium.api import deps
 from podium.api.body import json_object
+from podium.api.lookup import by_guid
 from podium.api.serialize import content_json
 from podium.api.validate import validate_content_patch
 from podium.appmodes import APP_MODE_ORDINALS
-from podium.context import Podium
+from podium.changes import Changes
+from podium.layout import DataLayout
+from podium.scheduler import Scheduler
+from podium.settings import Settings
 from podium.store.models import Content, Permission, User
+from podium.urls import Urls
 
 router = APIRouter()
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{3,64}$")
@@ -27,14 +31,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_-]{3,64}$")
 
 def load_content(session: Session, guid: str) -> Content:
     """The content with ``guid``; 400 for a malformed id, 404 when absent."""
-    try:
-        uuid.UUID(guid)
-    except ValueError:
-        raise errors.invalid_id("content", guid) from None
-    content = session.scalar(select(Content).where(Content.guid == guid))
-    if content is None:
-        raise errors.not_found("content", guid)
-    return content
+    return by_guid(session, Content, guid, "content")
 
 
 def visible_content(session: Session, user: User | None, guid: str) -> Content:
@@ -72,7 +69,7 @@ def list_content(
     name: str | None = None,
     owner_guid: str | None = None,
     include: str | None = None,
-    ctx: Podium = Depends(deps.podium),
+    urls: Urls = Depends(deps.urls),
     session: Session = Depends(deps.db),
     who: deps.Caller = Depends(deps.caller),
 ) -> list[dict[str, Any]]:
@@ -96,7 +93,7 @@ def list_content(
         query = query.where(or_(*visible))
     includes = _includes(include)
     return [
-        content_json(ctx, item, auth.app_role(session, user, item), includes)
+        content_json(urls, item, auth.app_role(session, user, item), includes)
         for item in session.scalars(query)
     ]
 
@@ -104,15 +101,16 @@ def list_content(
 @router.post("/v1/content")
 async def create_content(
     request: Request,
-    ctx: Podium = Depends(deps.podium),
+    urls: Urls = Depends(deps.urls),
+    settings: Settings = Depends(deps.settings),
     session: Session = Depends(deps.db),
     user: User = Depends(deps.publisher),
 ) -> dict[str, Any]:
     body = await json_object(request)
     name = check_name(body.get("name"))
     content = Content(name=name, owner_id=user.id, title=None)
-    changes = validate_content_patch(ctx, session, user, content, body, creating=True)
-    for field, value in changes.items():
+    patch = validate_content_patch(settings, user, content, body, creating=True)
+    for field, value in patch.items():
         setattr(content, field, value)
     session.add(content)
     try:
@@ -120,49 +118,53 @@ async def create_content(
     except IntegrityError:
         session.rollback()
         raise errors.name_exists(name) from None
-    return content_json(ctx, content, "owner")
+    return content_json(urls, content, "owner")
 
 
 @router.get("/v1/content/{guid}")
 def get_content(
     guid: str,
     include: str | None = None,
-    ctx: Podium = Depends(deps.podium),
+    urls: Urls = Depends(deps.urls),
     session: Session = Depends(deps.db),
     who: deps.Caller = Depends(deps.caller),
 ) -> dict[str, Any]:
     content = visible_content(session, who.user, guid)
-    return content_json(ctx, content, auth.app_role(session, who.user, content), _includes(include))
+    return content_json(urls, content, auth.app_role(session, who.user, content), _includes(include))
 
 
 @router.patch("/v1/content/{guid}")
 async def update_content(
     guid: str,
     request: Request,
-    ctx: Podium = Depends(deps.podium),
+    urls: Urls = Depends(deps.urls),
+    settings: Settings = Depends(deps.settings),
+    changes: Changes = Depends(deps.changes),
     session: Session = Depends(deps.db),
     user: User = Depends(deps.user),
 ) -> dict[str, Any]:
     content = managed_content(session, user, guid)
     body = await json_object(request)
-    changes = validate_content_patch(ctx, session, user, content, body, creating=False)
+    patch = validate_content_patch(settings, user, content, body, creating=False)
     if "name" in body:
-        changes["name"] = check_name(body["name"])
-    for field, value in changes.items():
+        patch["name"] = check_name(body["name"])
+    for field, value in patch.items():
         setattr(content, field, value)
     try:
         session.commit()
     except IntegrityError:
         session.rollback()
         raise errors.name_exists(str(body.get("name"))) from None
-    ctx.content_changed(content.guid)
-    return content_json(ctx, content, auth.app_role(session, user, content))
+    changes.content(content.guid)
+    return content_json(urls, content, auth.app_role(session, user, content))
 
 
 @router.delete("/v1/content/{guid}", status_code=204)
 def delete_content(
     guid: str,
-    ctx: Podium = Depends(deps.podium),
+    changes: Changes = Depends(deps.changes),
+    scheduler: Scheduler = Depends(deps.scheduler),
+    layout: DataLayout = Depends(deps.layout),
     session: Session = Depends(deps.db),
     user: User = Depends(deps.user),
 ) -> Response:
@@ -170,10 +172,9 @@ def delete_content(
     content_id = content.id
     session.delete(content)
     session.commit()
-    ctx.content_changed(guid)
-    ctx.scheduler.retire(content_id, None, None)
-    for path in (ctx.data_dir / "apps" / str(content_id), ctx.data_dir / "bundles" / str(content_id),
-                 ctx.data_dir / "outputs" / str(content_id)):
+    changes.content(guid)
+    scheduler.retire(content_id, None, None)
+    for path in layout.content_dirs(content_id):
         shutil.rmtree(path, ignore_errors=True)
     return Response(status_code=204)
 
@@ -181,7 +182,7 @@ def delete_content(
 @router.get("/applications/{ident}")
 def get_application_v0(
     ident: str,
-    ctx: Podium = Depends(deps.podium),
+    urls: Urls = Depends(deps.urls),
     session: Session = Depends(deps.db),
     who: deps.Caller = Depends(deps.caller),
 ) -> dict[str, Any]:
@@ -191,7 +192,7 @@ def get_application_v0(
     content = session.scalar(query)
     if content is None or not auth.can_see_settings(session, who.user, content):
         raise errors.not_found("content", ident)
-    body = content_json(ctx, content, auth.app_role(session, who.user, content))
+    body = content_json(urls, content, auth.app_role(session, who.user, content))
     body.update(
         {
             "id": content.id,

@@ -13,9 +13,10 @@ from podium.api import deps
 from podium.api.body import json_object
 from podium.api.bundles import load_bundle
 from podium.api.content import managed_content
-from podium.context import Podium
-from podium.deploy import DeployRequest, run_deploy
+from podium.deploy import Deployer, DeployRequest
+from podium.settings import Settings
 from podium.store.models import Bundle, Task, User
+from podium.tasks import TaskManager, TaskOutput
 
 router = APIRouter()
 
@@ -24,7 +25,8 @@ router = APIRouter()
 async def deploy(
     guid: str,
     request: Request,
-    ctx: Podium = Depends(deps.podium),
+    tasks: TaskManager = Depends(deps.tasks),
+    deployer: Deployer = Depends(deps.deployer),
     session: Session = Depends(deps.db),
     user: User = Depends(deps.user),
 ) -> dict[str, Any]:
@@ -48,14 +50,14 @@ async def deploy(
             f"This content is {content.app_mode!r} and the bundle is {bundle.app_mode!r}: the app "
             "mode cannot change once deployed. Deploy the bundle as new content instead.",
         )
-    task_id = ctx.tasks.create("deploy", user.id, content.id)
+    task_id = tasks.create("deploy", user.id, content.id)
     job = DeployRequest(content_id=content.id, bundle_id=bundle.id, activate=activate,
                         deployer=auth.environment_user(user))
 
-    async def body_fn(out: Any) -> Any:
-        return await run_deploy(ctx, job, out)
+    async def body_fn(out: TaskOutput) -> dict[str, Any] | None:
+        return await deployer.run(job, out)
 
-    ctx.tasks.start(task_id, body_fn)
+    tasks.start(task_id, body_fn)
     return {"task_id": task_id}
 
 
@@ -73,7 +75,8 @@ async def get_task(
     task_id: str,
     first: str | None = None,
     wait: str | None = None,
-    ctx: Podium = Depends(deps.podium),
+    tasks: TaskManager = Depends(deps.tasks),
+    settings: Settings = Depends(deps.settings),
     session: Session = Depends(deps.db),
     user: User = Depends(deps.user),
 ) -> dict[str, Any]:
@@ -82,8 +85,8 @@ async def get_task(
         raise errors.not_found("task", task_id)
     session.close()  # do not hold a connection during the long poll
     start = max(0, int(_number("first", first, 0)))
-    seconds = min(_number("wait", wait, 0), ctx.settings.task_wait_max_seconds)
-    snap = await ctx.tasks.wait(task_id, start, seconds)
+    seconds = min(_number("wait", wait, 0), settings.task_wait_max_seconds)
+    snap = await tasks.wait(task_id, start, seconds)
     if snap is None:
         raise errors.not_found("task", task_id)
     return {

@@ -1,28 +1,89 @@
-"""Request dependencies: the database session and the caller."""
+"""Request dependencies: the server's parts an endpoint uses, the database session, the caller.
+
+``app.py`` puts each part on ``app.state`` once; an endpoint names the ones it uses
+in its signature (``settings: Settings = Depends(deps.settings)``), so what an
+endpoint touches is read from its parameters.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from podium import auth, errors
-from podium.context import Podium
+from podium.changes import Changes
+from podium.deploy import Deployer
+from podium.jobs import JobRunner
+from podium.layout import DataLayout
+from podium.render.tasks import RenderTasks
+from podium.runtime import ExecutionBackend
+from podium.scheduler import Scheduler
+from podium.secrets import EnvVars
+from podium.settings import Settings
+from podium.store import Store
 from podium.store.models import User
+from podium.tasks import TaskManager
+from podium.urls import Urls
 
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
-def podium(request: Request) -> Podium:
-    return request.app.state.podium  # type: ignore[no-any-return]
+def settings(request: Request) -> Settings:
+    return cast(Settings, request.app.state.settings)
 
 
-def db(ctx: Podium = Depends(podium)) -> Iterator[Session]:
+def store(request: Request) -> Store:
+    return cast(Store, request.app.state.store)
+
+
+def layout(request: Request) -> DataLayout:
+    return cast(DataLayout, request.app.state.layout)
+
+
+def urls(request: Request) -> Urls:
+    return cast(Urls, request.app.state.urls)
+
+
+def changes(request: Request) -> Changes:
+    return cast(Changes, request.app.state.changes)
+
+
+def env_vars(request: Request) -> EnvVars:
+    return cast(EnvVars, request.app.state.env_vars)
+
+
+def backend(request: Request) -> ExecutionBackend:
+    return cast(ExecutionBackend, request.app.state.backend)
+
+
+def tasks(request: Request) -> TaskManager:
+    return cast(TaskManager, request.app.state.tasks)
+
+
+def jobs(request: Request) -> JobRunner:
+    return cast(JobRunner, request.app.state.jobs)
+
+
+def scheduler(request: Request) -> Scheduler:
+    return cast(Scheduler, request.app.state.scheduler)
+
+
+def deployer(request: Request) -> Deployer:
+    return cast(Deployer, request.app.state.deployer)
+
+
+def render_tasks(request: Request) -> RenderTasks:
+    return cast(RenderTasks, request.app.state.render_tasks)
+
+
+def db(parts: Store = Depends(store)) -> Iterator[Session]:
     """A session for one request. Endpoints that change data commit themselves,
     so the change is durable before the response leaves."""
-    session = ctx.store._sessions()
+    session = parts.new_session()
     try:
         yield session
     finally:
@@ -36,7 +97,7 @@ class Caller:
     via: str  # "key", "session" or "anonymous"
 
 
-def resolve_caller(request: Request, ctx: Podium, session: Session) -> Caller:
+def resolve_caller(request: Request, settings: Settings, session: Session) -> Caller:
     """Who is calling: an API key, else a login session cookie, else nobody.
 
     A key that does not match is an error (401, code 30) rather than anonymous
@@ -55,7 +116,7 @@ def resolve_caller(request: Request, ctx: Podium, session: Session) -> Caller:
         return Caller(user, "key")
     token = request.cookies.get(auth.SESSION_COOKIE)
     if token:
-        info = auth.user_for_session(session, token, ctx.settings.session_lifetime_seconds)
+        info = auth.user_for_session(session, token, settings.session_lifetime_seconds)
         if info is not None:
             if request.method not in _SAFE_METHODS and not auth.csrf_ok(
                 info.csrf_token, request.headers.get("x-csrf-token")
@@ -69,9 +130,9 @@ def resolve_caller(request: Request, ctx: Podium, session: Session) -> Caller:
 
 
 def caller(
-    request: Request, ctx: Podium = Depends(podium), session: Session = Depends(db)
+    request: Request, config: Settings = Depends(settings), session: Session = Depends(db)
 ) -> Caller:
-    return resolve_caller(request, ctx, session)
+    return resolve_caller(request, config, session)
 
 
 def user(who: Caller = Depends(caller)) -> User:

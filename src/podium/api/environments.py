@@ -9,7 +9,6 @@ show which environment a bundle gets and why every other one was not chosen.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -22,8 +21,8 @@ from podium.api import deps
 from podium.api.body import json_object
 from podium.api.bundles import load_bundle
 from podium.api.content import visible_content
+from podium.api.lookup import by_guid, found
 from podium.api.serialize import RUNTIME_RECORD_FIELDS, iso
-from podium.context import Podium
 from podium.environments.catalogue import apply_fields, resolve, selection_json
 from podium.environments.host import HOST
 from podium.environments.model import InvalidRequest
@@ -33,6 +32,7 @@ from podium.environments.validate import (
     UPDATABLE,
     validate_environment,
 )
+from podium.settings import Settings
 from podium.store.models import EnvironmentPermission, ExecutionEnvironment, User
 
 router = APIRouter()
@@ -60,14 +60,7 @@ def environment_json(record: ExecutionEnvironment) -> dict[str, Any]:
 
 
 def _load(session: Session, guid: str) -> ExecutionEnvironment:
-    try:
-        uuid.UUID(guid)
-    except ValueError:
-        raise errors.invalid_id("environment", guid) from None
-    record = session.scalar(select(ExecutionEnvironment).where(ExecutionEnvironment.guid == guid))
-    if record is None:
-        raise errors.not_found("environment", guid)
-    return record
+    return by_guid(session, ExecutionEnvironment, guid, "environment")
 
 
 def _editable(record: ExecutionEnvironment) -> ExecutionEnvironment:
@@ -120,7 +113,7 @@ async def create_environment(
 @router.post("/v1/environments/explain")
 async def explain(
     request: Request,
-    ctx: Podium = Depends(deps.podium),
+    settings: Settings = Depends(deps.settings),
     session: Session = Depends(deps.db),
     user: User = Depends(deps.publisher),
 ) -> dict[str, Any]:
@@ -137,7 +130,7 @@ async def explain(
     if body.get("content_guid") is not None:
         content_image = visible_content(session, user, str(body["content_guid"])).default_image_name
     try:
-        selection = resolve(ctx.settings, session, manifest, content_image, auth.environment_user(user))
+        selection = resolve(settings, session, manifest, content_image, auth.environment_user(user))
     except InvalidRequest as exc:
         raise errors.bad_request(str(exc), code=38) from None
     return selection_json(selection)
@@ -178,7 +171,7 @@ def delete_environment(
 def bundle_environment(
     guid: str,
     bundle_id: str,
-    ctx: Podium = Depends(deps.podium),
+    settings: Settings = Depends(deps.settings),
     session: Session = Depends(deps.db),
     user: User = Depends(deps.publisher),
 ) -> dict[str, Any]:
@@ -186,7 +179,7 @@ def bundle_environment(
     content = visible_content(session, user, guid)
     bundle = load_bundle(session, content, bundle_id)
     try:
-        body = selection_json(resolve(ctx.settings, session, bundle.manifest, content.default_image_name))
+        body = selection_json(resolve(settings, session, bundle.manifest, content.default_image_name))
     except InvalidRequest as exc:
         raise errors.bad_request(str(exc), code=38) from None
     body["recorded"] = {name: getattr(bundle, name) for name in RUNTIME_RECORD_FIELDS}
@@ -256,13 +249,14 @@ def delete_environment_permission(
     _user: User = Depends(deps.administrator),
 ) -> Response:
     record = _load(session, guid)
-    permission = session.scalar(
-        select(EnvironmentPermission).where(
-            EnvironmentPermission.environment_id == record.id, EnvironmentPermission.guid == permission_guid
-        )
+    permission = found(
+        session.scalar(
+            select(EnvironmentPermission).where(
+                EnvironmentPermission.environment_id == record.id, EnvironmentPermission.guid == permission_guid
+            )
+        ),
+        "environment permission", permission_guid,
     )
-    if permission is None:
-        raise errors.not_found("environment permission", permission_guid)
     session.delete(permission)
     session.commit()
     return Response(status_code=204)

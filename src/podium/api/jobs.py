@@ -16,9 +16,10 @@ from podium import errors
 from podium.api import deps
 from podium.api.content import managed_content
 from podium.api.serialize import iso
-from podium.context import Podium
-from podium.jobs import handle_of
-from podium.runtime import LogLine
+from podium.jobs import JobRunner, handle_of
+from podium.runtime import ExecutionBackend, LogLine
+from podium.scheduler import Scheduler
+from podium.settings import Settings
 from podium.store.models import Content, Job, User
 
 router = APIRouter()
@@ -86,7 +87,7 @@ async def job_log(
     guid: str,
     key: str,
     maxLogLines: int | None = None,  # noqa: N803 - Connect's parameter name
-    ctx: Podium = Depends(deps.podium),
+    backend: ExecutionBackend = Depends(deps.backend),
     session: Session = Depends(deps.db),
     user: User = Depends(deps.user),
 ) -> dict[str, Any]:
@@ -96,7 +97,7 @@ async def job_log(
     session.close()
     entries: list[dict[str, Any]] = []
     if handle is not None:
-        async for line in ctx.backend.logs(handle):
+        async for line in backend.logs(handle):
             entries.append(_entry(line))
     if maxLogLines is not None and maxLogLines >= 0:
         entries = entries[-maxLogLines:] if maxLogLines else []
@@ -107,7 +108,7 @@ async def job_log(
 async def job_tail(
     guid: str,
     key: str,
-    ctx: Podium = Depends(deps.podium),
+    backend: ExecutionBackend = Depends(deps.backend),
     session: Session = Depends(deps.db),
     user: User = Depends(deps.user),
 ) -> StreamingResponse:
@@ -119,7 +120,7 @@ async def job_tail(
     async def events() -> AsyncIterator[bytes]:
         if handle is None:
             return
-        async for line in ctx.backend.logs(handle, follow=True):
+        async for line in backend.logs(handle, follow=True):
             yield f"data: {json.dumps(_entry(line))}\n\n".encode()
         yield b"event: end\ndata: {}\n\n"
 
@@ -130,7 +131,9 @@ async def job_tail(
 async def kill_job(
     guid: str,
     key: str,
-    ctx: Podium = Depends(deps.podium),
+    scheduler: Scheduler = Depends(deps.scheduler),
+    jobs: JobRunner = Depends(deps.jobs),
+    settings: Settings = Depends(deps.settings),
     session: Session = Depends(deps.db),
     user: User = Depends(deps.user),
 ) -> dict[str, Any]:
@@ -142,6 +145,6 @@ async def kill_job(
     result = {"guid": content.guid, "app_id": str(content.id), "app_guid": content.guid,
               "job_id": str(job.id), "job_key": key, "result": "Order to kill job registered"}
     session.close()
-    if not await ctx.scheduler.stop_job(key) and handle is not None:
-        await asyncio.shield(ctx.jobs.stop(handle, ctx.settings.stop_grace_seconds))
+    if not await scheduler.stop_job(key) and handle is not None:
+        await asyncio.shield(jobs.stop(handle, settings.stop_grace_seconds))
     return result

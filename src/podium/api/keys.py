@@ -11,8 +11,9 @@ from sqlalchemy.orm import Session
 from podium import auth, errors
 from podium.api import deps
 from podium.api.body import json_object
+from podium.api.lookup import found
 from podium.api.serialize import iso
-from podium.context import Podium
+from podium.changes import Changes
 from podium.store.models import ApiKey, User
 
 router = APIRouter()
@@ -34,17 +35,12 @@ def key_json(record: ApiKey, key: str | None = None) -> dict[str, Any]:
 def _owner(session: Session, current: User, guid: str, admin_allowed: bool) -> User:
     if guid != current.guid and not (admin_allowed and auth.at_least(current, "administrator")):
         raise errors.forbidden("You can only manage your own API keys.")
-    user = session.scalar(select(User).where(User.guid == guid))
-    if user is None:
-        raise errors.not_found("user", guid)
-    return user
+    return found(session.scalar(select(User).where(User.guid == guid)), "user", guid)
 
 
 def _key(session: Session, user: User, key_id: str) -> ApiKey:
-    record = session.scalar(select(ApiKey).where(ApiKey.guid == key_id, ApiKey.user_id == user.id))
-    if record is None:
-        raise errors.not_found("API key", key_id)
-    return record
+    query = select(ApiKey).where(ApiKey.guid == key_id, ApiKey.user_id == user.id)
+    return found(session.scalar(query), "API key", key_id)
 
 
 @router.get("/v1/users/{guid}/keys")
@@ -83,12 +79,12 @@ def get_key(
 def delete_key(
     guid: str,
     key_id: str,
-    ctx: Podium = Depends(deps.podium),
+    changes: Changes = Depends(deps.changes),
     session: Session = Depends(deps.db),
     current: User = Depends(deps.user),
 ) -> Response:
     record = _key(session, _owner(session, current, guid, admin_allowed=True), key_id)
     session.delete(record)
     session.commit()
-    ctx.users_changed()
+    changes.users()
     return Response(status_code=204)

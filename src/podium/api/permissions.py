@@ -12,8 +12,9 @@ from podium import auth, errors
 from podium.api import deps
 from podium.api.body import json_object
 from podium.api.content import managed_content, visible_content
+from podium.api.lookup import by_number, found
 from podium.api.serialize import permission_json
-from podium.context import Podium
+from podium.changes import Changes
 from podium.store.models import Content, Permission, User
 
 router = APIRouter()
@@ -33,9 +34,7 @@ def _check(session: Session, content: Content, body: dict[str, Any]) -> tuple[st
             f"role must be 'viewer' or 'owner' (collaborator); got {role!r}.", code=153
         )
     principal_guid = body.get("principal_guid")
-    user = session.scalar(select(User).where(User.guid == str(principal_guid)))
-    if user is None:
-        raise errors.not_found("user", str(principal_guid))
+    user = found(session.scalar(select(User).where(User.guid == str(principal_guid))), "user", str(principal_guid))
     if user.id == content.owner_id:
         raise errors.bad_request("The owner of content cannot be added as a collaborator or viewer.", code=34)
     if role == "owner" and not auth.at_least(user, "publisher"):
@@ -47,7 +46,7 @@ def _check(session: Session, content: Content, body: dict[str, Any]) -> tuple[st
 
 
 def _load(session: Session, content: Content, permission_id: str) -> Permission:
-    permission = session.get(Permission, int(permission_id)) if permission_id.isdigit() else None
+    permission = by_number(session, Permission, permission_id)
     if permission is None or permission.content_id != content.id:
         raise errors.not_found("permission", permission_id)
     return permission
@@ -70,7 +69,7 @@ async def add_permission(
     request: Request,
     session: Session = Depends(deps.db),
     user: User = Depends(deps.user),
-    ctx: Podium = Depends(deps.podium),
+    changes: Changes = Depends(deps.changes),
 ) -> dict[str, Any]:
     content = managed_content(session, user, guid)
     principal_guid, principal_type, role = _check(session, content, await json_object(request))
@@ -88,7 +87,7 @@ async def add_permission(
     )
     session.add(permission)
     session.commit()
-    ctx.content_changed(content.guid)
+    changes.content(content.guid)
     return permission_json(permission, content)
 
 
@@ -107,7 +106,7 @@ async def update_permission(
     request: Request,
     session: Session = Depends(deps.db),
     user: User = Depends(deps.user),
-    ctx: Podium = Depends(deps.podium),
+    changes: Changes = Depends(deps.changes),
 ) -> dict[str, Any]:
     content = managed_content(session, user, guid)
     permission = _load(session, content, permission_id)
@@ -118,7 +117,7 @@ async def update_permission(
         principal_guid, principal_type, role,
     )
     session.commit()
-    ctx.content_changed(content.guid)
+    changes.content(content.guid)
     return permission_json(permission, content)
 
 
@@ -128,10 +127,10 @@ def delete_permission(
     permission_id: str,
     session: Session = Depends(deps.db),
     user: User = Depends(deps.user),
-    ctx: Podium = Depends(deps.podium),
+    changes: Changes = Depends(deps.changes),
 ) -> Response:
     content = managed_content(session, user, guid)
     session.delete(_load(session, content, permission_id))
     session.commit()
-    ctx.content_changed(content.guid)
+    changes.content(content.guid)
     return Response(status_code=204)

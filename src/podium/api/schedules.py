@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from podium import auth, errors
 from podium.api import deps
 from podium.api.body import json_object
+from podium.api.lookup import by_number, found, variant_content
 from podium.api.serialize import iso
 from podium.render import SUPPORTED_RENDER_MODES
 from podium.render.schedules import InvalidSchedule, next_run
@@ -48,10 +49,7 @@ def schedule_json(row: Schedule) -> dict[str, Any]:
 
 
 def _content(session: Session, user: User, variant_id: Any, manage: bool) -> Content:
-    text = str(variant_id)
-    content = session.get(Content, int(text)) if text.isdigit() else None
-    if content is None or not auth.can_see_settings(session, user, content):
-        raise errors.not_found("variant", text)
+    content = variant_content(session, user, str(variant_id))
     if manage and not auth.can_manage(session, user, content):
         raise errors.forbidden("Only the owner, collaborators and administrators can schedule this content.")
     return content
@@ -117,9 +115,7 @@ async def create_schedule(
 
 
 def _row(session: Session, user: User, schedule_id: str, manage: bool) -> Schedule:
-    row = session.get(Schedule, int(schedule_id)) if schedule_id.isdigit() else None
-    if row is None:
-        raise errors.not_found("schedule", schedule_id)
+    row = found(by_number(session, Schedule, schedule_id), "schedule", schedule_id)
     _content(session, user, row.content_id, manage)
     return row
 

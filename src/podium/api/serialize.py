@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from podium.context import Podium
 from podium.store.models import Bundle, Content, Permission, User
+from podium.urls import Urls
 
 RUNTIME_FIELDS = (
     "min_processes",
@@ -54,7 +54,7 @@ def user_json(user: User) -> dict[str, Any]:
 
 
 def content_json(
-    ctx: Podium, content: Content, app_role: str, include: set[str] | None = None
+    urls: Urls, content: Content, app_role: str, include: set[str] | None = None
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "guid": content.guid,
@@ -72,8 +72,8 @@ def content_json(
         "bundle_id": str(content.bundle_id) if content.bundle_id is not None else None,
         "created_time": iso(content.created_time),
         "last_deployed_time": iso(content.last_deployed_time),
-        "content_url": ctx.content_url(content.guid),
-        "dashboard_url": ctx.dashboard_url(content.guid),
+        "content_url": urls.content(content.guid),
+        "dashboard_url": urls.dashboard(content.guid),
         "app_role": app_role,
         "vanity_url": None,
         "run_as": None,

@@ -10,13 +10,16 @@ from fastapi import APIRouter, Depends
 
 from podium import CONNECT_COMPAT_VERSION, __version__
 from podium.api import deps
-from podium.context import Podium
+from podium.runtime import ExecutionBackend
+from podium.settings import Settings
 
 router = APIRouter()
 
 
 @router.get("/server_settings")
-def server_settings(ctx: Podium = Depends(deps.podium)) -> dict[str, Any]:
+def server_settings(
+    settings: Settings = Depends(deps.settings), backend: ExecutionBackend = Depends(deps.backend)
+) -> dict[str, Any]:
     # Reachable without authentication; clients read `version` to pick features.
     # Podium's own keys: whether content may name a service account, and whether the
     # name has any effect (the local backend records it but runs every job as itself).
@@ -30,8 +33,8 @@ def server_settings(ctx: Podium = Depends(deps.podium)) -> dict[str, Any]:
         "enable_image_management": True,
         "git_enabled": False,
         "license": {"allow-apis": True, "shiny-servers": 0, "users": 0},
-        "content_service_account_selection": ctx.settings.content_service_account_selection,
-        "service_accounts_effective": ctx.backend.name != "local",
+        "content_service_account_selection": settings.content_service_account_selection,
+        "service_accounts_effective": backend.name != "local",
     }
 
 

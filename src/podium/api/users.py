@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 from podium import auth, errors
 from podium.api import deps
 from podium.api.body import json_object
+from podium.api.lookup import found
 from podium.api.serialize import user_json
-from podium.context import Podium
+from podium.changes import Changes
 from podium.store.models import User
 
 router = APIRouter()
@@ -39,10 +40,7 @@ def check_role(value: Any) -> auth.Role:
 
 
 def _load(session: Session, guid: str) -> User:
-    user = session.scalar(select(User).where(User.guid == guid))
-    if user is None:
-        raise errors.not_found("user", guid)
-    return user
+    return found(session.scalar(select(User).where(User.guid == guid)), "user", guid)
 
 
 @router.get("/v1/user")
@@ -130,7 +128,7 @@ async def update_user(
     request: Request,
     session: Session = Depends(deps.db),
     current: User = Depends(deps.user),
-    ctx: Podium = Depends(deps.podium),
+    changes: Changes = Depends(deps.changes),
 ) -> dict[str, Any]:
     is_admin = auth.at_least(current, "administrator")
     if guid != current.guid and not is_admin:
@@ -155,7 +153,7 @@ async def update_user(
     except IntegrityError:
         session.rollback()
         raise errors.ApiError(409, 26, "That username is taken.") from None
-    ctx.users_changed()
+    changes.users()
     return user_json(user)
 
 
@@ -165,7 +163,7 @@ async def lock_user(
     request: Request,
     session: Session = Depends(deps.db),
     current: User = Depends(deps.administrator),
-    ctx: Podium = Depends(deps.podium),
+    changes: Changes = Depends(deps.changes),
 ) -> dict[str, Any]:
     user = _load(session, guid)
     locked = (await json_object(request)).get("locked")
@@ -175,5 +173,5 @@ async def lock_user(
         raise errors.forbidden("You cannot lock your own account.")
     user.locked = locked
     session.commit()
-    ctx.users_changed()
+    changes.users()
     return {}

@@ -10,10 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from podium import auth, errors, resources
-from podium.context import Podium
+from podium.settings import Settings
 from podium.store.models import Content, User
 
 MAX_TIMEOUT_SECONDS = 2_592_000
@@ -45,8 +43,7 @@ def _float(field: str, value: Any, code: int, low: float, high: float) -> float 
 
 
 def validate_content_patch(
-    ctx: Podium,
-    session: Session,
+    settings: Settings,
     user: User,
     content: Content,
     body: dict[str, Any],
@@ -79,9 +76,7 @@ def validate_content_patch(
 
     changes.update(_runtime_changes(body))
     changes.update(
-        resources.check_resource_patch(
-            body, resources.content_values(content), resources.ResourcePolicy.from_settings(ctx.settings)
-        )
+        resources.check_resource_patch(body, resources.content_values(content), settings.resource_policy)
     )
 
     if "default_image_name" in body:
@@ -98,7 +93,7 @@ def validate_content_patch(
             if not auth.at_least(user, "administrator"):
                 raise errors.forbidden("Only administrators can set the service account of content.")
             changes["service_account_name"] = resources.check_service_account(
-                name, ctx.settings.content_service_account_selection
+                name, settings.content_service_account_selection
             )
 
     merged = {f: changes.get(f, getattr(content, f, None)) for f in ("min_processes", "max_processes")}

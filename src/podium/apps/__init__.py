@@ -38,10 +38,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 from podium.apps.r import R_TAGS, r_command
 
-__all__ = ["RUNTIME_REQUIREMENTS", "LaunchPlan", "launch_plan", "runner_source"]
+__all__ = ["RUNTIME_REQUIREMENTS", "LaunchPlan", "launch_plan", "runner_source", "write_runner"]
 
 HOST = "127.0.0.1"
 DEFAULT_ENTRYPOINT = "app"
@@ -116,6 +117,16 @@ _FILE_SUFFIXES = {
 def runner_source() -> str:
     """The text of :mod:`podium.apps.runner`, for ``<runtime>/podium_runner.py``."""
     return resources.files(__package__).joinpath("runner.py").read_text(encoding="utf-8")
+
+
+def write_runner(directory: Path) -> Path:
+    """Write :func:`runner_source` to ``directory/podium_runner.py`` atomically; its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    runner = directory / "podium_runner.py"
+    tmp = runner.with_suffix(".tmp")
+    tmp.write_text(runner_source())
+    tmp.replace(runner)
+    return runner
 
 
 def module_entrypoint(entrypoint: str | None) -> str:

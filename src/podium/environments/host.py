@@ -18,8 +18,8 @@ import shutil
 import subprocess
 from typing import Any
 
-from podium.build.python import PythonInstallation
 from podium.environments.model import SEMVER
+from podium.environments.python import PythonInstallation
 
 LOCAL_NAME = "Local"
 HOST = "host"

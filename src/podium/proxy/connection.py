@@ -21,17 +21,14 @@ import logging
 from collections import deque
 from collections.abc import Coroutine
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from podium.proxy import http
-from podium.proxy.decisions import Decision, Forward, PassToApp, Respond
+from podium.proxy.decisions import Decision, Forward, PassToApp, Respond, Router
 from podium.proxy.http import BUFFERING, DISCARD, IDEMPOTENT, SENDING, Request
-from podium.proxy.pool import Key, Upstream, tune
-
-if TYPE_CHECKING:
-    from podium.proxy.front import Front
+from podium.proxy.pool import Key, Pool, Upstream, tune
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +71,25 @@ async def finish_route(coro: Coroutine[Any, Any, Decision], yielded: Any) -> Dec
             return stop.value  # type: ignore[no-any-return]
 
 
+class Server(Protocol):
+    """What a client connection needs from the server that accepted it
+    (:class:`podium.proxy.front.Front`)."""
+
+    loop: asyncio.AbstractEventLoop | None
+    router: Router
+    pool: Pool
+    app_key: Key  # where requests that are not routed go (the internal app)
+    prefixes: tuple[bytes, ...]  # targets the router decides
+    max_head_bytes: int
+    trust_forwarded_headers: bool
+    closing: bool
+    clients: set[ClientConnection]
+    tasks: set[asyncio.Future[Any]]
+
+    def forget(self, client: ClientConnection) -> None:
+        """``client`` has closed."""
+
+
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests and runs their exchanges in order."""
 
@@ -110,7 +126,7 @@ class ClientConnection(asyncio.Protocol):
         "idle_since",
     )
 
-    def __init__(self, front: Front) -> None:
+    def __init__(self, front: Server) -> None:
         self.front = front
         assert front.loop is not None
         self.loop = front.loop

@@ -14,15 +14,16 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
-from typing import Any
 
 from sqlalchemy import select
 
 from podium import auth
 from podium.proxy.decisions import PASS_TO_APP, Forward, PassToApp, Respond
-from podium.scheduler import AppTarget, Unavailable
+from podium.scheduler import AppTarget, Scheduler, Unavailable
+from podium.store import Store
 from podium.store.models import Content, Permission, User
 
 _CONTENT_TTL = 2.0
@@ -57,9 +58,22 @@ class ContentInfo:
     fetched: float = field(default_factory=time.monotonic)
 
 
+TargetLookup = Callable[[int, int, bool], AppTarget | None]
+
+
 class ContentRouter:
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
+    """``app_target(content_id, bundle_id, draft)`` says what a bundle runs
+    (:meth:`podium.targets.AppTargets.app_target`); ``scheduler`` leases its processes.
+    :meth:`invalidate` and :meth:`forget_users` are called on every change
+    (:class:`podium.changes.Changes`)."""
+
+    def __init__(
+        self, store: Store, session_lifetime_seconds: int, app_target: TargetLookup, scheduler: Scheduler
+    ) -> None:
+        self.store = store
+        self.session_lifetime_seconds = session_lifetime_seconds
+        self.app_target = app_target
+        self.scheduler = scheduler
         self._content: dict[str, ContentInfo] = {}
         self._users: dict[str, tuple[float, Viewer | None]] = {}
 
@@ -86,7 +100,7 @@ class ContentRouter:
         return info
 
     def _load(self, guid: str) -> ContentInfo | None:
-        with self.ctx.store.session() as session:
+        with self.store.session() as session:
             content = session.scalar(select(Content).where(Content.guid == guid))
             if content is None:
                 return None
@@ -101,7 +115,7 @@ class ContentRouter:
     async def _target(self, info: ContentInfo, bundle_id: int, draft: bool) -> AppTarget | None:
         if bundle_id not in info.bundles:
             info.bundles[bundle_id] = await asyncio.to_thread(
-                self.ctx.app_target, info.id, bundle_id, draft
+                self.app_target, info.id, bundle_id, draft
             )
         return info.bundles[bundle_id]
 
@@ -136,14 +150,12 @@ class ContentRouter:
         return viewer
 
     def _load_viewer(self, key: str | None, token: str | None) -> Viewer | None:
-        with self.ctx.store.session() as session:
+        with self.store.session() as session:
             user: User | None
             if key is not None:
                 user = auth.user_for_api_key(session, key)
             else:
-                found = auth.user_for_session(
-                    session, str(token), self.ctx.settings.session_lifetime_seconds
-                )
+                found = auth.user_for_session(session, str(token), self.session_lifetime_seconds)
                 user = found.user if found else None
             if user is None:
                 return None
@@ -213,7 +225,7 @@ class ContentRouter:
             n.lower() == b"accept" and b"text/html" in v for n, v in headers
         )
         try:
-            lease = await self.ctx.scheduler.acquire(app, wait=not browser)
+            lease = await self.scheduler.acquire(app, wait=not browser)
         except Unavailable as exc:
             return _unavailable(exc, headers)
         upstream = rest if lease.strip_prefix else path

@@ -21,7 +21,9 @@ from sqlalchemy.orm import Session
 
 from podium import auth, errors
 from podium.api import deps
-from podium.context import Podium
+from podium.layout import DataLayout
+from podium.render import RENDERED_MODES, latest_rendering
+from podium.settings import Settings
 from podium.store.models import Bundle, Content, Rendering
 
 router = APIRouter()
@@ -79,7 +81,8 @@ def serve_content(
     guid: str,
     path: str,
     request: Request,
-    ctx: Podium = Depends(deps.podium),
+    settings: Settings = Depends(deps.settings),
+    layout: DataLayout = Depends(deps.layout),
     session: Session = Depends(deps.db),
 ) -> Response:
     try:
@@ -87,7 +90,7 @@ def serve_content(
     except ValueError:
         return _page(404, "Not found", "There is no content at this address.")
     try:
-        who = deps.resolve_caller(request, ctx, session)
+        who = deps.resolve_caller(request, settings, session)
     except errors.ApiError as exc:
         return _page(exc.status, "Not signed in", exc.message)
     content = session.scalar(select(Content).where(Content.guid == guid))
@@ -104,7 +107,7 @@ def serve_content(
             return _page(404, "Not found", "This content has no such rendering.")
         if earlier.group(2) is None:
             return RedirectResponse(f"/content/{guid}/{path}/", status_code=301)
-        return _serve_rendering(ctx, rendering, earlier.group(2))
+        return _serve_rendering(layout, rendering, earlier.group(2))
     if draft:
         if not auth.can_manage(session, who.user, content):
             return _denied(request, who)
@@ -123,31 +126,28 @@ def serve_content(
         if bundle is None:
             return _page(404, "Not deployed yet", "This content has no active bundle yet.")
         rest = path
-    return _serve_bundle(ctx, content, bundle, rest)
+    return _serve_bundle(layout, session, content, bundle, rest)
 
 
-def _serve_rendering(ctx: Podium, rendering: Rendering, rest: str) -> Response:
-    from podium.render import output_dir
-
+def _serve_rendering(layout: DataLayout, rendering: Rendering, rest: str) -> Response:
     if rest.strip("/") == "":
         rest = rendering.primary_file
-    target = safe_file(output_dir(ctx, rendering.content_id, rendering.id), rest)
+    target = safe_file(layout.output_dir(rendering.content_id, rendering.id), rest)
     if target is None:
         return _page(404, "Not found", f"This rendering has no file {rest!r}.")
     validator = hashlib.md5(f"r{rendering.id}:{target}".encode(), usedforsecurity=False).hexdigest()
     return FileResponse(target, headers={"ETag": f'"{validator}"', "Cache-Control": "no-cache"})
 
 
-def _serve_bundle(ctx: Podium, content: Content, bundle: Bundle, rest: str) -> Response:
-    from podium.render import RENDERED_MODES, latest_rendering
-
+def _serve_bundle(
+    layout: DataLayout, session: Session, content: Content, bundle: Bundle, rest: str
+) -> Response:
     if bundle.app_mode in RENDERED_MODES:
-        with ctx.store.session() as session:
-            rendering = latest_rendering(session, content.id, bundle.id)
+        rendering = latest_rendering(session, content.id, bundle.id)
         if rendering is None:
             return _page(404, "Not rendered yet", "This content has no successful rendering yet.")
-        return _serve_rendering(ctx, rendering, rest)
-    root = ctx.bundle_dir(content.id, bundle.id)
+        return _serve_rendering(layout, rendering, rest)
+    root = layout.bundle_dir(content.id, bundle.id)
     if bundle.app_mode == "static":
         if rest.strip("/") == "":
             primary = bundle.manifest.get("metadata", {}).get("primary_html") or "index.html"

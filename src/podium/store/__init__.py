@@ -64,6 +64,10 @@ class Store:
             config.attributes["connection"] = connection
             command.upgrade(config, "heads")
 
+    def new_session(self) -> Session:
+        """A session the caller commits (or not) and closes itself."""
+        return self._sessions()
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session committed on success and rolled back on error."""

@@ -15,9 +15,11 @@ from podium.api import deps
 from podium.api import environments as environments_api
 from podium.api import users as users_api
 from podium.api.jobs import job_json
-from podium.context import Podium
 from podium.environments.model import MATCHING
 from podium.environments.validate import CLUSTERS
+from podium.resources import for_content
+from podium.scheduler import Scheduler
+from podium.settings import Settings
 from podium.store.models import Job, User
 from podium.web.pages import administrator
 from podium.web.templating import render
@@ -58,15 +60,15 @@ class ProcessRow:
     state: str
 
 
-def running_processes(ctx: Podium, session: Session) -> list[ProcessRow]:
+def running_processes(settings: Settings, scheduler: Scheduler, session: Session) -> list[ProcessRow]:
     """Every active job, with the limits it runs under and its connections."""
     rows = []
     for job in session.scalars(select(Job).where(Job.status == 0).order_by(Job.id)):
         content = job.content
         # Builds and renders run under the content's resolved resources, as processes do.
-        resolved = ctx.job_resources(content).resources
+        resolved = for_content(content, settings.job_policy).resources
         cpu, memory, conns, state = resolved.cpu_limit, resolved.memory_limit, None, "running"
-        for pool, process in ctx.scheduler.processes_of(content.id):
+        for pool, process in scheduler.processes_of(content.id):
             if process.key == job.key:
                 cpu = pool.target.resources.cpu_limit
                 memory = pool.target.resources.memory_limit
@@ -82,13 +84,14 @@ def running_processes(ctx: Podium, session: Session) -> list[ProcessRow]:
 @router.get("/connect/admin/processes")
 def processes_page(
     request: Request,
-    ctx: Podium = Depends(deps.podium),
+    settings: Settings = Depends(deps.settings),
+    scheduler: Scheduler = Depends(deps.scheduler),
     session: Session = Depends(deps.db),
     user: User = Depends(administrator),
 ) -> Response:
     return render(
         request, "admin_processes.html", user=user, tabs=TABS, tab="processes",
-        processes=running_processes(ctx, session),
+        processes=running_processes(settings, scheduler, session),
     )
 
 

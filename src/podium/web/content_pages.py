@@ -7,6 +7,7 @@ that user see; every change is made by the page's scripts through the API.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -24,9 +25,11 @@ from podium.api import renderings as renderings_api
 from podium.api import schedules as schedules_api
 from podium.api import users as users_api
 from podium.api.serialize import content_json, user_json
-from podium.context import Podium
 from podium.render import SUPPORTED_RENDER_MODES
+from podium.scheduler import Scheduler
+from podium.settings import Settings
 from podium.store.models import Bundle, Content, User
+from podium.urls import Urls
 from podium.web import settings_view
 from podium.web.pages import PageError, as_page_errors, current_user, signed_in
 from podium.web.templating import app_mode_label, render
@@ -48,13 +51,30 @@ PANES: tuple[tuple[str, str, bool], ...] = (
 )
 
 
-def _status(ctx: Podium, item: dict[str, Any]) -> str:
+def _status(scheduler: Scheduler, item: dict[str, Any]) -> str:
     if item["bundle_id"] is None:
         return "Not deployed"
-    running = [p for _, p in ctx.scheduler.processes_of(int(item["id"])) if p.serving]
+    running = [p for _, p in scheduler.processes_of(int(item["id"])) if p.serving]
     if running:
         return f"Running ({len(running)} process{'es' if len(running) > 1 else ''})"
     return "Deployed"
+
+
+@dataclass(frozen=True)
+class PageParts:
+    """What the content page reads besides the database."""
+
+    settings: Settings
+    urls: Urls
+    scheduler: Scheduler
+
+
+def page_parts(
+    settings: Settings = Depends(deps.settings),
+    urls: Urls = Depends(deps.urls),
+    scheduler: Scheduler = Depends(deps.scheduler),
+) -> PageParts:
+    return PageParts(settings, urls, scheduler)
 
 
 @router.get("/connect/")
@@ -63,7 +83,8 @@ def content_list(
     q: str = "",
     app_mode: str = "",
     owner: str = "",
-    ctx: Podium = Depends(deps.podium),
+    urls: Urls = Depends(deps.urls),
+    scheduler: Scheduler = Depends(deps.scheduler),
     session: Session = Depends(deps.db),
     user: User | None = Depends(current_user),
 ) -> Response:
@@ -72,7 +93,7 @@ def content_list(
         # ``next`` as /connect/ and the redirect script runs after sign-in instead.
         return render(request, "connect_redirect.html")
     items = content_api.list_content(
-        request, None, None, "owner", ctx, session, deps.Caller(user, "session")
+        request, None, None, "owner", urls, session, deps.Caller(user, "session")
     )
     owners = sorted({(i["owner"]["guid"], i["owner"]["username"]) for i in items}, key=lambda o: o[1])
     modes = sorted({i["app_mode"] for i in items})
@@ -85,7 +106,7 @@ def content_list(
     ]
     shown.sort(key=lambda i: i["last_deployed_time"] or "", reverse=True)
     for item in shown:
-        item["status"] = _status(ctx, item)
+        item["status"] = _status(scheduler, item)
     return render(
         request, "content_list.html", user=user, items=shown, total=len(items), owners=owners,
         modes=modes, q=q, app_mode=app_mode, owner=owner,
@@ -98,11 +119,11 @@ def content_page_default(
     request: Request,
     draft: str | None = None,
     rendering: str | None = None,
-    ctx: Podium = Depends(deps.podium),
+    parts: PageParts = Depends(page_parts),
     session: Session = Depends(deps.db),
     user: User = Depends(signed_in),
 ) -> Response:
-    return content_page(guid, "info", request, draft, rendering, ctx, session, user)
+    return content_page(guid, "info", request, draft, rendering, parts, session, user)
 
 
 @router.get("/connect/apps/{guid}/draft/{bundle_id}")
@@ -118,7 +139,7 @@ def content_page(
     request: Request,
     draft: str | None = None,
     rendering: str | None = None,
-    ctx: Podium = Depends(deps.podium),
+    parts: PageParts = Depends(page_parts),
     session: Session = Depends(deps.db),
     user: User = Depends(signed_in),
 ) -> Response:
@@ -134,8 +155,8 @@ def content_page(
         if pane in {slug for slug, _, _ in PANES}:
             raise PageError(403, "Only the owner, collaborators and administrators can see this pane.")
         raise PageError(404, f"The content page has no pane {pane!r}.")
-    item = content_json(ctx, content, auth.app_role(session, user, content), {"owner"})
-    item["status"] = _status(ctx, item)
+    item = content_json(parts.urls, content, auth.app_role(session, user, content), {"owner"})
+    item["status"] = _status(parts.scheduler, item)
     frame = f"/content/{content.guid}/"
     if draft and draft.isdigit() and manage:
         frame += f"_bundle{draft}/"
@@ -149,12 +170,12 @@ def content_page(
         "mode_label": app_mode_label(content.app_mode),
     }
     with as_page_errors():
-        context.update(_pane_context(pane, ctx, session, user, content))
+        context.update(_pane_context(pane, parts, session, user, content))
     return render(request, "content.html", user=user, **context)
 
 
 def _pane_context(
-    pane: str, ctx: Podium, session: Session, user: User, content: Content
+    pane: str, parts: PageParts, session: Session, user: User, content: Content
 ) -> dict[str, Any]:
     guid = content.guid
     if pane == "access":
@@ -170,11 +191,11 @@ def _pane_context(
         ]
         return {"permissions": permissions, "candidates": candidates}
     if pane == "runtime":
-        return {"runtime": settings_view.runtime_fields(ctx, content)}
+        return {"runtime": settings_view.runtime_fields(parts.settings, content)}
     if pane == "resources":
-        return {"resources": settings_view.resource_fields(ctx, content)}
+        return {"resources": settings_view.resource_fields(parts.settings, content)}
     if pane == "environment":
-        return {"environment": settings_view.environment_facts(ctx, session, user, content)}
+        return {"environment": settings_view.environment_facts(parts.settings, session, user, content)}
     if pane == "variables":
         return {"variables": env_vars_api.list_env_vars(guid, session, user)}
     if pane == "bundles":
@@ -191,7 +212,7 @@ def _pane_context(
         caller = deps.Caller(user, "session")
         schedules = schedules_api.list_schedules(str(content.id), session, user)
         return {
-            "renderings": renderings_api.list_renderings(guid, ctx, session, caller),
+            "renderings": renderings_api.list_renderings(guid, parts.urls, session, caller),
             "schedule": settings_view.schedule_view(schedules[0]) if schedules else None,
             "schedule_types": settings_view.SCHEDULE_TYPES,
         }

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from podium import auth
 from podium.api import deps
-from podium.context import Podium
+from podium.settings import Settings
 from podium.store.models import User
 from podium.web.templating import render
 
@@ -56,7 +56,7 @@ def login(
     password: str = Form(""),
     next: str = Form("/"),
     csrf_token: str = Form(""),
-    ctx: Podium = Depends(deps.podium),
+    settings: Settings = Depends(deps.settings),
     session: Session = Depends(deps.db),
 ) -> Response:
     target = _safe_next(next)
@@ -70,11 +70,11 @@ def login(
         return _form(
             request, target, secrets.token_urlsafe(16), "Wrong username or password.", 401, username
         )
-    token, csrf = auth.start_session(session, user, ctx.settings.session_lifetime_seconds)
+    token, csrf = auth.start_session(session, user, settings.session_lifetime_seconds)
     session.commit()
     response = RedirectResponse(target, status_code=303)
-    secure = ctx.settings.session_cookie_secure
-    lifetime = ctx.settings.session_lifetime_seconds
+    secure = settings.session_cookie_secure
+    lifetime = settings.session_lifetime_seconds
     response.set_cookie(
         auth.SESSION_COOKIE, token, httponly=True, samesite="lax", secure=secure, max_age=lifetime
     )
@@ -87,12 +87,12 @@ def login(
 def logout(
     request: Request,
     csrf_token: str = Form(""),
-    ctx: Podium = Depends(deps.podium),
+    settings: Settings = Depends(deps.settings),
     session: Session = Depends(deps.db),
 ) -> Response:
     token = request.cookies.get(auth.SESSION_COOKIE)
     if token:
-        info = auth.user_for_session(session, token, ctx.settings.session_lifetime_seconds)
+        info = auth.user_for_session(session, token, settings.session_lifetime_seconds)
         if info is not None and not auth.csrf_ok(info.csrf_token, csrf_token):
             return HTMLResponse("Sign-out needs the page's CSRF token.", status_code=403)
         auth.end_session(session, token)

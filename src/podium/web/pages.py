@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from podium import auth, errors
 from podium.api import deps
-from podium.context import Podium
+from podium.settings import Settings
+from podium.store import Store
 from podium.store.models import User
 from podium.web.templating import render
 
@@ -45,11 +46,11 @@ def as_page_errors() -> Iterator[None]:
 
 
 def current_user(
-    request: Request, ctx: Podium = Depends(deps.podium), session: Session = Depends(deps.db)
+    request: Request, settings: Settings = Depends(deps.settings), session: Session = Depends(deps.db)
 ) -> User | None:
     """The signed-in user, or None (a wrong API key counts as nobody on a page)."""
     try:
-        who = deps.resolve_caller(request, ctx, session)
+        who = deps.resolve_caller(request, settings, session)
     except errors.ApiError:
         return None
     return who.user
@@ -86,9 +87,9 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(PageError)
     async def page_error(request: Request, exc: PageError) -> HTMLResponse:
         # The user is looked up again: the failing page's dependencies are gone.
-        ctx: Podium = request.app.state.podium
-        with ctx.store.session() as session:
-            user = current_user(request, ctx, session)
+        store: Store = deps.store(request)
+        with store.session() as session:
+            user = current_user(request, deps.settings(request), session)
             return render(
                 request, "error.html", user=user, status=exc.status,
                 title=exc.title, message=exc.message,

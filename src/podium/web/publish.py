@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 from podium import auth
 from podium.api import content as content_api
 from podium.api import deps
-from podium.context import Podium
+from podium.settings import Settings
 from podium.store.models import User
+from podium.urls import Urls
 from podium.web.pages import publisher
 from podium.web.templating import render
 
@@ -26,12 +27,13 @@ router = APIRouter()
 def publish_page(
     request: Request,
     target: str = "",
-    ctx: Podium = Depends(deps.podium),
+    urls: Urls = Depends(deps.urls),
+    settings: Settings = Depends(deps.settings),
     session: Session = Depends(deps.db),
     user: User = Depends(publisher),
 ) -> Response:
     items = content_api.list_content(
-        request, None, None, None, ctx, session, deps.Caller(user, "session")
+        request, None, None, None, urls, session, deps.Caller(user, "session")
     )
     managed = [
         i for i in items
@@ -40,5 +42,5 @@ def publish_page(
     managed.sort(key=lambda i: (i["title"] or i["name"]).lower())
     return render(
         request, "publish.html", user=user, managed=managed, target=target,
-        max_bytes=ctx.settings.bundle_max_bytes,
+        max_bytes=settings.bundle_max_bytes,
     )

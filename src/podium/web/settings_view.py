@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session
 
 from podium import errors
 from podium.api import environments as environments_api
-from podium.context import Podium
-from podium.resources import CPU, MEMORY, ResourcePolicy
+from podium.resources import CPU, MEMORY
+from podium.settings import Settings
 from podium.store.models import Bundle, Content, User
 
 MIB = 1024 * 1024
@@ -43,8 +43,7 @@ def _shown(value: float | None, scale: int) -> float | None:
     return int(shown) if float(shown).is_integer() else round(shown, 3)
 
 
-def runtime_fields(ctx: Podium, content: Content) -> list[Field]:
-    s = ctx.settings
+def runtime_fields(s: Settings, content: Content) -> list[Field]:
     return [
         Field("min_processes", "Minimum processes",
               "Processes kept running even with no viewers (0 lets the app sleep).",
@@ -71,9 +70,9 @@ def runtime_fields(ctx: Podium, content: Content) -> list[Field]:
     ]
 
 
-def resource_fields(ctx: Podium, content: Content) -> list[Field]:
+def resource_fields(settings: Settings, content: Content) -> list[Field]:
     """The resource settings with the server's defaults and maxima (0 there means none)."""
-    policy = ResourcePolicy.from_settings(ctx.settings)
+    policy = settings.resource_policy
     fields = []
     for kind, which, label, help_text in (
         (CPU, "request", "CPU request", "CPU cores reserved for each process (fractions allowed)."),
@@ -95,7 +94,7 @@ def resource_fields(ctx: Podium, content: Content) -> list[Field]:
     return fields
 
 
-def environment_facts(ctx: Podium, session: Session, user: User, content: Content) -> dict[str, Any]:
+def environment_facts(settings: Settings, session: Session, user: User, content: Content) -> dict[str, Any]:
     """What the active bundle runs with, what its manifest asked for, and why that choice.
 
     The explanation is the one ``GET v1/content/{guid}/bundles/{id}/environment``
@@ -116,12 +115,12 @@ def environment_facts(ctx: Podium, session: Session, user: User, content: Conten
     if bundle is not None:
         try:
             explanation = environments_api.bundle_environment(
-                content.guid, str(bundle.id), ctx, session, user
+                content.guid, str(bundle.id), settings, session, user
             )
         except errors.ApiError as exc:
             problem = exc.message
     return {"bundle": bundle, "chosen": chosen, "explanation": explanation, "problem": problem,
-            "server_default_image": ctx.settings.default_image_name}
+            "server_default_image": settings.default_image_name}
 
 
 # Render schedule types as the Renderings pane offers them: (type, label, unit of N).

@@ -82,7 +82,8 @@ class AsyncioKubeClient:
         try:
             if kubeconfig is None:
                 try:
-                    config.load_incluster_config()
+                    # kubernetes_asyncio leaves this one function unannotated
+                    config.load_incluster_config()  # type: ignore[no-untyped-call]
                     return cls(client.ApiClient())
                 except config.ConfigException:
                     pass

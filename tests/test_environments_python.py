@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from podium.build.fingerprint import fingerprint, normalise_requirements
-from podium.build.python import discover_pythons
+from podium.environments.python import discover_pythons
 
 
 def test_discover_pythons_finds_this_interpreter() -> None:

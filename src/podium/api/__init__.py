@@ -1,0 +1,1 @@
+"""The Connect-compatible server API under ``/__api__/``: one module per resource."""

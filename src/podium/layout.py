@@ -1,0 +1,69 @@
+"""Where things live in the data dir.
+
+One :class:`DataLayout` names every path Podium keeps under its data dir, so the
+API, the services and the wiring agree on them:
+
+- ``bundles/<content id>/<bundle id>.tar.gz``: uploaded archives, immutable;
+- ``apps/<content id>/<bundle id>/``: unpacked bundles;
+- ``envs/<fingerprint>/``: package environments, shared by fingerprint;
+- ``cache/``: the package installer's cache;
+- ``jobs/<key>/``: each job's log and records (local backend);
+- ``outputs/<content id>/<rendering id>/``: rendered documents;
+- ``home/<content guid>/``: the ``HOME`` of a content's processes;
+- ``runtime/``: the app runner script; ``run/``: sockets; ``tmp/``: uploads in progress.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    root: Path
+
+    @property
+    def envs(self) -> Path:
+        return self.root / "envs"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def runtime(self) -> Path:
+        return self.root / "runtime"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    def bundle_archive(self, content_id: int, bundle_id: int) -> Path:
+        return self.root / "bundles" / str(content_id) / f"{bundle_id}.tar.gz"
+
+    def bundle_dir(self, content_id: int, bundle_id: int) -> Path:
+        return self.root / "apps" / str(content_id) / str(bundle_id)
+
+    def output_dir(self, content_id: int, rendering_id: int) -> Path:
+        return self.root / "outputs" / str(content_id) / str(rendering_id)
+
+    def content_dirs(self, content_id: int) -> tuple[Path, ...]:
+        """Every folder holding one content item's files (removed with the content)."""
+        return tuple(self.root / part / str(content_id) for part in ("apps", "bundles", "outputs"))
+
+    def home(self, content_guid: str) -> Path:
+        """The ``HOME`` of a content's processes, created on first use."""
+        path = self.root / "home" / content_guid
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def tmp(self) -> Path:
+        """Scratch space for uploads in progress, created on first use."""
+        path = self.root / "tmp"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
