@@ -45,12 +45,14 @@ system-deps:
 	fi
 
 # pytest exits 5 when it collected no tests: that is a failure here too (any non-zero is).
-test: install system-deps
+# Lint first: ruff, mypy --strict on src/, and the layers of docs/architecture.md.
+test: install system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests
-	$(BIN)/mypy src
+	$(BIN)/mypy --strict src
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
