@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -21,6 +24,33 @@ POSTGRES_URL = os.environ.get(
     "PODIUM_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
 )
 PODIUM = [sys.executable, "-m", "podium"]
+
+
+CHROMIUM = os.environ.get("PODIUM_TEST_CHROMIUM", "/usr/bin/chromium")
+
+
+@contextlib.contextmanager
+def launch_chromium() -> Iterator[Any]:
+    """Debian's Chromium under Playwright (never a downloaded browser); skipped locally
+    without it, a failure in CI."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:  # pragma: no cover - the test extras install it
+        sync_playwright = None
+    if sync_playwright is None or not shutil.which(CHROMIUM):
+        if os.environ.get("CI"):
+            pytest.fail(f"Playwright and Chromium at {CHROMIUM} are required in CI (make system-deps)")
+        pytest.skip(f"Playwright or Chromium at {CHROMIUM} is not installed")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def free_port() -> int:
@@ -76,9 +106,11 @@ def settings(tmp_path: Path) -> Settings:
 
 @dataclass
 class RunningServer:
-    """A ``podium serve`` subprocess on a loopback port, with an admin key."""
+    """A ``podium serve`` subprocess on a loopback port, with an admin key. Content is
+    served on its own origin, ``content_url`` (http://localhost:<another port>)."""
 
     url: str
+    content_url: str
     data_dir: Path
     admin_key: str
     process: subprocess.Popen[bytes]
@@ -125,10 +157,14 @@ class RunningServer:
 def start_server(
     data_dir: Path, extra_env: dict[str, str] | None = None, bootstrap: bool = True
 ) -> RunningServer:
-    port = free_port()
+    port, content_port = free_port(), free_port()
     env = dict(os.environ)
     env.pop("PODIUM_CONFIG", None)
-    env.update({"PODIUM_BOOTSTRAP_ADMIN_ON_FIRST_START": "false", **(extra_env or {})})
+    env.update({
+        "PODIUM_BOOTSTRAP_ADMIN_ON_FIRST_START": "false",
+        "PODIUM_CONTENT_LISTEN": f"127.0.0.1:{content_port}",
+        **(extra_env or {}),
+    })
     admin_key = ""
     if bootstrap:
         done = subprocess.run(
@@ -143,7 +179,10 @@ def start_server(
             [*PODIUM, "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"],
             env=env, stdout=log_file, stderr=subprocess.STDOUT,
         )
-    server = RunningServer(f"http://127.0.0.1:{port}", data_dir, admin_key, process, env, log_path)
+    server = RunningServer(
+        f"http://127.0.0.1:{port}", f"http://localhost:{content_port}", data_dir, admin_key, process, env,
+        log_path,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -42,6 +42,7 @@ from podium.deploy import Deployer
 from podium.environments.catalogue import sync_catalogue
 from podium.environments.host import local_environment
 from podium.environments.python import discover_pythons
+from podium.handoff import Handoff
 from podium.jobs import JobRunner
 from podium.layout import DataLayout
 from podium.proxy import routes as content_routes
@@ -72,6 +73,7 @@ class Node:
     urls: Urls
     changes: Changes
     env_vars: EnvVars
+    handoff: Handoff
     backend: ExecutionBackend
     jobs: JobRunner
     tasks: TaskManager
@@ -112,13 +114,14 @@ def build(settings: Settings) -> Node:
     """Make the data dir, migrate the database and wire every part of the server."""
     from uv import find_uv_bin
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    layout = DataLayout(settings.data_dir.resolve())
+    layout = DataLayout(settings.data_dir.resolve()).create()
     store = Store(settings.effective_database_url)
     store.migrate()
     urls = Urls.from_settings(settings)
     changes = Changes()
-    env_vars = EnvVars(SecretBox.from_file(settings.effective_secret_key_file))
+    box = SecretBox.from_file(settings.effective_secret_key_file)
+    env_vars = EnvVars(box)
+    handoff = Handoff(box.derive("content-pass"), settings.content_session_lifetime_seconds)
     backend = make_backend(settings, layout)
     jobs = JobRunner(store, backend)
     tasks = TaskManager(store)
@@ -145,7 +148,9 @@ def build(settings: Settings) -> Node:
         allocate_port, socket_dir, listen_host, warm_targets=targets.warm_targets,
     )
     renderer = Renderer(store, settings, layout, jobs, env_vars, urls)
-    router = ContentRouter(store, settings.session_lifetime_seconds, targets.app_target, scheduler)
+    router = ContentRouter(
+        store, settings.session_lifetime_seconds, targets.app_target, scheduler, urls, handoff
+    )
     changes.on_content(router.invalidate)
     changes.on_users(router.forget_users)
     return Node(
@@ -155,6 +160,7 @@ def build(settings: Settings) -> Node:
         urls=urls,
         changes=changes,
         env_vars=env_vars,
+        handoff=handoff,
         backend=backend,
         jobs=jobs,
         tasks=tasks,
@@ -228,8 +234,8 @@ def create_app(node: Node) -> FastAPI:
         lifespan=lifespan,
     )
     # What endpoints may ask for (podium.api.deps), one attribute per part.
-    for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "backend", "tasks",
-                 "jobs", "scheduler", "deployer", "render_tasks"):
+    for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "handoff", "backend",
+                 "tasks", "jobs", "scheduler", "deployer", "render_tasks"):
         setattr(app.state, name, getattr(node, name))
     _install_error_handlers(app)
     for module in (

@@ -126,6 +126,7 @@ def start_session(session: Session, user: User, lifetime_seconds: int) -> tuple[
 
 @dataclass(frozen=True)
 class SessionInfo:
+    id: int  # the login session's row id (content passes name it, see podium.handoff)
     user: User
     csrf_token: str
 
@@ -139,7 +140,16 @@ def user_for_session(session: Session, token: str, lifetime_seconds: int) -> Ses
     expires = now + timedelta(seconds=lifetime_seconds)
     if expires - record.expires_time > timedelta(minutes=1):
         record.expires_time = expires
-    return SessionInfo(record.user, record.csrf_token)
+    return SessionInfo(record.id, record.user, record.csrf_token)
+
+
+def user_for_session_id(session: Session, session_id: int) -> User | None:
+    """The user of login session ``session_id`` while it lasts (content passes, which
+    do not extend it)."""
+    record = session.get(LoginSession, session_id)
+    if record is None or record.expires_time < utcnow() or record.user.locked:
+        return None
+    return record.user
 
 
 def end_session(session: Session, token: str) -> None:

@@ -42,9 +42,10 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
 
 
 def _store(settings: Settings) -> Store:
+    from podium.layout import DataLayout
     from podium.store import Store
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    DataLayout(settings.data_dir.resolve()).create()
     store = Store(settings.effective_database_url)
     store.migrate()
     return store

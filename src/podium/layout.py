@@ -23,6 +23,13 @@ from pathlib import Path
 class DataLayout:
     root: Path
 
+    def create(self) -> DataLayout:
+        """Make the data dir, readable by the server's user alone (content processes see
+        only the folders mounted into their sandbox), and return this layout."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root.chmod(0o700)
+        return self
+
     @property
     def envs(self) -> Path:
         return self.root / "envs"

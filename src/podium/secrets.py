@@ -10,6 +10,8 @@ content's own processes (:meth:`EnvVars.decrypted`).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 from collections.abc import Mapping
@@ -35,6 +37,12 @@ RESERVED = frozenset(
 class SecretBox:
     def __init__(self, key: bytes) -> None:
         self._fernet = Fernet(key)
+        self._key = key
+
+    def derive(self, purpose: str) -> bytes:
+        """A key of its own for ``purpose`` (signing, say), derived from the stored key, so
+        one key file serves every use and a key for one purpose reveals nothing of another."""
+        return hmac.new(self._key, f"podium:{purpose}".encode(), hashlib.sha256).digest()
 
     @classmethod
     def from_file(cls, path: Path) -> SecretBox:

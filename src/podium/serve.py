@@ -53,9 +53,18 @@ async def serve(node: Node) -> None:
             await app_task
             raise RuntimeError("the app server stopped during start-up")
         await asyncio.sleep(0.02)
-    front = Front(node.router, str(socket_path))
+    front = Front(
+        node.router.dashboard, str(socket_path), content_router=node.router.content,
+        content_host=node.urls.content_host() if settings.content_origin else None,
+    )
     await front.start(settings.host, settings.port)
-    log.info("Podium listening on http://%s:%d/", settings.host, front.port)
+    log.info("Podium listening on http://%s:%d/ (dashboard and API)", settings.host, front.port)
+    content_listen = settings.effective_content_listen
+    if content_listen is not None:
+        host, _, port = content_listen.rpartition(":")
+        await front.start_content(host.strip("[]"), int(port))
+        log.info("Podium serving content on http://%s:%d/ (origin %s)", host, front.content_port,
+                 node.urls.content_origin)
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

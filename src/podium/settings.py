@@ -12,10 +12,11 @@ commented, from these declarations.
 from __future__ import annotations
 
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -53,6 +54,27 @@ class Settings(BaseSettings):
         "URL users reach Podium at, used to build content_url and dashboard_url. Empty means "
         "http://<listen>/.",
     )
+    content_origin: str = setting(
+        "",
+        "server",
+        "Where published content is served: an origin of its own, never the dashboard's, so "
+        "a published page cannot act with its viewer's dashboard session. Either one origin "
+        "for all content (https://content.example.org) or, with {guid}, a host per content "
+        "item (https://{guid}.content.example.org: wildcard DNS and certificate; content "
+        "items then cannot read each other's pages either). Prefer a registrable domain of "
+        "its own, or at least HTTPS, so content cannot set cookies for the dashboard's domain. "
+        "Requests whose Host is the content origin's are served as content on any listener "
+        "(a reverse proxy may send both names to `listen`). Empty: this server's second "
+        "listener, content_listen, named http://localhost:<port> when the dashboard is on "
+        "127.0.0.1 (and http://127.0.0.1:<port> when it is on localhost), so the browser keeps "
+        "them apart with no set-up.",
+    )
+    content_listen: str = setting(
+        "",
+        "server",
+        "HOST:PORT of a second listener that serves only content. Empty: the listen host with "
+        "the next port (3940 beside 3939) when content_origin is empty, none otherwise.",
+    )
     bootstrap_admin_on_first_start: bool = setting(
         True,
         "server",
@@ -80,6 +102,14 @@ class Settings(BaseSettings):
     # [auth]
     session_lifetime_seconds: int = setting(
         8 * 3600, "auth", "How long a browser login session lasts without activity."
+    )
+    content_session_lifetime_seconds: int = setting(
+        3600,
+        "auth",
+        "How long a viewer's sign-in to one content item lasts on the content origin before "
+        "the browser is sent through the dashboard again (silently while the dashboard "
+        "session lasts). Signing out of the dashboard ends it within seconds.",
+        gt=0,
     )
     session_cookie_secure: bool = setting(
         False,
@@ -454,13 +484,41 @@ class Settings(BaseSettings):
     def _check_declared(cls, value: list[Any]) -> list[dict[str, Any]]:
         return validate_declarations(value)
 
-    @field_validator("listen")
+    @field_validator("listen", "content_listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
+    def _check_listen(cls, value: str, info: ValidationInfo) -> str:
+        if not value and info.field_name == "content_listen":
+            return value
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"listen must be HOST:PORT (for example 127.0.0.1:3939), got {value!r}")
+            raise ValueError(
+                f"{info.field_name} must be HOST:PORT (for example 127.0.0.1:3939), got {value!r}"
+            )
         return value
+
+    @field_validator("content_origin")
+    @classmethod
+    def _check_content_origin(cls, value: str) -> str:
+        if not value:
+            return value
+        parsed = urllib.parse.urlsplit(value.replace("{guid}", "guid"))
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.path.strip("/") \
+                or parsed.query or parsed.fragment or value.count("{guid}") > 1 \
+                or ("{guid}" in value and "{guid}" not in (urllib.parse.urlsplit(value).netloc)):
+            raise ValueError(
+                "content_origin must be an origin such as https://content.example.org, or "
+                f"https://{{guid}}.content.example.org with {{guid}} in the host; got {value!r}"
+            )
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_origins(self) -> Settings:
+        if self.effective_content_origin.replace("{guid}", "x") == self.effective_public_url.rstrip("/"):
+            raise ValueError(
+                "content_origin must differ from the dashboard's origin (public_url): content "
+                "served from the dashboard's origin could act with its viewers' sessions"
+            )
+        return self
 
     @field_validator("default_service_account")
     @classmethod
@@ -517,6 +575,29 @@ class Settings(BaseSettings):
     def effective_public_url(self) -> str:
         url = self.public_url or f"http://{self.listen}/"
         return url if url.endswith("/") else url + "/"
+
+    @property
+    def effective_content_listen(self) -> str | None:
+        """The content-only listener's HOST:PORT, or None when there is none."""
+        if self.content_listen:
+            return self.content_listen
+        if self.content_origin:
+            return None
+        return f"{self.listen.rpartition(':')[0]}:{self.port + 1}"
+
+    @property
+    def effective_content_origin(self) -> str:
+        """The content origin without a trailing slash (``{guid}`` in it for per-content hosts)."""
+        if self.content_origin:
+            return self.content_origin
+        dashboard = urllib.parse.urlsplit(self.effective_public_url)
+        listen = self.effective_content_listen or ""
+        host = dashboard.hostname or self.host
+        # A browser keeps cookies by host name, not port: name the other loopback host.
+        host = {"127.0.0.1": "localhost", "localhost": "127.0.0.1"}.get(host, host)
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{dashboard.scheme}://{host}:{listen.rpartition(':')[2]}"
 
     @property
     def effective_secret_key_file(self) -> Path:

@@ -7,6 +7,7 @@ endpoint touches is read from its parameters.
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 from podium import auth, errors
 from podium.changes import Changes
 from podium.deploy import Deployer
+from podium.handoff import Handoff
 from podium.jobs import JobRunner
 from podium.layout import DataLayout
 from podium.render.tasks import RenderTasks
@@ -60,6 +62,10 @@ def backend(request: Request) -> ExecutionBackend:
     return cast(ExecutionBackend, request.app.state.backend)
 
 
+def handoff(request: Request) -> Handoff:
+    return cast(Handoff, request.app.state.handoff)
+
+
 def tasks(request: Request) -> TaskManager:
     return cast(TaskManager, request.app.state.tasks)
 
@@ -97,13 +103,32 @@ class Caller:
     via: str  # "key", "session" or "anonymous"
 
 
+def _from_elsewhere(request: Request, settings: Settings) -> bool:
+    """Whether a browser sent this request from a page of another origin (the content
+    origin, say): ``Sec-Fetch-Site`` says so, or an ``Origin`` that is not the dashboard's."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        return True
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    own = {f"{request.url.scheme}://{request.headers.get('host', '')}",
+           urllib.parse.urljoin(settings.effective_public_url, "/").rstrip("/")}
+    return origin not in own
+
+
 def resolve_caller(request: Request, settings: Settings, session: Session) -> Caller:
     """Who is calling: an API key, else a login session cookie, else nobody.
 
     A key that does not match is an error (401, code 30) rather than anonymous
     access, so a mistyped key is reported instead of silently showing less.
-    Cookie-authenticated requests that change state must carry the session's
-    CSRF token in ``X-CSRF-Token`` (double-submit), API keys need none.
+
+    The session cookie counts only for the dashboard's own pages. A cookie-authenticated
+    request sent by a page of another origin is refused (403) when it would change
+    state and is anonymous otherwise, except a top-level navigation (a link followed
+    to the dashboard). Requests that change state must also carry the session's CSRF
+    token in ``X-CSRF-Token``, which only dashboard pages hold (``request.state.csrf_token``
+    hands it to the page being rendered); API keys need neither.
     """
     key = auth.parse_authorization(request.headers.get("authorization"))
     if key is None:
@@ -116,9 +141,20 @@ def resolve_caller(request: Request, settings: Settings, session: Session) -> Ca
         return Caller(user, "key")
     token = request.cookies.get(auth.SESSION_COOKIE)
     if token:
+        safe = request.method in _SAFE_METHODS
+        if _from_elsewhere(request, settings):
+            if not safe:
+                raise errors.forbidden(
+                    "Refused: this request changes state with the dashboard's session cookie but "
+                    "comes from a page of another origin. Only the dashboard's own pages may do "
+                    "that; scripts and other clients use an API key."
+                )
+            if request.headers.get("sec-fetch-mode") != "navigate":
+                return Caller(None, "anonymous")
         info = auth.user_for_session(session, token, settings.session_lifetime_seconds)
         if info is not None:
-            if request.method not in _SAFE_METHODS and not auth.csrf_ok(
+            request.state.csrf_token = info.csrf_token
+            if not safe and not auth.csrf_ok(
                 info.csrf_token, request.headers.get("x-csrf-token")
             ):
                 raise errors.forbidden(

@@ -71,12 +71,25 @@ async def finish_route(coro: Coroutine[Any, Any, Decision], yielded: Any) -> Dec
             return stop.value  # type: ignore[no-any-return]
 
 
+class HostMatcher(Protocol):
+    def match(self, host: bytes | None) -> bool:
+        """Whether a request with this ``Host`` is on the content origin."""
+
+
+# What requests passed to the app carry: the origin they arrived on. The header is the
+# front's to set: on the dashboard origin a client's own is removed.
+_APP_FROM_CONTENT = Forward("", 0, b"", set_headers=[(b"x-podium-origin", b"content")])
+_APP_FROM_DASHBOARD = Forward("", 0, b"", remove_headers=frozenset({b"x-podium-origin"}))
+
+
 class Server(Protocol):
     """What a client connection needs from the server that accepted it
     (:class:`podium.proxy.front.Front`)."""
 
     loop: asyncio.AbstractEventLoop | None
-    router: Router
+    router: Router  # decides targets under ``prefixes`` on the dashboard origin
+    content_router: Router | None  # decides every request on the content origin
+    content_host: HostMatcher | None  # the content origin's Host, on the main listener
     pool: Pool
     app_key: Key  # where requests that are not routed go (the internal app)
     prefixes: tuple[bytes, ...]  # targets the router decides
@@ -95,6 +108,8 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = (
         "front",
+        "content_only",
+        "on_content",
         "loop",
         "transport",
         "parser",
@@ -126,8 +141,10 @@ class ClientConnection(asyncio.Protocol):
         "idle_since",
     )
 
-    def __init__(self, front: Server) -> None:
+    def __init__(self, front: Server, content_only: bool = False) -> None:
         self.front = front
+        self.content_only = content_only  # accepted by the content listener
+        self.on_content = False  # the current request is on the content origin
         assert front.loop is not None
         self.loop = front.loop
         self.parser = HttpRequestParser(self)
@@ -349,11 +366,17 @@ class ClientConnection(asyncio.Protocol):
             req.keep_alive = False
             self._answer_error(req, 405)
             return
-        if not req.target.startswith(front.prefixes):
-            self._forward(req, front.app_key, req.target, None)
+        router = front.router
+        self.on_content = self.content_only or (
+            front.content_host is not None and front.content_host.match(req.header(b"host"))
+        )
+        if self.on_content and front.content_router is not None:
+            router = front.content_router
+        elif not req.target.startswith(front.prefixes):
+            self._forward(req, front.app_key, req.target, _APP_FROM_DASHBOARD)
             return
         try:
-            coro = front.router.route(req.method, req.target, req.headers, self.peer)
+            coro = router.route(req.method, req.target, req.headers, self.peer)
             if type(coro) is not CoroutineType:
                 self._route_later(req, asyncio.ensure_future(coro))
                 return
@@ -396,7 +419,8 @@ class ClientConnection(asyncio.Protocol):
             key: Key = decision.unix_path or (decision.host, decision.port)
             self._forward(req, key, decision.target, decision)
         elif isinstance(decision, PassToApp):
-            self._forward(req, self.front.app_key, req.target, None)
+            origin = _APP_FROM_CONTENT if self.on_content else _APP_FROM_DASHBOARD
+            self._forward(req, self.front.app_key, req.target, origin)
         elif isinstance(decision, Respond):
             self._answer(req, decision.status, decision.headers, decision.body)
         else:

@@ -3,7 +3,14 @@
 Every viewer request reaches the front first. Targets under its prefixes
 (``/content/``) are routed by a :class:`~podium.proxy.decisions.Router`; every
 other request goes unchanged to the internal app (uvicorn serving the FastAPI
-app on a unix socket). There is no framework on this path: request heads are
+app on a unix socket).
+
+Two origins. Requests on the *content origin* (those arriving on the content
+listener, :meth:`Front.start_content`, or whose ``Host`` is the content origin's) go
+to the ``content_router`` whatever their path, and what it passes to the app carries
+``X-Podium-Origin: content``; every other request is on the dashboard origin, and
+a client's own ``X-Podium-Origin`` is removed from it, so the app can tell them
+apart. There is no framework on this path: request heads are
 parsed with ``httptools``, bodies stream through as they arrive, responses are
 forwarded as raw bytes over pooled keep-alive upstream connections (see
 ``podium.proxy.pool``), and a websocket becomes a byte tunnel after its 101.
@@ -20,7 +27,7 @@ import asyncio
 import logging
 from typing import Any
 
-from podium.proxy.connection import ClientConnection
+from podium.proxy.connection import ClientConnection, HostMatcher
 from podium.proxy.decisions import Router
 from podium.proxy.pool import Key, Pool
 
@@ -41,7 +48,9 @@ class Front:
     request head, that long; ``upstream_idle_seconds`` bounds how long an idle
     upstream connection is kept for reuse (keep it below the apps' own keep-alive
     timeout: uvicorn's is 5 s); ``connect_timeout_seconds`` bounds a connect to an
-    upstream (504 beyond; a refused connect is a 502).
+    upstream (504 beyond; a refused connect is a 502); ``content_router`` decides
+    requests on the content origin and ``content_host`` recognises that origin's ``Host``
+    on the main listener (None: only the content listener serves content).
     """
 
     def __init__(
@@ -55,8 +64,12 @@ class Front:
         keepalive_timeout_seconds: float = 75.0,
         upstream_idle_seconds: float = 2.0,
         connect_timeout_seconds: float = 10.0,
+        content_router: Router | None = None,
+        content_host: HostMatcher | None = None,
     ) -> None:
         self.router = router
+        self.content_router = content_router
+        self.content_host = content_host
         self.app_key: Key = app_socket
         self.prefixes = prefixes
         self.trust_forwarded_headers = trust_forwarded_headers
@@ -68,6 +81,7 @@ class Front:
         self.tasks: set[asyncio.Future[Any]] = set()
         self.closing = False
         self._server: asyncio.Server | None = None
+        self._content_server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._drained: asyncio.Event | None = None
 
@@ -79,17 +93,34 @@ class Front:
         )
         self._sweeper = loop.call_later(self._sweep_interval, self._sweep)
 
+    async def start_content(self, host: str, port: int) -> None:
+        """Listen for the content origin too (after :meth:`start`): every request there
+        goes to the ``content_router``."""
+        if self.content_router is None or self.loop is None:
+            raise RuntimeError("start_content needs a content_router and a started front")
+        self._content_server = await self.loop.create_server(
+            lambda: ClientConnection(self, content_only=True), host, port, backlog=1024, reuse_address=True
+        )
+
     @property
     def port(self) -> int:
         if self._server is None:
             raise RuntimeError("the front is not started")
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def content_port(self) -> int | None:
+        if self._content_server is None:
+            return None
+        return int(self._content_server.sockets[0].getsockname()[1])
+
     async def close(self, grace_seconds: float = 5.0) -> None:
         if self._server is None or self.closing:
             return
         self.closing = True
         self._server.close()
+        if self._content_server is not None:
+            self._content_server.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
         for client in list(self.clients):
@@ -109,6 +140,8 @@ class Front:
         for _ in range(3):
             await asyncio.sleep(0)
         await self._server.wait_closed()
+        if self._content_server is not None:
+            await self._content_server.wait_closed()
 
     def forget(self, client: ClientConnection) -> None:
         self.clients.discard(client)

@@ -1,11 +1,22 @@
 """The content router: decides, per request, where ``/content/{guid}/...`` goes.
 
-Interactive content is forwarded to a process leased from the scheduler, with
-the viewer's Podium credentials stripped and identity headers added. Anything
-else (static files, sign-in redirects, refusals, unknown content) is passed to
-the app, which answers it with the same rules. Content records and callers are
-cached briefly so the hot path rarely touches the database; API changes
-invalidate the content cache at once on this node.
+Content is served on its own origin (:mod:`podium.urls`), never the dashboard's, so
+a published page cannot act with its viewer's dashboard session. The router answers
+for both origins (:attr:`ContentRouter.content` and :attr:`ContentRouter.dashboard`):
+
+- On the **content origin**, the viewer is whoever the request's API key names, or
+  the content cookie (:mod:`podium.handoff`) for *this* content item; the dashboard's
+  session cookie is never read there. Interactive content is forwarded to a process
+  leased from the scheduler, with the viewer's Podium credentials stripped and
+  identity headers added. Anything else (static files, rendered output, the sign-in
+  hand-off, refusals, unknown content) is passed to the app, which answers it with the
+  same rules. Paths outside ``/content/`` are not found there, except the hand-off's.
+- On the **dashboard origin**, content answers only requests carrying an API key
+  (clients such as rsconnect check a deploy there; no browser sends a key on its own).
+  Every other request is redirected to the same path on the content origin.
+
+Content records and callers are cached briefly so the hot path rarely touches the
+database; changes invalidate the content cache at once on this node.
 """
 
 from __future__ import annotations
@@ -16,15 +27,16 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
 
 from sqlalchemy import select
 
 from podium import auth
+from podium.handoff import Handoff
 from podium.proxy.decisions import PASS_TO_APP, Forward, PassToApp, Respond
 from podium.scheduler import AppTarget, Scheduler, Unavailable
 from podium.store import Store
 from podium.store.models import Content, Permission, User
+from podium.urls import Urls
 
 _CONTENT_TTL = 2.0
 _USER_TTL = 5.0
@@ -35,7 +47,11 @@ _REMOVE = frozenset(
     {b"authorization", b"x-rsc-authorization", b"rstudio-connect-credentials",
      b"posit-connect-user-session-token", b"cookie"}
 )
-_PODIUM_COOKIES = {auth.SESSION_COOKIE, auth.CSRF_COOKIE}
+CONTENT_COOKIE = "podium_content"
+# Where the content origin trades a hand-off code for the content cookie (served by the app).
+HANDOFF_PATH = b"/__podium_content_auth__"
+_PODIUM_COOKIES = {auth.SESSION_COOKIE, auth.CSRF_COOKIE, CONTENT_COOKIE}
+_CONTENT_COOKIE_PREFIX = CONTENT_COOKIE.encode() + b"="
 
 
 @dataclass(frozen=True)
@@ -63,17 +79,30 @@ TargetLookup = Callable[[int, int, bool], AppTarget | None]
 
 class ContentRouter:
     """``app_target(content_id, bundle_id, draft)`` says what a bundle runs
-    (:meth:`podium.targets.AppTargets.app_target`); ``scheduler`` leases its processes.
-    :meth:`invalidate` and :meth:`forget_users` are called on every change
-    (:class:`podium.changes.Changes`)."""
+    (:meth:`podium.targets.AppTargets.app_target`); ``scheduler`` leases its processes;
+    ``handoff`` checks content cookies. :meth:`invalidate` and :meth:`forget_users` are
+    called on every change (:class:`podium.changes.Changes`). The front asks
+    :attr:`content` about requests on the content origin and :attr:`dashboard` about
+    ``/content/`` requests on the dashboard's."""
 
     def __init__(
-        self, store: Store, session_lifetime_seconds: int, app_target: TargetLookup, scheduler: Scheduler
+        self,
+        store: Store,
+        session_lifetime_seconds: int,
+        app_target: TargetLookup,
+        scheduler: Scheduler,
+        urls: Urls,
+        handoff: Handoff,
     ) -> None:
         self.store = store
         self.session_lifetime_seconds = session_lifetime_seconds
         self.app_target = app_target
         self.scheduler = scheduler
+        self.urls = urls
+        self.handoff = handoff
+        self.content_host = urls.content_host()
+        self.content = OriginRouter(self, content_origin=True)
+        self.dashboard = OriginRouter(self, content_origin=False)
         self._content: dict[str, ContentInfo] = {}
         self._users: dict[str, tuple[float, Viewer | None]] = {}
 
@@ -119,44 +148,46 @@ class ContentRouter:
             )
         return info.bundles[bundle_id]
 
-    async def _viewer(self, headers: list[tuple[bytes, bytes]]) -> Viewer | None | bool:
-        """The caller; ``None`` for anonymous, ``False`` for bad credentials."""
-        key: str | None = None
-        token: str | None = None
-        for raw_name, value in headers:
-            name = raw_name.lower()
-            if name == b"authorization":
-                key = auth.parse_authorization(value.decode("latin-1"))
-            elif name == b"x-rsc-authorization" and key is None:
-                key = value.decode("latin-1").strip() or None
-            elif name == b"cookie":
-                cookie: SimpleCookie = SimpleCookie()
-                try:
-                    cookie.load(value.decode("latin-1"))
-                except Exception:
-                    continue
-                if auth.SESSION_COOKIE in cookie:
-                    token = cookie[auth.SESSION_COOKIE].value
-        if key is None and token is None:
+    async def _viewer(self, headers: list[tuple[bytes, bytes]], guid: str | None) -> Viewer | None | bool:
+        """The caller; ``None`` for anonymous, ``False`` for bad credentials. With ``guid``
+        (the content origin), a content cookie for that content item counts too."""
+        key = api_key(headers)
+        session_id: int | None = None
+        if key is None and guid is not None:
+            session_id = self._content_session(headers, guid)
+        if key is None and session_id is None:
             return None
-        cache_key = ("k:" + key) if key is not None else ("s:" + str(token))
+        cache_key = ("k:" + key) if key is not None else f"s:{session_id}"
         hit = self._users.get(cache_key)
         if hit is not None and time.monotonic() - hit[0] < _USER_TTL:
             return hit[1] if hit[1] is not None else (False if key else None)
-        viewer = await asyncio.to_thread(self._load_viewer, key, token)
+        viewer = await asyncio.to_thread(self._load_viewer, key, session_id)
         self._users[cache_key] = (time.monotonic(), viewer)
         if viewer is None and key is not None:
             return False
         return viewer
 
-    def _load_viewer(self, key: str | None, token: str | None) -> Viewer | None:
+    def _content_session(self, headers: list[tuple[bytes, bytes]], guid: str) -> int | None:
+        """The dashboard session behind a valid content cookie for ``guid``. Content on the
+        same origin can set cookies of that name too: any one that checks out counts."""
+        for name, value in headers:
+            if name != b"cookie":
+                continue
+            for part in value.split(b";"):
+                part = part.strip()
+                if part.startswith(_CONTENT_COOKIE_PREFIX):
+                    found = self.handoff.check(part[len(_CONTENT_COOKIE_PREFIX):].decode("latin-1"), guid)
+                    if found is not None:
+                        return found
+        return None
+
+    def _load_viewer(self, key: str | None, session_id: int | None) -> Viewer | None:
         with self.store.session() as session:
             user: User | None
             if key is not None:
                 user = auth.user_for_api_key(session, key)
             else:
-                found = auth.user_for_session(session, str(token), self.session_lifetime_seconds)
-                user = found.user if found else None
+                user = auth.user_for_session_id(session, session_id or 0)
             if user is None:
                 return None
             return Viewer(user.id, user.guid, user.username, user.user_role)
@@ -189,10 +220,24 @@ class ContentRouter:
         target: bytes,
         headers: list[tuple[bytes, bytes]],
         client: tuple[str, int] | None,
+        content_origin: bool,
     ) -> Forward | Respond | PassToApp:
         path, _, query = target.partition(b"?")
         match = _PATH.match(path)
-        if match is None or match.group(2) is None:
+        if not content_origin:
+            if match is None:
+                return PASS_TO_APP
+            if api_key(headers) is None:  # browsers: to the content origin
+                guid = match.group(1).decode().lower()
+                origin = self.urls.content_origin.replace("{guid}", guid).encode()
+                return Respond(307, [(b"location", origin + target), (b"cache-control", b"no-store")], b"")
+        elif match is None:
+            return PASS_TO_APP if path == HANDOFF_PATH else self._not_content()
+        elif self.urls.per_content_hosts:
+            host = next((value for name, value in headers if name == b"host"), None)
+            if self.content_host.guid(host) != match.group(1).decode().lower():
+                return self._not_content()
+        if match.group(2) is None:
             return PASS_TO_APP
         guid = match.group(1).decode().lower()
         rest = match.group(2)
@@ -214,7 +259,7 @@ class ContentRouter:
         app = await self._target(info, bundle_id, draft is not None)
         if app is None or app.base_path != base:
             return PASS_TO_APP
-        viewer = await self._viewer(headers)
+        viewer = await self._viewer(headers, guid if content_origin else None)
         if viewer is False:
             return PASS_TO_APP
         assert viewer is not True
@@ -242,6 +287,48 @@ class ContentRouter:
             connection_timeout_seconds=app.limits.connection_timeout or None,
             unix_path=lease.unix_path,
         )
+
+
+    def _not_content(self) -> Respond:
+        from html import escape
+
+        body = (
+            "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Not found - Podium"
+            "</title></head><body style='font-family:sans-serif;max-width:40em;margin:4em auto'>"
+            "<h1>Not found</h1><p>This address serves published content only. The dashboard is at "
+            f"<a href='{escape(self.urls.public)}'>{escape(self.urls.public)}</a>.</p></body></html>"
+        ).encode()
+        return Respond(404, [(b"content-type", b"text/html; charset=utf-8")], body)
+
+
+class OriginRouter:
+    """The :class:`~podium.proxy.decisions.Router` of one origin (see the module docs)."""
+
+    __slots__ = ("_router", "_content_origin")
+
+    def __init__(self, router: ContentRouter, content_origin: bool) -> None:
+        self._router = router
+        self._content_origin = content_origin
+
+    async def route(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        client: tuple[str, int] | None,
+    ) -> Forward | Respond | PassToApp:
+        return await self._router.route(method, target, headers, client, self._content_origin)
+
+
+def api_key(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The API key a request carries (``Authorization: Key``, else ``X-RSC-Authorization``)."""
+    key: str | None = None
+    for name, value in headers:
+        if name == b"authorization":
+            key = auth.parse_authorization(value.decode("latin-1"))
+        elif name == b"x-rsc-authorization" and key is None:
+            key = value.decode("latin-1").strip() or None
+    return key
 
 
 def _identity_headers(headers: list[tuple[bytes, bytes]], viewer: Viewer | None) -> list[tuple[bytes, bytes]]:

@@ -1,9 +1,19 @@
-"""Routing of ``/content/{guid}/...``: authorise, pick the bundle, serve it.
+"""Routing of ``/content/{guid}/...`` in the app: authorise, pick the bundle, serve it.
 
-The caller may view content following its ``access_type`` and permissions;
-drafts (``/content/{guid}/_bundle{id}/``) only by those who may manage it.
-Browsers without a session are sent to the login page; API clients get a
-plain status.
+The front passes here what it does not forward to a content process (static files,
+rendered output, refusals), marked with the origin it arrived on
+(``X-Podium-Origin: content``, see :mod:`podium.proxy.front`).
+
+On the content origin the caller is whoever the request's API key names, or the
+content cookie for this content item (:mod:`podium.handoff`); browsers without one are
+sent through the dashboard's ``/__handoff__``, which signs them in if need be and
+sends them back with a one-time code that :func:`redeem_handoff` trades for the
+cookie. On the dashboard origin only API-key requests are served (clients checking a
+deploy), under ``Content-Security-Policy: sandbox`` so that a browser would run none of
+it; anything else is redirected to the content origin.
+
+The caller may view content following its ``access_type`` and permissions; drafts
+(``/content/{guid}/_bundle{id}/``) only by those who may manage it.
 """
 
 from __future__ import annotations
@@ -21,10 +31,12 @@ from sqlalchemy.orm import Session
 
 from podium import auth, errors
 from podium.api import deps
+from podium.handoff import Handoff
 from podium.layout import DataLayout
+from podium.proxy.router import CONTENT_COOKIE, HANDOFF_PATH
 from podium.render import RENDERED_MODES, latest_rendering
-from podium.settings import Settings
 from podium.store.models import Bundle, Content, Rendering
+from podium.urls import Urls
 
 router = APIRouter()
 _DRAFT = re.compile(r"^_bundle(\d+)(/.*)?$")
@@ -47,10 +59,18 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in request.headers.get("accept", "")
 
 
-def _denied(request: Request, who: deps.Caller) -> Response:
+def _on_content_origin(request: Request) -> bool:
+    return request.headers.get("x-podium-origin") == "content"
+
+
+def _target(request: Request) -> str:
+    return request.url.path + (f"?{request.url.query}" if request.url.query else "")
+
+
+def _denied(request: Request, who: deps.Caller, urls: Urls, guid: str) -> Response:
     if who.user is None and _wants_html(request):
-        target = urllib.parse.quote(request.url.path, safe="/")
-        return RedirectResponse(f"/__login__?next={target}", status_code=303)
+        query = urllib.parse.urlencode({"content": guid, "next": _target(request)})
+        return RedirectResponse(f"{urls.public}__handoff__?{query}", status_code=303)
     if who.user is None:
         return _page(401, "Sign in needed", "This content is only for signed-in users with access.")
     return _page(403, "No access", "You do not have permission to view this content. Ask its owner.")
@@ -81,18 +101,66 @@ def serve_content(
     guid: str,
     path: str,
     request: Request,
-    settings: Settings = Depends(deps.settings),
     layout: DataLayout = Depends(deps.layout),
+    urls: Urls = Depends(deps.urls),
+    handoff: Handoff = Depends(deps.handoff),
     session: Session = Depends(deps.db),
 ) -> Response:
     try:
         uuid.UUID(guid)
     except ValueError:
         return _page(404, "Not found", "There is no content at this address.")
+    content_origin = _on_content_origin(request)
+    key = auth.parse_authorization(request.headers.get("authorization")) or (
+        request.headers.get("x-rsc-authorization") or None
+    )
+    if not content_origin and key is None:  # browsers see content on its own origin only
+        return RedirectResponse(urls.content_origin.replace("{guid}", guid) + _target(request), 307)
     try:
-        who = deps.resolve_caller(request, settings, session)
+        who = _content_caller(request, handoff, session, guid, key)
     except errors.ApiError as exc:
         return _page(exc.status, "Not signed in", exc.message)
+    response = _serve(request, guid, path, who, layout, urls, session)
+    if not content_origin:
+        response.headers["content-security-policy"] = "sandbox"
+    return response
+
+
+def _content_caller(
+    request: Request, handoff: Handoff, session: Session, guid: str, key: str | None
+) -> deps.Caller:
+    """The API key's user, else the user of a content cookie for ``guid``; never the
+    dashboard's session."""
+    if key is not None:
+        user = auth.user_for_api_key(session, key)
+        if user is None:
+            raise errors.bad_credentials()
+        session.commit()
+        return deps.Caller(user, "key")
+    for name, value in _cookies(request):
+        if name == CONTENT_COOKIE:
+            session_id = handoff.check(value, guid)
+            user = auth.user_for_session_id(session, session_id) if session_id is not None else None
+            if user is not None:
+                return deps.Caller(user, "session")
+    return deps.Caller(None, "anonymous")
+
+
+def _cookies(request: Request) -> list[tuple[str, str]]:
+    """Every cookie of the request, repeated names included (content on this origin can
+    set a cookie of any name, so the one that checks out must be found among several)."""
+    found = []
+    for part in request.headers.get("cookie", "").split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep:
+            found.append((name, value))
+    return found
+
+
+def _serve(
+    request: Request, guid: str, path: str, who: deps.Caller, layout: DataLayout, urls: Urls,
+    session: Session,
+) -> Response:
     content = session.scalar(select(Content).where(Content.guid == guid))
     if content is None:
         return _page(404, "Not found", "There is no content at this address.")
@@ -101,7 +169,7 @@ def serve_content(
     earlier = _RENDERING.match(path)
     if earlier:
         if not auth.can_view(session, who.user, content):
-            return _denied(request, who)
+            return _denied(request, who, urls, guid)
         rendering = session.get(Rendering, int(earlier.group(1)))
         if rendering is None or rendering.content_id != content.id or rendering.status != "succeeded":
             return _page(404, "Not found", "This content has no such rendering.")
@@ -110,7 +178,7 @@ def serve_content(
         return _serve_rendering(layout, rendering, earlier.group(2))
     if draft:
         if not auth.can_manage(session, who.user, content):
-            return _denied(request, who)
+            return _denied(request, who, urls, guid)
         bundle = session.get(Bundle, int(draft.group(1)))
         if bundle is None or bundle.content_id != content.id:
             return _page(404, "Not found", "This content has no such bundle.")
@@ -119,7 +187,7 @@ def serve_content(
         rest = draft.group(2)
     else:
         if not auth.can_view(session, who.user, content):
-            return _denied(request, who)
+            return _denied(request, who, urls, guid)
         if content.bundle_id is None:
             return _page(404, "Not deployed yet", "This content has no active bundle yet.")
         bundle = session.get(Bundle, content.bundle_id)
@@ -163,3 +231,34 @@ def _serve_bundle(
     return _page(
         503, "Not available", f"Podium cannot serve {bundle.app_mode!r} content on this server yet."
     )
+
+
+@router.get(HANDOFF_PATH.decode())
+def redeem_handoff(
+    request: Request,
+    code: str = "",
+    next: str = "",
+    urls: Urls = Depends(deps.urls),
+    handoff: Handoff = Depends(deps.handoff),
+) -> Response:
+    """The content origin's end of the hand-off: trade a one-time code for the content
+    cookie, scoped to that content item's path, and go on to ``next``."""
+    redeemed = handoff.redeem(code) if _on_content_origin(request) else None
+    if redeemed is None:
+        return _page(400, "Sign-in expired", "This sign-in link has expired or was used already; "
+                     "open the content again.")
+    guid, session_id = redeemed
+    prefix = f"/content/{guid}/"
+    if not next.startswith(prefix) or "\\" in next:
+        next = prefix
+    response = RedirectResponse(next, status_code=303)
+    response.headers["cache-control"] = "no-store"
+    # Written by hand: Python's cookie module knows Partitioned only from 3.14. On a secure
+    # content origin the cookie is SameSite=None (so it works inside the dashboard's frame,
+    # another site) and Partitioned (CHIPS: kept apart per embedding site, so browsers that
+    # block third-party cookies still keep it).
+    attributes = f"Path={prefix}; Max-Age={handoff.cookie_seconds}; HttpOnly; " + (
+        "Secure; SameSite=None; Partitioned" if urls.secure_content else "SameSite=Lax"
+    )
+    response.headers.append("set-cookie", f"{CONTENT_COOKIE}={handoff.cookie(guid, session_id)}; {attributes}")
+    return response

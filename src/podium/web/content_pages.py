@@ -157,7 +157,7 @@ def content_page(
         raise PageError(404, f"The content page has no pane {pane!r}.")
     item = content_json(parts.urls, content, auth.app_role(session, user, content), {"owner"})
     item["status"] = _status(parts.scheduler, item)
-    frame = f"/content/{content.guid}/"
+    frame = parts.urls.content(content.guid)  # on the content origin, never this one
     if draft and draft.isdigit() and manage:
         frame += f"_bundle{draft}/"
     elif rendering and rendering.isdigit():

@@ -1,14 +1,20 @@
 """Sign-in and sign-out for browsers; ``/`` leads to the dashboard.
 
-A successful sign-in sets an HttpOnly, SameSite=Lax session cookie and a
-readable CSRF cookie whose value pages send back in ``X-CSRF-Token`` (or a
-``csrf_token`` form field) with every state-changing request. The sign-in form
-itself is protected by a double-submit token.
+A successful sign-in sets an HttpOnly, SameSite=Lax session cookie. The session's
+CSRF token is never in a cookie: dashboard pages carry it (``<meta name="csrf-token">``
+and form fields) and send it back in ``X-CSRF-Token`` (or a ``csrf_token`` form field)
+with every state-changing request; no other origin can read those pages. The sign-in
+form itself is protected by a double-submit token in an HttpOnly cookie.
+
+``/__handoff__`` signs a viewer in to one content item on the content origin
+(:mod:`podium.handoff`).
 """
 
 from __future__ import annotations
 
 import secrets
+import urllib.parse
+import uuid
 
 from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -17,8 +23,11 @@ from sqlalchemy.orm import Session
 
 from podium import auth
 from podium.api import deps
+from podium.handoff import Handoff
+from podium.proxy.router import HANDOFF_PATH
 from podium.settings import Settings
 from podium.store.models import User
+from podium.urls import Urls
 from podium.web.templating import render
 
 router = APIRouter()
@@ -70,7 +79,7 @@ def login(
         return _form(
             request, target, secrets.token_urlsafe(16), "Wrong username or password.", 401, username
         )
-    token, csrf = auth.start_session(session, user, settings.session_lifetime_seconds)
+    token, _csrf = auth.start_session(session, user, settings.session_lifetime_seconds)
     session.commit()
     response = RedirectResponse(target, status_code=303)
     secure = settings.session_cookie_secure
@@ -78,7 +87,7 @@ def login(
     response.set_cookie(
         auth.SESSION_COOKIE, token, httponly=True, samesite="lax", secure=secure, max_age=lifetime
     )
-    response.set_cookie(auth.CSRF_COOKIE, csrf, samesite="strict", secure=secure, max_age=lifetime)
+    response.delete_cookie(auth.CSRF_COOKIE)  # readable by page scripts: no longer used
     response.delete_cookie(_LOGIN_CSRF, path="/__login__")
     return response
 
@@ -106,3 +115,36 @@ def logout(
 @router.get("/")
 def home() -> Response:
     return RedirectResponse("/connect/", status_code=303)
+
+
+@router.get("/__handoff__")
+def content_handoff(
+    request: Request,
+    content: str = "",
+    next: str = "",
+    settings: Settings = Depends(deps.settings),
+    urls: Urls = Depends(deps.urls),
+    handoff: Handoff = Depends(deps.handoff),
+    session: Session = Depends(deps.db),
+) -> Response:
+    """The dashboard's end of the hand-off: a signed-in viewer is sent back to the content
+    origin with a one-time code for ``content``; others sign in first."""
+    try:
+        guid = str(uuid.UUID(content))
+    except ValueError:
+        return HTMLResponse("No such content.", status_code=404)
+    token = request.cookies.get(auth.SESSION_COOKIE)
+    info = auth.user_for_session(session, token, settings.session_lifetime_seconds) if token else None
+    if info is None:
+        here = request.url.path + "?" + request.url.query
+        return RedirectResponse("/__login__?next=" + urllib.parse.quote(here, safe="/"), status_code=303)
+    session.commit()
+    prefix = f"/content/{guid}/"
+    if not next.startswith(prefix) or "\\" in next:
+        next = prefix
+    query = urllib.parse.urlencode({"code": handoff.code(guid, info.id), "next": next})
+    origin = urls.content_origin.replace("{guid}", guid)
+    response = RedirectResponse(f"{origin}{HANDOFF_PATH.decode()}?{query}", status_code=303)
+    response.headers["cache-control"] = "no-store"
+    response.headers["referrer-policy"] = "no-referrer"
+    return response

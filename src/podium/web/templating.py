@@ -3,7 +3,8 @@
 Pages are rendered on the server with everything a reader needs; the small
 scripts in ``web/static`` only add live behaviour (actions through the API,
 log following). The caller and the CSRF token are added to every page's
-context, so templates never look them up themselves.
+context, so templates never look them up themselves; the token reaches page
+scripts through ``<meta name="csrf-token">``, never a cookie.
 """
 
 from __future__ import annotations
@@ -117,7 +118,9 @@ def render(
         user=user,
         is_admin=auth.at_least(user, "administrator"),
         is_publisher=auth.at_least(user, "publisher"),
-        csrf_token=request.cookies.get(auth.CSRF_COOKIE, ""),
+        # The signed-in session's token (set on request.state by api.deps.resolve_caller),
+        # delivered only inside dashboard pages, which no other origin can read.
+        csrf_token=getattr(request.state, "csrf_token", ""),
         path=request.url.path,
         **context,
     )

@@ -1,7 +1,8 @@
 /* Podium dashboard: small progressive enhancements over server-rendered pages.
  *
  * Every change goes through the server API (/__api__/...) with the session
- * cookie and the X-CSRF-Token header; errors show the API's `error` message.
+ * cookie and the X-CSRF-Token header (the token is in the page's
+ * <meta name="csrf-token">; no cookie holds it); errors show the API's `error` message.
  *
  *   <form data-api="PATCH v1/content/GUID" data-then="reload|stay|NAME">
  *     fields: name = API field; data-kind = int|float|string|bool|null-string;
@@ -12,8 +13,8 @@
 
 const Podium = (() => {
   function csrfToken() {
-    const match = document.cookie.match(/(?:^|;\s*)podium_csrf=([^;]*)/);
-    return match ? decodeURIComponent(match[1]) : "";
+    const meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.content : "";
   }
 
   class ApiError extends Error {
