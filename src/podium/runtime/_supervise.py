@@ -74,6 +74,16 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def _process_group(pid: int) -> int | None:
+    """The process group of ``pid``; ``None`` if it has ended."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in (b"Z", b"X") else int(fields[2])
+
+
 def process_start(pid: int) -> int | None:
     """When ``pid`` started (clock ticks since boot), to tell it from a reused pid;
     ``None`` if there is no such process or it is a zombie (it has ended)."""
@@ -278,9 +288,16 @@ class Supervisor:
         selector.close()
         self.status_data = data
         try:
-            return int(json.loads(data.split(b"\n", 1)[0])["child-pid"])
+            pid_1 = int(json.loads(data.split(b"\n", 1)[0])["child-pid"])
         except (ValueError, KeyError, TypeError):
             return None
+        # Until pid 1 has made its session (after setting up the mounts), its group
+        # does not exist and a stop() signalling it would reach nothing.
+        while (group := _process_group(pid_1)) is not None and group != pid_1:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.001)
+        return pid_1
 
     def _sandbox_started(self) -> bool:
         """Whether bwrap got as far as executing the command: it reports an exit code

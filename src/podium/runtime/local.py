@@ -429,8 +429,15 @@ def _signal(record: dict[str, Any], sig: signal.Signals) -> None:
         except (ProcessLookupError, PermissionError):
             pass
     # A sandbox's monitor (bwrap, outside the job's group) would end the whole sandbox
-    # with SIGKILL if it died of SIGTERM: only SIGKILL is for it.
-    spare = (int(record["pid"]),) if record.get("sandbox") and sig != signal.SIGKILL else ()
+    # with SIGKILL if it died of SIGTERM: only SIGKILL is for it, and its death takes
+    # every process of the sandbox along.
+    monitor = int(record["pid"]) if record.get("sandbox") and record.get("pid") else None
+    if monitor and sig == signal.SIGKILL and process_start(monitor) == record.get("pid_start"):
+        try:
+            os.kill(monitor, sig)
+        except ProcessLookupError:
+            pass
+    spare = (monitor,) if monitor and sig != signal.SIGKILL else ()
     cgroups.signal_all(_plan(record), sig, spare)
 
 

@@ -57,8 +57,6 @@ SETPRIV = "/usr/bin/setpriv"
 SHELL = "/bin/sh"
 PROBE_UID = 65534  # nobody: what the probe switches to when the server is root
 PROBE_TIMEOUT_SECONDS = 10.0
-# Mount points bubblewrap makes itself: never made again as parents of bound paths.
-_MOUNTED = ("/proc", "/dev", "/tmp")
 # setpriv needs these until it has switched users; it drops them (and the rest).
 _SETPRIV_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
 _USERNS_SYSCTLS = (
@@ -104,27 +102,23 @@ def bwrap_argv(
             argv += ["--cap-add", cap]
     else:
         argv.append("--unshare-user")
-    system = [posixpath.normpath(path) for path in system_dirs]
-    for path in system:
-        argv += ["--ro-bind-try", path, path]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp"]
-    bound = {path: "--ro-bind" for path in sandbox.read_only}
-    bound.update({path: "--bind" for path in sandbox.writable})
-    # Parents of bound paths that nothing else provides (bubblewrap would make them
-    # 0700, closed to the job's uid when it runs as root).
-    host = [*system, *bound]
-    parents = {
-        parent
-        for path in bound
-        for parent in _parents(path)
-        if parent not in _MOUNTED and not any(_below(parent, other) for other in host)
-    }
-    # Parents before children: a bind inside another one, or inside /tmp, comes later.
-    for path in sorted({*parents, *bound}, key=lambda p: p.split("/")):
-        if path in bound:
-            argv += [bound[path], path, path]
-        else:
-            argv += ["--perms", "0755", "--dir", path]
+    mounts = {posixpath.normpath(path): ["--ro-bind-try", path, path] for path in system_dirs}
+    mounts.update({
+        "/proc": ["--proc", "/proc"],
+        "/dev": ["--dev", "/dev"],
+        "/tmp": ["--perms", "1777", "--tmpfs", "/tmp"],
+    })
+    mounts.update({path: ["--ro-bind", path, path] for path in sandbox.read_only})
+    mounts.update({path: ["--bind", path, path] for path in sandbox.writable})
+    # Parents that no mount provides: bubblewrap would make them 0700, which closes
+    # them to the job's uid when bubblewrap runs as root.
+    binds = [path for path, args in mounts.items() if "bind" in args[0]]
+    for parent in {parent for path in list(mounts) for parent in _parents(path)}:
+        if parent not in mounts and not any(_below(parent, bound) for bound in binds):
+            mounts[parent] = ["--perms", "0755", "--dir", parent]
+    # Parents before children: a mount inside another one (or inside /tmp) comes later.
+    for path in sorted(mounts, key=lambda path: path.split("/")):
+        argv += mounts[path]
     argv += ["--chdir", workdir, "--"]
     if privileged:
         argv += [
