@@ -113,15 +113,6 @@ class LocalBackend:
                 "job %s: the environment's volume mounts apply on Kubernetes only; local jobs "
                 "see the host's file system", spec.key,
             )
-        env = dict(spec.env)
-        env.setdefault("PATH", os.environ.get("PATH", os.defpath))
-        port = spec.port
-        if spec.kind == "run":
-            port = port or allocate_port()
-            env["PORT"] = str(port)
-        job: dict[str, Any] = {"command": list(spec.command), "cwd": spec.workdir, "env": env}
-        if spec.sandbox is not None:
-            job = await self._sandboxed(spec, spec.sandbox, env)
         job_dir = self.root / spec.key
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -138,8 +129,17 @@ class LocalBackend:
                 "LaunchFailed", "Could not create the job directory.", detail=str(error)
             ) from error
 
+        env = dict(spec.env)
+        env.setdefault("PATH", os.environ.get("PATH", os.defpath))
+        port = spec.port
+        if spec.kind == "run":
+            port = port or allocate_port()
+            env["PORT"] = str(port)
         plan = cgroups.LimitPlan()
         try:
+            job: dict[str, Any] = {"command": list(spec.command), "cwd": spec.workdir, "env": env}
+            if spec.sandbox is not None:
+                job = await self._sandboxed(spec, spec.sandbox, env)
             plan = await asyncio.to_thread(
                 cgroups.plan_limits,
                 spec.key,
