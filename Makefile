@@ -28,11 +28,13 @@ run: install
 
 # The dashboard's browser tests drive Debian's Chromium (Playwright never downloads one here).
 # R content (rmd-static, shiny, api) runs on Debian's R with rmarkdown, shiny and plumber;
-# R Markdown needs pandoc. apt-get runs only when something is missing.
+# R Markdown needs pandoc. Sandboxed jobs run in bubblewrap (bwrap).
+# apt-get runs only when something is missing.
 R_PACKAGES := rmarkdown shiny plumber
 system-deps:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	@missing=""; \
+	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
 	command -v Rscript >/dev/null || missing="$$missing r-base-core"; \
 	command -v pandoc >/dev/null || missing="$$missing pandoc"; \
 	for pkg in $(R_PACKAGES); do \

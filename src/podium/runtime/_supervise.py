@@ -8,14 +8,19 @@ supervisor starts a session of its own, so it outlives the server, and then:
 
 1. starts the job's process in a new session (its process group is the job), in the
    job's cgroups or under its rlimit before it execs, with a parent-death signal so the
-   job cannot outlive a killed supervisor;
+   job cannot outlive a killed supervisor; a sandboxed job (payload ``sandbox``) is
+   bubblewrap's argv (:mod:`podium.runtime.sandbox`): its standard input is then the
+   setup script, in a memfd, and its process group the one bwrap's pid 1 leads, which
+   bwrap reports on a status pipe (``--json-status-fd``);
 2. writes ``job.json`` (pids, process start times, paths: the handle's data) and
    reports the same JSON on standard output, which is what ``launch()`` waits for;
 3. copies the job's stdout and stderr into ``output.log``, one timestamped line per
    output line (``<ISO-8601 UTC> <stream> <data>``);
 4. when the job's process exits, kills what is left of its process group and cgroups
    (a job ends with its main process, as a container does), records an OOM kill, removes
-   the cgroups and writes ``exit.json``.
+   the cgroups and writes ``exit.json``. bwrap exits with 128 + N for a command killed
+   by signal N, which is reported as Signalled; a sandbox that could not be set up, or
+   a command that could not be executed inside it, as StartError.
 
 The server only reads these files and signals the job's process group, so a restarted
 server, or another backend instance, watches and stops jobs it did not launch.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -57,10 +63,25 @@ DRAIN_SECONDS = 2.0  # how long to read output left in the pipes once the job ha
 # Last words of programs out of memory under RLIMIT_AS, where no OOM counter exists.
 _MEMORY_ERRORS = ("MemoryError", "Cannot allocate memory", "std::bad_alloc",
                   "cannot allocate vector", "out of memory")
+SANDBOX_REPORT_SECONDS = 5.0  # how long bwrap may take to report its pid 1
+# How the shell and setpriv of a sandbox say that they could not execute a command
+# (exit code 126 or 127): "/bin/sh: 3: exec: /x: not found", "setpriv: failed to execute
+# /bin/sh: No such file or directory".
+_SANDBOX_EXEC_FAILED = re.compile(r"\S*sh: (?:line )?\d+: (?:exec: )?(.+)|setpriv: (failed to execute .+)")
 
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _process_group(pid: int) -> int | None:
+    """The process group of ``pid``; ``None`` if it has ended."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in (b"Z", b"X") else int(fields[2])
 
 
 def process_start(pid: int) -> int | None:
@@ -159,6 +180,10 @@ class Supervisor:
         self.job_dir: str = payload["job_dir"]
         self.plan = cgroups.LimitPlan.from_dict(payload["limits"])
         self.child: subprocess.Popen[bytes] | None = None
+        self.pgid = 0  # the job's process group, once it runs
+        self.sandbox: dict[str, Any] | None = payload.get("sandbox")
+        self.status_fd: int | None = None  # bwrap's --json-status-fd, read end
+        self.status_data = b""
         self.exited = False
         self.supervisor_pid = os.getpid()
         self.log_fd = os.open(
@@ -191,21 +216,42 @@ class Supervisor:
             "started_at": utc_now(),
             "limits": self.plan.to_dict(),
         }
+        command = list(self.payload["command"])
+        stdin: int = subprocess.DEVNULL
+        keep: tuple[int, ...] = ()
+        if self.sandbox is not None:
+            stdin = os.memfd_create("podium-job-setup", os.MFD_CLOEXEC)
+            _write_all(stdin, self.sandbox["setup"].encode())
+            os.lseek(stdin, 0, os.SEEK_SET)
+            self.status_fd, status_w = os.pipe()
+            keep = (status_w,)
+            command[1:1] = ["--json-status-fd", str(status_w)]
+            record["sandbox"] = {"uid": self.sandbox["uid"], "gid": self.sandbox["gid"]}
         try:
             self.child = subprocess.Popen(
-                self.payload["command"],
+                command,
                 cwd=self.payload["cwd"],
                 env=self.payload["env"],
-                stdin=subprocess.DEVNULL,
+                stdin=stdin,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
+                pass_fds=keep,
                 preexec_fn=self._prepare_child,
             )
         except (OSError, subprocess.SubprocessError) as error:
             return self._start_failed(record, error)
+        finally:
+            for fd in (stdin, *keep) if self.sandbox is not None else ():
+                os.close(fd)
         pid = self.child.pid
-        record.update(pid=pid, pid_start=process_start(pid), pgid=pid)
+        self.pgid = pid
+        if self.status_fd is not None:
+            self.pgid = self._sandbox_pid_1() or pid
+        record.update(
+            pid=pid, pid_start=process_start(pid), pgid=self.pgid,
+            pgid_start=process_start(self.pgid),
+        )
         write_json(os.path.join(self.job_dir, RECORD), record)
         _report(record)
         self._copy_output(wake_r)
@@ -224,10 +270,53 @@ class Supervisor:
 
             resource.setrlimit(resource.RLIMIT_AS, (self.plan.rlimit_as, self.plan.rlimit_as))
 
+    def _sandbox_pid_1(self) -> int | None:
+        """The pid of bwrap's pid 1, which leads the job's process group; ``None`` if
+        bwrap failed (or hung) before it made one."""
+        assert self.status_fd is not None
+        selector = selectors.DefaultSelector()
+        selector.register(self.status_fd, selectors.EVENT_READ)
+        deadline = time.monotonic() + SANDBOX_REPORT_SECONDS
+        data = b""
+        while b"\n" not in data and (left := deadline - time.monotonic()) > 0:
+            if not selector.select(left):
+                break
+            chunk = os.read(self.status_fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+        selector.close()
+        self.status_data = data
+        try:
+            pid_1 = int(json.loads(data.split(b"\n", 1)[0])["child-pid"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        # Until pid 1 has made its session (after setting up the mounts), its group
+        # does not exist and a stop() signalling it would reach nothing.
+        while (group := _process_group(pid_1)) is not None and group != pid_1:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.001)
+        return pid_1
+
+    def _sandbox_started(self) -> bool:
+        """Whether bwrap got as far as executing the command: it reports an exit code
+        on its status pipe only then. Read once the monitor has exited."""
+        assert self.status_fd is not None
+        data = self.status_data
+        os.set_blocking(self.status_fd, False)
+        try:
+            while chunk := os.read(self.status_fd, 4096):
+                data += chunk
+        except BlockingIOError:
+            pass
+        os.close(self.status_fd)
+        return b'"exit-code"' in data
+
     def _forward(self, signum: int, frame: object) -> None:
         """``kill <supervisor>`` asks the job to stop, like the backend's stop()."""
-        if self.child is not None and not self.exited:
-            _killpg(self.child.pid, signal.SIGTERM)
+        if self.pgid and not self.exited:
+            _killpg(self.pgid, signal.SIGTERM)
 
     def _copy_output(self, wake_r: int) -> None:
         assert self.child is not None and self.child.stdout and self.child.stderr
@@ -271,6 +360,8 @@ class Supervisor:
             return False
         self.exited = True
         _killpg(self.child.pid, signal.SIGKILL)
+        if self.pgid != self.child.pid:
+            _killpg(self.pgid, signal.SIGKILL)  # a sandbox's pid 1 and what it leads
         cgroups.signal_all(self.plan, signal.SIGKILL)
         return True
 
@@ -278,13 +369,21 @@ class Supervisor:
         assert self.child is not None
         code = self.child.wait()
         exit_code = code if code >= 0 else 128 - code
+        start_error = None
+        if self.status_fd is not None:
+            start_error = self._sandbox_start_error(code)
+            if start_error is None and 128 < code <= 128 + 64:
+                code = 128 - code  # bwrap's report of a command killed by a signal
         kills = cgroups.oom_kills(self.plan) if self.plan.memory_mode else None
         oom = code != 0 and bool(kills)
         if self.plan.memory_mode == "rlimit" and code != 0:
             tail = "\n".join(self.writer.stderr_tail)
             oom = any(marker in tail for marker in _MEMORY_ERRORS)
         limit = self.plan.memory_limit or 0
-        if oom:
+        if start_error is not None:
+            reason, message = "StartError", start_error
+            self._note(message)
+        elif oom:
             reason, message = "OOMKilled", cgroups.oom_message(limit)
             self._note(message)
         elif code == 0:
@@ -306,6 +405,23 @@ class Supervisor:
              "oom_kills": kills, "started_at": record["started_at"], "finished_at": utc_now()},
         )
         return 0
+
+    def _sandbox_start_error(self, code: int) -> str | None:
+        """Why a sandboxed command never ran, from bwrap's status and the last line of
+        its stderr; ``None`` if it ran (or was killed before anyone could tell)."""
+        started = self._sandbox_started()
+        last = self.writer.stderr_tail[-1] if self.writer.stderr_tail else ""
+        if code < 0:
+            return None
+        if not started:
+            said = last.removeprefix("bwrap: ") if last.startswith("bwrap: ") else (
+                f"bwrap exited with code {code}"
+            )
+            return f"could not start the sandbox: {said}"
+        failed = _SANDBOX_EXEC_FAILED.fullmatch(last) if code in (126, 127) else None
+        if failed is not None:
+            return f"could not start: {failed.group(1) or failed.group(2)}"
+        return None
 
     def _start_failed(self, record: dict[str, Any], error: BaseException) -> int:
         if isinstance(error, OSError):
@@ -345,6 +461,12 @@ def _report(record: dict[str, Any]) -> None:
     """Tell launch() the job exists: one JSON line on the launcher's stdout."""
     os.write(1, json.dumps(record).encode() + b"\n")
     os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # EOF for launch()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _killpg(pgid: int, sig: int) -> None:

@@ -13,6 +13,7 @@ retries and restarts are policy and live in ``scheduler`` and ``build``.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -111,6 +112,70 @@ class VolumeMount:
         raise ValueError(f"source.volume_type must be 'nfs' or 'pvc'; got {source.get('volume_type')!r}")
 
 
+# Mounted by the sandbox itself: a spec may not bind anything there.
+_SANDBOX_MANAGED = ("/proc", "/dev")
+
+
+def _below(path: str, parent: str) -> bool:
+    """Whether ``path`` is ``parent`` or inside it (both normalised and absolute)."""
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """Run a job isolated from the host and from other content.
+
+    The job's process runs as ``uid``/``gid`` (never 0), without supplementary groups,
+    capabilities or the right to gain privileges, in a file system of its own that
+    holds only the host's system directories (read-only), the ``read_only`` paths
+    (bundle, package environment, interpreter installations), the ``writable`` paths
+    (output, home or scratch, socket directory), a private ``/tmp``, a minimal ``/dev``
+    and its own ``/proc``: it sees no other process, no data dir, no key, no database.
+    Paths are absolute and keep their names inside; they must exist when the job is
+    launched, and the caller owns (and chowns) them: see
+    :func:`podium.runtime.sandbox.prepare_writable`. The network is the host's.
+
+    The local backend enforces this with bubblewrap (:mod:`podium.runtime.sandbox`) or
+    refuses to launch (``"SandboxUnavailable"``); it never runs such a job unsandboxed.
+    The Kubernetes backend ignores this field: a pod is isolated by its container, and
+    its security context and volumes are that backend's business.
+    """
+
+    uid: int
+    gid: int
+    read_only: tuple[str, ...] = ()
+    writable: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "read_only", tuple(self.read_only))
+        object.__setattr__(self, "writable", tuple(self.writable))
+        for name in ("uid", "gid"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"sandbox {name} must be a positive integer (not root), got {value!r}")
+        paths = [*self.read_only, *self.writable]
+        for path in paths:
+            if (
+                not isinstance(path, str) or not path.startswith("/") or path.startswith("//")
+                or "\x00" in path or path == "/" or posixpath.normpath(path) != path
+            ):
+                raise ValueError(f"sandbox paths must be absolute and normalised, not '/'; got {path!r}")
+            if any(_below(path, managed) for managed in _SANDBOX_MANAGED):
+                raise ValueError(f"sandbox path {path} is inside {', '.join(_SANDBOX_MANAGED)}")
+        if len(set(paths)) != len(paths):
+            raise ValueError("a sandbox path is listed twice")
+        for path in paths:
+            for parent in self.writable:
+                # bubblewrap (as root) would create the mount point through a directory
+                # the job can write to, and so could be led elsewhere by a symlink.
+                if path != parent and _below(path, parent):
+                    raise ValueError(f"sandbox path {path} is inside the writable path {parent}")
+
+    def binds(self, path: str) -> bool:
+        """Whether ``path`` is one of the bound paths or inside one."""
+        return any(_below(path, bound) for bound in (*self.read_only, *self.writable))
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """Everything a backend needs to run one job; no ORM objects.
@@ -118,6 +183,8 @@ class JobSpec:
     ``env`` is the job's whole environment (backends add only what they document, such
     as ``PORT`` for run jobs); ``workdir`` is the bundle directory as the job sees it;
     ``port`` is the port a run job listens on, or ``None`` to let the backend choose one.
+    ``sandbox``, when set, isolates the job (see :class:`Sandbox`; its ``workdir`` must
+    then be a bound path); ``None`` runs it as the server's own user, seeing the host.
     """
 
     key: str
@@ -132,6 +199,7 @@ class JobSpec:
     service_account: str | None = None
     # the execution environment's volumes (mounted by Kubernetes; see VolumeMount)
     volume_mounts: tuple[VolumeMount, ...] = ()
+    sandbox: Sandbox | None = None
 
     def __post_init__(self) -> None:
         if not valid_key(self.key):
@@ -145,6 +213,11 @@ class JobSpec:
             raise ValueError("a job needs a command")
         if self.port is not None and not 0 < self.port < 65536:
             raise ValueError(f"port must be between 1 and 65535, got {self.port}")
+        if self.sandbox is not None and not self.sandbox.binds(posixpath.normpath(self.workdir)):
+            raise ValueError(
+                f"workdir {self.workdir} must be one of the sandbox's read-only or writable "
+                "paths, or inside one"
+            )
 
 
 @dataclass(frozen=True)

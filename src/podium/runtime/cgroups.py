@@ -161,11 +161,14 @@ def oom_kills(plan: LimitPlan) -> int | None:
     return total
 
 
-def signal_all(plan: LimitPlan, sig: int) -> int:
-    """Send ``sig`` to every process in the job's cgroups, wherever its session went."""
+def signal_all(plan: LimitPlan, sig: int, spare: tuple[int, ...] = ()) -> int:
+    """Send ``sig`` to every process in the job's cgroups, wherever its session went,
+    except the pids in ``spare``."""
     sent = 0
     for path in plan.dirs:
         for pid in _read(os.path.join(path, "cgroup.procs"), "").split():
+            if int(pid) in spare:
+                continue
             try:
                 os.kill(int(pid), sig)
                 sent += 1

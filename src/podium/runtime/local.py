@@ -14,6 +14,12 @@ run jobs, ``PORT``; standard input is ``/dev/null``. ``spec.image`` and
 ``spec.service_account`` have no meaning on the host and are ignored, as are CPU and
 memory requests; limits are enforced as :mod:`podium.runtime.cgroups` describes.
 
+A job whose spec has a ``sandbox`` runs inside bubblewrap, as
+:mod:`podium.runtime.sandbox` describes, still in its cgroups. Launching one fails
+with ``"SandboxUnavailable"`` when this host cannot make sandboxes (the first success
+of :func:`~podium.runtime.sandbox.probe_sandbox` is kept) and with ``"SandboxInvalid"``
+when a path to bind does not exist: it is never run unsandboxed.
+
 Linux only (``/proc``, process groups, cgroups). If Podium runs under systemd, use
 ``KillMode=mixed`` or ``process`` so that restarting the server leaves jobs running.
 """
@@ -35,7 +41,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from podium.runtime import cgroups
+from podium.runtime import cgroups, sandbox
 from podium.runtime._supervise import (
     EXIT,
     LOG,
@@ -54,6 +60,7 @@ from podium.runtime.base import (
     JobState,
     JobStatus,
     LogLine,
+    Sandbox,
     valid_key,
 )
 
@@ -78,17 +85,27 @@ class LocalBackend:
     """Runs jobs as supervised host processes; job directories live under ``root``.
 
     ``cgroup_root`` is where cgroup hierarchies are mounted; ``python`` runs the
-    supervisor (any Python 3.11+, standard library only).
+    supervisor (any Python 3.11+, standard library only); ``bwrap`` and
+    ``system_dirs`` are what sandboxed jobs run in and see of the host.
     """
 
     name = "local"
 
     def __init__(
-        self, root: Path, *, cgroup_root: str = cgroups.CGROUP_ROOT, python: str = sys.executable
+        self,
+        root: Path,
+        *,
+        cgroup_root: str = cgroups.CGROUP_ROOT,
+        python: str = sys.executable,
+        bwrap: str = sandbox.BWRAP,
+        system_dirs: tuple[str, ...] = sandbox.SYSTEM_DIRS,
     ) -> None:
         self.root = Path(root)
         self.cgroup_root = cgroup_root
         self.python = python
+        self.bwrap = bwrap
+        self.system_dirs = system_dirs
+        self._sandbox_works = False  # probed once, when the first sandboxed job comes
 
     async def launch(self, spec: JobSpec) -> JobHandle:
         if spec.volume_mounts:
@@ -120,6 +137,9 @@ class LocalBackend:
             env["PORT"] = str(port)
         plan = cgroups.LimitPlan()
         try:
+            job: dict[str, Any] = {"command": list(spec.command), "cwd": spec.workdir, "env": env}
+            if spec.sandbox is not None:
+                job = await self._sandboxed(spec, spec.sandbox, env)
             plan = await asyncio.to_thread(
                 cgroups.plan_limits,
                 spec.key,
@@ -134,9 +154,7 @@ class LocalBackend:
                 "kind": spec.kind,
                 "content_guid": spec.content_guid,
                 "job_dir": str(job_dir),
-                "command": list(spec.command),
-                "cwd": spec.workdir,
-                "env": env,
+                **job,
                 "port": port,
                 "limits": plan.to_dict(),
             }
@@ -264,6 +282,45 @@ class LocalBackend:
     async def close(self) -> None:
         """Nothing to release: the backend holds no connections or tasks."""
 
+    async def _sandboxed(
+        self, spec: JobSpec, box: Sandbox, env: dict[str, str]
+    ) -> dict[str, Any]:
+        """The payload entries that run ``spec`` in ``box``; BackendError if it cannot."""
+        switch = os.geteuid() != 0 and (box.uid, box.gid) != (os.geteuid(), os.getegid())
+        if switch or not self._sandbox_works:
+            support = await asyncio.to_thread(
+                sandbox.probe_sandbox, box.uid, box.gid, bwrap=self.bwrap,
+                system_dirs=self.system_dirs,
+            )
+            if not support.available:
+                log.error(
+                    "job %s (content %s): cannot run sandboxed: %s",
+                    spec.key, spec.content_guid, support.reason,
+                )
+                raise BackendError(
+                    "SandboxUnavailable", f"This job must run in a sandbox: {support.reason}."
+                )
+            self._sandbox_works = True
+        missing = [path for path in (*box.read_only, *box.writable) if not os.path.exists(path)]
+        if missing:
+            raise BackendError(
+                "SandboxInvalid", f"The sandbox's path {missing[0]} does not exist."
+            )
+        try:
+            setup = sandbox.setup_script(env)
+        except ValueError as error:
+            raise BackendError("SandboxInvalid", f"{error}.") from error
+        argv = sandbox.bwrap_argv(
+            box, spec.command, spec.workdir, privileged=os.geteuid() == 0,
+            system_dirs=self.system_dirs, bwrap=shutil.which(self.bwrap) or self.bwrap,
+        )
+        # bwrap, and setpriv as root, get no environment: the setup script, read as the
+        # job's user inside the sandbox, sets the job's.
+        return {
+            "command": argv, "cwd": "/", "env": {},
+            "sandbox": {"uid": box.uid, "gid": box.gid, "setup": setup},
+        }
+
     async def _start_supervisor(self, job_dir: Path, payload: dict[str, Any]) -> dict[str, Any]:
         # The supervisor's own environment is not the job's (that travels in the
         # payload), and carries none of the server's settings or secrets.
@@ -365,12 +422,23 @@ def _signal(record: dict[str, Any], sig: signal.Signals) -> None:
     # A process group outlives its leader while members remain, and Linux does not
     # reuse a pid that is still a group id; but a live leader with another start time
     # means the pid was reused.
-    if pgid and process_start(int(pgid)) in (None, record.get("pid_start")):
+    leader_start = record.get("pgid_start", record.get("pid_start"))
+    if pgid and process_start(int(pgid)) in (None, leader_start):
         try:
             os.killpg(int(pgid), sig)
         except (ProcessLookupError, PermissionError):
             pass
-    cgroups.signal_all(_plan(record), sig)
+    # A sandbox's monitor (bwrap, outside the job's group) would end the whole sandbox
+    # with SIGKILL if it died of SIGTERM: only SIGKILL is for it, and its death takes
+    # every process of the sandbox along.
+    monitor = int(record["pid"]) if record.get("sandbox") and record.get("pid") else None
+    if monitor and sig == signal.SIGKILL and process_start(monitor) == record.get("pid_start"):
+        try:
+            os.kill(monitor, sig)
+        except ProcessLookupError:
+            pass
+    spare = (monitor,) if monitor and sig != signal.SIGKILL else ()
+    cgroups.signal_all(_plan(record), sig, spare)
 
 
 def _plan(record: dict[str, Any]) -> cgroups.LimitPlan:
