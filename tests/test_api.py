@@ -122,7 +122,7 @@ def test_users_update_and_lock(server: RunningServer, keys: dict[str, str]) -> N
 
 def test_content_create_fields_and_urls(server: RunningServer, keys: dict[str, str]) -> None:
     item = new_content(server, keys, title="My report")
-    assert item["content_url"] == f"{server.url}/content/{item['guid']}/"
+    assert item["content_url"] == f"{server.content_url}/content/{item['guid']}/"
     assert item["app_mode"] == "unknown" and item["bundle_id"] is None
     assert item["id"].isdigit() and item["title"] == "My report"
     for field in ("cpu_limit", "memory_limit", "min_processes", "service_account_name", "owner_guid"):
@@ -384,7 +384,10 @@ def test_permissions_grant_view_and_collaborate(server: RunningServer, keys: dic
     viewer = server.api(keys["view"])
     assert viewer.get(page).status_code == 403
     assert requests.get(page).status_code == 401
-    assert requests.get(page, headers={"Accept": "text/html"}, allow_redirects=False).status_code == 303
+    # A browser is sent to the content origin, and from there through the dashboard's sign-in.
+    assert requests.get(page, headers={"Accept": "text/html"}, allow_redirects=False).status_code == 307
+    on_content = requests.get(item["content_url"], headers={"Accept": "text/html"}, allow_redirects=False)
+    assert on_content.status_code == 303 and "/__handoff__?" in on_content.headers["location"]
     view_guid = viewer.get(api(server, "v1/user")).json()["guid"]
     pub2_guid = server.api(keys["pub2"]).get(api(server, "v1/user")).json()["guid"]
     perms = api(server, f"v1/content/{item['guid']}/permissions")
