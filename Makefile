@@ -12,7 +12,7 @@ DATA_DIR ?= var
 LISTEN ?= 127.0.0.1:3939
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps run test lint clean
+.PHONY: install system-deps sandbox-deps run test lint clean
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Podium needs Python 3.11 or newer on PATH (or make PYTHON=...)"; exit 1; }
@@ -23,8 +23,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: install
+run: install sandbox-deps
 	$(BIN)/podium serve --data-dir $(DATA_DIR) --listen $(LISTEN)
+
+# Content runs in bubblewrap sandboxes (setting sandbox): install Debian's bubblewrap
+# when missing and apt-get can; otherwise the server says at start what to do.
+sandbox-deps:
+	@command -v bwrap >/dev/null || { apt-get update && apt-get install -y --no-install-recommends bubblewrap; } \
+	  || echo "Could not install bubblewrap: install it (Debian: apt-get install bubblewrap), or run with PODIUM_SANDBOX=optional"
 
 # The dashboard's browser tests drive Debian's Chromium (Playwright never downloads one here).
 # R content (rmd-static, shiny, api) runs on Debian's R with rmarkdown, shiny and plumber;

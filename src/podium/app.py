@@ -43,6 +43,7 @@ from podium.environments.catalogue import sync_catalogue
 from podium.environments.host import local_environment
 from podium.environments.python import discover_pythons
 from podium.handoff import Handoff
+from podium.isolation import Isolation
 from podium.jobs import JobRunner
 from podium.layout import DataLayout
 from podium.proxy import routes as content_routes
@@ -51,6 +52,7 @@ from podium.render import Renderer, fail_interrupted_renderings
 from podium.render.schedules import ScheduleRunner
 from podium.render.tasks import RenderTasks
 from podium.runtime import ExecutionBackend, LocalBackend, allocate_port
+from podium.runtime.sandbox import SandboxSupport, probe_sandbox
 from podium.scheduler import Scheduler
 from podium.secrets import EnvVars, SecretBox
 from podium.settings import Settings
@@ -74,6 +76,7 @@ class Node:
     changes: Changes
     env_vars: EnvVars
     handoff: Handoff
+    isolation: Isolation
     backend: ExecutionBackend
     jobs: JobRunner
     tasks: TaskManager
@@ -110,6 +113,24 @@ def make_backend(settings: Settings, layout: DataLayout) -> ExecutionBackend:
     return KubernetesBackend(lambda: AsyncioKubeClient.connect(kubeconfig), config)
 
 
+def make_isolation(settings: Settings) -> Isolation:
+    """The local sandbox policy, with what this host can do found by a real probe (said
+    loudly when content cannot be isolated)."""
+    if settings.kubernetes_enabled:  # pods are isolated by Kubernetes
+        return Isolation("off", settings.sandbox_uid_base, SandboxSupport(False, "Kubernetes runs content"))
+    support = SandboxSupport(False, "the sandbox setting is off")
+    isolation = Isolation(settings.sandbox, settings.sandbox_uid_base, support)
+    if settings.sandbox != "off":
+        uid = isolation.content_uid(1)
+        isolation.support = probe_sandbox(uid, uid)
+    problem = isolation.problem()
+    if problem:
+        log.error("%s", problem)
+    else:
+        log.info("content runs sandboxed: %s", isolation.support.reason)
+    return isolation
+
+
 def build(settings: Settings) -> Node:
     """Make the data dir, migrate the database and wire every part of the server."""
     from uv import find_uv_bin
@@ -133,11 +154,12 @@ def build(settings: Settings) -> Node:
         settings.local_environment_matching,
     )
     sync_catalogue(store, settings.declared_environments, local)
+    isolation = make_isolation(settings)
     builder = Builder(
         jobs, layout.envs, layout.cache, find_uv_bin(), settings.package_index_url,
-        settings.build_timeout_seconds, settings.r_repository_url,
+        settings.build_timeout_seconds, settings.r_repository_url, isolation,
     )
-    targets = AppTargets(store, settings, layout, env_vars, urls)
+    targets = AppTargets(store, settings, layout, env_vars, urls, isolation)
     socket_dir, listen_host = None, "$(POD_IP)"  # pods: bind the pod IP, as the kubelet expands it
     if not settings.kubernetes_enabled:  # processes on this host: reach them by unix socket
         socket_dir, listen_host = layout.run / "sockets", "127.0.0.1"
@@ -147,7 +169,7 @@ def build(settings: Settings) -> Node:
         jobs, str(write_runner(layout.runtime)), targets.content_env, settings.stop_grace_seconds,
         allocate_port, socket_dir, listen_host, warm_targets=targets.warm_targets,
     )
-    renderer = Renderer(store, settings, layout, jobs, env_vars, urls)
+    renderer = Renderer(store, settings, layout, jobs, env_vars, urls, isolation)
     router = ContentRouter(
         store, settings.session_lifetime_seconds, targets.app_target, scheduler, urls, handoff
     )
@@ -161,6 +183,7 @@ def build(settings: Settings) -> Node:
         changes=changes,
         env_vars=env_vars,
         handoff=handoff,
+        isolation=isolation,
         backend=backend,
         jobs=jobs,
         tasks=tasks,
@@ -234,8 +257,8 @@ def create_app(node: Node) -> FastAPI:
         lifespan=lifespan,
     )
     # What endpoints may ask for (podium.api.deps), one attribute per part.
-    for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "handoff", "backend",
-                 "tasks", "jobs", "scheduler", "deployer", "render_tasks"):
+    for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "handoff", "isolation",
+                 "backend", "tasks", "jobs", "scheduler", "deployer", "render_tasks"):
         setattr(app.state, name, getattr(node, name))
     _install_error_handlers(app)
     for module in (

@@ -20,15 +20,18 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from podium.apps import launch_plan
 from podium.jobs import JobRunner, handle_of, new_job_key
 from podium.runtime import JobHandle, JobSpec, JobState, JobStatus, Resources
+from podium.runtime.base import Sandbox
+from podium.runtime.sandbox import prepare_writable
 
 log = logging.getLogger(__name__)
 _TICK_SECONDS = 0.5
@@ -70,6 +73,8 @@ class AppTarget:
     service_account: str | None = None
     image: str | None = None
     resource_warnings: tuple[str, ...] = ()  # values clamped at resolution (podium.resources)
+    # the local sandbox of its processes (podium.isolation); each process adds its socket folder
+    sandbox: Sandbox | None = None
 
 
 EnvFactory = Callable[[AppTarget], dict[str, str]]
@@ -248,12 +253,13 @@ class Scheduler:
 
     # --- starting -----------------------------------------------------------------------
 
-    def _socket_path(self, key: str) -> str | None:
+    def _socket_path(self, key: str, sandboxed: bool) -> str | None:
         """The unix socket of process ``key``, or None (no socket dir, or a path too
-        long for a unix socket address: the process is then reached over TCP only)."""
+        long for a unix socket address: the process is then reached over TCP only). A
+        sandboxed process gets a folder of its own, the only one of the socket dir it sees."""
         if self.socket_dir is None:
             return None
-        path = str(self.socket_dir / f"{key}.sock")
+        path = str(self.socket_dir / key / "app.sock" if sandboxed else self.socket_dir / f"{key}.sock")
         return path if len(path.encode()) < _MAX_UNIX_PATH else None
 
     def _spawn(self, pool: Pool) -> Process:
@@ -266,9 +272,14 @@ class Scheduler:
         target = pool.target
         try:
             port = self.port_allocator()
+            sandbox = target.sandbox
+            socket = self._socket_path(process.key, sandbox is not None)
+            if sandbox is not None and socket is not None:
+                folder = prepare_writable(os.path.dirname(socket), sandbox.uid, sandbox.gid)
+                sandbox = replace(sandbox, writable=(*sandbox.writable, str(folder)))
             plan = launch_plan(
                 target.app_mode, target.entrypoint, target.python, self.runner_path, port,
-                target.base_path, self._socket_path(process.key), self.listen_host,
+                target.base_path, socket, self.listen_host,
             )
             process.strip_prefix = plan.strip_prefix
             process.unix_path = plan.unix_socket
@@ -276,7 +287,7 @@ class Scheduler:
             spec = JobSpec(
                 key=process.key, kind="run", content_guid=target.content_guid, image=target.image,
                 command=plan.argv, env=env, workdir=target.workdir, port=port,
-                resources=target.resources, service_account=target.service_account,
+                resources=target.resources, service_account=target.service_account, sandbox=sandbox,
             )
             meta: dict[str, object] = {
                 "base_path": target.base_path, "strip_prefix": plan.strip_prefix,
@@ -349,6 +360,8 @@ class Scheduler:
         if process.unix_path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(process.unix_path)  # left behind when the process was killed
+        if self.socket_dir is not None:  # a sandboxed process's socket folder
+            shutil.rmtree(self.socket_dir / process.key, ignore_errors=True)
 
     async def _stop(self, pool: Pool, process: Process, why: str) -> None:
         process.stopping = True

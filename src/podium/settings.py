@@ -356,6 +356,30 @@ class Settings(BaseSettings):
         "its MaxMemoryLimit and MaxCPULimit bound the same values.",
     )
 
+    # [sandbox]
+    sandbox: Literal["required", "optional", "off"] = setting(
+        "required",
+        "sandbox",
+        "How content jobs run on this host (local backend): in a bubblewrap sandbox as an "
+        "unprivileged uid, seeing only their bundle, environments and own folders, never the "
+        "data dir, the secret key, the database or other content's processes. 'required': "
+        "where sandboxes cannot be made (no bubblewrap, no user namespaces), content does "
+        "not run and each job fails saying why; 'optional': such jobs run unsandboxed, with "
+        "a warning at start, on the admin pages and in each job's log; 'off': never "
+        "sandbox (every publisher is trusted with the whole server). The Kubernetes backend "
+        "isolates pods itself and ignores this.",
+    )
+    sandbox_uid_base: int = setting(
+        200_000,
+        "sandbox",
+        "Sandboxed package builds run as this uid (and gid), and each content item's "
+        "processes as this plus the content's id, so that no two items share one. Pick a "
+        "range no account on the host uses. Running as other uids needs the server to run as "
+        "root; otherwise jobs run sandboxed as the server's own uid.",
+        gt=0,
+        lt=2**31 - 2**24,
+    )
+
     # [kubernetes]
     default_service_account: str = setting(
         "",

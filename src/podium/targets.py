@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from podium.appmodes import PYTHON_INTERACTIVE, R_INTERACTIVE
 from podium.apps.environment import process_env
+from podium.isolation import Isolation, interpreter_paths
 from podium.layout import DataLayout
 from podium.resources import for_content
 from podium.scheduler import AppTarget, RuntimeLimits
@@ -25,13 +26,15 @@ from podium.urls import Urls
 
 class AppTargets:
     def __init__(
-        self, store: Store, settings: Settings, layout: DataLayout, env_vars: EnvVars, urls: Urls
+        self, store: Store, settings: Settings, layout: DataLayout, env_vars: EnvVars, urls: Urls,
+        isolation: Isolation,
     ) -> None:
         self.store = store
         self.settings = settings
         self.layout = layout
         self.env_vars = env_vars
         self.urls = urls
+        self.isolation = isolation
 
     def limits(self, content: Content) -> RuntimeLimits:
         """The content's runtime settings with the server defaults for those left ``null``."""
@@ -71,6 +74,12 @@ class AppTargets:
                 return None
             base = f"/content/{content.guid}/" + (f"_bundle{bundle_id}/" if draft else "")
             job = for_content(content, self.settings.job_policy)
+            workdir = str(self.layout.bundle_dir(content.id, bundle.id).resolve())
+            sandbox = self.isolation.sandbox(
+                self.isolation.content_uid(content.id),
+                read_only=[workdir, *interpreter_paths(interpreter), bundle.r_library, self.layout.runtime],
+                writable=[self.layout.home(content.guid)],
+            )
             return AppTarget(
                 content_id=content.id,
                 content_guid=content.guid,
@@ -78,7 +87,7 @@ class AppTargets:
                 app_mode=bundle.app_mode,
                 entrypoint=(bundle.manifest.get("metadata") or {}).get("entrypoint"),
                 python=interpreter,
-                workdir=str(self.layout.bundle_dir(content.id, bundle.id).resolve()),
+                workdir=workdir,
                 base_path=base,
                 draft=draft,
                 limits=self.limits(content),
@@ -86,6 +95,7 @@ class AppTargets:
                 service_account=job.service_account,
                 resource_warnings=job.warnings,
                 image=bundle.image_name,
+                sandbox=sandbox,
             )
 
     def wanted_target(self, content_id: int, bundle_id: int | None, base_path: str) -> AppTarget | None:

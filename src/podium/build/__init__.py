@@ -32,8 +32,10 @@ from podium.build.r import (
     wanted_packages,
 )
 from podium.environments.model import Installation
+from podium.isolation import Isolation, interpreter_paths, make_readable
 from podium.jobs import JobRunner, new_job_key
 from podium.runtime import JobSpec, JobState, Resources
+from podium.runtime.base import Sandbox
 from podium.tasks import TaskFailed, TaskOutput
 
 log = logging.getLogger(__name__)
@@ -90,8 +92,12 @@ class Builder:
         index_url: str,
         timeout_seconds: int,
         r_repository_url: str = "",
+        isolation: Isolation | None = None,
     ) -> None:
+        """``isolation``: the sandbox of build jobs (they run as its builder uid, seeing the
+        bundle, the interpreter, uv, their new environment and uv's cache); None: none."""
         self.jobs = jobs
+        self.isolation = isolation
         self.envs_dir = envs_dir
         self.cache_dir = cache_dir
         self.uv_path = uv_path
@@ -150,9 +156,14 @@ class Builder:
         out: TaskOutput,
     ) -> None:
         key = new_job_key("build")
-        staging = self.envs_dir / f".{fp}.{key}"
+        work = self.envs_dir / f".{fp}.{key}"  # the job's writable folder; the venv is in it
+        staging = work / "env"
         self.envs_dir.mkdir(parents=True, exist_ok=True)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        sandbox = self._sandbox(
+            read_only=[request.bundle_dir, self.uv_path, *interpreter_paths(chosen.path)], work=work
+        )
+        work.mkdir(exist_ok=True)
         uv = shlex.quote(self.uv_path)
         target = shlex.quote(str(staging))
         steps = [f"{uv} venv --relocatable --python {shlex.quote(chosen.path)} {target}"]
@@ -180,17 +191,25 @@ class Builder:
             key=key, kind="build", content_guid=request.content_guid, image=request.image,
             command=["/bin/sh", "-c", "set -e\n" + "\n".join(steps)], env=env,
             workdir=str(request.bundle_dir), port=None, resources=request.resources,
-            service_account=request.service_account,
+            service_account=request.service_account, sandbox=sandbox,
         )
         out.line(f"Building package environment {fp} (job {key}):")
         for line in (requirements_path.read_text(errors="replace").splitlines() if requirements_path else []):
             if line.strip() and not line.lstrip().startswith("#"):
                 out.line(f"  requirement: {line.strip()}")
-        await self._run(spec, request.content_id, request.bundle_id, "python_restore", staging, out,
+        await self._run(spec, request.content_id, request.bundle_id, "python_restore", work, out,
                         "Building the package environment")
         (staging / READY_MARKER).write_text(chosen.version_text + "\n")
-        self._publish(staging, self.env_path(fp))
+        self._publish(staging, self.env_path(fp), work)
         out.line(f"Package environment {fp} is ready.")
+
+    def _sandbox(self, read_only: list[str | Path], work: Path) -> Sandbox | None:
+        """The sandbox of a build writing into ``work`` (and uv's cache), or None."""
+        if self.isolation is None:
+            return None
+        uid = self.isolation.builder_uid
+        self.isolation.own_tree(self.cache_dir, uid)  # once: the cache of unsandboxed builds
+        return self.isolation.sandbox(uid, read_only, [work, self.cache_dir])
 
     async def _run(
         self, spec: JobSpec, content_id: int, bundle_id: int, tag: str, staging: Path,
@@ -220,12 +239,14 @@ class Builder:
                 + "\n".join(tail[-_TAIL_LINES:])
             )
 
-    @staticmethod
-    def _publish(staging: Path, final: Path) -> None:
-        if final.exists():  # built meanwhile by another node: keep theirs
-            shutil.rmtree(staging, ignore_errors=True)
-        else:
+    def _publish(self, staging: Path, final: Path, work: Path) -> None:
+        """Move a finished build into place (read-only to its builder and to content from
+        then on) and remove the job's folder ``work``."""
+        if self.isolation is not None and self.isolation.active:
+            make_readable(staging)
+        if not final.exists():  # else built meanwhile by another node: keep theirs
             os.rename(staging, final)
+        shutil.rmtree(work, ignore_errors=True)
 
     # --- R -------------------------------------------------------------------------------
 
@@ -269,11 +290,17 @@ class Builder:
         self, request: RBuildRequest, fp: str, packages: list[RPackage], origin: str, out: TaskOutput
     ) -> None:
         key = new_job_key("build")
-        staging = self.envs_dir / f".{fp}.{key}"
-        (staging / "library").mkdir(parents=True)
+        work = self.envs_dir / f".{fp}.{key}"  # the job's writable folder; the library is in it
+        staging = work / "env"
+        self.envs_dir.mkdir(parents=True, exist_ok=True)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        sandbox = self._sandbox(read_only=[request.bundle_dir, *interpreter_paths(request.r.path)], work=work)
+        (staging / "library").mkdir(parents=True)
         (staging / "packages.dcf").write_text("\n".join(p.dcf() for p in packages))
         (staging / "restore.R").write_text(restore_script())
+        if sandbox is not None:
+            for folder in (staging, staging / "library"):
+                os.chown(folder, sandbox.uid, sandbox.gid)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(self.cache_dir), "LANG": "C.UTF-8"}
         env.update({name: os.environ[name] for name in _PASSTHROUGH if name in os.environ})
         command = [
@@ -283,17 +310,17 @@ class Builder:
         spec = JobSpec(
             key=key, kind="build", content_guid=request.content_guid, image=request.image,
             command=command, env=env, workdir=str(request.bundle_dir), port=None,
-            resources=request.resources, service_account=request.service_account,
+            resources=request.resources, service_account=request.service_account, sandbox=sandbox,
         )
         out.line(
             f"Restoring R package library {fp} with R {request.r.version_text} from "
             f"{self.r_repository_url} (job {key}); {len(packages)} "
             f"{'package' if len(packages) == 1 else 'packages'} from {origin}."
         )
-        await self._run(spec, request.content_id, request.bundle_id, "packrat_restore", staging, out,
+        await self._run(spec, request.content_id, request.bundle_id, "packrat_restore", work, out,
                         "Restoring the R packages")
         (staging / READY_MARKER).write_text(request.r.version_text + "\n")
-        self._publish(staging, self.env_path(fp))
+        self._publish(staging, self.env_path(fp), work)
         out.line(f"R package library {fp} is ready.")
 
     async def _stream(self, handle: Any, out: TaskOutput, tail: list[str]) -> None:

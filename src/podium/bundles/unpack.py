@@ -21,7 +21,8 @@ What is refused, and with which code (see :class:`~podium.bundles.BundleError`):
 * 38 / 104: the manifest checks in :func:`_check_contents`.
 
 File modes come from the ``data`` filter: no setuid/setgid/sticky bits, nothing
-group/other-writable, owner always read/write; ownership is never applied.
+group/other-writable, owner always read/write; everything is readable by everyone (and
+folders searchable), since content runs as a uid of its own; ownership is never applied.
 """
 
 from __future__ import annotations
@@ -202,8 +203,11 @@ def _extract(raw: BinaryIO, root: Path, limits: BundleLimits, compressed: int) -
                 _add(kinds, name, kind)
                 stream.grant(_HEADER_ALLOWANCE + -(-size // 512) * 512)
                 stream.last_member = name
+                # Readable by every uid: content runs sandboxed as a uid of its own and
+                # reads its bundle, which it must not be able to change (podium.isolation).
+                mode = member.mode | (0o555 if member.isdir() else 0o444)
                 tar.extract(
-                    member.replace(name=name, linkname=linkname, deep=False), root, filter="data"
+                    member.replace(name=name, linkname=linkname, mode=mode, deep=False), root, filter="data"
                 )
                 if size:
                     unpacked += os.lstat(root / name).st_size

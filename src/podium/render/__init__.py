@@ -25,6 +25,7 @@ from podium.apps.environment import process_env
 from podium.environments.catalogue import resolve
 from podium.environments.model import InvalidRequest
 from podium.environments.select import missing_runtime
+from podium.isolation import Isolation, interpreter_paths
 from podium.jobs import JobRunner, new_job_key
 from podium.layout import DataLayout
 from podium.render.commands import (
@@ -118,7 +119,7 @@ class Renderer:
 
     def __init__(
         self, store: Store, settings: Settings, layout: DataLayout, jobs: JobRunner, env_vars: EnvVars,
-        urls: Urls,
+        urls: Urls, isolation: Isolation,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -126,6 +127,7 @@ class Renderer:
         self.jobs = jobs
         self.env_vars = env_vars
         self.urls = urls
+        self.isolation = isolation
 
     async def render_bundle(
         self, content_id: int, bundle_id: int, out: TaskOutput, reason: str, activate: bool = True
@@ -155,11 +157,21 @@ class Renderer:
                 plan = self._plan(session, content, bundle, out_dir)
                 job = for_content(content, self.settings.job_policy)
                 guid, tag = content.guid, TAGS[bundle.app_mode]
+                workdir = str(self.layout.bundle_dir(content_id, bundle_id).resolve())
+                out_dir.mkdir(parents=True, exist_ok=True)
+                sandbox = self.isolation.sandbox(
+                    self.isolation.content_uid(content_id),
+                    read_only=[workdir, bundle.r_library, *(
+                        path for program in (bundle.python_path, bundle.r_path, plan.argv[0])
+                        for path in interpreter_paths(program)
+                    )],
+                    writable=[out_dir, self.layout.home(guid)],
+                )
                 spec = JobSpec(
                     key=key, kind="render", content_guid=guid, image=bundle.image_name,
                     command=plan.argv, env=self._job_env(session, content, bundle, plan),
-                    workdir=str(self.layout.bundle_dir(content_id, bundle_id).resolve()), port=None,
-                    resources=job.resources, service_account=job.service_account,
+                    workdir=workdir, port=None, resources=job.resources,
+                    service_account=job.service_account, sandbox=sandbox,
                 )
                 row = session.get(Rendering, rendering_id)
                 if row is not None:
@@ -167,7 +179,6 @@ class Renderer:
         except TaskFailed as exc:
             self._finish(rendering_id, exc.message)
             raise
-        out_dir.mkdir(parents=True, exist_ok=True)
         out.line(f"Rendering bundle {bundle_id} as rendering {rendering_id} (job {key}).")
         try:
             handle = await self.jobs.launch(spec, content_id, bundle_id, tag, meta={"rendering_id": rendering_id})

@@ -121,6 +121,9 @@ def render(
         # The signed-in session's token (set on request.state by api.deps.resolve_caller),
         # delivered only inside dashboard pages, which no other origin can read.
         csrf_token=getattr(request.state, "csrf_token", ""),
+        isolation_problem=(
+            request.app.state.isolation.problem() if auth.at_least(user, "administrator") else None
+        ),
         path=request.url.path,
         **context,
     )
