@@ -56,6 +56,7 @@ from podium.settings import Settings
 from podium.store import Store
 from podium.targets import AppTargets
 from podium.tasks import ContentLocks, TaskManager
+from podium.throttle import Throttle, policies_from_settings
 from podium.urls import Urls
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class Node:
     deployer: Deployer
     render_tasks: RenderTasks
     router: ContentRouter
+    throttle: Throttle
 
 
 def make_backend(settings: Settings, layout: DataLayout) -> ExecutionBackend:
@@ -163,11 +165,12 @@ def build(settings: Settings) -> Node:
         deployer=Deployer(store, settings, layout, builder, renderer, scheduler, changes, locks, urls),
         render_tasks=RenderTasks(store, settings, layout, renderer, tasks, locks, urls),
         router=router,
+        throttle=Throttle(store, policies_from_settings(settings)),
     )
 
 
 def _error_response(exc: errors.ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -210,8 +213,10 @@ def create_app(node: Node) -> FastAPI:
             node.store, settings.schedule_poll_seconds, node.render_tasks.run_scheduled
         )
         render_schedules.start()
+        node.throttle.start()
         log.info("Podium %s serving on %s", __version__, settings.listen)
         yield
+        await node.throttle.close()
         await render_schedules.close()
         await node.tasks.shutdown()
         await node.scheduler.close(stop_processes=not settings.keep_processes_on_shutdown)
@@ -229,7 +234,7 @@ def create_app(node: Node) -> FastAPI:
     )
     # What endpoints may ask for (podium.api.deps), one attribute per part.
     for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "backend", "tasks",
-                 "jobs", "scheduler", "deployer", "render_tasks"):
+                 "jobs", "scheduler", "deployer", "render_tasks", "throttle"):
         setattr(app.state, name, getattr(node, name))
     _install_error_handlers(app)
     for module in (

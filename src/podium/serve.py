@@ -19,6 +19,7 @@ import uvicorn
 
 from podium.app import Node, create_app
 from podium.proxy.front import Front
+from podium.proxy.keyguard import KeyGuard
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ async def serve(node: Node) -> None:
             await app_task
             raise RuntimeError("the app server stopped during start-up")
         await asyncio.sleep(0.02)
-    front = Front(node.router, str(socket_path))
+    front = Front(KeyGuard(node.router, node.throttle), str(socket_path))
     await front.start(settings.host, settings.port)
     log.info("Podium listening on http://%s:%d/", settings.host, front.port)
 

@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from podium import auth, errors
+from podium.api import credentials
 from podium.changes import Changes
 from podium.deploy import Deployer
 from podium.jobs import JobRunner
@@ -101,7 +102,8 @@ def resolve_caller(request: Request, settings: Settings, session: Session) -> Ca
     """Who is calling: an API key, else a login session cookie, else nobody.
 
     A key that does not match is an error (401, code 30) rather than anonymous
-    access, so a mistyped key is reported instead of silently showing less.
+    access, so a mistyped key is reported instead of silently showing less; wrong keys
+    are counted per client address and throttled (:mod:`podium.api.credentials`).
     Cookie-authenticated requests that change state must carry the session's
     CSRF token in ``X-CSRF-Token`` (double-submit), API keys need none.
     """
@@ -109,9 +111,7 @@ def resolve_caller(request: Request, settings: Settings, session: Session) -> Ca
     if key is None:
         key = request.headers.get("x-rsc-authorization") or None
     if key is not None:
-        user = auth.user_for_api_key(session, key)
-        if user is None:
-            raise errors.bad_credentials()
+        user = credentials.user_for_key(request, session, key)
         session.commit()
         return Caller(user, "key")
     token = request.cookies.get(auth.SESSION_COOKIE)
