@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from podium import __version__, errors, web
 from podium.api import (
+    audit_logs,
     bundles,
     content,
     deploy,
@@ -239,7 +240,7 @@ def create_app(node: Node) -> FastAPI:
     _install_error_handlers(app)
     for module in (
         server, users, keys, content, bundles, deploy, env_vars, permissions, jobs, environments,
-        renderings, schedules,
+        renderings, schedules, audit_logs,
     ):
         app.include_router(module.router, prefix=API)
     app.include_router(content_routes.router)
