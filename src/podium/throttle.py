@@ -40,6 +40,8 @@ from podium.store.models import AuthFailure, utcnow
 log = logging.getLogger(__name__)
 
 SYNC_SECONDS = 2.0
+# Rows untouched for longer than every window and delay are deleted this often (a write).
+PRUNE_SECONDS = 60.0
 # Keys stay bounded in size whatever a client sends as a user name.
 _MAX_VALUE_CHARS = 200
 
@@ -117,6 +119,7 @@ class Throttle:
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
         self._synced = 0.0
+        self._pruned = 0.0
         self._task: asyncio.Task[None] | None = None
 
     def policy(self, key: str) -> Policy:
@@ -233,16 +236,18 @@ class Throttle:
 
     def sync(self) -> None:
         """Re-read the rows changed since the last look (with a margin for transactions
-        that committed late), and delete rows too old to matter."""
+        that committed late); every PRUNE_SECONDS, delete rows too old to matter."""
         started = time.time()
         since = datetime.fromtimestamp(max(0.0, self._synced - 3 * SYNC_SECONDS), UTC)
         keep = max(max(p.window_seconds, p.max_delay_seconds) for p in self.policies.values())
         with self.store.session() as session:
             for row in session.scalars(select(AuthFailure).where(AuthFailure.updated_time >= since)):
                 self._remember(row.key, row)
-            session.execute(
-                delete(AuthFailure).where(AuthFailure.updated_time < utcnow() - timedelta(seconds=keep))
-            )
+            if started - self._pruned > PRUNE_SECONDS:
+                session.execute(
+                    delete(AuthFailure).where(AuthFailure.updated_time < utcnow() - timedelta(seconds=keep))
+                )
+                self._pruned = started
         with self._lock:
             for key, state in list(self._states.items()):
                 if started - state.updated > keep:

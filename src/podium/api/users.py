@@ -117,7 +117,7 @@ async def create_user(
             first_name=str(body.get("first_name") or ""),
             last_name=str(body.get("last_name") or ""),
         )
-        audit.record(session, current, "add_user", f"Created user {audit.describe(user)} ({role}).")
+        audit.record(session, current, "add_user", f"Created user {audit.describe(user)} with role {role}.")
         session.commit()
     except IntegrityError:
         session.rollback()
