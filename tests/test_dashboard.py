@@ -574,6 +574,39 @@ def test_dashboard_admin_manages_users(server: RunningServer, signed_in: Any) ->
     expect(publisher.get_by_role("heading", name="No access")).to_be_visible()
 
 
+def test_dashboard_admin_reads_the_audit_log(server: RunningServer, signed_in: Any) -> None:
+    make_user(server, "ada", "administrator")
+    make_user(server, "paula", "publisher")
+    key = make_user(server, "pagina", "publisher")
+    for n in range(52):
+        new_content(server, key, f"audited-{n}", title=f"Audited {n}")
+    page = signed_in("ada")
+    page.get_by_role("link", name="Admin").click()
+    page.get_by_role("link", name="Audit log").click()
+    expect(page.get_by_role("heading", name="Audit log")).to_be_visible()
+    rows = page.locator("tbody tr")
+    expect(rows.first).to_contain_text("user_login")  # newest first: this sign-in
+    expect(rows.first).to_contain_text("ada")
+
+    page.get_by_label("Action").select_option("add_content")
+    page.get_by_label("User", exact=True).select_option(label="pagina")
+    page.get_by_role("button", name="Filter").click()
+    expect(rows).to_have_count(50)
+    expect(rows.filter(has_not_text="add_content")).to_have_count(0)
+    expect(rows.first).to_contain_text("'audited-51'")
+    shot(page, "admin-audit")
+    page.get_by_role("link", name="Older").click()
+    expect(rows).to_have_count(2)
+    expect(rows.last).to_contain_text("'audited-0'")
+    page.get_by_role("link", name="Newer").click()
+    expect(rows).to_have_count(50)
+    expect(page.get_by_role("link", name="Newer")).to_have_count(0)
+
+    publisher = signed_in("paula")
+    publisher.goto(f"{server.url}/connect/admin/audit")
+    expect(publisher.get_by_role("heading", name="No access")).to_be_visible()
+
+
 def test_dashboard_admin_creates_an_execution_environment(server: RunningServer, signed_in: Any) -> None:
     make_user(server, "ada", "administrator")
     page = signed_in("ada")

@@ -61,3 +61,11 @@ def test_settings_derived_values(tmp_path: Path) -> None:
     assert settings.effective_database_url.endswith("/db/podium.sqlite")
     assert settings.effective_public_url == "http://127.0.0.1:3939/"
     assert (settings.host, settings.port) == ("127.0.0.1", 3939)
+
+
+def test_settings_session_cookie_secure_follows_an_https_public_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(None).session_cookie_secure is False
+    assert load_settings(None, public_url="https://podium.example.com/").session_cookie_secure is True
+    assert load_settings(None, public_url="https://podium.example.com/", session_cookie_secure=False).session_cookie_secure is False
+    monkeypatch.setenv("PODIUM_SESSION_COOKIE_SECURE", "true")
+    assert load_settings(None, public_url="http://127.0.0.1:3939/").session_cookie_secure is True

@@ -17,7 +17,7 @@ def test_store_migrate_creates_every_table_and_is_repeatable(store: Store) -> No
     store.migrate()  # a second run is a no-op
     tables = set(inspect(store.engine).get_table_names())
     assert {"users", "api_keys", "login_sessions", "content", "bundles", "tasks", "task_lines",
-            "env_vars", "permissions", "alembic_version"} <= tables
+            "env_vars", "permissions", "audit_logs", "auth_failures", "alembic_version"} <= tables
 
 
 def test_store_sqlite_uses_wal(store: Store) -> None:

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from podium import __version__, errors, web
 from podium.api import (
+    audit_logs,
     bundles,
     content,
     deploy,
@@ -59,6 +60,7 @@ from podium.settings import Settings
 from podium.store import Store
 from podium.targets import AppTargets
 from podium.tasks import ContentLocks, TaskManager
+from podium.throttle import Throttle, policies_from_settings
 from podium.urls import Urls
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class Node:
     deployer: Deployer
     render_tasks: RenderTasks
     router: ContentRouter
+    throttle: Throttle
 
 
 def make_backend(settings: Settings, layout: DataLayout) -> ExecutionBackend:
@@ -192,11 +195,12 @@ def build(settings: Settings) -> Node:
         deployer=Deployer(store, settings, layout, builder, renderer, scheduler, changes, locks, urls),
         render_tasks=RenderTasks(store, settings, layout, renderer, tasks, locks, urls),
         router=router,
+        throttle=Throttle(store, policies_from_settings(settings)),
     )
 
 
 def _error_response(exc: errors.ApiError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -239,8 +243,10 @@ def create_app(node: Node) -> FastAPI:
             node.store, settings.schedule_poll_seconds, node.render_tasks.run_scheduled
         )
         render_schedules.start()
+        node.throttle.start()
         log.info("Podium %s serving on %s", __version__, settings.listen)
         yield
+        await node.throttle.close()
         await render_schedules.close()
         await node.tasks.shutdown()
         await node.scheduler.close(stop_processes=not settings.keep_processes_on_shutdown)
@@ -258,12 +264,12 @@ def create_app(node: Node) -> FastAPI:
     )
     # What endpoints may ask for (podium.api.deps), one attribute per part.
     for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "handoff", "isolation",
-                 "backend", "tasks", "jobs", "scheduler", "deployer", "render_tasks"):
+                 "backend", "tasks", "jobs", "scheduler", "deployer", "render_tasks", "throttle"):
         setattr(app.state, name, getattr(node, name))
     _install_error_handlers(app)
     for module in (
         server, users, keys, content, bundles, deploy, env_vars, permissions, jobs, environments,
-        renderings, schedules,
+        renderings, schedules, audit_logs,
     ):
         app.include_router(module.router, prefix=API)
     app.include_router(content_routes.router)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from podium import auth
+from podium import audit, auth
 from podium.store import Store
 from podium.store.models import User
 
@@ -47,6 +47,7 @@ def bootstrap_admin(store: Store, username: str = "admin") -> NewAccount:
         password = auth.new_password()
         user = auth.create_user(session, username, "administrator", password)
         _, key = auth.create_api_key(session, user, "bootstrap")
+        audit.record(session, audit.SYSTEM, "add_user", f"Created the first administrator {username} (podium admin bootstrap).")
         return NewAccount(user.username, user.guid, password, key)
 
 
@@ -58,6 +59,7 @@ def create_user(
             raise AdminError(f"A user named {username!r} already exists.")
         password = password or auth.new_password()
         user = auth.create_user(session, username, role, password)
+        audit.record(session, audit.SYSTEM, "add_user", f"Created user {username} ({role}) with podium admin.")
         return NewAccount(user.username, user.guid, password, None)
 
 
@@ -68,5 +70,9 @@ def create_api_key(store: Store, username: str, name: str) -> str:
             raise AdminError(f"There is no user named {username!r}.")
         if user.locked:
             raise AdminError(f"{username} is locked; unlock the account first.")
-        _, key = auth.create_api_key(session, user, name)
+        record, key = auth.create_api_key(session, user, name)
+        audit.record(
+            session, audit.SYSTEM, "add_api_key",
+            f"Created API key {name!r} ({record.guid}) for {audit.describe(user)} with podium admin.",
+        )
         return key

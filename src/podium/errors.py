@@ -13,12 +13,16 @@ from typing import Any
 class ApiError(Exception):
     """An error answered to an API client."""
 
-    def __init__(self, status: int, code: int, message: str, payload: Any = None) -> None:
+    def __init__(
+        self, status: int, code: int, message: str, payload: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.payload = payload
+        self.headers = headers or {}  # sent with the answer (Retry-After, ...)
 
     def body(self) -> dict[str, Any]:
         return {"code": self.code, "error": self.message, "payload": self.payload}
@@ -53,6 +57,12 @@ def auth_required() -> ApiError:
 
 def bad_credentials() -> ApiError:
     return ApiError(401, 30, "The API key or credentials are not valid.")
+
+
+def too_many_attempts(message: str, retry_after_seconds: int) -> ApiError:
+    """429 for credentials tried too often; Connect has no code for it, so the one of bad
+    credentials (30) says what kind of problem it is."""
+    return ApiError(429, 30, message, headers={"Retry-After": str(retry_after_seconds)})
 
 
 def name_exists(name: str) -> ApiError:

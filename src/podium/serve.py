@@ -19,6 +19,7 @@ import uvicorn
 
 from podium.app import Node, create_app
 from podium.proxy.front import Front
+from podium.proxy.keyguard import KeyGuard
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,10 @@ async def serve(node: Node) -> None:
             await app_task
             raise RuntimeError("the app server stopped during start-up")
         await asyncio.sleep(0.02)
+    # Throttled API keys are refused before either origin's router (podium.proxy.keyguard).
     front = Front(
-        node.router.dashboard, str(socket_path), content_router=node.router.content,
+        KeyGuard(node.router.dashboard, node.throttle), str(socket_path),
+        content_router=KeyGuard(node.router.content, node.throttle),
         content_host=node.urls.content_host() if settings.content_origin else None,
     )
     await front.start(settings.host, settings.port)

@@ -114,7 +114,57 @@ class Settings(BaseSettings):
     session_cookie_secure: bool = setting(
         False,
         "auth",
-        "Mark the session cookie Secure (sent over HTTPS only). Turn on behind a TLS proxy.",
+        "Mark the session cookie Secure (sent over HTTPS only). When not set, it is on exactly "
+        "when public_url starts with https://; set it explicitly to override.",
+    )
+    signin_free_failures_per_account: int = setting(
+        5,
+        "auth",
+        "Failed sign-ins an account may have in a row before each further attempt must wait "
+        "(see auth_failure_base_delay_seconds). A successful sign-in starts the count again.",
+        ge=0,
+    )
+    signin_free_failures_per_address: int = setting(
+        20,
+        "auth",
+        "Failed sign-ins one client address may have in a row, whatever the accounts, before "
+        "each further attempt from it must wait. Higher than per account: many people may "
+        "share one address. Successes do not reset it (an attacker could sign in to their own "
+        "account to clear it).",
+        ge=0,
+    )
+    api_key_free_failures_per_address: int = setting(
+        10,
+        "auth",
+        "Requests with a wrong API key one client address may make in a row before each further "
+        "request with an API key from it must wait (429 with Retry-After).",
+        ge=0,
+    )
+    auth_failure_base_delay_seconds: float = setting(
+        1.0,
+        "auth",
+        "Wait after the first failure beyond the free ones; it doubles with each further "
+        "failure. Attempts made while waiting are answered 429 without being checked.",
+        gt=0,
+    )
+    auth_failure_max_delay_seconds: float = setting(
+        300.0, "auth", "Longest wait between attempts however many failures came before.", gt=0
+    )
+    auth_failure_window_seconds: float = setting(
+        900.0,
+        "auth",
+        "Failures further apart than this do not add up: the count starts again after a quiet "
+        "period this long.",
+        gt=0,
+    )
+    signin_lockout_failures: int = setting(
+        0,
+        "auth",
+        "Lock an account after this many failed sign-ins in a row (the delays above still "
+        "apply); an administrator unlocks it. 0 = never. Off by default: anyone who knows a "
+        "user name could lock its owner out, administrators included, while the growing "
+        "delays already make guessing slow.",
+        ge=0,
     )
 
     # [bundles]
@@ -551,6 +601,12 @@ class Settings(BaseSettings):
         if problem:
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _secure_cookie_behind_https(self) -> Settings:
+        if "session_cookie_secure" not in self.model_fields_set:
+            self.session_cookie_secure = self.public_url.lower().startswith("https://")
+        return self
 
     @model_validator(mode="after")
     def _check_resources(self) -> Settings:

@@ -25,9 +25,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.datastructures import UploadFile
 
-from podium import errors
+from podium import audit, errors
 from podium.api import deps
-from podium.api.content import managed_content, visible_content
+from podium.api.content import describe, managed_content, visible_content
 from podium.api.lookup import found
 from podium.api.serialize import bundle_json
 from podium.bundles import BundleError, BundleLimits, unpack_bundle
@@ -165,6 +165,11 @@ async def upload_bundle(
         bundle_path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(sink.path, archive_path)
         os.rename(unpacked, bundle_path)
+        audit.record(
+            session, user, "upload_bundle",
+            f"Uploaded bundle {bundle.id} ({bundle.app_mode}, {bundle.size} bytes) to content "
+            f"{describe(content)}.",
+        )
         try:
             session.commit()
         except BaseException:

@@ -11,7 +11,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from podium import auth, errors
+from podium import audit, auth, errors
 from podium.api import deps
 from podium.api.body import json_object
 from podium.api.lookup import by_guid
@@ -48,6 +48,11 @@ def managed_content(session: Session, user: User | None, guid: str) -> Content:
     if not auth.can_manage(session, user, content):
         raise errors.forbidden("Only the owner, collaborators and administrators can change this content.")
     return content
+
+
+def describe(content: Content) -> str:
+    """How audit entries name content: ``'name' (guid)``."""
+    return f"{content.name!r} ({content.guid})"
 
 
 def check_name(name: Any) -> str:
@@ -114,6 +119,8 @@ async def create_content(
         setattr(content, field, value)
     session.add(content)
     try:
+        session.flush()
+        audit.record(session, user, "add_content", f"Created content {describe(content)}.")
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -148,8 +155,12 @@ async def update_content(
     patch = validate_content_patch(settings, user, content, body, creating=False)
     if "name" in body:
         patch["name"] = check_name(body["name"])
+    changed = sorted(field for field, value in patch.items() if getattr(content, field) != value)
     for field, value in patch.items():
         setattr(content, field, value)
+    if changed:
+        # Which settings, never their values.
+        audit.record(session, user, "update_content", f"Changed {', '.join(changed)} of content {describe(content)}.")
     try:
         session.commit()
     except IntegrityError:
@@ -170,6 +181,7 @@ def delete_content(
 ) -> Response:
     content = managed_content(session, user, guid)
     content_id = content.id
+    audit.record(session, user, "remove_content", f"Deleted content {describe(content)}.")
     session.delete(content)
     session.commit()
     changes.content(guid)

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from podium import auth, errors
+from podium import audit, auth, errors
 from podium.api import deps
 from podium.api.body import json_object
 from podium.api.bundles import load_bundle
-from podium.api.content import managed_content
+from podium.api.content import describe, managed_content
 from podium.deploy import Deployer, DeployRequest
 from podium.settings import Settings
+from podium.store import Store
 from podium.store.models import Bundle, Task, User
-from podium.tasks import TaskManager, TaskOutput
+from podium.tasks import TaskFailed, TaskManager, TaskOutput
 
 router = APIRouter()
 
@@ -27,6 +29,7 @@ async def deploy(
     request: Request,
     tasks: TaskManager = Depends(deps.tasks),
     deployer: Deployer = Depends(deps.deployer),
+    store: Store = Depends(deps.store),
     session: Session = Depends(deps.db),
     user: User = Depends(deps.user),
 ) -> dict[str, Any]:
@@ -53,9 +56,25 @@ async def deploy(
     task_id = tasks.create("deploy", user.id, content.id)
     job = DeployRequest(content_id=content.id, bundle_id=bundle.id, activate=activate,
                         deployer=auth.environment_user(user))
+    what = f"bundle {bundle.id} of content {describe(content)} (task {task_id})"
+    audit.record(session, user, "deploy_content", f"Started deploying {what}.")
+    session.commit()
+    actor = audit.actor(user)
 
     async def body_fn(out: TaskOutput) -> dict[str, Any] | None:
-        return await deployer.run(job, out)
+        try:
+            result = await deployer.run(job, out)
+        except Exception as exc:
+            reason = exc.message if isinstance(exc, TaskFailed) else "an internal error"
+            await asyncio.to_thread(
+                audit.record_now, store, actor, "deploy_content_failed", f"Deploying {what} failed: {reason}"
+            )
+            raise
+        await asyncio.to_thread(
+            audit.record_now, store, actor, "deploy_content_succeeded",
+            f"Deployed {what}" + (" and activated it." if activate else " as a draft."),
+        )
+        return result
 
     tasks.start(task_id, body_fn)
     return {"task_id": task_id}

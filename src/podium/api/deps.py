@@ -16,6 +16,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from podium import auth, errors
+from podium.api import credentials
 from podium.changes import Changes
 from podium.deploy import Deployer
 from podium.handoff import Handoff
@@ -121,7 +122,8 @@ def resolve_caller(request: Request, settings: Settings, session: Session) -> Ca
     """Who is calling: an API key, else a login session cookie, else nobody.
 
     A key that does not match is an error (401, code 30) rather than anonymous
-    access, so a mistyped key is reported instead of silently showing less.
+    access, so a mistyped key is reported instead of silently showing less; wrong keys
+    are counted per client address and throttled (:mod:`podium.api.credentials`).
 
     The session cookie counts only for the dashboard's own pages. A cookie-authenticated
     request sent by a page of another origin is refused (403) when it would change
@@ -134,9 +136,7 @@ def resolve_caller(request: Request, settings: Settings, session: Session) -> Ca
     if key is None:
         key = request.headers.get("x-rsc-authorization") or None
     if key is not None:
-        user = auth.user_for_api_key(session, key)
-        if user is None:
-            raise errors.bad_credentials()
+        user = credentials.user_for_key(request, session, key)
         session.commit()
         return Caller(user, "key")
     token = request.cookies.get(auth.SESSION_COOKIE)

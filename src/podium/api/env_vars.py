@@ -9,13 +9,27 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy.orm import Session
 
+from podium import audit
 from podium.api import deps
 from podium.api.body import json_array
-from podium.api.content import managed_content
+from podium.api.content import describe, managed_content
 from podium.secrets import EnvVars, parse_env_vars
-from podium.store.models import User
+from podium.store.models import Content, User
 
 router = APIRouter()
+
+
+def _record(session: Session, user: User, content: Content, wanted: dict[str, str | None]) -> None:
+    """Audit which names were set and removed: only names, values are secrets."""
+    set_names = sorted(name for name, value in wanted.items() if value is not None)
+    removed = sorted(name for name, value in wanted.items() if value is None)
+    parts = [f"set {', '.join(set_names)}"] if set_names else []
+    parts += [f"removed {', '.join(removed)}"] if removed else []
+    if parts:
+        audit.record(
+            session, user, "update_environment_variables",
+            f"Environment variables of content {describe(content)}: {'; '.join(parts)}.",
+        )
 
 
 @router.get("/v1/content/{guid}/environment")
@@ -34,7 +48,9 @@ async def update_env_vars(
     user: User = Depends(deps.user),
 ) -> list[str]:
     content = managed_content(session, user, guid)
-    env_vars.apply(session, content.id, parse_env_vars(await json_array(request)))
+    wanted = parse_env_vars(await json_array(request))
+    env_vars.apply(session, content.id, wanted)
+    _record(session, user, content, wanted)
     session.commit()
     return env_vars.names(session, content.id)
 
@@ -52,5 +68,6 @@ async def replace_env_vars(
     for name in env_vars.names(session, content.id):
         wanted.setdefault(name, None)
     env_vars.apply(session, content.id, wanted)
+    _record(session, user, content, wanted)
     session.commit()
     return env_vars.names(session, content.id)

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from podium import auth, errors
+from podium import audit, auth, errors
 from podium.api import deps
 from podium.api.body import json_object
 from podium.api.bundles import load_bundle
@@ -78,6 +78,10 @@ def _editable(record: ExecutionEnvironment) -> ExecutionEnvironment:
     return record
 
 
+def _describe(record: ExecutionEnvironment) -> str:
+    return f"{record.name!r} ({record.guid})"
+
+
 def _name_taken(name: str) -> errors.ApiError:
     return errors.ApiError(
         409, NAME_EXISTS, f"An environment with the image name {name!r} already exists."
@@ -94,7 +98,7 @@ def list_environments(
 
 @router.post("/v1/environments")
 async def create_environment(
-    request: Request, session: Session = Depends(deps.db), _user: User = Depends(deps.administrator)
+    request: Request, session: Session = Depends(deps.db), user: User = Depends(deps.administrator)
 ) -> dict[str, Any]:
     fields = validate_environment(await json_object(request), creating=True)
     if session.scalar(select(ExecutionEnvironment.id).where(ExecutionEnvironment.name == fields["name"])):
@@ -103,6 +107,8 @@ async def create_environment(
     apply_fields(record, fields)
     session.add(record)
     try:
+        session.flush()
+        audit.record(session, user, "add_environment", f"Created execution environment {_describe(record)}.")
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -148,21 +154,28 @@ async def update_environment(
     guid: str,
     request: Request,
     session: Session = Depends(deps.db),
-    _user: User = Depends(deps.administrator),
+    user: User = Depends(deps.administrator),
 ) -> dict[str, Any]:
     record = _editable(_load(session, guid))
     body = await json_object(request)
     fields = validate_environment({k: v for k, v in body.items() if k in UPDATABLE}, creating=False)
     apply_fields(record, fields)
+    if fields:
+        audit.record(
+            session, user, "update_environment",
+            f"Changed {', '.join(sorted(fields))} of execution environment {_describe(record)}.",
+        )
     session.commit()
     return environment_json(record)
 
 
 @router.delete("/v1/environments/{guid}", status_code=204)
 def delete_environment(
-    guid: str, session: Session = Depends(deps.db), _user: User = Depends(deps.administrator)
+    guid: str, session: Session = Depends(deps.db), user: User = Depends(deps.administrator)
 ) -> Response:
-    session.delete(_editable(_load(session, guid)))
+    record = _editable(_load(session, guid))
+    audit.record(session, user, "remove_environment", f"Deleted execution environment {_describe(record)}.")
+    session.delete(record)
     session.commit()
     return Response(status_code=204)
 
@@ -218,7 +231,7 @@ async def add_environment_permission(
     guid: str,
     request: Request,
     session: Session = Depends(deps.db),
-    _user: User = Depends(deps.administrator),
+    user: User = Depends(deps.administrator),
 ) -> dict[str, Any]:
     """Allow a user (``{"user_guid": ...}``) to deploy with the environment. Once an
     environment has a permission, only the users listed (and administrators) may use it."""
@@ -229,11 +242,17 @@ async def add_environment_permission(
             "Podium has no groups yet: allow users one by one with {\"user_guid\": ...}."
         )
     user_guid = body.get("user_guid")
-    if not isinstance(user_guid, str) or session.scalar(select(User).where(User.guid == user_guid)) is None:
+    allowed = session.scalar(select(User).where(User.guid == user_guid)) if isinstance(user_guid, str) else None
+    if not isinstance(user_guid, str) or allowed is None:
         raise errors.bad_request(f"user_guid must name an existing user; got {user_guid!r}.")
     permission = EnvironmentPermission(environment_id=record.id, user_guid=user_guid)
     session.add(permission)
     try:
+        session.flush()
+        audit.record(
+            session, user, "add_environment_permission",
+            f"Allowed {audit.describe(allowed)} to deploy with execution environment {_describe(record)}.",
+        )
         session.commit()
     except IntegrityError:  # uq_environment_permission_user: the user is listed already
         session.rollback()
@@ -246,7 +265,7 @@ def delete_environment_permission(
     guid: str,
     permission_guid: str,
     session: Session = Depends(deps.db),
-    _user: User = Depends(deps.administrator),
+    user: User = Depends(deps.administrator),
 ) -> Response:
     record = _load(session, guid)
     permission = found(
@@ -256,6 +275,10 @@ def delete_environment_permission(
             )
         ),
         "environment permission", permission_guid,
+    )
+    audit.record(
+        session, user, "remove_environment_permission",
+        f"Removed the permission of user {permission.user_guid} on execution environment {_describe(record)}.",
     )
     session.delete(permission)
     session.commit()

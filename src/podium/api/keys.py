@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from podium import auth, errors
+from podium import audit, auth, errors
 from podium.api import deps
 from podium.api.body import json_object
 from podium.api.lookup import found
@@ -64,6 +64,7 @@ async def create_key(
     if not isinstance(name, str) or not name.strip() or len(name) > 128:
         raise errors.bad_request("An API key needs a name of 1 to 128 characters.", code=62)
     record, key = auth.create_api_key(session, user, name.strip())
+    audit.record(session, current, "add_api_key", f"Created API key {record.name!r} ({record.guid}).")
     session.commit()
     return key_json(record, key)
 
@@ -83,8 +84,13 @@ def delete_key(
     session: Session = Depends(deps.db),
     current: User = Depends(deps.user),
 ) -> Response:
-    record = _key(session, _owner(session, current, guid, admin_allowed=True), key_id)
+    owner = _owner(session, current, guid, admin_allowed=True)
+    record = _key(session, owner, key_id)
     session.delete(record)
+    audit.record(
+        session, current, "remove_api_key",
+        f"Deleted API key {record.name!r} ({record.guid}) of {audit.describe(owner)}.",
+    )
     session.commit()
     changes.users()
     return Response(status_code=204)

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from podium import auth, errors
+from podium import audit, auth, errors
 from podium.api import deps
 from podium.api.body import json_object
-from podium.api.content import managed_content, visible_content
+from podium.api.content import describe, managed_content, visible_content
 from podium.api.lookup import by_number, found
 from podium.api.serialize import permission_json
 from podium.changes import Changes
@@ -43,6 +43,12 @@ def _check(session: Session, content: Content, body: dict[str, Any]) -> tuple[st
             code=33,
         )
     return user.guid, principal_type, role
+
+
+def _principal(session: Session, principal_guid: str) -> str:
+    """How audit entries name the user a permission is for."""
+    user = session.scalar(select(User).where(User.guid == principal_guid))
+    return audit.describe(user) if user is not None else principal_guid
 
 
 def _load(session: Session, content: Content, permission_id: str) -> Permission:
@@ -86,6 +92,10 @@ async def add_permission(
         content_id=content.id, principal_guid=principal_guid, principal_type=principal_type, role=role
     )
     session.add(permission)
+    audit.record(
+        session, user, "add_permission",
+        f"Gave {_principal(session, principal_guid)} the role {role} on content {describe(content)}.",
+    )
     session.commit()
     changes.content(content.guid)
     return permission_json(permission, content)
@@ -116,6 +126,11 @@ async def update_permission(
     permission.principal_guid, permission.principal_type, permission.role = (
         principal_guid, principal_type, role,
     )
+    audit.record(
+        session, user, "update_permission",
+        f"Gave {_principal(session, principal_guid)} the role {role} on content {describe(content)} "
+        f"(permission {permission.id}).",
+    )
     session.commit()
     changes.content(content.guid)
     return permission_json(permission, content)
@@ -130,7 +145,13 @@ def delete_permission(
     changes: Changes = Depends(deps.changes),
 ) -> Response:
     content = managed_content(session, user, guid)
-    session.delete(_load(session, content, permission_id))
+    permission = _load(session, content, permission_id)
+    audit.record(
+        session, user, "remove_permission",
+        f"Removed the {permission.role} role of {_principal(session, permission.principal_guid)} on "
+        f"content {describe(content)}.",
+    )
+    session.delete(permission)
     session.commit()
     changes.content(content.guid)
     return Response(status_code=204)

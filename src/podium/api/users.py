@@ -10,13 +10,15 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from podium import auth, errors
+from podium import audit, auth, errors, throttle
 from podium.api import deps
 from podium.api.body import json_object
+from podium.api.credentials import failure_throttle
 from podium.api.lookup import found
 from podium.api.serialize import user_json
 from podium.changes import Changes
 from podium.store.models import User
+from podium.throttle import Throttle
 
 router = APIRouter()
 USERNAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
@@ -100,7 +102,7 @@ def get_user(
 async def create_user(
     request: Request,
     session: Session = Depends(deps.db),
-    _: User = Depends(deps.administrator),
+    current: User = Depends(deps.administrator),
 ) -> dict[str, Any]:
     body = await json_object(request)
     username = check_username(body.get("username"))
@@ -115,6 +117,7 @@ async def create_user(
             first_name=str(body.get("first_name") or ""),
             last_name=str(body.get("last_name") or ""),
         )
+        audit.record(session, current, "add_user", f"Created user {audit.describe(user)} with role {role}.")
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -135,19 +138,29 @@ async def update_user(
         raise errors.forbidden("Only administrators can change other users.")
     user = _load(session, guid)
     body = await json_object(request)
+    changed: list[str] = []
     for field in ("email", "first_name", "last_name"):
-        if field in body:
+        if field in body and str(body[field] or "") != getattr(user, field):
             setattr(user, field, str(body[field] or ""))
+            changed.append(field)
     if "username" in body and body["username"] != user.username:
         if not is_admin:
             raise errors.forbidden("Only administrators can rename users.")
+        changed.append(f"username (was {user.username})")
         user.username = check_username(body["username"])
+    if changed:
+        audit.record(session, current, "update_user", f"Changed {', '.join(changed)} of {audit.describe(user)}.")
     if "user_role" in body and body["user_role"] != user.user_role:
         if not is_admin:
             raise errors.forbidden("Only administrators can change roles.")
         if user.id == current.id:
             raise errors.forbidden("Administrators cannot change their own role.")
+        before = user.user_role
         user.user_role = check_role(body["user_role"])
+        audit.record(
+            session, current, "change_user_role",
+            f"Changed the role of {audit.describe(user)} from {before} to {user.user_role}.",
+        )
     try:
         session.commit()
     except IntegrityError:
@@ -164,13 +177,21 @@ async def lock_user(
     session: Session = Depends(deps.db),
     current: User = Depends(deps.administrator),
     changes: Changes = Depends(deps.changes),
+    failures: Throttle = Depends(failure_throttle),
 ) -> dict[str, Any]:
+    """Lock or unlock a user. Unlocking also clears the account's failed sign-ins, so a
+    user locked after too many (``signin_lockout_failures``) may sign in at once."""
     user = _load(session, guid)
     locked = (await json_object(request)).get("locked")
     if not isinstance(locked, bool):
         raise errors.bad_request('The body must be {"locked": true} or {"locked": false}.')
     if user.id == current.id:
         raise errors.forbidden("You cannot lock your own account.")
+    if locked != user.locked:
+        verb, action = ("Locked", "lock_user") if locked else ("Unlocked", "unlock_user")
+        audit.record(session, current, action, f"{verb} {audit.describe(user)}.")
+    if not locked:
+        failures.reset(session, throttle.account(user.username))
     user.locked = locked
     session.commit()
     changes.users()

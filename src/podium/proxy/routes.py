@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from podium import auth, errors
-from podium.api import deps
+from podium.api import credentials, deps
 from podium.handoff import Handoff
 from podium.layout import DataLayout
 from podium.proxy.router import CONTENT_COOKIE, HANDOFF_PATH
@@ -118,8 +118,10 @@ def serve_content(
         return RedirectResponse(urls.content_origin.replace("{guid}", guid) + _target(request), 307)
     try:
         who = _content_caller(request, handoff, session, guid, key)
-    except errors.ApiError as exc:
-        return _page(exc.status, "Not signed in", exc.message)
+    except errors.ApiError as exc:  # a wrong key (401), or too many of them (429, Retry-After)
+        refused = _page(exc.status, "Not signed in", exc.message)
+        refused.headers.update(exc.headers)
+        return refused
     response = _serve(request, guid, path, who, layout, urls, session)
     if not content_origin:
         response.headers["content-security-policy"] = "sandbox"
@@ -131,12 +133,10 @@ def _content_caller(
 ) -> deps.Caller:
     """The API key's user, else the user of a content cookie for ``guid``; never the
     dashboard's session."""
-    if key is not None:
-        user = auth.user_for_api_key(session, key)
-        if user is None:
-            raise errors.bad_credentials()
+    if key is not None:  # counted and throttled like the API's (podium.api.credentials)
+        keyed = credentials.user_for_key(request, session, key)
         session.commit()
-        return deps.Caller(user, "key")
+        return deps.Caller(keyed, "key")
     for name, value in _cookies(request):
         if name == CONTENT_COOKIE:
             session_id = handoff.check(value, guid)

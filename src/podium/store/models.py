@@ -356,3 +356,38 @@ class Schedule(Base):
     activate: Mapped[bool] = mapped_column(Boolean, default=True)
     created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class AuditEntry(Base):
+    """One line of the audit log (:mod:`podium.audit`): who did what, and when.
+
+    Written in the transaction of the change it describes and never updated. The
+    actor is copied (id, guid, description), not referenced, so an entry keeps
+    saying who acted after the account is renamed. Descriptions name what changed,
+    never a secret value.
+    """
+
+    __tablename__ = "audit_logs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # None: anonymous (a failed sign-in) or the system (podium admin, a lockout).
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    user_guid: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    user_description: Mapped[str] = mapped_column(String(512), default="")
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    event_description: Mapped[str] = mapped_column(Text, default="")
+
+
+class AuthFailure(Base):
+    """Recent failed sign-ins or API keys of one account or client address
+    (:mod:`podium.throttle`); ``key`` is ``account:<name>``, ``address:<ip>`` or
+    ``key-address:<ip>``. Nodes re-read the rows changed since they last looked."""
+
+    __tablename__ = "auth_failures"
+
+    key: Mapped[str] = mapped_column(String(320), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

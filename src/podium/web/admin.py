@@ -1,7 +1,8 @@
-"""Administration pages: users, running processes, execution environments."""
+"""Administration pages: users, running processes, execution environments, the audit log."""
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +11,8 @@ from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from podium import auth
+from podium import audit, auth
+from podium.api import audit_logs as audit_api
 from podium.api import deps
 from podium.api import environments as environments_api
 from podium.api import users as users_api
@@ -21,12 +23,13 @@ from podium.resources import for_content
 from podium.scheduler import Scheduler
 from podium.settings import Settings
 from podium.store.models import Job, User
-from podium.web.pages import administrator
+from podium.web.pages import administrator, as_page_errors
 from podium.web.templating import render
 
 router = APIRouter()
 RUNTIMES = (("python", "Python"), ("r", "R"), ("quarto", "Quarto"))
-TABS = (("users", "Users"), ("processes", "Processes"), ("environments", "Environments"))
+TABS = (("users", "Users"), ("processes", "Processes"), ("environments", "Environments"), ("audit", "Audit log"))
+AUDIT_PAGE_SIZE = 50
 
 
 @router.get("/connect/admin")
@@ -114,3 +117,40 @@ def environments_page(
         request, "admin_environments.html", user=user, tabs=TABS, tab="environments",
         environments=environments, runtimes=RUNTIMES, matching=MATCHING, clusters=CLUSTERS,
     )
+
+
+@router.get("/connect/admin/audit")
+def audit_page(
+    request: Request,
+    action: str = "",
+    user_guid: str = "",
+    older: str = "",
+    newer: str = "",
+    session: Session = Depends(deps.db),
+    user: User = Depends(administrator),
+) -> Response:
+    """The audit log, newest first, :data:`AUDIT_PAGE_SIZE` entries a page; filters by
+    action and by acting user. ``older``/``newer`` are the API's cursors."""
+    with as_page_errors():
+        page = audit_api.audit_page(
+            session, AUDIT_PAGE_SIZE, False, audit_api.parse_cursor("older", older),
+            audit_api.parse_cursor("newer", newer), action or None, user_guid or None,
+        )
+    users = users_api.list_users(None, None, None, 1, 500, session, user)["results"]
+    entries = [
+        {**audit_api.entry_json(e), "shown_time": e.time.strftime("%Y-%m-%d %H:%M:%S UTC")}
+        for e in page.entries
+    ]
+    filters = {k: v for k, v in (("action", action), ("user_guid", user_guid)) if v}
+    return render(
+        request, "admin_audit.html", user=user, tabs=TABS, tab="audit", entries=entries,
+        actions=audit.ACTIONS, users=users, action=action, user_guid=user_guid,
+        newest=_audit_link(filters) if page.previous is not None else None,
+        newer=_audit_link(filters, newer=page.previous) if page.previous is not None else None,
+        older=_audit_link(filters, older=page.next) if page.next is not None else None,
+    )
+
+
+def _audit_link(filters: dict[str, str], **cursor: int) -> str:
+    query = urllib.parse.urlencode({**filters, **{k: str(v) for k, v in cursor.items()}})
+    return "/connect/admin/audit" + (f"?{query}" if query else "")

@@ -8,6 +8,8 @@ form itself is protected by a double-submit token in an HttpOnly cookie.
 
 ``/__handoff__`` signs a viewer in to one content item on the content origin
 (:mod:`podium.handoff`).
+
+Failed sign-ins are throttled and audited (:mod:`podium.web.signin`).
 """
 
 from __future__ import annotations
@@ -18,16 +20,16 @@ import uuid
 
 from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from podium import auth
+from podium import audit, auth
 from podium.api import deps
+from podium.api.credentials import client_address
 from podium.handoff import Handoff
 from podium.proxy.router import HANDOFF_PATH
 from podium.settings import Settings
-from podium.store.models import User
 from podium.urls import Urls
+from podium.web.signin import SignIn, sign_in
 from podium.web.templating import render
 
 router = APIRouter()
@@ -67,6 +69,7 @@ def login(
     csrf_token: str = Form(""),
     settings: Settings = Depends(deps.settings),
     session: Session = Depends(deps.db),
+    signin: SignIn = Depends(sign_in),
 ) -> Response:
     target = _safe_next(next)
     if not auth.csrf_ok(request.cookies.get(_LOGIN_CSRF, ""), csrf_token):
@@ -74,11 +77,12 @@ def login(
             request, target, secrets.token_urlsafe(16), "The form expired; please try again.", 400,
             username,
         )
-    user = session.scalar(select(User).where(User.username == username))
-    if user is None or user.locked or not auth.verify_password(user.password_hash, password):
-        return _form(
-            request, target, secrets.token_urlsafe(16), "Wrong username or password.", 401, username
-        )
+    outcome = signin.attempt(session, username, password, client_address(request))
+    user = outcome.user
+    if user is None:
+        refused = _form(request, target, secrets.token_urlsafe(16), outcome.message, outcome.status, username)
+        refused.headers.update(outcome.headers)
+        return refused
     token, _csrf = auth.start_session(session, user, settings.session_lifetime_seconds)
     session.commit()
     response = RedirectResponse(target, status_code=303)
@@ -105,6 +109,8 @@ def logout(
         if info is not None and not auth.csrf_ok(info.csrf_token, csrf_token):
             return HTMLResponse("Sign-out needs the page's CSRF token.", status_code=403)
         auth.end_session(session, token)
+        if info is not None:
+            audit.record(session, info.user, "user_logout", "Signed out.")
         session.commit()
     response = RedirectResponse("/__login__", status_code=303)
     response.delete_cookie(auth.SESSION_COOKIE)
