@@ -145,3 +145,36 @@ def test_content_sandbox_notebook_renders_as_its_own_uid(server: RunningServer) 
     page = server.api(key).get(item["content_url"])
     assert page.status_code == 200
     assert "sees False" in page.text and "uid 0 " not in page.text, page.text[-2000:]
+
+
+def test_content_sandbox_off_is_said_at_start_and_to_administrators(tmp_path: Any) -> None:
+    server = start_server(tmp_path / "data", extra_env={"PODIUM_SANDBOX": "off"})
+    try:
+        assert 'Content runs unsandboxed (setting sandbox = "off")' in server.log()
+        page = server.api().get(f"{server.url}/connect/admin/users")
+        assert page.status_code == 200 and "Content isolation:" in page.text
+        publisher = server.user_key("sb_off_publisher", "publisher")
+        assert "Content isolation:" not in server.api(publisher).get(f"{server.url}/connect/").text
+    finally:
+        server.stop()
+
+
+
+def test_content_sandbox_required_where_none_can_be_made_runs_nothing(tmp_path: Any) -> None:
+    """No bubblewrap on the server's PATH: ``required`` says so at start and each deploy
+    fails with the reason and the fix, running nothing unsandboxed."""
+    server = start_server(
+        tmp_path / "data", extra_env={"PODIUM_SANDBOX": "required", "PATH": "/nonexistent"}
+    )
+    try:
+        assert "Content cannot run: sandboxes are required" in server.log()
+        key = server.admin_key
+        item = _content(server, key, "unsandboxable")
+        _, task = deploy(server, key, item["guid"], fastapi_bundle())
+        assert task["code"] != 0
+        output = "\n".join(task["all_output"])
+        assert "could not start" in output and "bubblewrap" in output, output
+        jobs = server.api(key).get(_api(server, f"v1/content/{item['guid']}/jobs")).json()
+        assert all(job["status"] != 0 for job in jobs)
+    finally:
+        server.stop()

@@ -229,7 +229,7 @@ def test_kubernetes_restarted_server_adopts_running_jobs(cluster: SimCluster, tm
     }
     first = start_server(data, env)
     try:
-        key, guid, pid = deploy_restart_app(first, tmp_path)
+        key, guid, process, _pid = deploy_restart_app(first, tmp_path)
         [job] = run_jobs(cluster, guid)
     finally:
         first.process.send_signal(signal.SIGKILL)  # a crash: nothing is cleaned up
@@ -239,7 +239,7 @@ def test_kubernetes_restarted_server_adopts_running_jobs(cluster: SimCluster, tm
     try:
         second._keys = dict(first._keys)
         body = second.api(key).get(f"{second.url}/content/{guid}/").json()
-        assert body["pid"] == pid  # adopted, not restarted
+        assert body["process"] == process  # adopted, not restarted
         assert [j["metadata"]["uid"] for j in run_jobs(cluster, guid)] == [job["metadata"]["uid"]]
     finally:
         second.stop()

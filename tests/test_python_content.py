@@ -25,14 +25,16 @@ from tests.test_clients import rsconnect
 pytestmark = pytest.mark.integration
 
 FASTAPI_APP = """
-import asyncio, os
+import asyncio, os, uuid
 from fastapi import FastAPI, Request, WebSocket
 
 app = FastAPI()
+# Which process answered: sandboxed processes each have a PID namespace, where pids repeat.
+PROCESS = uuid.uuid4().hex
 
 @app.get("/")
 def root(request: Request):
-    return {"hello": "podium", "pid": os.getpid(),
+    return {"hello": "podium", "pid": os.getpid(), "process": PROCESS,
             "identity": request.headers.get("rstudio-connect-credentials"),
             "authorization": request.headers.get("authorization"),
             "cookie": request.headers.get("cookie"),
@@ -42,7 +44,7 @@ def root(request: Request):
 @app.get("/sleep")
 async def sleep(s: float = 1.0):
     await asyncio.sleep(s)
-    return {"pid": os.getpid()}
+    return {"pid": os.getpid(), "process": PROCESS}
 
 @app.get("/crash")
 def crash():
@@ -259,7 +261,7 @@ def test_scale_up_to_max_processes_then_503(server: RunningServer, fastapi_app: 
     assert refused.status_code == 503, refused.text
     assert "maximum" in refused.json()["error"]
     assert sorted(r.status_code for r in results) == [200, 200]
-    assert len({r.json()["pid"] for r in results}) == 2
+    assert len({r.json()["process"] for r in results}) == 2
     # Idle processes beyond min_processes stop after idle_timeout.
     wait_until(lambda: len(active_run_jobs(server, fastapi_app)) == 0, seconds=20)
     stopped = [j for j in jobs(server, fastapi_app) if j["tag"] == "run_fastapi_app"]
@@ -280,15 +282,15 @@ def test_min_processes_kept_warm(server: RunningServer, fastapi_app: str) -> Non
 
 def test_crashed_process_restarts_on_next_request(server: RunningServer, fastapi_app: str) -> None:
     client = publisher(server)
-    first = client.get(content_url(server, fastapi_app)).json()["pid"]
+    first = client.get(content_url(server, fastapi_app)).json()["process"]
     crashed = client.get(content_url(server, fastapi_app) + "crash")
     assert crashed.status_code == 502
-    def served_pid() -> int | None:
+    def served_process() -> str | None:
         answer = client.get(content_url(server, fastapi_app))
-        return answer.json()["pid"] if answer.status_code == 200 else None
+        return answer.json()["process"] if answer.status_code == 200 else None
 
     # The crash is noticed within a housekeeping round; then a request starts a new process.
-    second = wait_until(served_pid, seconds=10, every=0.1)
+    second = wait_until(served_process, seconds=10, every=0.1)
     assert second != first
     ended = [j for j in jobs(server, fastapi_app) if j["exit_code"] == 3]
     assert ended and ended[0]["status"] == 1 and "3" in (ended[0]["error"] or "")
@@ -395,8 +397,9 @@ def test_streamlit_app_with_websocket(server: RunningServer, home: Path, tmp_pat
 # --- restart safety ---------------------------------------------------------------------
 
 
-def deploy_restart_app(server: RunningServer, tmp_path: Path) -> tuple[str, str, int]:
-    """Deploy the FastAPI app with rsconnect as a new publisher; (key, guid, app pid)."""
+def deploy_restart_app(server: RunningServer, tmp_path: Path) -> tuple[str, str, str, int]:
+    """Deploy the FastAPI app with rsconnect as a new publisher; (key, guid, the process's
+    identity, its job's pid on this host)."""
     home = tmp_path / "home"
     home.mkdir()
     key = server.user_key("restarter", "publisher")
@@ -405,15 +408,17 @@ def deploy_restart_app(server: RunningServer, tmp_path: Path) -> tuple[str, str,
     done = rsconnect(home, "deploy", "fastapi", "-n", "p", str(directory))
     assert done.returncode == 0, done.stdout + done.stderr
     guid = guid_of(directory)
-    pid = server.api(key).get(f"{server.url}/content/{guid}/").json()["pid"]
-    return key, guid, pid
+    process = server.api(key).get(f"{server.url}/content/{guid}/").json()["process"]
+    run = next(j for j in server.api(key).get(f"{server.url}/__api__/v1/content/{guid}/jobs").json()
+               if j["kind"] == "run" and j["status"] == 0)
+    return key, guid, process, int(run["pid"])
 
 
 def test_server_restart_adopts_running_processes(tmp_path: Path) -> None:
     data = tmp_path / "data"
     first = start_server(data)
     try:
-        key, guid, pid = deploy_restart_app(first, tmp_path)
+        key, guid, process, pid = deploy_restart_app(first, tmp_path)
     finally:
         first.process.send_signal(signal.SIGKILL)  # a crash: nothing is cleaned up
         first.process.wait()
@@ -422,7 +427,7 @@ def test_server_restart_adopts_running_processes(tmp_path: Path) -> None:
     try:
         second._keys = dict(first._keys)
         body = second.api(key).get(f"{second.url}/content/{guid}/").json()
-        assert body["pid"] == pid  # adopted, not restarted
+        assert body["process"] == process  # adopted, not restarted
     finally:
         second.stop()
     # A clean shutdown stops the processes: nothing is orphaned.

@@ -81,7 +81,10 @@ print("pandoc: writing", out / (source.stem + ".html"))
 def write_stand_in(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "quarto"
-    path.write_text(STAND_IN.format(python=os.path.realpath(sys.executable)))
+    # The system's Python where there is one: sandboxed renders see the system directories,
+    # as a real Quarto carries its own runtime in its installation folder.
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else os.path.realpath(sys.executable)
+    path.write_text(STAND_IN.format(python=python))
     path.chmod(0o755)
     return path
 
@@ -106,7 +109,9 @@ def guid_in(output: str) -> str:
 
 @pytest.fixture(scope="module")
 def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_stand_in(tmp_path_factory.mktemp("quarto-bin"))
+    folder = tmp_path_factory.mktemp("quarto-bin")
+    folder.chmod(0o755)  # readable by sandboxed renders, as a real installation is
+    return write_stand_in(folder)
 
 
 @pytest.fixture(scope="module")

@@ -89,6 +89,7 @@ def r_repository(tmp_path_factory: pytest.TempPathFactory) -> str:
     subprocess.run(["Rscript", "-e", f"tools::write_PACKAGES('{contrib}', type = 'source')"],
                    check=True, capture_output=True, timeout=120)
     assert (contrib / f"{TEST_PACKAGE}_0.1.0.tar.gz").is_file()
+    root.chmod(0o755)  # readable by sandboxed builds, as a real repository is
     return (root / "repo").as_uri()
 
 

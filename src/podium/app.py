@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -116,13 +117,13 @@ def make_backend(settings: Settings, layout: DataLayout) -> ExecutionBackend:
     return KubernetesBackend(lambda: AsyncioKubeClient.connect(kubeconfig), config)
 
 
-def make_isolation(settings: Settings) -> Isolation:
+def make_isolation(settings: Settings, data_dir: Path) -> Isolation:
     """The local sandbox policy, with what this host can do found by a real probe (said
     loudly when content cannot be isolated)."""
     if settings.kubernetes_enabled:  # pods are isolated by Kubernetes
         return Isolation("off", settings.sandbox_uid_base, SandboxSupport(False, "Kubernetes runs content"))
     support = SandboxSupport(False, "the sandbox setting is off")
-    isolation = Isolation(settings.sandbox, settings.sandbox_uid_base, support)
+    isolation = Isolation(settings.sandbox, settings.sandbox_uid_base, support, data_dir)
     if settings.sandbox != "off":
         uid = isolation.content_uid(1)
         isolation.support = probe_sandbox(uid, uid)
@@ -157,7 +158,7 @@ def build(settings: Settings) -> Node:
         settings.local_environment_matching,
     )
     sync_catalogue(store, settings.declared_environments, local)
-    isolation = make_isolation(settings)
+    isolation = make_isolation(settings, layout.root)
     builder = Builder(
         jobs, layout.envs, layout.cache, find_uv_bin(), settings.package_index_url,
         settings.build_timeout_seconds, settings.r_repository_url, isolation,

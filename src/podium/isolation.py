@@ -49,10 +49,14 @@ class Isolation:
     """``support``: what :func:`~podium.runtime.sandbox.probe_sandbox` found on this host.
     A server that is not root runs every sandbox as its own uid (a user namespace)."""
 
-    def __init__(self, mode: SandboxMode, uid_base: int, support: SandboxSupport) -> None:
+    def __init__(
+        self, mode: SandboxMode, uid_base: int, support: SandboxSupport, data_dir: Path | None = None
+    ) -> None:
+        """``data_dir``: never shown to a job whole, whatever path would contain it."""
         self.mode = mode
         self.uid_base = uid_base
         self.support = support
+        self.data_dir = str(data_dir) if data_dir is not None else None
         self.privileged = os.geteuid() == 0
 
     @property
@@ -111,6 +115,9 @@ class Isolation:
         mine = tuple(str(prepare_writable(path, uid, uid)) for path in writable)
         shown: list[str] = []
         for path in sorted({os.path.normpath(str(p)) for p in read_only if p}, key=len):
+            if self.data_dir is not None and _below(self.data_dir, path):
+                log.warning("sandbox: %s holds the data dir; not shown to the job", path)
+                continue
             if path not in mine and not any(_below(path, other) for other in (*shown, *mine)):
                 shown.append(path)
         return Sandbox(uid, uid, tuple(shown), mine)
@@ -119,7 +126,8 @@ class Isolation:
 def interpreter_paths(executable: str | None) -> list[str]:
     """What an interpreter needs to run in a sandbox: for a venv's python, the venv and the
     installation its ``pyvenv.cfg`` names; otherwise the installation holding it (the
-    parent of its ``bin``). Paths under the system directories need nothing."""
+    parent of its ``bin``, or its own folder). Paths under the system directories need
+    nothing."""
     if not executable:
         return []
     path = Path(executable)
@@ -133,7 +141,8 @@ def interpreter_paths(executable: str | None) -> list[str]:
             if key.strip() == "home" and value.strip():
                 found.append(str(Path(value.strip()).resolve().parent))
     else:
-        found.append(str(path.resolve().parent.parent))
+        folder = path.resolve().parent
+        found.append(str(folder.parent if folder.name == "bin" else folder))
     return [p for p in found if not any(_below(p, system) for system in SYSTEM_DIRS)]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import shlex
 import socket
 import uuid
@@ -121,12 +122,19 @@ def handle_of(job: Job) -> JobHandle | None:
 
 def _in_environment(spec: JobSpec, environment: ExecutionEnvironment | None) -> JobSpec:
     """``spec`` wrapped in the environment's ``supervisor`` (``<supervisor> <command...>``,
-    split as a shell would) and given its ``volume_mounts``."""
+    split as a shell would; a supervisor given by its path is shown to a sandboxed job) and
+    given its ``volume_mounts``."""
     if environment is None:
         return spec
     changes: dict[str, Any] = {}
     if environment.supervisor:
-        changes["command"] = [*shlex.split(environment.supervisor), *spec.command]
+        words = shlex.split(environment.supervisor)
+        changes["command"] = [*words, *spec.command]
+        program = os.path.normpath(words[0])
+        if spec.sandbox is not None and os.path.isabs(program) and not spec.sandbox.binds(program):
+            changes["sandbox"] = dataclasses.replace(
+                spec.sandbox, read_only=(*spec.sandbox.read_only, program)
+            )
     mounts = []
     for record in environment.volume_mounts or []:
         try:

@@ -17,6 +17,7 @@ import logging
 import os
 import shlex
 import shutil
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from podium.build.r import (
 from podium.environments.model import Installation
 from podium.isolation import Isolation, interpreter_paths, make_readable
 from podium.jobs import JobRunner, new_job_key
-from podium.runtime import JobSpec, JobState, Resources
+from podium.runtime import BackendError, JobSpec, JobState, Resources
 from podium.runtime.base import Sandbox
 from podium.tasks import TaskFailed, TaskOutput
 
@@ -217,7 +218,11 @@ class Builder:
     ) -> None:
         """Run a build job, streaming its log into the task; on failure remove ``staging``
         and raise :class:`TaskFailed` with the end of the log."""
-        handle = await self.jobs.launch(spec, content_id, bundle_id, tag)
+        try:
+            handle = await self.jobs.launch(spec, content_id, bundle_id, tag)
+        except BackendError as exc:  # say why (no sandbox here, a cluster refusing the Job ...)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise TaskFailed(f"The build job could not start: {exc.message}") from None
         tail: list[str] = []
         streamer = asyncio.create_task(self._stream(handle, out, tail))
         status = await self.jobs.wait(handle, self.timeout_seconds)
@@ -294,7 +299,11 @@ class Builder:
         staging = work / "env"
         self.envs_dir.mkdir(parents=True, exist_ok=True)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        sandbox = self._sandbox(read_only=[request.bundle_dir, *interpreter_paths(request.r.path)], work=work)
+        repository = urllib.parse.urlsplit(self.r_repository_url)
+        local = [urllib.parse.unquote(repository.path)] if repository.scheme == "file" else []
+        sandbox = self._sandbox(
+            read_only=[request.bundle_dir, *interpreter_paths(request.r.path), *local], work=work
+        )
         (staging / "library").mkdir(parents=True)
         (staging / "packages.dcf").write_text("\n".join(p.dcf() for p in packages))
         (staging / "restore.R").write_text(restore_script())

@@ -48,9 +48,11 @@ from pathlib import Path
 
 from podium.runtime.base import Sandbox
 
-# What every sandboxed job sees read-only; those missing on the host are skipped.
+# What every sandboxed job sees read-only; those missing on the host are skipped. Debian's
+# package database too: Debian's R packages ask dpkg which versions of their system
+# libraries are installed (rmarkdown asks for libjs-jquery's).
 SYSTEM_DIRS: tuple[str, ...] = (
-    "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/etc",
+    "/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32", "/etc", "/var/lib/dpkg",
 )
 BWRAP = "bwrap"
 SETPRIV = "/usr/bin/setpriv"
