@@ -36,7 +36,7 @@ def launch_chromium() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:  # pragma: no cover - the test extras install it
-        sync_playwright = None
+        sync_playwright = None  # type: ignore[assignment]
     if sync_playwright is None or not shutil.which(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail(f"Playwright and Chromium at {CHROMIUM} are required in CI (make system-deps)")

@@ -397,9 +397,9 @@ def test_streamlit_app_with_websocket(server: RunningServer, home: Path, tmp_pat
 # --- restart safety ---------------------------------------------------------------------
 
 
-def deploy_restart_app(server: RunningServer, tmp_path: Path) -> tuple[str, str, str, int]:
+def deploy_restart_app(server: RunningServer, tmp_path: Path) -> tuple[str, str, str, int | None]:
     """Deploy the FastAPI app with rsconnect as a new publisher; (key, guid, the process's
-    identity, its job's pid on this host)."""
+    identity, its job's pid on this host: None for a Kubernetes Job)."""
     home = tmp_path / "home"
     home.mkdir()
     key = server.user_key("restarter", "publisher")
@@ -411,7 +411,7 @@ def deploy_restart_app(server: RunningServer, tmp_path: Path) -> tuple[str, str,
     process = server.api(key).get(f"{server.url}/content/{guid}/").json()["process"]
     run = next(j for j in server.api(key).get(f"{server.url}/__api__/v1/content/{guid}/jobs").json()
                if j["kind"] == "run" and j["status"] == 0)
-    return key, guid, process, int(run["pid"])
+    return key, guid, process, run["pid"]
 
 
 def test_server_restart_adopts_running_processes(tmp_path: Path) -> None:
@@ -419,6 +419,7 @@ def test_server_restart_adopts_running_processes(tmp_path: Path) -> None:
     first = start_server(data)
     try:
         key, guid, process, pid = deploy_restart_app(first, tmp_path)
+        assert pid is not None
     finally:
         first.process.send_signal(signal.SIGKILL)  # a crash: nothing is cleaned up
         first.process.wait()
