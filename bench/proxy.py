@@ -9,6 +9,9 @@
     python bench/proxy.py --podium        # a real `podium serve` (pinned to core 0) with
                                           # the app deployed as content; direct = the same
                                           # content process reached at its own port
+    python bench/proxy.py --sandbox       # two real servers, content sandboxed and not,
+                                          # side by side: requests/s through each, and
+                                          # the cold start (first request of a stopped app)
 
 The app (a raw ASGI callable: ``/`` answers ``ok``, ``/big`` streams 10 MiB in 64 KiB
 chunks, ``/ws`` echoes websocket messages) runs under uvicorn (uvloop, httptools, no
@@ -385,12 +388,20 @@ def report(direct: Figures, through: Figures) -> None:
         print(f"{name:40} {d:10.0f} {t:10.0f} {t / d:6.2f}x")
 
 
-@contextlib.contextmanager
-def podium_content() -> Iterator[tuple[str, str]]:
-    """A real Podium on core 0 serving this benchmark's app as public content.
+@dataclass
+class Served:
+    direct: str  # the content process at its own port
+    through: str  # the content through Podium, on the content origin
+    api: Any  # a requests session with the admin key
+    base: str  # the API's URL
+    cold_guid: str  # a second copy of the app, min_processes 0, for cold starts
 
-    Yields (direct URL of the content process, URL through Podium). The content
-    process is Podium's own run job, so it inherits the server's core.
+
+@contextlib.contextmanager
+def podium_content(sandbox: str = "required") -> Iterator[Served]:
+    """A real Podium on core 0 serving this benchmark's app as public content, with the
+    ``sandbox`` setting given. The content process is Podium's own run job, so it
+    inherits the server's core.
     """
     import inspect
     import io
@@ -421,8 +432,9 @@ def podium_content() -> Iterator[tuple[str, str]]:
     podium = [sys.executable, "-m", "podium"]
     key = subprocess.run([*podium, "admin", "bootstrap", "--data-dir", data_dir], check=True,
                          capture_output=True, text=True).stdout.strip()
-    port = free_port()
-    env = {**os.environ, "PODIUM_BOOTSTRAP_ADMIN_ON_FIRST_START": "false"}
+    port, content_port = free_port(), free_port()
+    env = {**os.environ, "PODIUM_BOOTSTRAP_ADMIN_ON_FIRST_START": "false", "PODIUM_SANDBOX": sandbox,
+           "PODIUM_CONTENT_LISTEN": f"127.0.0.1:{content_port}"}
     server = subprocess.Popen(
         ["taskset", "-c", "0", *podium, "serve", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -434,27 +446,78 @@ def podium_content() -> Iterator[tuple[str, str]]:
         base = f"http://127.0.0.1:{port}/__api__"
         # One process taking every connection, as the direct side has: the comparison is
         # of the path, not of the scheduler spreading load.
-        guid = api.post(f"{base}/v1/content", json={
-            "name": "bench", "access_type": "all", "max_processes": 1, "min_processes": 1,
-            "max_conns_per_process": 1000, "load_factor": 1.0}).json()["guid"]
-        bundle_id = api.post(f"{base}/v1/content/{guid}/bundles", data=buffer.getvalue()).json()["id"]
-        task = api.post(f"{base}/v1/content/{guid}/deploy", json={"bundle_id": bundle_id}).json()["task_id"]
-        while not (state := api.get(f"{base}/v1/tasks/{task}", params={"wait": 1}).json())["finished"]:
-            pass
-        if state["code"] != 0:
-            raise RuntimeError(f"deploy failed: {state['error']}")
-        through = f"http://127.0.0.1:{port}/content/{guid}"
+        guids = []
+        for name, warm in (("bench", 1), ("bench-cold", 0)):
+            guid = api.post(f"{base}/v1/content", json={
+                "name": name, "access_type": "all", "max_processes": 1, "min_processes": warm,
+                "max_conns_per_process": 1000, "load_factor": 1.0}).json()["guid"]
+            bundle_id = api.post(f"{base}/v1/content/{guid}/bundles", data=buffer.getvalue()).json()["id"]
+            task = api.post(f"{base}/v1/content/{guid}/deploy", json={"bundle_id": bundle_id}).json()["task_id"]
+            while not (state := api.get(f"{base}/v1/tasks/{task}", params={"wait": 1}).json())["finished"]:
+                pass
+            if state["code"] != 0:
+                raise RuntimeError(f"deploy failed: {state['error']}")
+            guids.append(guid)
+        guid = guids[0]
+        through = f"http://localhost:{content_port}/content/{guid}"
         if requests.get(through + "/").text != "ok":
             answer = requests.get(through + "/")
             raise RuntimeError(f"the deployed app does not answer through Podium: {answer.status_code} {answer.text[:300]}")
         job = next(j for j in api.get(f"{base}/v1/content/{guid}/jobs").json() if j["status"] == 0)
         with open(os.path.join(data_dir, "jobs", job["key"], "job.json")) as record:
             app_port = json.load(record)["port"]
-        yield f"http://127.0.0.1:{app_port}", through
+        yield Served(f"http://127.0.0.1:{app_port}", through, api, base, guids[1])
     finally:
         server.terminate()
         server.wait(30)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def cold_start(served: Served) -> float:
+    """Seconds from a request to a stopped app's first answer (process start included)."""
+    import requests
+
+    url = served.through.rsplit("/content/", 1)[0] + f"/content/{served.cold_guid}/"
+    for job in served.api.get(f"{served.base}/v1/content/{served.cold_guid}/jobs").json():
+        if job["status"] == 0 and job["kind"] == "run":
+            served.api.delete(f"{served.base}/v1/content/{served.cold_guid}/jobs/{job['key']}")
+    time.sleep(1.0)
+    started = time.monotonic()
+    answer = requests.get(url, timeout=60)
+    if answer.text != "ok":
+        raise RuntimeError(f"cold start failed: {answer.status_code} {answer.text[:200]}")
+    return time.monotonic() - started
+
+
+def compare_sandbox(seconds: float, rounds: int, cold_samples: int = 9) -> None:
+    """Content sandboxed (the default) against unsandboxed: two real servers at once,
+    measured in turn, round after round, so other load on the machine weighs on both."""
+    modes = ("off", "required")
+    with contextlib.ExitStack() as stack:
+        servers = {mode: stack.enter_context(podium_content(mode)) for mode in modes}
+        figures: dict[str, list[Figures]] = {mode: [] for mode in modes}
+        colds: dict[str, list[float]] = {mode: [] for mode in modes}
+        for mode in modes:
+            wrk(servers[mode].through + "/", 64, 1)
+        for _ in range(rounds):
+            for mode in modes:
+                figures[mode].append(measure(servers[mode].through, seconds))
+        for _ in range(cold_samples):
+            for mode in modes:
+                colds[mode].append(cold_start(servers[mode]))
+    best = {
+        mode: Figures(*(max(getattr(f, name) for f in figures[mode]) for name in Figures.__dataclass_fields__))
+        for mode in modes
+    }
+    median = {mode: sorted(colds[mode])[len(colds[mode]) // 2] for mode in modes}
+    off, on = best["off"], best["required"]
+    print(f"{'':40} {'unsandboxed':>12} {'sandboxed':>10} {'ratio':>7}")
+    for name, a, b in (("small requests/s (64 conns)", off.small_rps, on.small_rps),
+                       ("10 MiB responses, MiB/s (8 conns)", off.big_mibps, on.big_mibps),
+                       ("websocket round trips/s (16 conns)", off.ws_rtps, on.ws_rtps)):
+        print(f"{name:40} {a:12.0f} {b:10.0f} {b / a:6.2f}x")
+    print(f"{f'cold start, ms (median of {cold_samples})':40} {median['off'] * 1000:12.0f} "
+          f"{median['required'] * 1000:10.0f} {(median['required'] - median['off']) * 1000:+6.0f} ms")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -478,6 +541,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--podium", action="store_true",
                         help="measure a real podium serve with the app deployed as content")
+    parser.add_argument("--sandbox", action="store_true",
+                        help="compare content sandboxed and not: requests/s and cold start")
     parser.add_argument(
         "--ws-client", choices=["aiohttp", "websockets"], default="aiohttp",
         help="websocket client library for the round trips",
@@ -489,9 +554,12 @@ def main(argv: list[str] | None = None) -> None:
     check_tools()
 
     if args.podium:
-        with podium_content() as (direct_url, through_url):
-            print(f"direct {direct_url}, through Podium {through_url}: {seconds:g} s each", flush=True)
-            compare(direct_url, through_url, seconds, rounds)
+        with podium_content() as served:
+            print(f"direct {served.direct}, through Podium {served.through}: {seconds:g} s each", flush=True)
+            compare(served.direct, served.through, seconds, rounds)
+        return
+    if args.sandbox:
+        compare_sandbox(seconds, rounds)
         return
     app_port = args.app_port or free_port()
     front_port = free_port()
