@@ -415,7 +415,7 @@ class Settings(BaseSettings):
         "data dir, the secret key, the database or other content's processes. 'required': "
         "where sandboxes cannot be made (no bubblewrap, no user namespaces), content does "
         "not run and each job fails saying why; 'optional': such jobs run unsandboxed, with "
-        "a warning at start, on the admin pages and in each job's log; 'off': never "
+        "a warning at start and on every page an administrator opens; 'off': never "
         "sandbox (every publisher is trusted with the whole server). The Kubernetes backend "
         "isolates pods itself and ignores this.",
     )
