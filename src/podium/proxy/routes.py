@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from podium import auth, errors
 from podium.api import credentials, deps
-from podium.handoff import Handoff
+from podium.handoff import Handoff, onward_path
 from podium.layout import DataLayout
 from podium.proxy.router import CONTENT_COOKIE, HANDOFF_PATH
 from podium.render import RENDERED_MODES, latest_rendering
@@ -249,9 +249,7 @@ def redeem_handoff(
                      "open the content again.")
     guid, session_id = redeemed
     prefix = f"/content/{guid}/"
-    if not next.startswith(prefix) or "\\" in next:
-        next = prefix
-    response = RedirectResponse(next, status_code=303)
+    response = RedirectResponse(onward_path(guid, next), status_code=303)
     response.headers["cache-control"] = "no-store"
     # Written by hand: Python's cookie module knows Partitioned only from 3.14. On a secure
     # content origin the cookie is SameSite=None (so it works inside the dashboard's frame,

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from podium import audit, auth
 from podium.api import deps
 from podium.api.credentials import client_address
-from podium.handoff import Handoff
+from podium.handoff import Handoff, onward_path
 from podium.proxy.router import HANDOFF_PATH
 from podium.settings import Settings
 from podium.urls import Urls
@@ -145,10 +145,7 @@ def content_handoff(
         here = request.url.path + "?" + request.url.query
         return RedirectResponse("/__login__?next=" + urllib.parse.quote(here, safe="/"), status_code=303)
     session.commit()
-    prefix = f"/content/{guid}/"
-    if not next.startswith(prefix) or "\\" in next:
-        next = prefix
-    query = urllib.parse.urlencode({"code": handoff.code(guid, info.id), "next": next})
+    query = urllib.parse.urlencode({"code": handoff.code(guid, info.id), "next": onward_path(guid, next)})
     origin = urls.content_origin.replace("{guid}", guid)
     response = RedirectResponse(f"{origin}{HANDOFF_PATH.decode()}?{query}", status_code=303)
     response.headers["cache-control"] = "no-store"
