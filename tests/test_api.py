@@ -396,7 +396,7 @@ def test_permissions_grant_view_and_collaborate(server: RunningServer, keys: dic
     assert granted.status_code == 200, granted.text
     assert set(granted.json()) == {"id", "content_guid", "principal_guid", "principal_type", "role"}
     assert viewer.get(page).text == "members only"
-    assert_error(owner.post(perms, json={"principal_guid": view_guid, "principal_type": "user", "role": "viewer"}), 409, 26)
+    assert_error(owner.post(perms, json={"principal_guid": view_guid, "principal_type": "user", "role": "viewer"}), 409, 154)
     assert_error(owner.post(perms, json={"principal_guid": view_guid, "principal_type": "user", "role": "owner"}), 400, 33)
     # Viewers cannot collaborate; the owner cannot be added; viewers cannot grant.
     assert_error(viewer.post(perms, json={"principal_guid": pub2_guid, "principal_type": "user", "role": "viewer"}), 403, 22)
