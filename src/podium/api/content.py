@@ -89,7 +89,7 @@ def content_views(
     loaded in one query each for the whole list."""
     ids = [item.id for item in items]
     vanities: dict[int, str] = dict(
-        session.execute(select(Vanity.content_id, Vanity.path).where(Vanity.content_id.in_(ids))).tuples()
+        session.execute(select(Vanity.content_id, Vanity.path).where(Vanity.content_id.in_(ids))).tuples().all()
     )
     tags: dict[int, list[Tag]] = {}
     if includes and "tags" in includes:
