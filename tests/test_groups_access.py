@@ -54,3 +54,60 @@ def test_vanity_match_finds_the_one_vanity_a_path_is_under() -> None:
     assert vanity.match(paths, "/team/reports/a") == ("/team/reports/", "g2")
     assert vanity.match(paths, "/team/") is None and vanity.match(paths, "/salesman/") is None
     assert vanity.normalise("a//b") == "/a/b/"
+
+
+def test_router_decides_group_access_from_its_cache_and_forgets_on_membership_change(store: Store) -> None:
+    """The content proxy's decision for a viewer let in by a group asks the database once,
+    then never again until a change (Changes.users / Changes.content) says so."""
+    import asyncio
+
+    from sqlalchemy import event
+
+    from podium.changes import Changes
+    from podium.handoff import Handoff
+    from podium.proxy.router import ContentRouter
+    from podium.urls import Urls
+
+    with store.session() as session:
+        owner = _user(session, "owner2", "publisher")
+        member = _user(session, "member2")
+        content = Content(name="private", owner_id=owner.id, access_type="acl")
+        group = Group(name="Team2", owner_id=owner.id)
+        session.add_all([content, group])
+        session.flush()
+        session.add(Permission(content_id=content.id, principal_guid=group.guid, principal_type="group", role="viewer"))
+        _, key = auth.create_api_key(session, member, "bench")
+        guid, group_id, member_id = content.guid, group.id, member.id
+    changes = Changes()
+    router = ContentRouter(
+        store, 3600, lambda *_: None, None,  # type: ignore[arg-type]
+        Urls("http://127.0.0.1:1/", "http://localhost:2"), Handoff(b"k" * 32, 60),
+    )
+    changes.on_content(router.invalidate)
+    changes.on_users(router.forget_users)
+    headers = [(b"authorization", f"Key {key}".encode())]
+    statements: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+
+    async def decide() -> bool:
+        info = await router._info(guid)
+        viewer = await router._viewer(headers, guid)
+        assert info is not None and viewer is not True
+        return router._may_view(info, viewer or None)
+
+    async def scenario() -> None:
+        assert not await decide()  # not a member yet
+        with store.session() as session:
+            session.add(GroupMember(group_id=group_id, user_id=member_id))
+        changes.users()
+        assert await decide()
+        statements.clear()
+        for _ in range(1000):
+            assert await decide()
+        assert statements == []
+        with store.session() as session:
+            session.query(GroupMember).filter_by(group_id=group_id).delete()
+        changes.users()
+        assert not await decide()
+
+    asyncio.run(scenario())

@@ -89,14 +89,14 @@ def content_views(
     loaded in one query each for the whole list."""
     ids = [item.id for item in items]
     vanities: dict[int, str] = dict(
-        session.execute(select(Vanity.content_id, Vanity.path).where(Vanity.content_id.in_(ids))).tuples().all()
+        session.execute(select(Vanity.content_id, Vanity.path).where(Vanity.content_id.in_(ids))).all()
     )
     tags: dict[int, list[Tag]] = {}
     if includes and "tags" in includes:
         rows = session.execute(
             select(ContentTag.content_id, Tag).join(Tag, Tag.id == ContentTag.tag_id)
             .where(ContentTag.content_id.in_(ids)).order_by(Tag.id)
-        ).tuples()
+        ).all()
         for content_id, tag in rows:
             tags.setdefault(content_id, []).append(tag)
     principals = auth.principal_guids(session, user) if user is not None else None

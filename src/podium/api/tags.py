@@ -66,7 +66,7 @@ def ancestors(session: Session, tag: Tag) -> list[Tag]:
 
 def descendant_ids(session: Session, tag_id: int) -> set[int]:
     children: dict[int, list[int]] = {}
-    for tid, parent_id in session.execute(select(Tag.id, Tag.parent_id).where(Tag.parent_id.is_not(None))).tuples():
+    for tid, parent_id in session.execute(select(Tag.id, Tag.parent_id).where(Tag.parent_id.is_not(None))).all():
         children.setdefault(parent_id or 0, []).append(tid)
     found: set[int] = set()
     todo = [tag_id]

@@ -123,5 +123,5 @@ def delete_vanity(
 def list_vanities(session: Session = Depends(deps.db), _: User = Depends(deps.administrator)) -> list[dict[str, Any]]:
     rows = session.execute(
         select(Vanity, Content).join(Content, Content.id == Vanity.content_id).order_by(Vanity.id)
-    ).tuples()
+    ).all()
     return [vanity_json(record, content) for record, content in rows]

@@ -178,7 +178,7 @@ class ContentRouter:
         with self.store.session() as session:
             rows = session.execute(
                 select(Vanity.path, Content.guid).join(Content, Content.id == Vanity.content_id)
-            ).tuples().all()
+            ).all()
             return dict(rows)
 
     async def _target(self, info: ContentInfo, bundle_id: int, draft: bool) -> AppTarget | None:
@@ -235,7 +235,7 @@ class ContentRouter:
                     select(Group.guid, Group.name)
                     .join(GroupMember, GroupMember.group_id == Group.id)
                     .where(GroupMember.user_id == user.id)
-                ).tuples().all()
+                ).all()
             )
             return Viewer(user.id, user.guid, user.username, user.user_role, groups)
 
