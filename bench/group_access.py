@@ -41,7 +41,7 @@ from typing import Any
 import requests
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proxy import BIG_CHUNKS, app, free_port, wait_for_port  # noqa: E402
+from proxy import BIG_CHUNKS, app, free_port, wait_for_port
 
 
 def app_source() -> str:
