@@ -122,6 +122,7 @@ class ContentRouter:
         # Vanity path -> content guid, and when it was read (None: read it again).
         self._vanities: dict[str, str] = {}
         self._vanities_fetched: float | None = None
+        self._vanities_generation = 0  # moved on by every invalidation
 
     # --- caches -------------------------------------------------------------------------
 
@@ -132,6 +133,7 @@ class ContentRouter:
             self._content.pop(guid, None)
         # Any content change may add, move or (deleting content) remove a vanity path.
         self._vanities_fetched = None
+        self._vanities_generation += 1
 
     def forget_users(self) -> None:
         self._users.clear()
@@ -165,9 +167,10 @@ class ContentRouter:
         again after a change, or once it is older than the content cache's lifetime)."""
         fetched = self._vanities_fetched
         if fetched is None or time.monotonic() - fetched > _CONTENT_TTL:
-            started = time.monotonic()
+            started, generation = time.monotonic(), self._vanities_generation
             self._vanities = await asyncio.to_thread(self._load_vanities)
-            if self._vanities_fetched is None or self._vanities_fetched < started:
+            # A change during the read leaves the map to be read again on the next request.
+            if generation == self._vanities_generation:
                 self._vanities_fetched = started
         try:
             return vanity.match(self._vanities, path.decode())
