@@ -21,7 +21,7 @@ from rsconnect.bundle import make_api_bundle, make_html_bundle
 from rsconnect.environment import Environment
 from rsconnect.models import AppModes
 
-from podium.bundles import BundleError, BundleLimits, Manifest, parse_manifest, unpack_bundle
+from podium.bundles import BundleError, BundleLimits, Manifest, missing_files, parse_manifest, unpack_bundle
 
 LIMITS = BundleLimits(
     max_bytes=1024**3,
@@ -584,15 +584,17 @@ def test_unpack_bundle_refuses_bad_checksum(archive: Path, dest: Path) -> None:
     assert "'style.css' does not match its checksum" in err.message
 
 
-def test_unpack_bundle_refuses_listed_file_missing(archive: Path, dest: Path) -> None:
+def test_unpack_bundle_accepts_listed_file_missing_and_names_it(archive: Path, dest: Path) -> None:
+    # As Connect: a file the manifest lists but the archive leaves out (.gitignore'd, say)
+    # is a warning at deploy time, not a refusal; present files are still checked.
     manifest = html_manifest()
     manifest["files"]["script.js"] = {"checksum": md5(b"")}
     write_tar_gz(archive, html_entries(manifest))
 
-    err = refuse(archive, dest)
+    unpacked = unpack_bundle(archive, dest, LIMITS)
 
-    assert err.code == 38
-    assert "lists 'script.js' in files, but the bundle has no such file" in err.message
+    assert "script.js" in unpacked.files
+    assert missing_files(unpacked.model_dump(mode="json"), dest) == ["script.js"]
 
 
 def test_unpack_bundle_refuses_static_without_primary_html(archive: Path, dest: Path) -> None:

@@ -29,13 +29,16 @@ from podium.api import (
     deploy,
     env_vars,
     environments,
+    groups,
     jobs,
     keys,
     permissions,
     renderings,
     schedules,
     server,
+    tags,
     users,
+    vanities,
 )
 from podium.apps import write_runner
 from podium.build import Builder
@@ -270,7 +273,7 @@ def create_app(node: Node) -> FastAPI:
     _install_error_handlers(app)
     for module in (
         server, users, keys, content, bundles, deploy, env_vars, permissions, jobs, environments,
-        renderings, schedules, audit_logs,
+        renderings, schedules, audit_logs, groups, tags, vanities,
     ):
         app.include_router(module.router, prefix=API)
     app.include_router(content_routes.router)

@@ -19,7 +19,16 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from podium.store.models import ApiKey, Content, LoginSession, Permission, User, utcnow
+from podium.store.models import (
+    ApiKey,
+    Content,
+    Group,
+    GroupMember,
+    LoginSession,
+    Permission,
+    User,
+    utcnow,
+)
 
 Role = Literal["viewer", "publisher", "administrator"]
 ROLES: tuple[Role, ...] = ("viewer", "publisher", "administrator")
@@ -167,21 +176,46 @@ def csrf_ok(expected: str, given: str | None) -> bool:
 AppRole = Literal["owner", "editor", "viewer", "none"]
 
 
-def app_role(session: Session, user: User | None, content: Content) -> AppRole:
-    """The caller's relationship to ``content``: Connect's ``app_role``."""
+def group_guids(session: Session, user: User) -> list[str]:
+    """The guids of the groups ``user`` is a member of."""
+    return list(
+        session.scalars(
+            select(Group.guid)
+            .join(GroupMember, GroupMember.group_id == Group.id)
+            .where(GroupMember.user_id == user.id)
+        )
+    )
+
+
+def principal_guids(session: Session, user: User) -> list[str]:
+    """Every principal a permission may name to reach ``user``: the user and its groups."""
+    return [user.guid, *group_guids(session, user)]
+
+
+def app_role(
+    session: Session, user: User | None, content: Content, principals: list[str] | None = None
+) -> AppRole:
+    """The caller's relationship to ``content``: Connect's ``app_role``. A permission of one
+    of the user's groups counts as the user's own; the strongest role wins. ``principals``
+    (from :func:`principal_guids`) saves looking the groups up again for each item."""
     if user is None:
         return "none"
     if content.owner_id == user.id:
         return "owner"
-    permission = session.scalar(
-        select(Permission).where(
-            Permission.content_id == content.id, Permission.principal_guid == user.guid
+    roles = set(
+        session.scalars(
+            select(Permission.role).where(
+                Permission.content_id == content.id,
+                Permission.principal_guid.in_(
+                    principals if principals is not None else principal_guids(session, user)
+                ),
+            )
         )
     )
-    if permission is None:
+    if not roles:
         return "none"
     # A permission role "owner" makes a collaborator, which Connect reports as "editor".
-    return "editor" if permission.role == "owner" else "viewer"
+    return "editor" if "owner" in roles else "viewer"
 
 
 def environment_user(user: User) -> str | None:

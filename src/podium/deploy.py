@@ -21,6 +21,7 @@ from podium.appmodes import PYTHON_INTERACTIVE, R_INTERACTIVE
 from podium.apps import RUNTIME_REQUIREMENTS
 from podium.build import Builder, BuildRequest, BuiltEnvironment, RBuildRequest
 from podium.build.r import RLibrary, r_managed
+from podium.bundles import missing_files
 from podium.changes import Changes
 from podium.environments.catalogue import resolve
 from podium.environments.model import Environment, Installation, InvalidRequest
@@ -82,8 +83,14 @@ class Deployer:
                 bundle = session.get(Bundle, request.bundle_id)
                 if content is None or bundle is None:
                     raise TaskFailed("The content or bundle was deleted during the deploy.")
-                guid, app_mode = content.guid, bundle.app_mode
+                guid, app_mode, manifest = content.guid, bundle.app_mode, dict(bundle.manifest)
             out.line(f"Deploying bundle {request.bundle_id} ({app_mode}) to content {guid}")
+            bundle_dir = self.layout.bundle_dir(request.content_id, request.bundle_id)
+            for name in missing_files(manifest, bundle_dir):
+                out.line(
+                    f"Warning: manifest.json lists {name!r}, but the bundle does not hold it; "
+                    "deploying without it (add it to the bundle, or drop it from the manifest's files)."
+                )
             if app_mode not in SUPPORTED_APP_MODES:
                 raise TaskFailed(
                     f"This Podium server cannot run {app_mode!r} content yet; supported app modes: "

@@ -27,14 +27,6 @@ from collections.abc import Callable
 CODE_SECONDS = 60
 
 
-def onward_path(guid: str, wanted: str) -> str:
-    """Where a hand-off for ``guid`` may lead: ``wanted`` when it is a path of that content
-    item (never another item, another host, or a path a browser could read otherwise),
-    else the item's root."""
-    prefix = f"/content/{guid}/"
-    return wanted if wanted.startswith(prefix) and "\\" not in wanted else prefix
-
-
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 

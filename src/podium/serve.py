@@ -59,6 +59,9 @@ async def serve(node: Node) -> None:
         KeyGuard(node.router.dashboard, node.throttle), str(socket_path),
         content_router=KeyGuard(node.router.content, node.throttle),
         content_host=node.urls.content_host() if settings.content_origin else None,
+        # Vanity paths on the dashboard origin are redirected like /content/: the router sees
+        # every target there but the API's and Podium's own (/__...), which no vanity can take.
+        app_prefixes=(b"/__",),
     )
     await front.start(settings.host, settings.port)
     log.info("Podium listening on http://%s:%d/ (dashboard and API)", settings.host, front.port)

@@ -117,6 +117,13 @@ class Settings(BaseSettings):
         "Mark the session cookie Secure (sent over HTTPS only). When not set, it is on exactly "
         "when public_url starts with https://; set it explicitly to override.",
     )
+    publishers_can_manage_vanities: bool = setting(
+        True,
+        "auth",
+        "Whether publishers may set and remove the vanity paths of content they own or "
+        "collaborate on (Connect's Authorization.PublishersCanManageVanities). When off, only "
+        "administrators may.",
+    )
     signin_free_failures_per_account: int = setting(
         5,
         "auth",

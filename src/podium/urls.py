@@ -30,6 +30,10 @@ class Urls:
     def content(self, guid: str) -> str:
         return f"{self.content_origin.replace('{guid}', guid)}/content/{guid}/"
 
+    def vanity(self, guid: str, path: str) -> str:
+        """The public URL of a content item's vanity ``path`` (``/sales/``), on its origin."""
+        return f"{self.content_origin.replace('{guid}', guid)}{path}"
+
     def dashboard(self, guid: str) -> str:
         return f"{self.public}connect/#/apps/{guid}"
 

@@ -22,7 +22,7 @@ from podium.changes import Changes
 from podium.layout import DataLayout
 from podium.scheduler import Scheduler
 from podium.settings import Settings
-from podium.store.models import Content, Permission, User
+from podium.store.models import Content, ContentTag, Permission, Tag, User, Vanity
 from podium.urls import Urls
 
 router = APIRouter()
@@ -68,6 +68,72 @@ def _includes(value: str | None) -> set[str]:
     return {part.strip() for part in (value or "").split(",") if part.strip()}
 
 
+def generated_name(session: Session, title: Any) -> str:
+    """A valid name no content has yet, for content created without one (as Connect
+    does): the title made safe (rsconnect's rule), else ``content``, numbered when taken."""
+    base = re.sub(r"[^a-z0-9_ -]", "", str(title or "").lower()).strip().replace(" ", "_")
+    base = re.sub(r"_+", "_", base)[:56] or "content"
+    base = base.ljust(3, "_")
+    taken = set(session.scalars(select(Content.name).where(Content.name.like(f"{base}%"))))
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def content_views(
+    session: Session, urls: Urls, user: User | None, items: list[Content], includes: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """``content_json`` of each item with its vanity path, role and (``include=tags``) tags,
+    loaded in one query each for the whole list."""
+    ids = [item.id for item in items]
+    vanities: dict[int, str] = dict(
+        session.execute(select(Vanity.content_id, Vanity.path).where(Vanity.content_id.in_(ids))).all()
+    )
+    tags: dict[int, list[Tag]] = {}
+    if includes and "tags" in includes:
+        rows = session.execute(
+            select(ContentTag.content_id, Tag).join(Tag, Tag.id == ContentTag.tag_id)
+            .where(ContentTag.content_id.in_(ids)).order_by(Tag.id)
+        ).all()
+        for content_id, tag in rows:
+            tags.setdefault(content_id, []).append(tag)
+    principals = auth.principal_guids(session, user) if user is not None else None
+    return [
+        content_json(
+            urls, item, auth.app_role(session, user, item, principals), includes,
+            vanities.get(item.id), tags.get(item.id, []),
+        )
+        for item in items
+    ]
+
+
+def content_view(
+    session: Session, urls: Urls, user: User | None, item: Content, includes: set[str] | None = None
+) -> dict[str, Any]:
+    return content_views(session, urls, user, [item], includes)[0]
+
+
+def visible_query(session: Session, user: User | None) -> Any:
+    """Content the caller may see, in creation order: administrators all; others what is
+    public, for signed-in users, theirs, or shared with them or one of their groups."""
+    query = select(Content).order_by(Content.id)
+    if auth.at_least(user, "administrator"):
+        return query
+    visible = [Content.access_type == "all"]
+    if user is not None and not user.locked:
+        shared = select(Permission.content_id).where(
+            Permission.principal_guid.in_(auth.principal_guids(session, user))
+        )
+        visible += [
+            Content.access_type == "logged_in",
+            Content.owner_id == user.id,
+            Content.id.in_(shared),
+        ]
+    return query.where(or_(*visible))
+
+
 @router.get("/v1/content")
 def list_content(
     request: Request,
@@ -78,29 +144,12 @@ def list_content(
     session: Session = Depends(deps.db),
     who: deps.Caller = Depends(deps.caller),
 ) -> list[dict[str, Any]]:
-    query = select(Content).order_by(Content.id)
+    query = visible_query(session, who.user)
     if name is not None:
         query = query.where(Content.name == name)
     if owner_guid is not None:
         query = query.join(User, Content.owner_id == User.id).where(User.guid == owner_guid)
-    user = who.user
-    if not auth.at_least(user, "administrator"):
-        shared = select(Permission.content_id).where(
-            Permission.principal_guid == (user.guid if user else "")
-        )
-        visible = [Content.access_type == "all"]
-        if user is not None and not user.locked:
-            visible += [
-                Content.access_type == "logged_in",
-                Content.owner_id == user.id,
-                Content.id.in_(shared),
-            ]
-        query = query.where(or_(*visible))
-    includes = _includes(include)
-    return [
-        content_json(urls, item, auth.app_role(session, user, item), includes)
-        for item in session.scalars(query)
-    ]
+    return content_views(session, urls, who.user, list(session.scalars(query)), _includes(include))
 
 
 @router.post("/v1/content")
@@ -112,7 +161,7 @@ async def create_content(
     user: User = Depends(deps.publisher),
 ) -> dict[str, Any]:
     body = await json_object(request)
-    name = check_name(body.get("name"))
+    name = check_name(body["name"]) if body.get("name") is not None else generated_name(session, body.get("title"))
     content = Content(name=name, owner_id=user.id, title=None)
     patch = validate_content_patch(settings, user, content, body, creating=True)
     for field, value in patch.items():
@@ -125,7 +174,7 @@ async def create_content(
     except IntegrityError:
         session.rollback()
         raise errors.name_exists(name) from None
-    return content_json(urls, content, "owner")
+    return content_view(session, urls, user, content)
 
 
 @router.get("/v1/content/{guid}")
@@ -137,7 +186,7 @@ def get_content(
     who: deps.Caller = Depends(deps.caller),
 ) -> dict[str, Any]:
     content = visible_content(session, who.user, guid)
-    return content_json(urls, content, auth.app_role(session, who.user, content), _includes(include))
+    return content_view(session, urls, who.user, content, _includes(include))
 
 
 @router.patch("/v1/content/{guid}")
@@ -167,7 +216,7 @@ async def update_content(
         session.rollback()
         raise errors.name_exists(str(body.get("name"))) from None
     changes.content(content.guid)
-    return content_json(urls, content, auth.app_role(session, user, content))
+    return content_view(session, urls, user, content)
 
 
 @router.delete("/v1/content/{guid}", status_code=204)
@@ -204,7 +253,7 @@ def get_application_v0(
     content = session.scalar(query)
     if content is None or not auth.can_see_settings(session, who.user, content):
         raise errors.not_found("content", ident)
-    body = content_json(urls, content, auth.app_role(session, who.user, content))
+    body = content_view(session, urls, who.user, content)
     body.update(
         {
             "id": content.id,

@@ -12,29 +12,42 @@ from podium import audit, auth, errors
 from podium.api import deps
 from podium.api.body import json_object
 from podium.api.content import describe, managed_content, visible_content
-from podium.api.lookup import by_number, found
+from podium.api.lookup import by_number
 from podium.api.serialize import permission_json
 from podium.changes import Changes
-from podium.store.models import Content, Permission, User
+from podium.store.models import Content, Group, Permission, User
 
 router = APIRouter()
 ROLES = ("viewer", "owner")
 
 
 def _check(session: Session, content: Content, body: dict[str, Any]) -> tuple[str, str, str]:
+    """The (principal guid, type, role) ``body`` asks for, each checked: a user or a group
+    that exists, a role Connect knows; collaborators must be able to publish."""
     principal_type = body.get("principal_type", "user")
-    if principal_type != "user":
+    if principal_type not in ("user", "group"):
         raise errors.bad_request(
-            f"principal_type {principal_type!r} is not supported: Podium has no groups yet; "
-            "use 'user'.", code=152,
+            f"principal_type must be 'user' or 'group'; got {principal_type!r}.", code=152
         )
     role = body.get("role")
     if role not in ROLES:
         raise errors.bad_request(
-            f"role must be 'viewer' or 'owner' (collaborator); got {role!r}.", code=153
+            f"role must be 'viewer' or 'owner' (collaborator); got {role!r}.", code=25
         )
-    principal_guid = body.get("principal_guid")
-    user = found(session.scalar(select(User).where(User.guid == str(principal_guid))), "user", str(principal_guid))
+    principal_guid = str(body.get("principal_guid"))
+    if principal_type == "group":
+        group = session.scalar(select(Group).where(Group.guid == principal_guid))
+        if group is None:
+            raise errors.bad_request(
+                f"There is no group with guid {principal_guid!r}; list groups with GET v1/groups.",
+                code=153,
+            )
+        return group.guid, principal_type, role
+    user = session.scalar(select(User).where(User.guid == principal_guid))
+    if user is None:
+        raise errors.bad_request(
+            f"There is no user with guid {principal_guid!r}; list users with GET v1/users.", code=4
+        )
     if user.id == content.owner_id:
         raise errors.bad_request("The owner of content cannot be added as a collaborator or viewer.", code=34)
     if role == "owner" and not auth.at_least(user, "publisher"):
@@ -46,9 +59,12 @@ def _check(session: Session, content: Content, body: dict[str, Any]) -> tuple[st
 
 
 def _principal(session: Session, principal_guid: str) -> str:
-    """How audit entries name the user a permission is for."""
+    """How audit entries name the user or group a permission is for."""
     user = session.scalar(select(User).where(User.guid == principal_guid))
-    return audit.describe(user) if user is not None else principal_guid
+    if user is not None:
+        return audit.describe(user)
+    group = session.scalar(select(Group).where(Group.guid == principal_guid))
+    return f"group {group.name!r}" if group is not None else principal_guid
 
 
 def _load(session: Session, content: Content, permission_id: str) -> Permission:
@@ -86,7 +102,9 @@ async def add_permission(
     )
     if existing is not None:
         raise errors.ApiError(
-            409, 26, "This user already has a permission on this content; update it instead."
+            409, 155 if principal_type == "group" else 154,
+            f"This {principal_type} already has a permission on this content; update it instead "
+            f"(PUT v1/content/{content.guid}/permissions/{existing.id}).",
         )
     permission = Permission(
         content_id=content.id, principal_guid=principal_guid, principal_type=principal_type, role=role
@@ -122,7 +140,17 @@ async def update_permission(
     permission = _load(session, content, permission_id)
     body = await json_object(request)
     body.setdefault("principal_guid", permission.principal_guid)
+    body.setdefault("principal_type", permission.principal_type)
     principal_guid, principal_type, role = _check(session, content, body)
+    if principal_guid != permission.principal_guid and session.scalar(
+        select(Permission.id).where(
+            Permission.content_id == content.id, Permission.principal_guid == principal_guid
+        )
+    ):
+        raise errors.ApiError(
+            409, 155 if principal_type == "group" else 154,
+            f"This {principal_type} already has another permission on this content.",
+        )
     permission.principal_guid, permission.principal_type, permission.role = (
         principal_guid, principal_type, role,
     )

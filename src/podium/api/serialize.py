@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from podium.store.models import Bundle, Content, Permission, User
+from podium.store.models import Bundle, Content, Group, Permission, Tag, User
 from podium.urls import Urls
 
 RUNTIME_FIELDS = (
@@ -54,8 +54,16 @@ def user_json(user: User) -> dict[str, Any]:
 
 
 def content_json(
-    urls: Urls, content: Content, app_role: str, include: set[str] | None = None
+    urls: Urls,
+    content: Content,
+    app_role: str,
+    include: set[str] | None = None,
+    vanity: str | None = None,
+    tags: list[Tag] | None = None,
 ) -> dict[str, Any]:
+    """Content as Connect shows it; ``vanity`` is its vanity path, ``tags`` its tags (shown
+    with ``include=tags``). Every endpoint passes both, so the same item reads the same
+    from create, get and list."""
     body: dict[str, Any] = {
         "guid": content.guid,
         "id": str(content.id),
@@ -75,7 +83,7 @@ def content_json(
         "content_url": urls.content(content.guid),
         "dashboard_url": urls.dashboard(content.guid),
         "app_role": app_role,
-        "vanity_url": None,
+        "vanity_url": urls.vanity(content.guid, vanity) if vanity else None,
         "run_as": None,
         "run_as_current_user": False,
         "service_account_name": content.service_account_name,
@@ -95,8 +103,26 @@ def content_json(
             "last_name": content.owner.last_name,
         }
     if include and "tags" in include:
-        body["tags"] = []
+        body["tags"] = [tag_json(tag) for tag in tags or []]
     return body
+
+
+def tag_json(tag: Tag) -> dict[str, Any]:
+    return {
+        "id": str(tag.id),
+        "name": tag.name,
+        "parent_id": str(tag.parent_id) if tag.parent_id is not None else None,
+        "created_time": iso(tag.created_time),
+        "updated_time": iso(tag.updated_time),
+    }
+
+
+def group_json(group: Group) -> dict[str, Any]:
+    return {
+        "guid": group.guid,
+        "name": group.name,
+        "owner_guid": group.owner.guid if group.owner is not None else None,
+    }
 
 
 def bundle_json(bundle: Bundle, content: Content) -> dict[str, Any]:

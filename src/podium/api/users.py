@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy import func, select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -15,6 +15,7 @@ from podium.api import deps
 from podium.api.body import json_object
 from podium.api.credentials import failure_throttle
 from podium.api.lookup import found
+from podium.api.paging import like_prefix, page
 from podium.api.serialize import user_json
 from podium.changes import Changes
 from podium.store.models import User
@@ -28,7 +29,7 @@ def check_username(value: Any) -> str:
     if not isinstance(value, str) or not USERNAME_RE.match(value):
         raise errors.bad_request(
             f"The username {value!r} is not valid: start with a letter, then letters, digits, "
-            "'.', '_' or '-', at most 64 characters."
+            "'.', '_' or '-', at most 64 characters.", code=7,
         )
     return value
 
@@ -50,6 +51,9 @@ def me(user: User = Depends(deps.user)) -> dict[str, Any]:
     return user_json(user)
 
 
+ACCOUNT_STATUSES = ("locked", "licensed", "inactive")
+
+
 @router.get("/v1/users")
 def list_users(
     prefix: str | None = None,
@@ -59,34 +63,41 @@ def list_users(
     page_size: int = 20,
     session: Session = Depends(deps.db),
     _: User = Depends(deps.publisher),
+    asc_order: bool = True,
 ) -> dict[str, Any]:
+    """Users in creation order. ``prefix`` matches the start of the user name, first or last
+    name or email, ignoring case; ``user_role`` and ``account_status`` take ``|``-separated
+    lists (``locked``; ``licensed``: not locked; ``inactive``: never signed in or used a key)."""
     query = select(User)
     if prefix:
-        like = prefix.replace("%", r"\%").replace("_", r"\_") + "%"
+        like = like_prefix(prefix)
         query = query.where(
             User.username.ilike(like, escape="\\") | User.email.ilike(like, escape="\\")
             | User.first_name.ilike(like, escape="\\") | User.last_name.ilike(like, escape="\\")
         )
     if user_role:
-        query = query.where(User.user_role.in_(user_role.split("|")))
+        roles = user_role.split("|")
+        for role in roles:
+            check_role(role)
+        query = query.where(User.user_role.in_(roles))
     if account_status:
-        statuses = set(account_status.split("|"))
-        if statuses <= {"locked", "licensed", "inactive"}:
-            if "locked" in statuses and "licensed" not in statuses:
-                query = query.where(User.locked.is_(True))
-            elif "licensed" in statuses and "locked" not in statuses:
-                query = query.where(User.locked.is_(False))
-    page_size = max(1, min(page_size, 500))
-    page_number = max(1, page_number)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    users = session.scalars(
-        query.order_by(User.id).offset((page_number - 1) * page_size).limit(page_size)
-    )
-    return {
-        "results": [user_json(u) for u in users],
-        "current_page": page_number,
-        "total": total,
-    }
+        statuses = account_status.split("|")
+        unknown = [s for s in statuses if s not in ACCOUNT_STATUSES]
+        if unknown:
+            raise errors.bad_request(
+                f"account_status takes {', '.join(ACCOUNT_STATUSES)} separated by '|'; got {unknown[0]!r}.",
+                code=25,
+            )
+        wanted = []
+        if "locked" in statuses:
+            wanted.append(User.locked.is_(True))
+        if "licensed" in statuses:
+            wanted.append(User.locked.is_(False))
+        if "inactive" in statuses:
+            wanted.append(User.active_time.is_(None))
+        query = query.where(or_(*wanted))
+    order = User.id.asc() if asc_order else User.id.desc()
+    return page(session, query.order_by(order), page_number, page_size, user_json)
 
 
 @router.get("/v1/users/{guid}")
@@ -108,8 +119,13 @@ async def create_user(
     username = check_username(body.get("username"))
     role = check_role(body.get("user_role", "viewer"))
     password = body.get("password")
-    if password is not None and (not isinstance(password, str) or len(password) < 8):
-        raise errors.bad_request("The password must be at least 8 characters long.")
+    if body.get("user_must_set_password") is True:
+        password = None  # they choose one when an administrator gives them a reset
+    elif password is not None and (not isinstance(password, str) or len(password) < 8):
+        raise errors.bad_request(
+            "The password is too weak: use at least 8 characters (or leave it out and set "
+            "user_must_set_password).", code=6,
+        )
     try:
         user = auth.create_user(
             session, username, role, password,
@@ -121,7 +137,7 @@ async def create_user(
         session.commit()
     except IntegrityError:
         session.rollback()
-        raise errors.ApiError(409, 26, f"A user named {username!r} already exists.") from None
+        raise errors.ApiError(409, 8, f"A user named {username!r} already exists; choose another user name.") from None
     return user_json(user)
 
 
@@ -165,7 +181,7 @@ async def update_user(
         session.commit()
     except IntegrityError:
         session.rollback()
-        raise errors.ApiError(409, 26, "That username is taken.") from None
+        raise errors.ApiError(409, 8, "That user name is taken; choose another.") from None
     changes.users()
     return user_json(user)
 

@@ -25,7 +25,7 @@ from .manifest import (
     RRequirement,
     parse_manifest,
 )
-from .unpack import BundleLimits, unpack_bundle
+from .unpack import BundleLimits, missing_files, unpack_bundle
 
 __all__ = [
     "APP_MODES",
@@ -47,5 +47,6 @@ __all__ = [
     "QuartoSection",
     "RRequirement",
     "parse_manifest",
+    "missing_files",
     "unpack_bundle",
 ]

@@ -37,7 +37,7 @@ import zlib
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO, cast
+from typing import IO, Any, BinaryIO, cast
 
 from .manifest import (
     CHECKSUM_MISMATCH,
@@ -351,11 +351,9 @@ def _check_contents(root: Path, kinds: dict[str, str]) -> Manifest:
     for listed, entry in manifest.files.items():
         actual = _md5(root, kinds, bundle_path(listed))
         if actual is None:
-            raise BundleError(
-                MANIFEST_INVALID,
-                f"manifest.json lists {_q(listed)} in files, but the bundle has no such file; "
-                "add it to the bundle or rewrite the manifest",
-            )
+            # Connect accepts it (a .gitignore'd file, say): the deploy log warns, see
+            # missing_files; files that are present are still checked.
+            continue
         if entry.checksum is not None and actual != entry.checksum:
             raise BundleError(
                 CHECKSUM_MISMATCH,
@@ -402,3 +400,18 @@ def _check_primary_document(root: Path, kinds: dict[str, str], manifest: Manifes
             "static bundle has no index.html and manifest.json names no metadata.primary_html; "
             "add one of them",
         )
+
+
+def missing_files(manifest: dict[str, Any], root: Path) -> list[str]:
+    """Files ``manifest`` lists that the unpacked bundle at ``root`` does not hold (the
+    upload accepted them; a deploy says so as a warning)."""
+    listed = manifest.get("files") or {}
+    missing = []
+    for name in listed:
+        try:
+            path = bundle_path(name)
+        except BundleError:
+            continue
+        if not (root / path).is_file():
+            missing.append(name)
+    return missing

@@ -78,8 +78,13 @@ class HostMatcher(Protocol):
 
 # What requests passed to the app carry: the origin they arrived on. The header is the
 # front's to set: on the dashboard origin a client's own is removed.
-_APP_FROM_CONTENT = Forward("", 0, b"", set_headers=[(b"x-podium-origin", b"content")])
-_APP_FROM_DASHBOARD = Forward("", 0, b"", remove_headers=frozenset({b"x-podium-origin"}))
+# So is X-Podium-Vanity: the vanity path a request came by (see PassToApp).
+_APP_FROM_CONTENT = Forward(
+    "", 0, b"", set_headers=[(b"x-podium-origin", b"content")], remove_headers=frozenset({b"x-podium-vanity"})
+)
+_APP_FROM_DASHBOARD = Forward(
+    "", 0, b"", remove_headers=frozenset({b"x-podium-origin", b"x-podium-vanity"})
+)
 
 
 class Server(Protocol):
@@ -93,6 +98,8 @@ class Server(Protocol):
     pool: Pool
     app_key: Key  # where requests that are not routed go (the internal app)
     prefixes: tuple[bytes, ...]  # targets the router decides
+    # None, or: the router decides every target except these (which go to the app)
+    app_prefixes: tuple[bytes, ...] | None
     max_head_bytes: int
     trust_forwarded_headers: bool
     closing: bool
@@ -372,7 +379,9 @@ class ClientConnection(asyncio.Protocol):
         )
         if self.on_content and front.content_router is not None:
             router = front.content_router
-        elif not req.target.startswith(front.prefixes):
+        elif not req.target.startswith(front.prefixes) and (
+            front.app_prefixes is None or req.target.startswith(front.app_prefixes)
+        ):
             self._forward(req, front.app_key, req.target, _APP_FROM_DASHBOARD)
             return
         try:
@@ -420,7 +429,12 @@ class ClientConnection(asyncio.Protocol):
             self._forward(req, key, decision.target, decision)
         elif isinstance(decision, PassToApp):
             origin = _APP_FROM_CONTENT if self.on_content else _APP_FROM_DASHBOARD
-            self._forward(req, self.front.app_key, req.target, origin)
+            if decision.vanity is not None:
+                origin = Forward(
+                    "", 0, b"", set_headers=[*origin.set_headers, (b"x-podium-vanity", decision.vanity)],
+                    remove_headers=origin.remove_headers,
+                )
+            self._forward(req, self.front.app_key, decision.target or req.target, origin)
         elif isinstance(decision, Respond):
             self._answer(req, decision.status, decision.headers, decision.body)
         else:

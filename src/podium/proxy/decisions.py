@@ -54,12 +54,18 @@ class Respond:
 
 
 class PassToApp:
-    """Forward the request unchanged to the internal app (use :data:`PASS_TO_APP`)."""
+    """Forward the request to the internal app: unchanged (use :data:`PASS_TO_APP`), or
+    with ``target`` as its request-target, having come by the vanity path ``vanity``
+    (the app is told in ``X-Podium-Vanity``, a header only the front sets)."""
 
-    __slots__ = ()
+    __slots__ = ("target", "vanity")
+
+    def __init__(self, target: bytes | None = None, vanity: bytes | None = None) -> None:
+        self.target = target
+        self.vanity = vanity
 
     def __repr__(self) -> str:
-        return "PASS_TO_APP"
+        return "PASS_TO_APP" if self.target is None else f"PassToApp({self.target!r}, {self.vanity!r})"
 
 
 PASS_TO_APP: Final = PassToApp()

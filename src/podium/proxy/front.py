@@ -50,7 +50,10 @@ class Front:
     timeout: uvicorn's is 5 s); ``connect_timeout_seconds`` bounds a connect to an
     upstream (504 beyond; a refused connect is a 502); ``content_router`` decides
     requests on the content origin and ``content_host`` recognises that origin's ``Host``
-    on the main listener (None: only the content listener serves content).
+    on the main listener (None: only the content listener serves content);
+    ``app_prefixes``, when given, makes the ``router`` decide every dashboard-origin target
+    outside ``prefixes`` too (vanity paths), except those under ``app_prefixes``, which go
+    straight to the app (the API's ``/__api__/``).
     """
 
     def __init__(
@@ -66,8 +69,10 @@ class Front:
         connect_timeout_seconds: float = 10.0,
         content_router: Router | None = None,
         content_host: HostMatcher | None = None,
+        app_prefixes: tuple[bytes, ...] | None = None,
     ) -> None:
         self.router = router
+        self.app_prefixes = app_prefixes
         self.content_router = content_router
         self.content_host = content_host
         self.app_key: Key = app_socket

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
-from podium import auth
+from podium import auth, vanity
 from podium.handoff import Handoff
 from podium.proxy.decisions import PASS_TO_APP, Forward, PassToApp, Respond
 from podium.scheduler import AppTarget, Scheduler, Unavailable
 from podium.store import Store
-from podium.store.models import Content, Permission, User
+from podium.store.models import Content, Group, GroupMember, Permission, User, Vanity
 from podium.urls import Urls
 
 _CONTENT_TTL = 2.0
@@ -60,6 +60,20 @@ class Viewer:
     guid: str
     username: str
     role: str
+    # The viewer's groups (guid -> name), loaded with the viewer: permissions may name them.
+    groups: dict[str, str] = field(default_factory=dict)
+
+    def role_in(self, roles: dict[str, str]) -> str | None:
+        """The strongest permission role ``roles`` gives the viewer or one of its groups."""
+        found = roles.get(self.guid)
+        if found == "owner":
+            return found
+        for group in self.groups:
+            role = roles.get(group)
+            if role == "owner":
+                return role
+            found = found or role
+        return found
 
 
 @dataclass
@@ -105,6 +119,10 @@ class ContentRouter:
         self.dashboard = OriginRouter(self, content_origin=False)
         self._content: dict[str, ContentInfo] = {}
         self._users: dict[str, tuple[float, Viewer | None]] = {}
+        # Vanity path -> content guid, and when it was read (None: read it again).
+        self._vanities: dict[str, str] = {}
+        self._vanities_fetched: float | None = None
+        self._vanities_generation = 0  # moved on by every invalidation
 
     # --- caches -------------------------------------------------------------------------
 
@@ -113,6 +131,9 @@ class ContentRouter:
             self._content.clear()
         else:
             self._content.pop(guid, None)
+        # Any content change may add, move or (deleting content) remove a vanity path.
+        self._vanities_fetched = None
+        self._vanities_generation += 1
 
     def forget_users(self) -> None:
         self._users.clear()
@@ -140,6 +161,28 @@ class ContentRouter:
             return ContentInfo(
                 content.id, content.guid, content.owner_id, content.access_type, content.bundle_id, roles
             )
+
+    async def _vanity(self, path: bytes) -> tuple[str, str] | None:
+        """``(vanity path, guid)`` for a path under a vanity, from the cached map (read
+        again after a change, or once it is older than the content cache's lifetime)."""
+        fetched = self._vanities_fetched
+        if fetched is None or time.monotonic() - fetched > _CONTENT_TTL:
+            started, generation = time.monotonic(), self._vanities_generation
+            self._vanities = await asyncio.to_thread(self._load_vanities)
+            # A change during the read leaves the map to be read again on the next request.
+            if generation == self._vanities_generation:
+                self._vanities_fetched = started
+        try:
+            return vanity.match(self._vanities, path.decode())
+        except UnicodeDecodeError:
+            return None
+
+    def _load_vanities(self) -> dict[str, str]:
+        with self.store.session() as session:
+            rows = session.execute(
+                select(Vanity.path, Content.guid).join(Content, Content.id == Vanity.content_id)
+            ).all()
+            return dict(rows)
 
     async def _target(self, info: ContentInfo, bundle_id: int, draft: bool) -> AppTarget | None:
         if bundle_id not in info.bundles:
@@ -190,7 +233,14 @@ class ContentRouter:
                 user = auth.user_for_session_id(session, session_id or 0)
             if user is None:
                 return None
-            return Viewer(user.id, user.guid, user.username, user.user_role)
+            groups = dict(
+                session.execute(
+                    select(Group.guid, Group.name)
+                    .join(GroupMember, GroupMember.group_id == Group.id)
+                    .where(GroupMember.user_id == user.id)
+                ).all()
+            )
+            return Viewer(user.id, user.guid, user.username, user.user_role, groups)
 
     # --- decisions ----------------------------------------------------------------------
 
@@ -202,7 +252,7 @@ class ContentRouter:
             return False
         if info.access_type == "logged_in" or viewer.role == "administrator":
             return True
-        return viewer.id == info.owner_id or viewer.guid in info.roles
+        return viewer.id == info.owner_id or viewer.role_in(info.roles) is not None
 
     @staticmethod
     def _may_manage(info: ContentInfo, viewer: Viewer | None) -> bool:
@@ -211,7 +261,7 @@ class ContentRouter:
         if viewer.role == "administrator":
             return True
         return viewer.role == "publisher" and (
-            viewer.id == info.owner_id or info.roles.get(viewer.guid) == "owner"
+            viewer.id == info.owner_id or viewer.role_in(info.roles) == "owner"
         )
 
     async def route(
@@ -224,13 +274,24 @@ class ContentRouter:
     ) -> Forward | Respond | PassToApp:
         path, _, query = target.partition(b"?")
         match = _PATH.match(path)
+        to_app: PassToApp = PASS_TO_APP
+        if match is None and path != HANDOFF_PATH:
+            found = await self._vanity(path)
+            if found is not None:  # served as /content/{guid}/..., which apps were started with
+                prefix, guid = found[0].encode(), found[1]
+                if not content_origin and api_key(headers) is None:
+                    return self._to_content_origin(guid, target)
+                if len(path) < len(prefix):  # /sales -> /sales/
+                    location = prefix + (b"?" + query if query else b"")
+                    return Respond(301, [(b"location", location), (b"cache-control", b"no-store")], b"")
+                path = b"/content/" + guid.encode() + path[len(prefix) - 1:]
+                match = _PATH.match(path)
+                to_app = PassToApp(path + (b"?" + query if query else b""), prefix)
         if not content_origin:
             if match is None:
                 return PASS_TO_APP
             if api_key(headers) is None:  # browsers: to the content origin
-                guid = match.group(1).decode().lower()
-                origin = self.urls.content_origin.replace("{guid}", guid).encode()
-                return Respond(307, [(b"location", origin + target), (b"cache-control", b"no-store")], b"")
+                return self._to_content_origin(match.group(1).decode().lower(), target)
         elif match is None:
             return PASS_TO_APP if path == HANDOFF_PATH else self._not_content()
         elif self.urls.per_content_hosts:
@@ -238,34 +299,34 @@ class ContentRouter:
             if self.content_host.guid(host) != match.group(1).decode().lower():
                 return self._not_content()
         if match.group(2) is None:
-            return PASS_TO_APP
+            return to_app
         guid = match.group(1).decode().lower()
         rest = match.group(2)
         info = await self._info(guid)
         if info is None:
-            return PASS_TO_APP
+            return to_app
         draft = _DRAFT.match(rest)
         if draft is not None:
             if draft.group(2) is None:
-                return PASS_TO_APP
+                return to_app
             bundle_id = int(draft.group(1))
             rest = draft.group(2)
             base = f"/content/{guid}/_bundle{bundle_id}/"
         elif info.bundle_id is None:
-            return PASS_TO_APP
+            return to_app
         else:
             bundle_id = info.bundle_id
             base = f"/content/{guid}/"
         app = await self._target(info, bundle_id, draft is not None)
         if app is None or app.base_path != base:
-            return PASS_TO_APP
+            return to_app
         viewer = await self._viewer(headers, guid if content_origin else None)
         if viewer is False:
-            return PASS_TO_APP
+            return to_app
         assert viewer is not True
         allowed = self._may_manage(info, viewer) if draft is not None else self._may_view(info, viewer)
         if not allowed:
-            return PASS_TO_APP
+            return to_app
         browser = method == b"GET" and any(
             n.lower() == b"accept" and b"text/html" in v for n, v in headers
         )
@@ -288,6 +349,10 @@ class ContentRouter:
             unix_path=lease.unix_path,
         )
 
+
+    def _to_content_origin(self, guid: str, target: bytes) -> Respond:
+        origin = self.urls.content_origin.replace("{guid}", guid).encode()
+        return Respond(307, [(b"location", origin + target), (b"cache-control", b"no-store")], b"")
 
     def _not_content(self) -> Respond:
         from html import escape
@@ -334,7 +399,7 @@ def api_key(headers: list[tuple[bytes, bytes]]) -> str | None:
 def _identity_headers(headers: list[tuple[bytes, bytes]], viewer: Viewer | None) -> list[tuple[bytes, bytes]]:
     out: list[tuple[bytes, bytes]] = []
     if viewer is not None:
-        identity = json.dumps({"user": viewer.username, "groups": []}).encode()
+        identity = json.dumps({"user": viewer.username, "groups": sorted(viewer.groups.values())}).encode()
         out.append((b"rstudio-connect-credentials", identity))
     kept: list[str] = []
     for name, value in headers:

@@ -29,12 +29,13 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from podium import auth, errors
+from podium import auth, errors, vanity
 from podium.api import credentials, deps
-from podium.handoff import Handoff, onward_path
+from podium.handoff import Handoff
 from podium.layout import DataLayout
 from podium.proxy.router import CONTENT_COOKIE, HANDOFF_PATH
 from podium.render import RENDERED_MODES, latest_rendering
+from podium.store import Store
 from podium.store.models import Bundle, Content, Rendering
 from podium.urls import Urls
 
@@ -64,7 +65,13 @@ def _on_content_origin(request: Request) -> bool:
 
 
 def _target(request: Request) -> str:
-    return request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    """The address the viewer asked for: what the front passed here, with the vanity path
+    it came by (``X-Podium-Vanity``, set only by the front) put back."""
+    path = request.url.path
+    via = request.headers.get("x-podium-vanity")
+    if via and _on_content_origin(request):
+        path = via + path.split("/", 3)[3] if path.count("/") >= 3 else via
+    return path + (f"?{request.url.query}" if request.url.query else "")
 
 
 def _denied(request: Request, who: deps.Caller, urls: Urls, guid: str) -> Response:
@@ -240,6 +247,7 @@ def redeem_handoff(
     next: str = "",
     urls: Urls = Depends(deps.urls),
     handoff: Handoff = Depends(deps.handoff),
+    store: Store = Depends(deps.store),
 ) -> Response:
     """The content origin's end of the hand-off: trade a one-time code for the content
     cookie, scoped to that content item's path, and go on to ``next``."""
@@ -248,8 +256,12 @@ def redeem_handoff(
         return _page(400, "Sign-in expired", "This sign-in link has expired or was used already; "
                      "open the content again.")
     guid, session_id = redeemed
-    prefix = f"/content/{guid}/"
-    response = RedirectResponse(onward_path(guid, next), status_code=303)
+    # The cookie's path is the address the viewer came by: /content/{guid}/ or a vanity path.
+    with store.session() as session:
+        prefix = vanity.public_prefix(session, guid, next)
+    if prefix is None:
+        prefix = next = f"/content/{guid}/"
+    response = RedirectResponse(next, status_code=303)
     response.headers["cache-control"] = "no-store"
     # Written by hand: Python's cookie module knows Partitioned only from 3.14. On a secure
     # content origin the cookie is SameSite=None (so it works inside the dashboard's frame,

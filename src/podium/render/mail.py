@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from podium.settings import Settings
-from podium.store.models import Content, Permission, User
+from podium.store.models import Content, Group, GroupMember, Permission, User
 
 AUDIENCES = ("me", "collaborators", "collaborators_viewers")
 
@@ -37,13 +37,21 @@ def recipients(session: Session, content: Content, audience: str, me: User | Non
         users = [me] if me is not None else []
     else:
         roles = ("owner",) if audience == "collaborators" else ("owner", "viewer")
-        guids = session.scalars(
-            select(Permission.principal_guid).where(
-                Permission.content_id == content.id, Permission.principal_type == "user",
-                Permission.role.in_(roles),
-            )
+        granted = select(Permission.principal_guid).where(
+            Permission.content_id == content.id, Permission.role.in_(roles)
         )
-        users = [content.owner, *session.scalars(select(User).where(User.guid.in_(list(guids))))]
+        # Members of a group with the role count as if named one by one, in the order added.
+        members = (
+            select(GroupMember.user_id)
+            .join(Group, Group.id == GroupMember.group_id)
+            .where(Group.guid.in_(granted))
+        )
+        users = [
+            content.owner,
+            *session.scalars(
+                select(User).where(User.guid.in_(granted) | User.id.in_(members)).order_by(User.id)
+            ),
+        ]
     found: list[str] = []
     for user in users:
         if user is not None and user.email and not user.locked and user.email not in found:

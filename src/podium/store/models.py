@@ -391,3 +391,76 @@ class AuthFailure(Base):
     last_failure_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     blocked_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class Group(Base):
+    """A named set of users; content permissions may name a group (``principal_type``
+    ``"group"``), and its members get that role through it."""
+
+    __tablename__ = "groups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guid: Mapped[str] = mapped_column(String(36), unique=True, default=new_guid)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # Who may manage it besides administrators (its creator, unless changed).
+    owner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    owner: Mapped[User | None] = relationship()
+
+
+class GroupMember(Base):
+    """One user in one group; ``id`` keeps the order members were added in."""
+
+    __tablename__ = "group_members"
+    __table_args__ = (UniqueConstraint("group_id", "user_id", name="uq_group_member"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    user: Mapped[User] = relationship()
+
+
+class Tag(Base):
+    """A tag; top-level tags (no parent) are categories, which content cannot carry.
+    Deleting a tag deletes its descendants and their content links (cascades)."""
+
+    __tablename__ = "tags"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("tags.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class ContentTag(Base):
+    __tablename__ = "content_tags"
+
+    content_id: Mapped[int] = mapped_column(
+        ForeignKey("content.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag_id: Mapped[int] = mapped_column(
+        ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class Vanity(Base):
+    """A content item's vanity path (``/sales/report/``), normalised; at most one per item."""
+
+    __tablename__ = "vanities"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_id: Mapped[int] = mapped_column(
+        ForeignKey("content.id", ondelete="CASCADE"), unique=True
+    )
+    path: Mapped[str] = mapped_column(String(1024), unique=True)
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    content: Mapped[Content] = relationship()

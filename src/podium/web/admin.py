@@ -28,7 +28,10 @@ from podium.web.templating import render
 
 router = APIRouter()
 RUNTIMES = (("python", "Python"), ("r", "R"), ("quarto", "Quarto"))
-TABS = (("users", "Users"), ("processes", "Processes"), ("environments", "Environments"), ("audit", "Audit log"))
+TABS = (
+    ("users", "Users"), ("processes", "Processes"), ("environments", "Environments"), ("tags", "Tags"),
+    ("audit", "Audit log"),
+)
 AUDIT_PAGE_SIZE = 50
 
 

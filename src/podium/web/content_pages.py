@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from podium import auth
@@ -19,16 +20,17 @@ from podium.api import bundles as bundles_api
 from podium.api import content as content_api
 from podium.api import deps
 from podium.api import env_vars as env_vars_api
+from podium.api import groups as groups_api
 from podium.api import jobs as jobs_api
 from podium.api import permissions as permissions_api
 from podium.api import renderings as renderings_api
 from podium.api import schedules as schedules_api
 from podium.api import users as users_api
-from podium.api.serialize import content_json, user_json
+from podium.api.serialize import user_json
 from podium.render import SUPPORTED_RENDER_MODES
 from podium.scheduler import Scheduler
 from podium.settings import Settings
-from podium.store.models import Bundle, Content, User
+from podium.store.models import Bundle, Content, Tag, User, Vanity
 from podium.urls import Urls
 from podium.web import settings_view
 from podium.web.pages import PageError, as_page_errors, current_user, signed_in
@@ -83,6 +85,7 @@ def content_list(
     q: str = "",
     app_mode: str = "",
     owner: str = "",
+    tag: str = "",
     urls: Urls = Depends(deps.urls),
     scheduler: Scheduler = Depends(deps.scheduler),
     session: Session = Depends(deps.db),
@@ -93,7 +96,7 @@ def content_list(
         # ``next`` as /connect/ and the redirect script runs after sign-in instead.
         return render(request, "connect_redirect.html")
     items = content_api.list_content(
-        request, None, None, "owner", urls, session, deps.Caller(user, "session")
+        request, None, None, "owner,tags", urls, session, deps.Caller(user, "session")
     )
     owners = sorted({(i["owner"]["guid"], i["owner"]["username"]) for i in items}, key=lambda o: o[1])
     modes = sorted({i["app_mode"] for i in items})
@@ -103,13 +106,14 @@ def content_list(
         if (not needle or needle in f"{i['name']} {i['title'] or ''} {i['description']}".lower())
         and (not app_mode or i["app_mode"] == app_mode)
         and (not owner or i["owner"]["guid"] == owner)
+        and (not tag or tag in {t["id"] for t in i["tags"]})
     ]
     shown.sort(key=lambda i: i["last_deployed_time"] or "", reverse=True)
     for item in shown:
         item["status"] = _status(scheduler, item)
     return render(
         request, "content_list.html", user=user, items=shown, total=len(items), owners=owners,
-        modes=modes, q=q, app_mode=app_mode, owner=owner,
+        modes=modes, q=q, app_mode=app_mode, owner=owner, tag=tag, tags=tag_choices(session),
     )
 
 
@@ -155,7 +159,7 @@ def content_page(
         if pane in {slug for slug, _, _ in PANES}:
             raise PageError(403, "Only the owner, collaborators and administrators can see this pane.")
         raise PageError(404, f"The content page has no pane {pane!r}.")
-    item = content_json(parts.urls, content, auth.app_role(session, user, content), {"owner"})
+    item = content_api.content_view(session, parts.urls, user, content, {"owner", "tags"})
     item["status"] = _status(parts.scheduler, item)
     frame = parts.urls.content(content.guid)  # on the content origin, never this one
     if draft and draft.isdigit() and manage:
@@ -184,12 +188,17 @@ def _pane_context(
         by_guid = {u["guid"]: u for u in users}
         for permission in permissions:
             permission["user"] = by_guid.get(permission["principal_guid"])
+        groups = groups_api.list_groups(None, 1, 1000, True, session, user)["results"]
+        by_group = {g["guid"]: g for g in groups}
+        for permission in permissions:
+            permission["group"] = by_group.get(permission["principal_guid"])
+        granted = {p["principal_guid"] for p in permissions}
         candidates = [
             u for u in users
-            if u["guid"] != content.owner.guid and not u["locked"]
-            and u["guid"] not in {p["principal_guid"] for p in permissions}
+            if u["guid"] != content.owner.guid and not u["locked"] and u["guid"] not in granted
         ]
-        return {"permissions": permissions, "candidates": candidates}
+        group_candidates = [g for g in groups if g["guid"] not in granted]
+        return {"permissions": permissions, "candidates": candidates, "group_candidates": group_candidates}
     if pane == "runtime":
         return {"runtime": settings_view.runtime_fields(parts.settings, content)}
     if pane == "resources":
@@ -220,9 +229,33 @@ def _pane_context(
         jobs = jobs_api.list_jobs(guid, session, user)
         return {"jobs": jobs}
     if pane == "info":
-        return {"owner": user_json(content.owner), "bundle_count": session.query(Bundle).filter(
-            Bundle.content_id == content.id).count()}
+        vanity = session.scalar(select(Vanity.path).where(Vanity.content_id == content.id))
+        return {
+            "owner": user_json(content.owner),
+            "bundle_count": session.query(Bundle).filter(Bundle.content_id == content.id).count(),
+            "vanity": vanity,
+            "vanity_editable": parts.settings.publishers_can_manage_vanities or auth.at_least(user, "administrator"),
+            "tag_choices": tag_choices(session),
+        }
     return {}
+
+
+def tag_choices(session: Session) -> list[dict[str, Any]]:
+    """Every tag content may carry (not the categories), labelled with its path
+    (``Category / Topic / Subtopic``), in the order of those labels."""
+    tags = {tag.id: tag for tag in session.scalars(select(Tag))}
+
+    def label(tag: Tag) -> str:
+        parts = [tag.name]
+        seen = {tag.id}
+        while tag.parent_id is not None and tag.parent_id in tags and tag.parent_id not in seen:
+            tag = tags[tag.parent_id]
+            seen.add(tag.id)
+            parts.append(tag.name)
+        return " / ".join(reversed(parts))
+
+    choices = [{"id": str(t.id), "label": label(t)} for t in tags.values() if t.parent_id is not None]
+    return sorted(choices, key=lambda c: c["label"].lower())
 
 
 @router.get("/connect/apps")

@@ -22,10 +22,10 @@ from fastapi import APIRouter, Depends, Form, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
-from podium import audit, auth
+from podium import audit, auth, vanity
 from podium.api import deps
 from podium.api.credentials import client_address
-from podium.handoff import Handoff, onward_path
+from podium.handoff import Handoff
 from podium.proxy.router import HANDOFF_PATH
 from podium.settings import Settings
 from podium.urls import Urls
@@ -145,7 +145,9 @@ def content_handoff(
         here = request.url.path + "?" + request.url.query
         return RedirectResponse("/__login__?next=" + urllib.parse.quote(here, safe="/"), status_code=303)
     session.commit()
-    query = urllib.parse.urlencode({"code": handoff.code(guid, info.id), "next": onward_path(guid, next)})
+    if vanity.public_prefix(session, guid, next) is None:
+        next = f"/content/{guid}/"
+    query = urllib.parse.urlencode({"code": handoff.code(guid, info.id), "next": next})
     origin = urls.content_origin.replace("{guid}", guid)
     response = RedirectResponse(f"{origin}{HANDOFF_PATH.decode()}?{query}", status_code=303)
     response.headers["cache-control"] = "no-store"

@@ -122,6 +122,7 @@ const Podium = (() => {
   const handlers = {
     reload() { window.location.reload(); },
     stay() {},
+    groups() { window.location.assign("/connect/groups"); },
   };
 
   async function runAction(el, method, path, makeBody) {
