@@ -44,6 +44,8 @@ code    field               refused when
                             including 0 (no limit) while that maximum is set
 190     cpu_request         above the effective cpu_limit
 176     service_account_name  not a DNS-1123 subdomain
+178     service_account_name  denied to content (the server's own account, setting
+                              ``kubernetes_denied_service_accounts``)
 195     service_account_name  set while ``content_service_account_selection`` is off
 ======  ==================  ========================================================
 
@@ -65,7 +67,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -375,6 +377,7 @@ class JobPolicy:
     resources: ResourcePolicy = ResourcePolicy()
     default_service_account: str = ""
     service_account_selection: bool = True
+    denied_service_accounts: tuple[str, ...] = ()
 
 
 def for_content(content: Any, policy: JobPolicy) -> JobResources:
@@ -382,7 +385,7 @@ def for_content(content: Any, policy: JobPolicy) -> JobResources:
     resolved = resolve_resources(content_values(content), policy.resources)
     account, notes = resolve_service_account(
         getattr(content, "service_account_name", None), policy.default_service_account,
-        policy.service_account_selection,
+        policy.service_account_selection, policy.denied_service_accounts,
     )
     return JobResources(resolved.resources, account, resolved.warnings + notes)
 
@@ -400,8 +403,10 @@ def service_account_problem(name: Any) -> str | None:
     return None
 
 
-def check_service_account(name: Any, selection_enabled: bool) -> str | None:
-    """A content's new ``service_account_name`` (None or "" clears it), validated."""
+def check_service_account(name: Any, selection_enabled: bool, denied: Collection[str] = ()) -> str | None:
+    """A content's new ``service_account_name`` (None or "" clears it), validated; a name
+    in ``denied`` (the server's own account, setting kubernetes_denied_service_accounts)
+    is refused with error 178."""
     if name is None or name == "":
         return None
     if not selection_enabled:
@@ -413,13 +418,25 @@ def check_service_account(name: Any, selection_enabled: bool) -> str | None:
     problem = service_account_problem(name)
     if problem:
         raise ResourceError(176, "service_account_name", f"service_account_name {problem}")
+    if name in denied:
+        raise ResourceError(
+            178, "service_account_name",
+            f"service_account_name {name!r} is refused: content may not run as the Podium server's "
+            "own service account or another denied one (setting kubernetes_denied_service_accounts).",
+        )
     return str(name)
 
 
 def resolve_service_account(
-    name: str | None, default: str, selection_enabled: bool
+    name: str | None, default: str, selection_enabled: bool, denied: Collection[str] = ()
 ) -> tuple[str | None, tuple[str, ...]]:
     """The service account of a content's jobs, and a warning when the stored one is ignored."""
+    if name and name in denied:
+        return default or None, (
+            f"service_account_name {name!r} is ignored: it is denied to content "
+            f"(setting kubernetes_denied_service_accounts); using "
+            f"{repr(default) if default else 'the namespace default'}",
+        )
     if name and selection_enabled:
         return name, ()
     if name:

@@ -93,7 +93,7 @@ def validate_content_patch(
             if not auth.at_least(user, "administrator"):
                 raise errors.forbidden("Only administrators can set the service account of content.")
             changes["service_account_name"] = resources.check_service_account(
-                name, settings.content_service_account_selection
+                name, settings.content_service_account_selection, settings.kubernetes_denied_service_accounts
             )
 
     merged = {f: changes.get(f, getattr(content, f, None)) for f in ("min_processes", "max_processes")}
