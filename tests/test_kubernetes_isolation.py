@@ -16,18 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.test_kubernetes_backend import (  # noqa: F401 - fixtures
-    GUID,
-    PY,
-    SLEEP,
-    Env,
-    cluster,
-    ended,
-    env,
-    pending_with,
-    sim_only,
-    spec,
-)
+from tests import test_kubernetes_backend as base
+from tests.test_kubernetes_backend import GUID, PY, SLEEP, Env, ended, pending_with, sim_only, spec
 
 from k8s_sim import SimCluster
 from podium.runtime import JobState, JobStatus, Placement, Resources
@@ -35,6 +25,8 @@ from podium.runtime.base import Sandbox
 from podium.runtime.kubernetes.backend import KubernetesBackend
 
 pytestmark = sim_only
+cluster = base.cluster  # the fixtures of the backend tests, one simulated cluster per module
+env = base.env
 SECRET = "s3cr3t-value-that-must-not-leak"
 
 HOSTILE = r'''
