@@ -361,8 +361,9 @@ class Scheduler:
         process.ready.set()
         if process.handle is not None:
             if status is None or status.state.active:
-                status = await self.jobs.stop(process.handle, self.stop_grace_seconds)
-                self.jobs.record_end(process.key, JobStatus(status.state, status.exit_code, "StartFailed", message))
+                # Recorded before the stop, which would record a plain "stopped" first.
+                self.jobs.record_end(process.key, JobStatus(JobState.FAILED, None, "StartFailed", message))
+                await self.jobs.stop(process.handle, self.stop_grace_seconds)
             else:
                 self.jobs.record_end(process.key, status)
         self._remove(pool, process)
