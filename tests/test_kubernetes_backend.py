@@ -401,3 +401,44 @@ def test_sim_selectors() -> None:
     obj = {"metadata": {"name": "n"}, "involvedObject": {"kind": "Job"}}
     assert field_match("metadata.name=n,involvedObject.kind=Job", obj)
     assert not field_match("involvedObject.kind!=Job", obj)
+
+
+def test_kubernetes_job_log_is_kept_after_the_job_is_gone(env: Env, tmp_path: Path) -> None:
+    from podium.runtime.kubernetes.keptlogs import KeptLogs
+
+    kept = KeptLogs(tmp_path / "kept", 3600)
+    config = KubernetesJobConfig(namespace=env.namespace, default_image=IMAGE, ttl_seconds_after_finished=1)
+
+    def make() -> KubernetesBackend:
+        return KubernetesBackend(lambda: AsyncioKubeClient.connect(env.kubeconfig), config, kept)
+
+    async def main() -> tuple[list[str], list[str]]:
+        backend = make()
+        try:
+            done = await backend.launch(spec([PY, "-c", "print('first'); print('second')"], key="ends"))
+            assert (await ended(backend, done)).state is JobState.SUCCEEDED
+            stopped = await backend.launch(spec([PY, "-u", "-c", "print('before stop'); import time; time.sleep(60)"],
+                                                key="stopped"))
+            deadline = time.monotonic() + 15
+            while "before stop" not in [line.data async for line in backend.logs(stopped)]:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            await backend.stop(stopped, 1)
+            while (await asyncio.to_thread(env.get, f"/api/v1/namespaces/{env.namespace}/pods"))["items"]:
+                assert time.monotonic() < deadline, "ttlSecondsAfterFinished did not delete the Job"
+                await asyncio.sleep(0.2)
+        finally:
+            await backend.close()
+        fresh = make()  # a restarted server: the cluster has no pod of either job left
+        try:
+            return ([line.data async for line in fresh.logs(done)],
+                    [line.data async for line in fresh.logs(stopped)])
+        finally:
+            await fresh.close()
+
+    ended_lines, stopped_lines = asyncio.run(asyncio.wait_for(main(), 40))
+    assert ended_lines == ["first", "second"]
+    assert stopped_lines == ["before stop"]
+    assert kept.has("ends") and kept.has("stopped")
+    KeptLogs(tmp_path / "kept", 0).prune()  # retention 0: everything older than now goes
+    assert not kept.has("ends")

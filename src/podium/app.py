@@ -99,6 +99,7 @@ def make_backend(settings: Settings, layout: DataLayout) -> ExecutionBackend:
     from podium.runtime import Placement
     from podium.runtime.kubernetes.backend import KubernetesBackend
     from podium.runtime.kubernetes.client import AsyncioKubeClient, own_service_account
+    from podium.runtime.kubernetes.keptlogs import KeptLogs
     from podium.runtime.kubernetes.manifests import KubernetesJobConfig
 
     own = own_service_account()
@@ -128,7 +129,9 @@ def make_backend(settings: Settings, layout: DataLayout) -> ExecutionBackend:
         ),
     )
     kubeconfig = str(settings.kubernetes_kubeconfig) if settings.kubernetes_kubeconfig else None
-    return KubernetesBackend(lambda: AsyncioKubeClient.connect(kubeconfig), config)
+    days = settings.kubernetes_job_log_retention_days
+    kept = KeptLogs(layout.jobs / "kubernetes", days * 86400.0) if days else None
+    return KubernetesBackend(lambda: AsyncioKubeClient.connect(kubeconfig), config, kept)
 
 
 def make_isolation(settings: Settings, data_dir: Path) -> Isolation:

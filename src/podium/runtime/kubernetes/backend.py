@@ -22,7 +22,9 @@ Lifecycle, in the terms of :class:`~podium.runtime.base.ExecutionBackend`:
   recorded its end). A handle without a uid and no Job is UNKNOWN/``NotFound``.
 - :meth:`address` is the pod IP and container port once the pod is Ready.
 - :meth:`logs` reads the pod log API (``follow`` streams until the container ends).
-  The API merges stdout and stderr: every line comes back as ``stdout``.
+  The API merges stdout and stderr: every line comes back as ``stdout``. With
+  ``kept_logs``, each job's log is saved when the job ends or is stopped, and served
+  from there once the pod is gone (:mod:`.keptlogs`).
 - :meth:`stop` deletes the Job with ``propagationPolicy=Background`` and its pods with
   ``gracePeriodSeconds`` (rounded up to a whole second, at least 1), then waits until
   they are gone. An ended Job is left for its TTL; 404 means done.
@@ -43,6 +45,7 @@ from typing import Any
 
 from podium.runtime.base import BackendError, JobHandle, JobSpec, JobState, JobStatus, LogLine
 from podium.runtime.kubernetes.client import KubeApiError, KubeClient
+from podium.runtime.kubernetes.keptlogs import KeptLogs
 from podium.runtime.kubernetes.manifests import (
     LABEL_KEY,
     LABEL_KIND,
@@ -70,6 +73,7 @@ SYNC_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 60.0  # after the grace period: pod deletion confirmed by the kubelet
 EVENTS_TTL_SECONDS = 1.0
 LOG_END_WAIT_SECONDS = 10.0
+KEEP_LOG_TIMEOUT_SECONDS = 10.0
 
 ClientFactory = Callable[[], Awaitable[KubeClient]]
 
@@ -77,9 +81,10 @@ ClientFactory = Callable[[], Awaitable[KubeClient]]
 class KubernetesBackend:
     name = "kubernetes"
 
-    def __init__(self, connect: ClientFactory, config: KubernetesJobConfig) -> None:
+    def __init__(self, connect: ClientFactory, config: KubernetesJobConfig, kept_logs: KeptLogs | None = None) -> None:
         self._connect = connect
         self.config = config
+        self.kept_logs = kept_logs
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: KubeClient | None = None
         self._jobs: Reflector | None = None
@@ -211,15 +216,33 @@ class KubernetesBackend:
             status = dataclasses.replace(status, message=f"{status.reason}: {status.message}")
         if not status.state.active:
             self._final[handle.key] = status
+            if pod is not None and _container_started(pod):
+                self._background(self._keep_log(client, handle.key, pod))
             if status.state is JobState.FAILED:
                 log.info("job %s: failed: %s (%s)", handle.key, status.reason, status.message)
             if job is not None and status.reason in FAIL_FAST and not _job_finished(job):
                 # The cluster still counts the Job as active (it would keep pulling or
                 # scheduling): delete it so the job the backend calls failed never runs.
-                task = asyncio.create_task(self._delete_failed(client, handle, job))
-                self._cleanups.add(task)
-                task.add_done_callback(self._cleanups.discard)
+                self._background(self._delete_failed(client, handle, job))
         return status
+
+    def _background(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _keep_log(self, client: KubeClient, key: str, pod: dict[str, Any]) -> None:
+        """Save the pod's log for after the pod is gone (once per job)."""
+        if self.kept_logs is None or self.kept_logs.has(key):
+            return
+        try:
+            lines = await asyncio.wait_for(self._read_log(client, pod), KEEP_LOG_TIMEOUT_SECONDS)
+            await asyncio.to_thread(self.kept_logs.save, key, lines)
+        except (KubeApiError, TimeoutError, OSError) as error:
+            log.warning("job %s: could not keep its log: %s", key, error)
+
+    async def _read_log(self, client: KubeClient, pod: dict[str, Any]) -> list[str]:
+        return [raw async for raw in client.pod_log(pod["metadata"]["namespace"], pod["metadata"]["name"], False)]
 
     async def _delete_failed(self, client: KubeClient, handle: JobHandle, job: dict[str, Any]) -> None:
         try:
@@ -278,6 +301,10 @@ class KubernetesBackend:
                 break
             await pods.wait_changed(1.0, change)
         if pod is None or not started:
+            if self.kept_logs is not None:  # the pod is gone: the log Podium kept
+                for raw in self.kept_logs.read(handle.key):
+                    stamp, _, data = raw.partition(" ")
+                    yield LogLine("stdout", _parse_time(stamp) or datetime.now(UTC), data)
             return
         try:
             async for raw in client.pod_log(self.config.namespace, pod["metadata"]["name"], follow):
@@ -304,6 +331,8 @@ class KubernetesBackend:
         job, pod = self._objects(handle)
         namespace = str(handle.data.get("namespace") or self.config.namespace)
         log.info("job %s: stopping (grace %g s)", handle.key, grace_seconds)
+        if pod is not None and _container_started(pod):  # its log goes with the pod
+            await self._keep_log(client, handle.key, pod)
         if job is not None:
             with _gone_ok():
                 await client.delete_job(namespace, job["metadata"]["name"])
