@@ -69,6 +69,7 @@ def k8s_env(cluster: SimCluster, root: Path, claim: str = "podium-data", **extra
         "PODIUM_KUBERNETES_DATA_PVC": claim,
         # transient states (an unknown image) wait this long before a deploy fails
         "PODIUM_INIT_TIMEOUT_SECONDS": "20",
+        "PODIUM_MAX_NVIDIA_GPU_LIMIT": "1",
         **extra,
     }
 
@@ -415,3 +416,40 @@ def test_kubernetes_hostile_content_sees_only_its_own_files_and_secret_stays_in_
     env = [item for obj in mine if obj["kind"] == "Pod" for item in obj["spec"]["containers"][0]["env"]
            if item["name"] == "API_TOKEN"]
     assert env and all("secretKeyRef" in item["valueFrom"] for item in env)
+
+
+def test_kubernetes_placement_and_gpu_limit_set_by_an_administrator_land_on_the_pod(
+    server: RunningServer, cluster: SimCluster, fastapi_app: str
+) -> None:
+    publisher = server.api(server.user_key("k8s_pub", "publisher"))
+    url = f"{server.url}/__api__/v1/content/{fastapi_app}"
+    placement = {
+        "node_selector": {"accelerator": "t4"},
+        "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "runtime_class_name": "gvisor", "priority_class_name": "content",
+    }
+    refused = publisher.patch(url, json={"kubernetes_placement": placement})
+    assert refused.status_code == 403, refused.text
+    too_many = publisher.patch(url, json={"nvidia_gpu_limit": 2})
+    assert too_many.status_code == 400 and "max_nvidia_gpu_limit" in too_many.json()["error"]
+    cluster.add_node("gpu-e2e", {"accelerator": "t4"}, [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}],
+                     extra={"nvidia.com/gpu": 1})
+    try:
+        admin_patch(server, fastapi_app, kubernetes_placement=placement)
+        assert publisher.patch(url, json={"nvidia_gpu_limit": 1}).status_code == 200  # within the maximum
+        shown = publisher.get(url).json()
+        assert (shown["kubernetes_placement"], shown["nvidia_gpu_limit"]) == (placement, 1)
+        stop_run_jobs(server, fastapi_app)
+        assert publisher.get(content_url(server, fastapi_app)).status_code == 200
+        [job] = run_jobs(cluster, fastapi_app)
+        pods = cluster_get(cluster, f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=job-name%3D"
+                                    f"{job['metadata']['name']}")["items"]
+        pod = pods[0]["spec"]
+        assert pod["nodeName"] == "gpu-e2e" and pod["nodeSelector"] == {"accelerator": "t4"}
+        assert pod["tolerations"] == placement["tolerations"]
+        assert (pod["runtimeClassName"], pod["priorityClassName"]) == ("gvisor", "content")
+        assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    finally:
+        admin_patch(server, fastapi_app, kubernetes_placement=None, nvidia_gpu_limit=None)
+        stop_run_jobs(server, fastapi_app)
+        cluster.remove_node("gpu-e2e")

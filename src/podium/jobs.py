@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from podium.placement import to_placement
 from podium.runtime import ExecutionBackend, JobHandle, JobSpec, JobState, JobStatus, VolumeMount
 from podium.store import Store
 from podium.store.models import ExecutionEnvironment, Job, utcnow
@@ -144,8 +145,8 @@ def handle_of(job: Job) -> JobHandle | None:
 
 def _in_environment(spec: JobSpec, environment: ExecutionEnvironment | None) -> JobSpec:
     """``spec`` wrapped in the environment's ``supervisor`` (``<supervisor> <command...>``,
-    split as a shell would; a supervisor given by its path is shown to a sandboxed job) and
-    given its ``volume_mounts``."""
+    split as a shell would; a supervisor given by its path is shown to a sandboxed job),
+    given its ``volume_mounts`` and placed where it says (under the content's placement)."""
     if environment is None:
         return spec
     changes: dict[str, Any] = {}
@@ -165,6 +166,9 @@ def _in_environment(spec: JobSpec, environment: ExecutionEnvironment | None) -> 
             log.warning("environment %s: volume mount %r skipped: %s", environment.name, record, exc)
     if mounts:
         changes["volume_mounts"] = tuple(mounts)
+    placement = to_placement(environment.placement)
+    if placement is not None:  # the content's own placement goes over its environment's
+        changes["placement"] = spec.placement.over(placement) if spec.placement else placement
     return dataclasses.replace(spec, **changes) if changes else spec
 
 

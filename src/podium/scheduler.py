@@ -29,7 +29,7 @@ from typing import Any
 
 from podium.apps import launch_plan
 from podium.jobs import JobRunner, handle_of, new_job_key, not_started_message
-from podium.runtime import JobHandle, JobSpec, JobState, JobStatus, Resources
+from podium.runtime import JobHandle, JobSpec, JobState, JobStatus, Placement, Resources
 from podium.runtime.base import Sandbox
 from podium.runtime.sandbox import prepare_writable
 
@@ -75,6 +75,7 @@ class AppTarget:
     resource_warnings: tuple[str, ...] = ()  # values clamped at resolution (podium.resources)
     # the local sandbox of its processes (podium.isolation); each process adds its socket folder
     sandbox: Sandbox | None = None
+    placement: Placement | None = None  # the content's (Kubernetes; podium.placement)
 
 
 # a new process's environment as (plain, secret): see JobSpec.secret_env
@@ -290,6 +291,7 @@ class Scheduler:
                 key=process.key, kind="run", content_guid=target.content_guid, image=target.image,
                 command=plan.argv, env=env, workdir=target.workdir, port=port,
                 secret_env={name: value for name, value in secret.items() if name not in env},
+                placement=target.placement,
                 resources=target.resources, service_account=target.service_account, sandbox=sandbox,
             )
             meta: dict[str, object] = {

@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from podium.environments.validate import validate_declarations
-from podium.resources import JobPolicy, ResourcePolicy, service_account_problem
+from podium.resources import GpuPolicy, JobPolicy, ResourcePolicy, service_account_problem
 
 
 class SettingsError(Exception):
@@ -400,6 +400,32 @@ class Settings(BaseSettings):
         ge=0.0,
         le=1_000_000.0,
     )
+    nvidia_gpu_limit: int = setting(
+        0,
+        "scheduler",
+        "Default number of NVIDIA GPUs (nvidia.com/gpu) of a content's Kubernetes jobs, for "
+        "content whose nvidia_gpu_limit is null. Connect: Scheduler.NvidiaGPULimit.",
+        ge=0,
+    )
+    max_nvidia_gpu_limit: int = setting(
+        0,
+        "scheduler",
+        "Most NVIDIA GPUs content may ask for; 0 = none. Connect: Scheduler.MaxNvidiaGPULimit.",
+        ge=0,
+    )
+    amd_gpu_limit: int = setting(
+        0,
+        "scheduler",
+        "Default number of AMD GPUs (amd.com/gpu) of a content's Kubernetes jobs, for content "
+        "whose amd_gpu_limit is null. Connect: Scheduler.AMDGPULimit.",
+        ge=0,
+    )
+    max_amd_gpu_limit: int = setting(
+        0,
+        "scheduler",
+        "Most AMD GPUs content may ask for; 0 = none. Connect: Scheduler.MaxAMDGPULimit.",
+        ge=0,
+    )
     allow_unlimited_resources: bool = setting(
         True,
         "scheduler",
@@ -698,6 +724,8 @@ class Settings(BaseSettings):
         return JobPolicy(
             self.resource_policy, self.default_service_account, self.content_service_account_selection,
             tuple(self.kubernetes_denied_service_accounts),
+            gpus=GpuPolicy(self.nvidia_gpu_limit, self.max_nvidia_gpu_limit, self.amd_gpu_limit,
+                           self.max_amd_gpu_limit),
         )
 
     @property

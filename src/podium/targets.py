@@ -96,6 +96,7 @@ class AppTargets:
                 resource_warnings=job.warnings,
                 image=bundle.image_name,
                 sandbox=sandbox,
+                placement=job.placement,
             )
 
     def wanted_target(self, content_id: int, bundle_id: int | None, base_path: str) -> AppTarget | None:

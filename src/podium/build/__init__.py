@@ -35,7 +35,7 @@ from podium.build.r import (
 from podium.environments.model import Installation
 from podium.isolation import Isolation, interpreter_paths, make_readable
 from podium.jobs import JobRunner, new_job_key, not_started_message
-from podium.runtime import BackendError, JobSpec, JobState, JobStatus, Resources
+from podium.runtime import BackendError, JobSpec, JobState, JobStatus, Placement, Resources
 from podium.runtime.base import Sandbox
 from podium.tasks import TaskFailed, TaskOutput
 
@@ -62,6 +62,7 @@ class BuildRequest:
     image: str | None = None  # the execution environment's image; jobs run in it
     resources: Resources = Resources()  # the content's, resolved (podium.resources)
     service_account: str | None = None
+    placement: Placement | None = None  # the content's (Kubernetes)
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ class Builder:
             key=key, kind="build", content_guid=request.content_guid, image=request.image,
             command=["/bin/sh", "-c", "set -e\n" + "\n".join(steps)], env=env, secret_env=secret,
             workdir=str(request.bundle_dir), port=None, resources=request.resources,
-            service_account=request.service_account, sandbox=sandbox,
+            service_account=request.service_account, sandbox=sandbox, placement=request.placement,
         )
         out.line(f"Building package environment {fp} (job {key}):")
         for line in (requirements_path.read_text(errors="replace").splitlines() if requirements_path else []):
@@ -336,6 +337,7 @@ class Builder:
             key=key, kind="build", content_guid=request.content_guid, image=request.image,
             command=command, env=env, secret_env=secret, workdir=str(request.bundle_dir), port=None,
             resources=request.resources, service_account=request.service_account, sandbox=sandbox,
+            placement=request.placement,
         )
         out.line(
             f"Restoring R package library {fp} with R {request.r.version_text} from "

@@ -174,7 +174,7 @@ class Renderer:
                     key=key, kind="render", content_guid=guid, image=bundle.image_name,
                     command=plan.argv, env=env, secret_env=secret,
                     workdir=workdir, port=None, resources=job.resources,
-                    service_account=job.service_account, sandbox=sandbox,
+                    service_account=job.service_account, sandbox=sandbox, placement=job.placement,
                 )
                 row = session.get(Rendering, rendering_id)
                 if row is not None:

@@ -201,6 +201,20 @@ class Placement:
         return not (self.node_selector or self.tolerations or self.affinity or self.image_pull_secrets
                     or self.priority_class_name or self.runtime_class_name)
 
+    def over(self, base: Placement | None) -> Placement:
+        """This placement merged over ``base``: node selector labels, affinity, priority
+        and runtime class of this one win; tolerations and pull secrets add up."""
+        if base is None:
+            return self
+        return Placement(
+            node_selector={**base.node_selector, **self.node_selector},
+            tolerations=(*base.tolerations, *(t for t in self.tolerations if t not in base.tolerations)),
+            affinity=self.affinity or base.affinity,
+            image_pull_secrets=tuple(dict.fromkeys((*base.image_pull_secrets, *self.image_pull_secrets))),
+            priority_class_name=self.priority_class_name or base.priority_class_name,
+            runtime_class_name=self.runtime_class_name or base.runtime_class_name,
+        )
+
 
 @dataclass(frozen=True)
 class JobSpec:

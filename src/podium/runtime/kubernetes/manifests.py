@@ -226,18 +226,8 @@ def resource_limits(resources: Resources) -> dict[str, dict[str, str]]:
 
 
 def merged_placement(server: Placement, job: Placement | None) -> Placement:
-    """The server's placement with the job's: the job's node selector labels, affinity,
-    priority and runtime class win; tolerations and pull secrets add up."""
-    if job is None:
-        return server
-    return Placement(
-        node_selector={**server.node_selector, **job.node_selector},
-        tolerations=(*server.tolerations, *(t for t in job.tolerations if t not in server.tolerations)),
-        affinity=job.affinity or server.affinity,
-        image_pull_secrets=tuple(dict.fromkeys((*server.image_pull_secrets, *job.image_pull_secrets))),
-        priority_class_name=job.priority_class_name or server.priority_class_name,
-        runtime_class_name=job.runtime_class_name or server.runtime_class_name,
-    )
+    """The server's placement with the job's own over it (:meth:`Placement.over`)."""
+    return job.over(server) if job is not None else server
 
 
 def _placement_fields(placement: Placement) -> dict[str, Any]:
