@@ -84,6 +84,12 @@ class Env:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:  # callers may be inside a loop
             return pool.submit(asyncio.run, call()).result(30)
 
+    def exists(self, path: str) -> bool:
+        try:
+            return self.api("GET", path) is not None
+        except Exception:  # the client's ApiException for a 404
+            return False
+
     def create_service_account(self, name: str) -> None:
         self.api("POST", f"/api/v1/namespaces/{self.namespace}/serviceaccounts",
                  {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
@@ -125,6 +131,12 @@ def env(cluster: SimCluster | None, tmp_path: Path) -> Iterator[Env]:
         real = Env(None, REAL_KUBECONFIG, namespace)
         real.api("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                  "metadata": {"name": namespace}})
+        # A real cluster's controller creates the namespace's "default" service account a
+        # moment later; pods are refused until it exists.
+        deadline = time.monotonic() + 30
+        while not real.exists(f"/api/v1/namespaces/{namespace}/serviceaccounts/default"):
+            assert time.monotonic() < deadline, "the namespace's default service account never appeared"
+            time.sleep(0.2)
         yield real
         real.api("DELETE", f"/api/v1/namespaces/{namespace}")
         return
@@ -349,8 +361,13 @@ def test_sim_delete_without_propagation_orphans_pods(env: Env) -> None:
         client = await AsyncioKubeClient.connect(env.kubeconfig)
         try:
             await client._json(client._batch.delete_namespaced_job, "job-1", env.namespace)
-            pods, _ = await client.list_objects("pods", env.namespace, "podium.dev/job-key=job-1")
-            assert len(pods) == 1 and pods[0]["metadata"]["ownerReferences"] == []
+            deadline = time.monotonic() + 30
+            while True:  # a real cluster's garbage collector orphans the pod asynchronously
+                pods, _ = await client.list_objects("pods", env.namespace, "podium.dev/job-key=job-1")
+                if len(pods) == 1 and not pods[0]["metadata"].get("ownerReferences"):
+                    break
+                assert time.monotonic() < deadline, pods
+                await asyncio.sleep(0.2)
             await client.delete_pod(env.namespace, pods[0]["metadata"]["name"], 1)
             with pytest.raises(KubeApiError) as caught:
                 await client.get_job(env.namespace, "job-1")

@@ -141,7 +141,11 @@ class ApiServer:
         name = body.get("metadata", {}).get("name", "")
         if self.store.get("namespaces", "", name) is not None:
             return status(409, "AlreadyExists", f'namespaces "{name}" already exists')
-        return web.json_response(self.store.create("namespaces", "", body), status=201)
+        created = self.store.create("namespaces", "", body)
+        # the service account controller's part (a moment later on a real cluster)
+        self.store.create("serviceaccounts", name, {"apiVersion": "v1", "kind": "ServiceAccount",
+                                                    "metadata": {"name": "default"}})
+        return web.json_response(created, status=201)
 
     async def delete_namespace(self, request: web.Request) -> web.Response:
         """Deletes the namespace's jobs (with their pods) and forgets it."""
