@@ -352,7 +352,8 @@ class Workloads:
         command = [expand_references(arg, env) for arg in [*container.get("command", []), *container.get("args", [])]]
         workdir = container.get("workingDir") or "/"
         if sandbox is not None and not sandbox.binds(workdir):  # a folder of the image: cd there inside
-            command = ["/bin/sh", "-c", 'cd "$0" && exec "$@"', workdir, *command]
+            # a container runtime creates a missing workingDir (here: where the job may write)
+            command = ["/bin/sh", "-c", 'mkdir -p "$0" 2>/dev/null; cd "$0" && exec "$@"', workdir, *command]
             workdir = sandbox.read_only[0]
         spec = JobSpec(
             key=pod["metadata"]["uid"], kind="build", content_guid=pod["metadata"]["name"], image=None,
