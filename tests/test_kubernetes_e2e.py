@@ -453,3 +453,41 @@ def test_kubernetes_placement_and_gpu_limit_set_by_an_administrator_land_on_the_
         admin_patch(server, fastapi_app, kubernetes_placement=None, nvidia_gpu_limit=None)
         stop_run_jobs(server, fastapi_app)
         cluster.remove_node("gpu-e2e")
+
+
+def test_kubernetes_unschedulable_content_starts_once_a_node_joins_within_init_timeout(
+    server: RunningServer, cluster: SimCluster, fastapi_app: str
+) -> None:
+    # What a cluster autoscaler does: the process waits (Unschedulable), a node joins,
+    # the request that started it is answered; nothing failed on the way.
+    admin_patch(server, fastapi_app, kubernetes_placement={"node_selector": {"pool": "autoscaled"}})
+    client = server.api()
+    try:
+        stop_run_jobs(server, fastapi_app)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(client.get, content_url(server, fastapi_app), headers={"Accept": "application/json"},
+                                 timeout=60)
+            pods = f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=podium.dev/content-guid%3D{fastapi_app}"
+
+            def waiting() -> bool:
+                return any(c.get("reason") == "Unschedulable" for pod in cluster_get(cluster, pods)["items"]
+                           for c in pod["status"].get("conditions") or [])
+
+            assert wait_until(waiting, 20)
+            time.sleep(2)  # pending a while, well within init_timeout (20 s)
+            cluster.add_node("autoscaled-1", {"pool": "autoscaled"})
+            assert answer.result().status_code == 200
+        [job] = run_jobs(cluster, fastapi_app)
+        listed = client.get(f"{server.url}/__api__/v1/content/{fastapi_app}/jobs").json()
+        assert not any(j["error"] for j in listed if j["key"] == job["metadata"]["labels"]["podium.dev/job-key"])
+    finally:
+        admin_patch(server, fastapi_app, kubernetes_placement=None)
+        stop_run_jobs(server, fastapi_app)
+        cluster.remove_node("autoscaled-1")
+
+
+def test_kubernetes_server_service_account_is_refused_for_content(server: RunningServer, fastapi_app: str) -> None:
+    answer = server.api().patch(f"{server.url}/__api__/v1/content/{fastapi_app}",
+                                json={"service_account_name": "podium"})
+    assert answer.status_code == 400 and answer.json()["code"] == 178, answer.text
+    assert "kubernetes_denied_service_accounts" in answer.json()["error"]
