@@ -189,3 +189,26 @@ def test_kubernetes_placement_and_gpus_land_on_the_pod(env: Env, cluster: SimClu
     assert (pod["spec"]["priorityClassName"], pod["spec"]["runtimeClassName"]) == ("content", "gvisor")
     assert pod["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     assert waiting.message and "Insufficient nvidia.com/gpu" in waiting.message
+
+
+def test_isolation_for_pods_gives_every_job_the_pod_uid_and_never_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from podium.isolation import Isolation
+
+    data = data_dir(tmp_path)
+    (data / "outputs/1").mkdir(parents=True)  # the renderer makes the parents
+    isolation = Isolation.for_pods(10001, 10002, data)
+    assert isolation.active and isolation.problem() is None
+    assert isolation.content_uid(7) == isolation.builder_uid == 10001
+    box = isolation.sandbox(10001, read_only=[data, data / "apps/1/2", None], writable=[data / "outputs/1/9"])
+    assert box is not None and (box.uid, box.gid) == (10001, 10002)
+    assert box.read_only == (str(data / "apps/1/2"),)  # the data dir whole is never shown
+    assert box.writable == (str(data / "outputs/1/9"),)
+    if os.geteuid() == 0:
+        assert (data / "outputs/1/9").stat().st_uid == 10001  # a root server gives it to the pods
+    # A server that is not root makes the folder its own: its pods run as its uid.
+    monkeypatch.setattr(isolation, "privileged", False)
+    other = isolation.sandbox(10001, read_only=[], writable=[data / "outputs/1/10"])
+    assert other is not None and (data / "outputs/1/10").is_dir()
+    assert (data / "outputs/1/10").stat().st_uid == os.geteuid()
