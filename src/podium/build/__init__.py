@@ -184,7 +184,9 @@ class Builder:
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": str(self.cache_dir),
             "UV_CACHE_DIR": str(self.cache_dir / "uv"),
-            "UV_LINK_MODE": "hardlink",
+            # A pod mounts uv's cache and its new environment apart (one subPath each):
+            # hardlinks cannot cross mounts, so uv copies there rather than warn and copy.
+            "UV_LINK_MODE": "hardlink" if self.jobs.backend.name == "local" else "copy",
             "UV_NO_PROGRESS": "1",
             "UV_PYTHON_DOWNLOADS": "never",
             "LANG": "C.UTF-8",
