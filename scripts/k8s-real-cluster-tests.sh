@@ -8,6 +8,8 @@
 #   scripts/k8s-real-cluster-tests.sh --create-k3d        # create a k3d cluster "podium-test" first
 #   scripts/k8s-real-cluster-tests.sh --sim               # the simulator as a separate server: checks
 #                                                         # this script's path without a cluster
+#   scripts/k8s-real-cluster-tests.sh --create-kind --e2e # also install Podium in the cluster and
+#                                                         # deploy an app with rsconnect through it
 #
 # What it does: builds the test runtime image (python:3.11-slim, tagged
 # podium-test-runtime:dev) and side-loads it into a kind/k3d cluster it created
@@ -17,14 +19,23 @@
 # (podium-test-N-xxxxxx) and deletes it at the end, so the kubeconfig's user needs to
 # create namespaces, service accounts, jobs and pods, and read pods/log and events.
 # Tests of the simulator itself are skipped. The contract suite
-# (tests/test_runtime_contract.py) and the end-to-end test stay on the simulator: they
-# reach pods from the host by IP and read host /proc, which a real cluster does not allow.
+# (tests/test_runtime_contract.py) and tests/test_kubernetes_e2e.py stay on the simulator:
+# they reach pods from the host by IP and read host /proc, which a real cluster does not
+# allow. --e2e instead installs Podium in the cluster (deploy/Dockerfile,
+# overlays/single-node with a SQLite database), waits for it, bootstraps an
+# administrator, and deploys a FastAPI app with rsconnect through a port-forward; the
+# app must answer through Podium's proxy from its pod in namespace podium-content.
 #
-# Needs: docker, and kind or k3d for --create-*; the project's venv (.venv).
+# Real clusters differ from the simulator where the tests now allow for it: a new
+# namespace's "default" service account appears a moment after the namespace, and the
+# garbage collector orphans pods asynchronously.
+#
+# Needs: docker, and kind or k3d for --create-*; kubectl for --e2e; the project's venv (.venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MODE=existing
+E2E=no
 KUBECONFIG_FILE="${KUBECONFIG:-$HOME/.kube/config}"
 IMAGE=podium-test-runtime:dev
 CLUSTER=podium-test
@@ -34,7 +45,8 @@ while [ $# -gt 0 ]; do
     --create-kind) MODE=kind; shift ;;
     --create-k3d) MODE=k3d; shift ;;
     --sim) MODE=sim; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --e2e) E2E=yes; shift ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -43,6 +55,7 @@ PY=.venv/bin/python
 WORK="$(mktemp -d)"
 cleanup() {
   if [ -n "${SIM_PID:-}" ]; then kill "$SIM_PID" 2>/dev/null || true; fi
+  if [ -n "${FORWARD_PID:-}" ]; then kill "$FORWARD_PID" 2>/dev/null || true; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -87,3 +100,64 @@ esac
 
 PODIUM_TEST_KUBECONFIG="$KUBECONFIG_FILE" PODIUM_TEST_IMAGE="$IMAGE" PODIUM_TEST_JOB_PYTHON="$JOB_PYTHON" \
   "$PY" -m pytest tests/test_kubernetes_backend.py -v -p no:cacheprovider "$@"
+
+# --- Podium in the cluster, deployed to with rsconnect --------------------------------------
+[ "$E2E" = yes ] || exit 0
+case "$MODE" in kind|k3d) ;; *) echo "--e2e needs --create-kind or --create-k3d" >&2; exit 2 ;; esac
+export KUBECONFIG="$KUBECONFIG_FILE"
+PODIUM_IMAGE=podium:e2e
+docker build -q -t "$PODIUM_IMAGE" -f deploy/Dockerfile . >/dev/null
+if [ "$MODE" = kind ]; then
+  kind load docker-image "$PODIUM_IMAGE" --name "$CLUSTER"
+  NODE_CONTAINER="$CLUSTER-control-plane"
+else
+  k3d image import "$PODIUM_IMAGE" -c "$CLUSTER"
+  NODE_CONTAINER="k3d-$CLUSTER-server-0"
+fi
+NODE="$(kubectl get nodes -o jsonpath='{.items[0].metadata.name}')"
+# the single-node overlay's local volume: a folder of that node, owned by uid 10001
+docker exec "$NODE_CONTAINER" sh -c 'mkdir -p /var/lib/podium-data && chown 10001:10001 /var/lib/podium-data'
+mkdir -p "$WORK/overlay"
+cat > "$WORK/overlay/kustomization.yaml" <<YAML
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - $PWD/deploy/kubernetes/overlays/single-node
+images:
+  - name: ghcr.io/podium/podium
+    newName: podium
+    newTag: e2e
+patches:
+  - target: {kind: PersistentVolume}
+    patch: |-
+      - op: replace
+        path: /spec/nodeAffinity/required/nodeSelectorTerms/0/matchExpressions/0/values
+        value: ["$NODE"]
+  - target: {kind: Deployment, name: podium}
+    patch: |-
+      - op: add
+        path: /spec/template/spec/containers/0/env/-
+        value: {name: PODIUM_KUBERNETES_DEFAULT_IMAGE, value: "$PODIUM_IMAGE"}
+YAML
+kubectl create namespace podium --dry-run=client -o yaml | kubectl apply -f -
+kubectl -n podium create secret generic podium-database \
+  --from-literal=url='sqlite:////var/lib/podium/db/podium.sqlite' --dry-run=client -o yaml | kubectl apply -f -
+kubectl apply -k "$WORK/overlay"
+kubectl -n podium rollout status deployment/podium --timeout=300s
+KEY="$(kubectl -n podium exec deployment/podium -- podium admin bootstrap --config /etc/podium/podium.toml)"
+kubectl -n podium port-forward service/podium 39390:80 >"$WORK/port-forward.log" 2>&1 &
+FORWARD_PID=$!
+for _ in $(seq 50); do curl -fsS http://127.0.0.1:39390/__api__/server_settings >/dev/null 2>&1 && break; sleep 0.2; done
+APP="$WORK/app"
+mkdir -p "$APP"
+printf 'from fastapi import FastAPI\napp = FastAPI()\n@app.get("/")\ndef root():\n    return {"hello": "kubernetes"}\n' > "$APP/app.py"
+printf 'fastapi\n' > "$APP/requirements.txt"
+RSCONNECT=.venv/bin/rsconnect
+HOME="$WORK" "$RSCONNECT" add -n e2e -s http://127.0.0.1:39390 -k "$KEY"
+HOME="$WORK" "$RSCONNECT" deploy fastapi -n e2e "$APP"
+GUID="$(python3 -c 'import json,glob,sys; r=json.load(open(glob.glob(sys.argv[1]+"/rsconnect-python/*.json")[0])); r=r if "app_guid" in r else next(iter(r.values())); print(r["app_guid"])' "$APP")"
+ANSWER="$(curl -fsS -H "Authorization: Key $KEY" "http://127.0.0.1:39390/content/$GUID/")"
+kill "$FORWARD_PID" 2>/dev/null || true
+echo "$ANSWER" | grep -q '"hello":"kubernetes"' || { echo "the app did not answer through Podium: $ANSWER" >&2; exit 1; }
+kubectl -n podium-content get jobs -l app.kubernetes.io/managed-by=podium
+echo "e2e: deployed with rsconnect, served from a pod in podium-content"

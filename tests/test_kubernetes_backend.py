@@ -29,7 +29,7 @@ import pytest
 
 from k8s_sim import SimCluster
 from k8s_sim.store import field_match, label_match
-from podium.runtime import JobHandle, JobSpec, JobState, JobStatus, Resources
+from podium.runtime import JobHandle, JobSpec, JobState, JobStatus, Placement, Resources
 from podium.runtime.kubernetes.backend import KubernetesBackend
 from podium.runtime.kubernetes.client import AsyncioKubeClient, KubeApiError
 from podium.runtime.kubernetes.manifests import KubernetesJobConfig, job_manifest
@@ -84,6 +84,12 @@ class Env:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:  # callers may be inside a loop
             return pool.submit(asyncio.run, call()).result(30)
 
+    def exists(self, path: str) -> bool:
+        try:
+            return self.api("GET", path) is not None
+        except Exception:  # the client's ApiException for a 404
+            return False
+
     def create_service_account(self, name: str) -> None:
         self.api("POST", f"/api/v1/namespaces/{self.namespace}/serviceaccounts",
                  {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
@@ -125,6 +131,12 @@ def env(cluster: SimCluster | None, tmp_path: Path) -> Iterator[Env]:
         real = Env(None, REAL_KUBECONFIG, namespace)
         real.api("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                  "metadata": {"name": namespace}})
+        # A real cluster's controller creates the namespace's "default" service account a
+        # moment later; pods are refused until it exists.
+        deadline = time.monotonic() + 30
+        while not real.exists(f"/api/v1/namespaces/{namespace}/serviceaccounts/default"):
+            assert time.monotonic() < deadline, "the namespace's default service account never appeared"
+            time.sleep(0.2)
         yield real
         real.api("DELETE", f"/api/v1/namespaces/{namespace}")
         return
@@ -149,18 +161,32 @@ async def ended(backend: KubernetesBackend, handle: JobHandle, timeout: float = 
 SLEEP = [PY, "-c", "import time; time.sleep(60)"]
 
 
-def test_kubernetes_unknown_image_fails_with_image_pull_reason(env: Env) -> None:
-    async def scenario(backend: KubernetesBackend) -> JobStatus:
-        return await ended(backend, await backend.launch(spec(SLEEP, image="registry.invalid/nope:1")))
+async def pending_with(backend: KubernetesBackend, handle: JobHandle, reasons: set[str],
+                       timeout: float = 10) -> JobStatus:
+    """The job's status once it is PENDING with one of ``reasons`` (a state that may pass)."""
+    deadline = time.monotonic() + timeout
+    while (status := await backend.status(handle)).reason not in reasons:
+        assert status.state is JobState.PENDING and time.monotonic() < deadline, status
+        await asyncio.sleep(0.05)
+    return status
 
-    status = env.run(scenario)
-    assert (status.state, status.reason) == (JobState.FAILED, "ErrImagePull")
-    assert status.message and "registry.invalid/nope:1" in status.message
-    # The cluster would keep trying to pull: the backend deleted the Job it failed.
-    deadline = time.monotonic() + 10
-    while env.get(f"/apis/batch/v1/namespaces/{env.namespace}/jobs")["items"]:
-        assert time.monotonic() < deadline, "the failed Job was not deleted"
-        time.sleep(0.1)
+
+def test_kubernetes_unknown_image_waits_with_the_image_pull_reason(env: Env) -> None:
+    # A registry answering 429 gives the same ErrImagePull: the job stays PENDING with the
+    # reason, the caller decides how long to wait (init_timeout), stop() ends it.
+    async def scenario(backend: KubernetesBackend) -> tuple[JobStatus, JobStatus, Any]:
+        handle = await backend.launch(spec(SLEEP, image="registry.invalid/nope:1"))
+        waiting = await pending_with(backend, handle, {"ErrImagePull", "ImagePullBackOff"})
+        await asyncio.sleep(1)
+        still = await backend.status(handle)
+        await backend.stop(handle, 0)
+        return waiting, still, env.get(f"/apis/batch/v1/namespaces/{env.namespace}/jobs")["items"]
+
+    waiting, still, jobs = env.run(scenario)
+    assert waiting.state is JobState.PENDING and waiting.message and "registry.invalid/nope:1" in waiting.message
+    assert waiting.message.startswith(waiting.reason or "")
+    assert still.state is JobState.PENDING and still.reason in {"ErrImagePull", "ImagePullBackOff"}
+    assert jobs == []
 
 
 def test_kubernetes_command_references_to_pod_ip_are_expanded(env: Env) -> None:
@@ -179,13 +205,20 @@ def test_kubernetes_command_references_to_pod_ip_are_expanded(env: Env) -> None:
     assert any("True $(POD_IP)" in str(line) for line in lines), lines
 
 
-def test_kubernetes_missing_service_account_fails_with_failed_create(env: Env) -> None:
-    async def scenario(backend: KubernetesBackend) -> JobStatus:
-        return await ended(backend, await backend.launch(spec(SLEEP, service_account="ghost")))
+def test_kubernetes_missing_service_account_waits_with_failed_create_then_runs(env: Env) -> None:
+    async def scenario(backend: KubernetesBackend) -> tuple[JobStatus, JobStatus]:
+        handle = await backend.launch(spec(SLEEP, service_account="late"))
+        waiting = await pending_with(backend, handle, {"FailedCreate"})
+        await asyncio.to_thread(env.create_service_account, "late")  # the Job controller retries
+        deadline = time.monotonic() + 15
+        while (status := await backend.status(handle)).state is not JobState.RUNNING:
+            assert status.state.active and time.monotonic() < deadline, status
+            await asyncio.sleep(0.1)
+        return waiting, status
 
-    status = env.run(scenario)
-    assert (status.state, status.reason) == (JobState.FAILED, "FailedCreate")
-    assert status.message and 'serviceaccount "ghost" not found' in status.message
+    waiting, running = env.run(scenario)
+    assert waiting.message and 'serviceaccount "late" not found' in waiting.message
+    assert running.state is JobState.RUNNING
 
 
 def test_kubernetes_pod_gets_service_account_resources_and_labels(env: Env) -> None:
@@ -216,13 +249,39 @@ def test_kubernetes_pod_gets_service_account_resources_and_labels(env: Env) -> N
     assert REAL_KUBECONFIG or pod["status"]["podIP"].startswith("127.10.")
 
 
-def test_kubernetes_request_beyond_the_node_is_unschedulable(env: Env) -> None:
+def test_kubernetes_request_beyond_every_node_waits_as_unschedulable(env: Env) -> None:
     async def scenario(backend: KubernetesBackend) -> JobStatus:
-        return await ended(backend, await backend.launch(spec(SLEEP, resources=Resources(cpu_request=64))))
+        handle = await backend.launch(spec(SLEEP, resources=Resources(cpu_request=64)))
+        status = await pending_with(backend, handle, {"Unschedulable"})
+        await backend.stop(handle, 0)
+        return status
 
     status = env.run(scenario)
-    assert (status.state, status.reason) == (JobState.FAILED, "Unschedulable")
     assert status.message and "Insufficient cpu" in status.message
+
+
+@sim_only
+def test_sim_unschedulable_pod_runs_once_a_node_is_added(env: Env) -> None:
+    # What a cluster autoscaler does: the pod waits (Unschedulable), a node joins, it runs.
+    async def scenario(backend: KubernetesBackend) -> tuple[JobStatus, str]:
+        selector = {"pool": f"big-{env.namespace}"}
+        handle = await backend.launch(spec(SLEEP, resources=Resources(cpu_request=3),
+                                           placement=Placement(node_selector=selector)))
+        waiting = await pending_with(backend, handle, {"Unschedulable"})
+        await asyncio.to_thread(env.cluster.add_node, f"node-{env.namespace}", selector, None, 4.0)
+        deadline = time.monotonic() + 10
+        while (await backend.status(handle)).state is not JobState.RUNNING:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        pods = env.get(f"/api/v1/namespaces/{env.namespace}/pods")["items"]
+        return waiting, pods[0]["spec"]["nodeName"]
+
+    try:
+        waiting, node_name = env.run(scenario)
+    finally:
+        env.cluster.remove_node(f"node-{env.namespace}")
+    assert waiting.message and "didn't match Pod's node affinity/selector" in waiting.message
+    assert node_name == f"node-{env.namespace}"
 
 
 def test_kubernetes_over_memory_limit_is_oom_killed(env: Env) -> None:
@@ -302,8 +361,13 @@ def test_sim_delete_without_propagation_orphans_pods(env: Env) -> None:
         client = await AsyncioKubeClient.connect(env.kubeconfig)
         try:
             await client._json(client._batch.delete_namespaced_job, "job-1", env.namespace)
-            pods, _ = await client.list_objects("pods", env.namespace, "podium.dev/job-key=job-1")
-            assert len(pods) == 1 and pods[0]["metadata"]["ownerReferences"] == []
+            deadline = time.monotonic() + 30
+            while True:  # a real cluster's garbage collector orphans the pod asynchronously
+                pods, _ = await client.list_objects("pods", env.namespace, "podium.dev/job-key=job-1")
+                if len(pods) == 1 and not pods[0]["metadata"].get("ownerReferences"):
+                    break
+                assert time.monotonic() < deadline, pods
+                await asyncio.sleep(0.2)
             await client.delete_pod(env.namespace, pods[0]["metadata"]["name"], 1)
             with pytest.raises(KubeApiError) as caught:
                 await client.get_job(env.namespace, "job-1")
@@ -317,7 +381,7 @@ def test_sim_delete_without_propagation_orphans_pods(env: Env) -> None:
 @sim_only
 def test_sim_log_of_a_pod_not_started_is_400(env: Env) -> None:
     async def scenario(backend: KubernetesBackend) -> None:
-        # The backend deletes a Job it failed: look at the pod before asking the backend.
+        # Made without the backend, so the backend has no say about it.
         client = await AsyncioKubeClient.connect(env.kubeconfig)
         try:
             manifest = job_manifest(spec(SLEEP, image="registry.invalid/nope:1"), backend.config)
@@ -333,7 +397,7 @@ def test_sim_log_of_a_pod_not_started_is_400(env: Env) -> None:
         assert caught.value.code == 400
         assert "is waiting to start" in json.loads(caught.value.read())["message"]
         handle = JobHandle(backend.name, "job-1", {"name": "job-1"})
-        assert [line async for line in backend.logs(handle, follow=True)] == []
+        assert [line async for line in backend.logs(handle)] == []  # following would wait for a start
 
     env.run(scenario)
 
@@ -354,3 +418,44 @@ def test_sim_selectors() -> None:
     obj = {"metadata": {"name": "n"}, "involvedObject": {"kind": "Job"}}
     assert field_match("metadata.name=n,involvedObject.kind=Job", obj)
     assert not field_match("involvedObject.kind!=Job", obj)
+
+
+def test_kubernetes_job_log_is_kept_after_the_job_is_gone(env: Env, tmp_path: Path) -> None:
+    from podium.runtime.kubernetes.keptlogs import KeptLogs
+
+    kept = KeptLogs(tmp_path / "kept", 3600)
+    config = KubernetesJobConfig(namespace=env.namespace, default_image=IMAGE, ttl_seconds_after_finished=1)
+
+    def make() -> KubernetesBackend:
+        return KubernetesBackend(lambda: AsyncioKubeClient.connect(env.kubeconfig), config, kept)
+
+    async def main() -> tuple[list[str], list[str]]:
+        backend = make()
+        try:
+            done = await backend.launch(spec([PY, "-c", "print('first'); print('second')"], key="ends"))
+            assert (await ended(backend, done)).state is JobState.SUCCEEDED
+            stopped = await backend.launch(spec([PY, "-u", "-c", "print('before stop'); import time; time.sleep(60)"],
+                                                key="stopped"))
+            deadline = time.monotonic() + 15
+            while "before stop" not in [line.data async for line in backend.logs(stopped)]:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            await backend.stop(stopped, 1)
+            while (await asyncio.to_thread(env.get, f"/api/v1/namespaces/{env.namespace}/pods"))["items"]:
+                assert time.monotonic() < deadline, "ttlSecondsAfterFinished did not delete the Job"
+                await asyncio.sleep(0.2)
+        finally:
+            await backend.close()
+        fresh = make()  # a restarted server: the cluster has no pod of either job left
+        try:
+            return ([line.data async for line in fresh.logs(done)],
+                    [line.data async for line in fresh.logs(stopped)])
+        finally:
+            await fresh.close()
+
+    ended_lines, stopped_lines = asyncio.run(asyncio.wait_for(main(), 40))
+    assert ended_lines == ["first", "second"]
+    assert stopped_lines == ["before stop"]
+    assert kept.has("ends") and kept.has("stopped")
+    KeptLogs(tmp_path / "kept", 0).prune()  # retention 0: everything older than now goes
+    assert not kept.has("ends")

@@ -51,15 +51,27 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, cluster: SimCluster) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("podium-k8s")
-    kubeconfig = cluster.write_kubeconfig(root / "kubeconfig")
-    running = start_server(root / "data", {
-        "PODIUM_KUBERNETES_ENABLED": "true",
-        "PODIUM_KUBERNETES_KUBECONFIG": str(kubeconfig),
-        "PODIUM_KUBERNETES_NAMESPACE": NAMESPACE,
-        "PODIUM_KUBERNETES_DEFAULT_IMAGE": IMAGE,
-    })
+    running = start_server(root / "data", k8s_env(cluster, root))
     yield running
     running.stop()
+
+
+def k8s_env(cluster: SimCluster, root: Path, claim: str = "podium-data", **extra: str) -> dict[str, str]:
+    """A server on the simulated cluster whose data dir, root/data, is the PVC ``claim``:
+    every pod mounts what it may see of it, one subPath at a time."""
+    (root / "data").mkdir(exist_ok=True)
+    cluster.add_volume(claim, root / "data")
+    return {
+        "PODIUM_KUBERNETES_ENABLED": "true",
+        "PODIUM_KUBERNETES_KUBECONFIG": str(cluster.write_kubeconfig(root / "kubeconfig")),
+        "PODIUM_KUBERNETES_NAMESPACE": NAMESPACE,
+        "PODIUM_KUBERNETES_DEFAULT_IMAGE": IMAGE,
+        "PODIUM_KUBERNETES_DATA_PVC": claim,
+        # transient states (an unknown image) wait this long before a deploy fails
+        "PODIUM_INIT_TIMEOUT_SECONDS": "20",
+        "PODIUM_MAX_NVIDIA_GPU_LIMIT": "1",
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +127,20 @@ def test_kubernetes_missing_service_account_surfaces_failed_create(
     admin_patch(server, fastapi_app, service_account_name="ghost")
     try:
         stop_run_jobs(server, fastapi_app)
+        started = time.monotonic()
         answer = server.api().get(content_url(server, fastapi_app), headers={"Accept": "application/json"})
         assert answer.status_code >= 500
-        listed = server.api().get(f"{server.url}/__api__/v1/content/{fastapi_app}/jobs").json()
-        assert any("FailedCreate" in (job["error"] or "") or 'serviceaccount "ghost" not found' in (job["error"] or "")
-                   for job in listed), listed
+
+        def failed() -> list[str]:
+            listed = server.api().get(f"{server.url}/__api__/v1/content/{fastapi_app}/jobs").json()
+            return [job["error"] for job in listed if 'serviceaccount "ghost" not found' in (job["error"] or "")]
+
+        # The Job controller may yet succeed (an account created late): the process waits
+        # until init_timeout, then fails with the last reason and the setting to change.
+        assert wait_until(failed, 40), server.log()[-3000:]
+        [error] = failed()
+        assert "FailedCreate" in error and "init_timeout (20 s)" in error
+        assert time.monotonic() - started >= 19
     finally:
         admin_patch(server, fastapi_app, service_account_name=None)
         stop_run_jobs(server, fastapi_app)
@@ -219,14 +240,9 @@ def test_kubernetes_memory_limit_kill_is_reported_as_oom_killed(
 
 
 def test_kubernetes_restarted_server_adopts_running_jobs(cluster: SimCluster, tmp_path: Path) -> None:
+    # apart from the module's server: its own instance label and data PVC
+    env = k8s_env(cluster, tmp_path, claim="restart-data", PODIUM_KUBERNETES_INSTANCE="restart-test")
     data = tmp_path / "data"
-    env = {
-        "PODIUM_KUBERNETES_ENABLED": "true",
-        "PODIUM_KUBERNETES_KUBECONFIG": str(cluster.write_kubeconfig(tmp_path / "kubeconfig")),
-        "PODIUM_KUBERNETES_NAMESPACE": NAMESPACE,
-        "PODIUM_KUBERNETES_INSTANCE": "restart-test",  # apart from the module's server
-        "PODIUM_KUBERNETES_DEFAULT_IMAGE": IMAGE,
-    }
     first = start_server(data, env)
     try:
         key, guid, process, _pid = deploy_restart_app(first, tmp_path)
@@ -242,8 +258,18 @@ def test_kubernetes_restarted_server_adopts_running_jobs(cluster: SimCluster, tm
         assert body["process"] == process  # adopted, not restarted
         assert [j["metadata"]["uid"] for j in run_jobs(cluster, guid)] == [job["metadata"]["uid"]]
     finally:
-        second.stop()
-    # A clean shutdown stops the processes: their Jobs are deleted, nothing is orphaned.
+        second.stop()  # a clean stop (SIGTERM), as in a rolling update
+    # On Kubernetes a clean stop leaves content Jobs for the next server to adopt: content
+    # keeps serving through a rolling update (keep_processes_on_shutdown unset).
+    assert [j["metadata"]["uid"] for j in run_jobs(cluster, guid)] == [job["metadata"]["uid"]]
+    third = start_server(data, {**env, "PODIUM_KEEP_PROCESSES_ON_SHUTDOWN": "false"}, bootstrap=False)
+    try:
+        third._keys = dict(first._keys)
+        body = third.api(key).get(f"{third.url}/content/{guid}/").json()
+        assert body["process"] == process
+    finally:
+        third.stop()
+    # Told not to keep them, a clean stop deletes the Jobs: nothing is orphaned.
     wait_until(lambda: run_jobs(cluster, guid) == [], 20)
 
 
@@ -314,3 +340,154 @@ def test_kubernetes_plumber_api_restores_and_runs_in_jobs(server: RunningServer,
     selector = f"podium.dev/content-guid%3D{guid}"
     listed = cluster_get(cluster, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs?labelSelector={selector}")["items"]
     assert {"build", "run"} <= {job["metadata"]["labels"]["podium.dev/job-kind"] for job in listed}
+
+
+HOSTILE_APP = '''
+import hashlib, os
+from pathlib import Path
+from fastapi import FastAPI
+
+app = FastAPI()
+
+def attempt(action):
+    try:
+        action()
+        return "ok"
+    except OSError as error:
+        return type(error).__name__
+
+@app.get("/")
+def probe():
+    data = Path.cwd().parents[2]  # the bundle is <data>/apps/<content>/<bundle>
+    runner = next((data / "runtime").glob("*.py"), data / "runtime" / "runner.py")
+    others = [p for p in (data / "apps").iterdir() if p.name != Path.cwd().parent.name]
+    return {
+        "key": attempt(lambda: (data / "secret.key").read_bytes()),
+        "db": attempt(lambda: (data / "db" / "podium.sqlite").read_bytes()),
+        "other_bundles": [attempt(lambda: list(p.iterdir())) for p in others],
+        "other_bundle_names": sorted(p.name for p in others),
+        "runner_write": attempt(lambda: open(runner, "a").write("# pwned")),
+        "runner": runner.name,
+        "bundle_write": attempt(lambda: open("app.py", "a").write("# pwned")),
+        "home_write": attempt(lambda: open(os.path.join(os.environ["HOME"], "f"), "w").write("x")),
+        "data": sorted(os.listdir(data)),
+        "uid": os.getuid(),
+        "token": hashlib.sha256(os.environ.get("API_TOKEN", "").encode()).hexdigest(),
+    }
+'''
+TOKEN = "tok-3f9a1c0e-never-in-a-pod-spec"
+
+
+def test_kubernetes_hostile_content_sees_only_its_own_files_and_secret_stays_in_a_secret(
+    server: RunningServer, cluster: SimCluster, fastapi_app: str, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from tests.test_kubernetes_isolation import require_enforcing
+
+    require_enforcing(cluster)
+    home = tmp_path / "home"
+    home.mkdir()
+    key = server.user_key("k8s_hostile", "publisher")
+    assert rsconnect(home, "add", "-n", "podium", "-s", server.url, "-k", key).returncode == 0
+    directory = write_app(tmp_path, "hostile_app", HOSTILE_APP, "fastapi\n")
+    done = deploy_dir(home, "fastapi", directory, "-E", f"API_TOKEN={TOKEN}")
+    assert done.returncode == 0, done.stdout + done.stderr + server.log()
+    guid = guid_of(directory)
+    answer = server.api(key).get(content_url(server, guid))
+    assert answer.status_code == 200, answer.text
+    report = answer.json()
+    assert report["token"] == hashlib.sha256(TOKEN.encode()).hexdigest()  # the pod got its variable
+    assert (report["key"], report["db"], report["runner_write"], report["bundle_write"]) == (
+        "FileNotFoundError", "FileNotFoundError", "PermissionError", "PermissionError"), report
+    # Another item's folder may show as an empty mount-point parent at most, never its files.
+    assert report["other_bundle_names"] == [] and report["home_write"] == "ok", report
+    assert set(report["data"]) <= {"apps", "envs", "home", "runtime"}, report
+    assert report["uid"] == 10001
+    runner = server.data_dir / "runtime" / report["runner"]
+    assert "pwned" not in runner.read_text()
+    # No stored Job or Pod ever held the value: it lives in the job's Secret only.
+    stored = [obj for obj in cluster.history() if obj.get("kind") in ("Job", "Pod")]
+    mine = [obj for obj in stored if obj["metadata"].get("labels", {}).get("podium.dev/content-guid") == guid]
+    assert mine and all(TOKEN not in json.dumps(obj) for obj in stored)
+    secrets = [s for s in cluster.objects("secrets", NAMESPACE)
+               if s["metadata"]["labels"].get("podium.dev/content-guid") == guid]
+    assert secrets and all(s["metadata"]["ownerReferences"][0]["kind"] == "Job" for s in secrets)
+    env = [item for obj in mine if obj["kind"] == "Pod" for item in obj["spec"]["containers"][0]["env"]
+           if item["name"] == "API_TOKEN"]
+    assert env and all("secretKeyRef" in item["valueFrom"] for item in env)
+
+
+def test_kubernetes_placement_and_gpu_limit_set_by_an_administrator_land_on_the_pod(
+    server: RunningServer, cluster: SimCluster, fastapi_app: str
+) -> None:
+    publisher = server.api(server.user_key("k8s_pub", "publisher"))
+    url = f"{server.url}/__api__/v1/content/{fastapi_app}"
+    placement = {
+        "node_selector": {"accelerator": "t4"},
+        "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "runtime_class_name": "gvisor", "priority_class_name": "content",
+    }
+    refused = publisher.patch(url, json={"kubernetes_placement": placement})
+    assert refused.status_code == 403, refused.text
+    too_many = publisher.patch(url, json={"nvidia_gpu_limit": 2})
+    assert too_many.status_code == 400 and "max_nvidia_gpu_limit" in too_many.json()["error"]
+    cluster.add_node("gpu-e2e", {"accelerator": "t4"}, [{"key": "gpu", "value": "yes", "effect": "NoSchedule"}],
+                     extra={"nvidia.com/gpu": 1})
+    try:
+        admin_patch(server, fastapi_app, kubernetes_placement=placement)
+        assert publisher.patch(url, json={"nvidia_gpu_limit": 1}).status_code == 200  # within the maximum
+        shown = publisher.get(url).json()
+        assert (shown["kubernetes_placement"], shown["nvidia_gpu_limit"]) == (placement, 1)
+        stop_run_jobs(server, fastapi_app)
+        assert publisher.get(content_url(server, fastapi_app)).status_code == 200
+        [job] = run_jobs(cluster, fastapi_app)
+        pods = cluster_get(cluster, f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=job-name%3D"
+                                    f"{job['metadata']['name']}")["items"]
+        pod = pods[0]["spec"]
+        assert pod["nodeName"] == "gpu-e2e" and pod["nodeSelector"] == {"accelerator": "t4"}
+        assert pod["tolerations"] == placement["tolerations"]
+        assert (pod["runtimeClassName"], pod["priorityClassName"]) == ("gvisor", "content")
+        assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    finally:
+        admin_patch(server, fastapi_app, kubernetes_placement=None, nvidia_gpu_limit=None)
+        stop_run_jobs(server, fastapi_app)
+        cluster.remove_node("gpu-e2e")
+
+
+def test_kubernetes_unschedulable_content_starts_once_a_node_joins_within_init_timeout(
+    server: RunningServer, cluster: SimCluster, fastapi_app: str
+) -> None:
+    # What a cluster autoscaler does: the process waits (Unschedulable), a node joins,
+    # the request that started it is answered; nothing failed on the way.
+    admin_patch(server, fastapi_app, kubernetes_placement={"node_selector": {"pool": "autoscaled"}})
+    client = server.api()
+    try:
+        stop_run_jobs(server, fastapi_app)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(client.get, content_url(server, fastapi_app), headers={"Accept": "application/json"},
+                                 timeout=60)
+            pods = f"/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=podium.dev/content-guid%3D{fastapi_app}"
+
+            def waiting() -> bool:
+                return any(c.get("reason") == "Unschedulable" for pod in cluster_get(cluster, pods)["items"]
+                           for c in pod["status"].get("conditions") or [])
+
+            assert wait_until(waiting, 20)
+            time.sleep(2)  # pending a while, well within init_timeout (20 s)
+            cluster.add_node("autoscaled-1", {"pool": "autoscaled"})
+            assert answer.result().status_code == 200
+        [job] = run_jobs(cluster, fastapi_app)
+        listed = client.get(f"{server.url}/__api__/v1/content/{fastapi_app}/jobs").json()
+        assert not any(j["error"] for j in listed if j["key"] == job["metadata"]["labels"]["podium.dev/job-key"])
+    finally:
+        admin_patch(server, fastapi_app, kubernetes_placement=None)
+        stop_run_jobs(server, fastapi_app)
+        cluster.remove_node("autoscaled-1")
+
+
+def test_kubernetes_server_service_account_is_refused_for_content(server: RunningServer, fastapi_app: str) -> None:
+    answer = server.api().patch(f"{server.url}/__api__/v1/content/{fastapi_app}",
+                                json={"service_account_name": "podium"})
+    assert answer.status_code == 400 and answer.json()["code"] == 178, answer.text
+    assert "kubernetes_denied_service_accounts" in answer.json()["error"]

@@ -1,8 +1,13 @@
-"""The install manifests in deploy/kubernetes/: valid for the Kubernetes versions we
-support, and the Podium settings they carry load."""
+"""The install manifests in deploy/kubernetes/ (a kustomize base and two overlays):
+rendered with ``kubectl kustomize`` (offline), valid for the Kubernetes versions we
+support, restricted where they run pods, with the RBAC the backend needs, no secret
+in them, pinned images, and Podium settings that load."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,40 +16,96 @@ import pytest
 import yaml
 from kubernetes_validate.utils import latest_version
 
+from k8s_sim.podsecurity import restricted_violations
 from podium.settings import load_settings
 
-MANIFESTS = Path(__file__).parent.parent / "deploy" / "kubernetes" / "podium.yaml"
+DEPLOY = Path(__file__).parent.parent / "deploy" / "kubernetes"
+OVERLAYS = sorted(path.name for path in (DEPLOY / "overlays").iterdir() if path.is_dir())
 
 
-def documents() -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(MANIFESTS.read_text()) if doc]
+def render(overlay: str) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        if os.environ.get("CI"):
+            pytest.fail("kubectl (with kustomize v4 or newer) is needed in CI to render deploy/kubernetes")
+        pytest.skip("kubectl is not installed")
+    done = subprocess.run([kubectl, "kustomize", str(DEPLOY / "overlays" / overlay)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def of_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in documents if doc["kind"] == kind]
+
+
+def test_install_has_the_overlays() -> None:
+    assert OVERLAYS == ["shared-volume", "single-node"]
 
 
 @pytest.mark.parametrize("version", ["1.29.0", "1.33.0", latest_version()])
-def test_install_manifests_validate_strictly(version: str) -> None:
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_install_manifests_validate_strictly(overlay: str, version: str) -> None:
     kinds = []
-    for doc in documents():
+    for doc in render(overlay):
         kubernetes_validate.validate(doc, version, strict=True)
         kinds.append(doc["kind"])
-    assert {"Deployment", "Service", "PersistentVolumeClaim", "Role", "RoleBinding"} <= set(kinds)
+    assert {"Namespace", "Deployment", "Service", "PersistentVolumeClaim", "Role", "RoleBinding",
+            "NetworkPolicy", "ConfigMap", "ServiceAccount"} <= set(kinds)
 
 
-def test_install_role_grants_what_the_backend_calls() -> None:
-    [role] = [doc for doc in documents() if doc["kind"] == "Role"]
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_install_server_is_restricted_probed_pinned_and_holds_no_secret(overlay: str) -> None:
+    documents = render(overlay)
+    text = yaml.safe_dump_all(documents)
+    assert "CHANGE-ME" not in text and not of_kind(documents, "Secret")
+    [deployment] = of_kind(documents, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    [container] = pod["containers"]
+    assert {"readinessProbe", "livenessProbe", "resources"} <= set(container)
+    images = [container["image"] for doc in documents if doc["kind"] == "Deployment"
+              for container in doc["spec"]["template"]["spec"]["containers"]]
+    assert all(":" in image and not image.endswith(":latest") for image in images), images
+    database = next(e for e in container["env"] if e["name"] == "PODIUM_DATABASE_URL")
+    assert database["valueFrom"]["secretKeyRef"]["name"] == "podium-database"  # made by the installer
+    namespaces = {doc["metadata"]["name"]: doc["metadata"].get("labels", {}) for doc in of_kind(documents, "Namespace")}
+    assert namespaces["podium-content"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    claims = {(doc["metadata"]["namespace"], doc["metadata"]["name"]) for doc in of_kind(documents, "PersistentVolumeClaim")}
+    assert claims == {("podium", "podium-data"), ("podium-content", "podium-data")}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_install_role_grants_what_the_backend_calls_in_the_content_namespace(overlay: str) -> None:
+    documents = render(overlay)
+    [role] = of_kind(documents, "Role")
+    assert role["metadata"]["namespace"] == "podium-content"
     rules = {(group, resource): set(rule["verbs"])
              for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
     assert rules[("batch", "jobs")] >= {"create", "get", "list", "watch", "delete"}
     assert rules[("", "pods")] >= {"get", "list", "watch", "delete"}
     assert rules[("", "pods/log")] >= {"get"}
     assert rules[("", "events")] >= {"list"}
+    assert rules[("", "secrets")] == {"create", "patch", "delete"}  # never get or list: no reading them
+    [binding] = of_kind(documents, "RoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "podium", "namespace": "podium"}]
+    policies = {doc["metadata"]["name"]: doc for doc in of_kind(documents, "NetworkPolicy")}
+    ingress = policies["podium-content-ingress"]["spec"]
+    assert ingress["podSelector"]["matchLabels"] == {"app.kubernetes.io/managed-by": "podium"}
+    [source] = ingress["ingress"][0]["from"]
+    assert source["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "podium"}
 
 
-def test_install_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [name for name in __import__("os").environ if name.startswith("PODIUM_")]:
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_install_config_loads(overlay: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [name for name in os.environ if name.startswith("PODIUM_")]:
         monkeypatch.delenv(name)
-    [config] = [doc for doc in documents() if doc["kind"] == "ConfigMap"]
+    [config] = of_kind(render(overlay), "ConfigMap")
     path = tmp_path / "podium.toml"
     path.write_text(config["data"]["podium.toml"])
     settings = load_settings(path, data_dir=tmp_path / "data")
     assert settings.kubernetes_enabled and settings.kubernetes_data_pvc == "podium-data"
+    assert settings.kubernetes_namespace == "podium-content"
     assert settings.default_service_account == "podium-content"
+    assert "podium" in settings.kubernetes_denied_service_accounts
+    assert settings.effective_keep_processes_on_shutdown

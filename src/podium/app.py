@@ -99,10 +99,15 @@ def make_backend(settings: Settings, layout: DataLayout) -> ExecutionBackend:
     if not settings.kubernetes_enabled:
         return LocalBackend(layout.jobs)
     # Imported here: the Kubernetes client (aiohttp) adds half a second to every start.
+    from podium.runtime import Placement
     from podium.runtime.kubernetes.backend import KubernetesBackend
-    from podium.runtime.kubernetes.client import AsyncioKubeClient
+    from podium.runtime.kubernetes.client import AsyncioKubeClient, own_service_account
+    from podium.runtime.kubernetes.keptlogs import KeptLogs
     from podium.runtime.kubernetes.manifests import KubernetesJobConfig
 
+    own = own_service_account()
+    if own and own not in settings.kubernetes_denied_service_accounts:  # never content's
+        settings.kubernetes_denied_service_accounts = [*settings.kubernetes_denied_service_accounts, own]
     config = KubernetesJobConfig(
         namespace=settings.kubernetes_namespace,
         instance=settings.kubernetes_instance,
@@ -115,16 +120,28 @@ def make_backend(settings: Settings, layout: DataLayout) -> ExecutionBackend:
         ttl_seconds_after_finished=settings.kubernetes_job_ttl_seconds,
         default_service_account=settings.default_service_account or None,
         job_template_patch=settings.kubernetes_job_template_patch,
+        run_as_user=settings.kubernetes_run_as_user,
+        run_as_group=settings.kubernetes_run_as_group,
+        tmp_size_limit_bytes=settings.kubernetes_tmp_size_limit_bytes or None,
+        placement=Placement(
+            node_selector=dict(settings.kubernetes_node_selector),
+            tolerations=tuple(settings.kubernetes_tolerations),
+            affinity=dict(settings.kubernetes_affinity),
+            priority_class_name=settings.kubernetes_priority_class_name or None,
+            runtime_class_name=settings.kubernetes_runtime_class_name or None,
+        ),
     )
     kubeconfig = str(settings.kubernetes_kubeconfig) if settings.kubernetes_kubeconfig else None
-    return KubernetesBackend(lambda: AsyncioKubeClient.connect(kubeconfig), config)
+    days = settings.kubernetes_job_log_retention_days
+    kept = KeptLogs(layout.jobs / "kubernetes", days * 86400.0) if days else None
+    return KubernetesBackend(lambda: AsyncioKubeClient.connect(kubeconfig), config, kept)
 
 
 def make_isolation(settings: Settings, data_dir: Path) -> Isolation:
     """The local sandbox policy, with what this host can do found by a real probe (said
     loudly when content cannot be isolated)."""
-    if settings.kubernetes_enabled:  # pods are isolated by Kubernetes
-        return Isolation("off", settings.sandbox_uid_base, SandboxSupport(False, "Kubernetes runs content"))
+    if settings.kubernetes_enabled:  # pods: the same sandboxes, as volumes and a security context
+        return Isolation.for_pods(settings.kubernetes_run_as_user, settings.kubernetes_run_as_group, data_dir)
     support = SandboxSupport(False, "the sandbox setting is off")
     isolation = Isolation(settings.sandbox, settings.sandbox_uid_base, support, data_dir)
     if settings.sandbox != "off":
@@ -165,6 +182,7 @@ def build(settings: Settings) -> Node:
     builder = Builder(
         jobs, layout.envs, layout.cache, find_uv_bin(), settings.package_index_url,
         settings.build_timeout_seconds, settings.r_repository_url, isolation,
+        start_timeout_seconds=settings.init_timeout_seconds,
     )
     targets = AppTargets(store, settings, layout, env_vars, urls, isolation)
     socket_dir, listen_host = None, "$(POD_IP)"  # pods: bind the pod IP, as the kubelet expands it
@@ -253,7 +271,7 @@ def create_app(node: Node) -> FastAPI:
         await node.throttle.close()
         await render_schedules.close()
         await node.tasks.shutdown()
-        await node.scheduler.close(stop_processes=not settings.keep_processes_on_shutdown)
+        await node.scheduler.close(stop_processes=not settings.effective_keep_processes_on_shutdown)
         await node.backend.close()
         node.store.dispose()
 

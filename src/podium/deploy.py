@@ -172,6 +172,7 @@ class Deployer:
                     bundle_dir=bundle_dir, manifest=manifest, r=r,
                     managed=r_managed(manifest, self.settings.r_environment_management),
                     image=env.name, resources=job.resources, service_account=job.service_account,
+                    placement=job.placement,
                 ),
                 out,
             )
@@ -192,6 +193,7 @@ class Deployer:
             image=env.name,
             resources=job.resources,
             service_account=job.service_account,
+            placement=job.placement,
         )
         built = await self.builder.ensure(build, out)
         self._record_environment(request.bundle_id, env, built, r, quarto, r_library)

@@ -27,7 +27,15 @@ read-only to everyone once built.
 The ``sandbox`` setting decides what happens where sandboxes cannot be made (no
 bubblewrap, no user namespaces): ``required`` launches nothing (each job fails with the
 reason and its fix), ``optional`` runs jobs unsandboxed with a warning, ``off`` never
-sandboxes. The Kubernetes backend isolates pods itself and ignores all of this.
+sandboxes.
+
+On Kubernetes (:meth:`Isolation.for_pods`) every job gets the same sandbox, always:
+the backend turns its paths into the pod's volume mounts (one ``subPath`` of the data
+PVC each, read-only or writable as listed) and its uid/gid into the pod's security
+context, so a pod sees its bundle and environments read-only and its own folders
+writable, never the data dir, the key or the database. Pods all run as one configured
+uid/gid (``kubernetes_run_as_user``/``kubernetes_run_as_group``): their mounts, not
+their uids, keep them apart.
 """
 
 from __future__ import annotations
@@ -58,6 +66,14 @@ class Isolation:
         self.support = support
         self.data_dir = str(data_dir) if data_dir is not None else None
         self.privileged = os.geteuid() == 0
+        self.pod_ids: tuple[int, int] | None = None  # set by for_pods
+
+    @classmethod
+    def for_pods(cls, uid: int, gid: int, data_dir: Path) -> Isolation:
+        """Sandboxes for Kubernetes pods: always made, every job as ``uid``/``gid``."""
+        isolation = cls("required", uid, SandboxSupport(True, "pods on Kubernetes"), data_dir)
+        isolation.pod_ids = (uid, gid)
+        return isolation
 
     @property
     def active(self) -> bool:
@@ -88,10 +104,14 @@ class Isolation:
         )
 
     def content_uid(self, content_id: int) -> int:
+        if self.pod_ids is not None:
+            return self.pod_ids[0]
         return self.uid_base + content_id if self.privileged else os.geteuid()
 
     @property
     def builder_uid(self) -> int:
+        if self.pod_ids is not None:
+            return self.pod_ids[0]
         return self.uid_base if self.privileged else os.geteuid()
 
     def own_tree(self, root: Path, uid: int) -> None:
@@ -112,7 +132,8 @@ class Isolation:
         None, repeated or inside another listed path are dropped."""
         if not self.active:
             return None
-        mine = tuple(str(prepare_writable(path, uid, uid)) for path in writable)
+        gid = self.pod_ids[1] if self.pod_ids is not None else uid
+        mine = tuple(str(self._writable(path, uid, gid)) for path in writable)
         shown: list[str] = []
         for path in sorted({os.path.normpath(str(p)) for p in read_only if p}, key=len):
             if self.data_dir is not None and _below(self.data_dir, path):
@@ -120,7 +141,16 @@ class Isolation:
                 continue
             if path not in mine and not any(_below(path, other) for other in (*shown, *mine)):
                 shown.append(path)
-        return Sandbox(uid, uid, tuple(shown), mine)
+        return Sandbox(uid, gid, tuple(shown), mine)
+
+    def _writable(self, path: str | Path, uid: int, gid: int) -> Path:
+        if self.pod_ids is not None and not self.privileged:
+            # A server that is not root cannot give folders away: its pods run as its
+            # own uid (the shipped manifests do), and the folder is its own.
+            folder = Path(path)
+            folder.mkdir(mode=0o700, exist_ok=True)
+            return folder
+        return prepare_writable(path, uid, gid)
 
 
 def interpreter_paths(executable: str | None) -> list[str]:

@@ -15,10 +15,12 @@ import os
 import shlex
 import socket
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
 
+from podium.placement import to_placement
 from podium.runtime import ExecutionBackend, JobHandle, JobSpec, JobState, JobStatus, VolumeMount
 from podium.store import Store
 from podium.store.models import ExecutionEnvironment, Job, utcnow
@@ -87,16 +89,37 @@ class JobRunner:
                 job.error = status.message or status.reason or status.state.value
         log.info("job %s ended: %s (%s)", key, status.state.value, status.reason)
 
-    async def wait(self, handle: JobHandle, timeout_seconds: float | None = None) -> JobStatus:
-        """Poll until the job ends; on timeout return its last (active) status."""
+    async def wait(
+        self,
+        handle: JobHandle,
+        timeout_seconds: float | None = None,
+        start_timeout_seconds: float | None = None,
+        on_pending: Callable[[JobStatus], None] | None = None,
+    ) -> JobStatus:
+        """Poll until the job ends; on timeout return its last (active) status.
+
+        A job still PENDING after ``start_timeout_seconds`` (the content's
+        ``init_timeout``) is returned then, PENDING, with the backend's last reason for
+        the wait (``Unschedulable``, ``ErrImagePull``...): the caller stops it and fails
+        with that reason. ``on_pending`` hears each new such reason as it comes.
+        """
         loop = asyncio.get_running_loop()
         deadline = None if timeout_seconds is None else loop.time() + timeout_seconds
+        start_deadline = None if start_timeout_seconds is None else loop.time() + start_timeout_seconds
         delay = 0.05
+        said: tuple[str | None, str | None] = (None, None)
         while True:
             status = await self.backend.status(handle)
             if not status.state.active:
                 return status
+            if status.state is JobState.PENDING and status.reason and (status.reason, status.message) != said:
+                said = (status.reason, status.message)
+                log.info("job %s waits to start: %s", handle.key, status.message or status.reason)
+                if on_pending is not None:
+                    on_pending(status)
             if deadline is not None and loop.time() >= deadline:
+                return status
+            if status.state is JobState.PENDING and start_deadline is not None and loop.time() >= start_deadline:
                 return status
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
@@ -122,8 +145,8 @@ def handle_of(job: Job) -> JobHandle | None:
 
 def _in_environment(spec: JobSpec, environment: ExecutionEnvironment | None) -> JobSpec:
     """``spec`` wrapped in the environment's ``supervisor`` (``<supervisor> <command...>``,
-    split as a shell would; a supervisor given by its path is shown to a sandboxed job) and
-    given its ``volume_mounts``."""
+    split as a shell would; a supervisor given by its path is shown to a sandboxed job),
+    given its ``volume_mounts`` and placed where it says (under the content's placement)."""
     if environment is None:
         return spec
     changes: dict[str, Any] = {}
@@ -143,4 +166,17 @@ def _in_environment(spec: JobSpec, environment: ExecutionEnvironment | None) -> 
             log.warning("environment %s: volume mount %r skipped: %s", environment.name, record, exc)
     if mounts:
         changes["volume_mounts"] = tuple(mounts)
+    placement = to_placement(environment.placement)
+    if placement is not None:  # the content's own placement goes over its environment's
+        changes["placement"] = spec.placement.over(placement) if spec.placement else placement
     return dataclasses.replace(spec, **changes) if changes else spec
+
+
+def not_started_message(what: str, status: JobStatus, timeout_seconds: float) -> str:
+    """Why a job that never started failed: the backend's last reason, and the setting."""
+    reason = status.message or status.reason or "it was still waiting to be scheduled"
+    return (
+        f"{what} did not start within init_timeout ({timeout_seconds:g} s): {reason}. "
+        "Raise init_timeout (the content's, or the server's init_timeout_seconds) if the "
+        "cluster needs longer."
+    )

@@ -44,6 +44,8 @@ code    field               refused when
                             including 0 (no limit) while that maximum is set
 190     cpu_request         above the effective cpu_limit
 176     service_account_name  not a DNS-1123 subdomain
+178     service_account_name  denied to content (the server's own account, setting
+                              ``kubernetes_denied_service_accounts``)
 195     service_account_name  set while ``content_service_account_selection`` is off
 ======  ==================  ========================================================
 
@@ -63,14 +65,16 @@ maximum is for.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from podium.errors import ApiError
-from podium.runtime.base import Resources
+from podium.placement import to_placement
+from podium.runtime.base import Placement, Resources
 
 MAX_MEMORY_BYTES = 2**53
 MAX_CPU_CORES = 1_000_000.0
@@ -361,11 +365,26 @@ def resolve_resources(values: Mapping[str, Any], policy: ResourcePolicy) -> Reso
 
 @dataclass(frozen=True)
 class JobResources:
-    """What every job of one content item gets: resources, service account, clamp warnings."""
+    """What every job of one content item gets: resources, service account, placement
+    (the content's own; its environment's is added at launch), clamp warnings."""
 
     resources: Resources
     service_account: str | None = None
     warnings: tuple[str, ...] = ()
+    placement: Placement | None = None
+
+
+@dataclass(frozen=True)
+class GpuPolicy:
+    """Server defaults and maxima of GPU limits (whole devices; a maximum of 0: none)."""
+
+    nvidia_default: int = 0
+    nvidia_max: int = 0
+    amd_default: int = 0
+    amd_max: int = 0
+
+
+GPU_FIELDS = (("nvidia_gpu_limit", "nvidia"), ("amd_gpu_limit", "amd"))
 
 
 @dataclass(frozen=True)
@@ -375,16 +394,54 @@ class JobPolicy:
     resources: ResourcePolicy = ResourcePolicy()
     default_service_account: str = ""
     service_account_selection: bool = True
+    denied_service_accounts: tuple[str, ...] = ()
+    gpus: GpuPolicy = GpuPolicy()
+
+
+def check_gpu_patch(body: Mapping[str, Any], gpus: GpuPolicy) -> dict[str, int | None]:
+    """``nvidia_gpu_limit``/``amd_gpu_limit`` of a content patch: whole numbers from 0 to
+    the server maximum, or null for the server default."""
+    changes: dict[str, int | None] = {}
+    for field, vendor in GPU_FIELDS:
+        if field not in body:
+            continue
+        value = body[field]
+        maximum = getattr(gpus, f"{vendor}_max")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum):
+            raise ResourceError(
+                3, field,
+                f"{field} must be a whole number from 0 to {maximum} (setting max_{field}), or null "
+                f"for the server default; got {value!r}.",
+            )
+        changes[field] = value
+    return changes
+
+
+def _gpu_limits(content: Any, gpus: GpuPolicy, warnings: list[str]) -> dict[str, int | None]:
+    limits: dict[str, int | None] = {}
+    for field, vendor in GPU_FIELDS:
+        stored = getattr(content, field, None)
+        wanted = getattr(gpus, f"{vendor}_default") if stored is None else int(stored)
+        maximum = getattr(gpus, f"{vendor}_max")
+        if wanted > maximum:
+            warnings.append(f"{field} {wanted} is above the server maximum {maximum} (setting max_{field}); "
+                            f"using {maximum}")
+            wanted = maximum
+        limits[field] = wanted or None
+    return limits
 
 
 def for_content(content: Any, policy: JobPolicy) -> JobResources:
-    """The resolved resources and service account of ``content``'s jobs under ``policy``."""
+    """The resolved resources, service account and placement of ``content``'s jobs."""
     resolved = resolve_resources(content_values(content), policy.resources)
     account, notes = resolve_service_account(
         getattr(content, "service_account_name", None), policy.default_service_account,
-        policy.service_account_selection,
+        policy.service_account_selection, policy.denied_service_accounts,
     )
-    return JobResources(resolved.resources, account, resolved.warnings + notes)
+    warnings: list[str] = []
+    resources = dataclasses.replace(resolved.resources, **_gpu_limits(content, policy.gpus, warnings))
+    placement = to_placement(getattr(content, "kubernetes_placement", None))
+    return JobResources(resources, account, resolved.warnings + notes + tuple(warnings), placement)
 
 
 # --- service accounts -----------------------------------------------------------------------
@@ -400,8 +457,10 @@ def service_account_problem(name: Any) -> str | None:
     return None
 
 
-def check_service_account(name: Any, selection_enabled: bool) -> str | None:
-    """A content's new ``service_account_name`` (None or "" clears it), validated."""
+def check_service_account(name: Any, selection_enabled: bool, denied: Collection[str] = ()) -> str | None:
+    """A content's new ``service_account_name`` (None or "" clears it), validated; a name
+    in ``denied`` (the server's own account, setting kubernetes_denied_service_accounts)
+    is refused with error 178."""
     if name is None or name == "":
         return None
     if not selection_enabled:
@@ -413,13 +472,25 @@ def check_service_account(name: Any, selection_enabled: bool) -> str | None:
     problem = service_account_problem(name)
     if problem:
         raise ResourceError(176, "service_account_name", f"service_account_name {problem}")
+    if name in denied:
+        raise ResourceError(
+            178, "service_account_name",
+            f"service_account_name {name!r} is refused: content may not run as the Podium server's "
+            "own service account or another denied one (setting kubernetes_denied_service_accounts).",
+        )
     return str(name)
 
 
 def resolve_service_account(
-    name: str | None, default: str, selection_enabled: bool
+    name: str | None, default: str, selection_enabled: bool, denied: Collection[str] = ()
 ) -> tuple[str | None, tuple[str, ...]]:
     """The service account of a content's jobs, and a warning when the stored one is ignored."""
+    if name and name in denied:
+        return default or None, (
+            f"service_account_name {name!r} is ignored: it is denied to content "
+            f"(setting kubernetes_denied_service_accounts); using "
+            f"{repr(default) if default else 'the namespace default'}",
+        )
     if name and selection_enabled:
         return name, ()
     if name:

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from podium.apps import launch_plan
-from podium.jobs import JobRunner, handle_of, new_job_key
-from podium.runtime import JobHandle, JobSpec, JobState, JobStatus, Resources
+from podium.jobs import JobRunner, handle_of, new_job_key, not_started_message
+from podium.runtime import JobHandle, JobSpec, JobState, JobStatus, Placement, Resources
 from podium.runtime.base import Sandbox
 from podium.runtime.sandbox import prepare_writable
 
@@ -75,9 +75,11 @@ class AppTarget:
     resource_warnings: tuple[str, ...] = ()  # values clamped at resolution (podium.resources)
     # the local sandbox of its processes (podium.isolation); each process adds its socket folder
     sandbox: Sandbox | None = None
+    placement: Placement | None = None  # the content's (Kubernetes; podium.placement)
 
 
-EnvFactory = Callable[[AppTarget], dict[str, str]]
+# a new process's environment as (plain, secret): see JobSpec.secret_env
+EnvFactory = Callable[[AppTarget], tuple[dict[str, str], dict[str, str]]]
 
 
 @dataclass(eq=False)
@@ -283,10 +285,13 @@ class Scheduler:
             )
             process.strip_prefix = plan.strip_prefix
             process.unix_path = plan.unix_socket
-            env = {**await asyncio.to_thread(self.env_factory, target), **plan.env, "PORT": str(port)}
+            plain, secret = await asyncio.to_thread(self.env_factory, target)
+            env = {**plain, **plan.env, "PORT": str(port)}
             spec = JobSpec(
                 key=process.key, kind="run", content_guid=target.content_guid, image=target.image,
                 command=plan.argv, env=env, workdir=target.workdir, port=port,
+                secret_env={name: value for name, value in secret.items() if name not in env},
+                placement=target.placement,
                 resources=target.resources, service_account=target.service_account, sandbox=sandbox,
             )
             meta: dict[str, object] = {
@@ -311,8 +316,14 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + target.limits.init_timeout
         probe_path = "/" if process.strip_prefix else target.base_path
+        waiting: JobStatus | None = None  # the backend's last reason the job has not started
+        status: JobStatus | None = None
         while loop.time() < deadline and not process.stopping:
             status = await self.jobs.backend.status(process.handle)
+            if status.state is JobState.PENDING and status.reason and status != waiting:
+                waiting = status
+                log.info("content %s: process %s waits to start: %s", target.content_guid, process.key,
+                         status.message or status.reason)
             if not status.state.active:
                 message = (
                     f"The content process stopped while starting: {_ended_message(status)}. "
@@ -334,6 +345,10 @@ class Scheduler:
                 return
             await asyncio.sleep(0.05)
         if not process.stopping:
+            if waiting is not None and status is not None and status.state is JobState.PENDING:
+                await self._fail(pool, process, not_started_message(
+                    "The content process", waiting, target.limits.init_timeout))
+                return
             await self._fail(
                 pool, process,
                 f"The content process did not answer HTTP within init_timeout "
@@ -348,8 +363,9 @@ class Scheduler:
         process.ready.set()
         if process.handle is not None:
             if status is None or status.state.active:
-                status = await self.jobs.stop(process.handle, self.stop_grace_seconds)
-                self.jobs.record_end(process.key, JobStatus(status.state, status.exit_code, "StartFailed", message))
+                # Recorded before the stop, which would record a plain "stopped" first.
+                self.jobs.record_end(process.key, JobStatus(JobState.FAILED, None, "StartFailed", message))
+                await self.jobs.stop(process.handle, self.stop_grace_seconds)
             else:
                 self.jobs.record_end(process.key, status)
         self._remove(pool, process)

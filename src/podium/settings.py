@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from podium.environments.validate import validate_declarations
-from podium.resources import JobPolicy, ResourcePolicy, service_account_problem
+from podium.resources import GpuPolicy, JobPolicy, ResourcePolicy, service_account_problem
 
 
 class SettingsError(Exception):
@@ -329,11 +329,13 @@ class Settings(BaseSettings):
         "scheduler",
         "When stopping a process, time between SIGTERM and SIGKILL.",
     )
-    keep_processes_on_shutdown: bool = setting(
-        False,
+    keep_processes_on_shutdown: bool | None = setting(
+        None,
         "scheduler",
         "Leave content processes running when the server stops, to be adopted by the next "
-        "start. Off: a clean shutdown stops them (after a crash they are adopted either way).",
+        "start. Off: a clean shutdown stops them (after a crash they are adopted either way). "
+        "Unset: on with kubernetes_enabled (a rolling update keeps content serving), off "
+        "for local processes.",
     )
     memory_request_bytes: int = setting(
         0,
@@ -404,6 +406,32 @@ class Settings(BaseSettings):
         "Connect: Scheduler.MaxCPULimit.",
         ge=0.0,
         le=1_000_000.0,
+    )
+    nvidia_gpu_limit: int = setting(
+        0,
+        "scheduler",
+        "Default number of NVIDIA GPUs (nvidia.com/gpu) of a content's Kubernetes jobs, for "
+        "content whose nvidia_gpu_limit is null. Connect: Scheduler.NvidiaGPULimit.",
+        ge=0,
+    )
+    max_nvidia_gpu_limit: int = setting(
+        0,
+        "scheduler",
+        "Most NVIDIA GPUs content may ask for; 0 = none. Connect: Scheduler.MaxNvidiaGPULimit.",
+        ge=0,
+    )
+    amd_gpu_limit: int = setting(
+        0,
+        "scheduler",
+        "Default number of AMD GPUs (amd.com/gpu) of a content's Kubernetes jobs, for content "
+        "whose amd_gpu_limit is null. Connect: Scheduler.AMDGPULimit.",
+        ge=0,
+    )
+    max_amd_gpu_limit: int = setting(
+        0,
+        "scheduler",
+        "Most AMD GPUs content may ask for; 0 = none. Connect: Scheduler.MaxAMDGPULimit.",
+        ge=0,
     )
     allow_unlimited_resources: bool = setting(
         True,
@@ -503,9 +531,69 @@ class Settings(BaseSettings):
     kubernetes_job_template_patch: dict[str, Any] = setting(
         {},
         "kubernetes",
-        "Merged into every generated Job (dicts merge, lists are appended): tolerations, node "
-        "selector, extra volumes, annotations. Example: {spec = {template = {spec = "
-        "{nodeSelector = {pool = \"content\"}}}}}.",
+        "Merged into every generated Job last, as a strategic merge patch: dicts merge, lists "
+        "of named objects (containers, volumes, env, volumeMounts) merge by name ({name = X, "
+        "\"$patch\" = \"delete\"} removes X), other lists of objects (tolerations) are "
+        "appended, lists of scalars replace. Example: {spec = {template = {spec = {containers "
+        "= [{name = \"job\", securityContext = {runAsUser = 2000}}]}}}}.",
+    )
+    kubernetes_run_as_user: int = setting(
+        10001,
+        "kubernetes",
+        "Uid every job pod runs as (runAsUser; never root). With a server that is not root, "
+        "use the server's own uid: folders it makes for pods are its own.",
+        gt=0,
+    )
+    kubernetes_run_as_group: int = setting(
+        10001, "kubernetes", "Gid every job pod runs as (runAsGroup; never 0).", gt=0
+    )
+    kubernetes_tmp_size_limit_bytes: int = setting(
+        1024**3,
+        "kubernetes",
+        "Size limit of each job pod's /tmp (an emptyDir; the root file system is read-only); "
+        "0 = no limit.",
+        ge=0,
+    )
+    kubernetes_node_selector: dict[str, str] = setting(
+        {},
+        "kubernetes",
+        "nodeSelector of every job pod; an execution environment's or a content's placement "
+        "adds to it. Example: {pool = \"content\"}.",
+    )
+    kubernetes_tolerations: list[dict[str, Any]] = setting(
+        [],
+        "kubernetes",
+        "Tolerations of every job pod, as Kubernetes spells them; an environment's or content's "
+        "are added.",
+    )
+    kubernetes_affinity: dict[str, Any] = setting(
+        {},
+        "kubernetes",
+        "affinity of every job pod (nodeAffinity, podAffinity...), unless an environment's or "
+        "content's placement names its own.",
+    )
+    kubernetes_priority_class_name: str = setting(
+        "", "kubernetes", "priorityClassName of job pods, unless their placement names one; empty: none."
+    )
+    kubernetes_runtime_class_name: str = setting(
+        "",
+        "kubernetes",
+        "runtimeClassName of job pods (for example gvisor), unless their placement names one; "
+        "empty: the cluster's default runtime.",
+    )
+    kubernetes_denied_service_accounts: list[str] = setting(
+        ["podium"],
+        "kubernetes",
+        "Service accounts content may never run as: refused when an administrator sets one "
+        "(error 178) and ignored at launch if stored earlier. The server's own account (read "
+        "from its token when it runs in a pod) is always refused too.",
+    )
+    kubernetes_job_log_retention_days: int = setting(
+        30,
+        "kubernetes",
+        "How long Podium keeps the log of a Kubernetes job after it ended (the cluster deletes "
+        "the Job and its pod's log after kubernetes_job_ttl_seconds); 0 keeps none.",
+        ge=0,
     )
 
     # [render]
@@ -641,8 +729,18 @@ class Settings(BaseSettings):
     def job_policy(self) -> JobPolicy:
         """Resources and service accounts of content jobs (:func:`podium.resources.for_content`)."""
         return JobPolicy(
-            self.resource_policy, self.default_service_account, self.content_service_account_selection
+            self.resource_policy, self.default_service_account, self.content_service_account_selection,
+            tuple(self.kubernetes_denied_service_accounts),
+            gpus=GpuPolicy(self.nvidia_gpu_limit, self.max_nvidia_gpu_limit, self.amd_gpu_limit,
+                           self.max_amd_gpu_limit),
         )
+
+    @property
+    def effective_keep_processes_on_shutdown(self) -> bool:
+        """``keep_processes_on_shutdown``, or, when unset, whether jobs run on Kubernetes."""
+        if self.keep_processes_on_shutdown is None:
+            return self.kubernetes_enabled
+        return self.keep_processes_on_shutdown
 
     @property
     def host(self) -> str:
@@ -770,6 +868,8 @@ def _toml_value(value: Any) -> str:
         return '""'
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):  # an inline table (kubernetes_node_selector = {})
+        return "{" + ", ".join(f"{_toml_value(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from podium.appmodes import PYTHON_INTERACTIVE, R_INTERACTIVE
-from podium.apps.environment import process_env
+from podium.apps.environment import process_env, split_secret
 from podium.isolation import Isolation, interpreter_paths
 from podium.layout import DataLayout
 from podium.resources import for_content
@@ -96,6 +96,7 @@ class AppTargets:
                 resource_warnings=job.warnings,
                 image=bundle.image_name,
                 sandbox=sandbox,
+                placement=job.placement,
             )
 
     def wanted_target(self, content_id: int, bundle_id: int | None, base_path: str) -> AppTarget | None:
@@ -122,15 +123,17 @@ class AppTargets:
                     targets.append(target)
         return targets
 
-    def content_env(self, target: AppTarget) -> dict[str, str]:
-        """The environment of a content process: Podium's variables, then the content's."""
+    def content_env(self, target: AppTarget) -> tuple[dict[str, str], dict[str, str]]:
+        """The environment of a content process, Podium's variables over the content's, as
+        (plain, secret): the content's own values are secret."""
         with self.store.session() as session:
             bundle = session.get(Bundle, target.bundle_id)
-            return process_env(
+            content_vars = self.env_vars.decrypted(session, target.content_id)
+            return split_secret(process_env(
                 public_url=self.urls.public,
                 content_guid=target.content_guid,
                 home=self.layout.home(target.content_guid),
                 interpreter=target.python,
                 r_library=bundle.r_library if bundle is not None else None,
-                content_vars=self.env_vars.decrypted(session, target.content_id),
-            )
+                content_vars=content_vars,
+            ), content_vars)

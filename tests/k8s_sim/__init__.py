@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -21,6 +23,9 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from podium.runtime.sandbox import SYSTEM_DIRS, probe_sandbox
+
+from .scheduling import node
 from .server import ApiServer, self_check
 from .store import Store
 from .workloads import Workloads
@@ -28,11 +33,34 @@ from .workloads import Workloads
 T = TypeVar("T")
 
 
+def image_dirs() -> tuple[str, ...]:
+    """What the simulated images hold beyond the host's system folders: this Python, its
+    environment and Podium's own source (the runtime image is Podium's)."""
+    import podium
+
+    source = os.path.dirname(os.path.dirname(podium.__file__))
+    found = []
+    for path in (sys.prefix, sys.base_prefix, source):
+        path = os.path.realpath(path)
+        if not any(path == d or path.startswith(d + "/") for d in (*SYSTEM_DIRS, *found)):
+            found.append(path)
+    return tuple(found)
+
+
 class SimCluster:
-    def __init__(self, root: Path, images: set[str], validate: bool = True) -> None:
+    """``volumes`` maps PVC names to host folders (more with :meth:`add_volume`);
+    ``enforce_mounts`` runs every pod process in the local sandbox (None: when this host
+    can make sandboxes as root, see :attr:`enforcing`)."""
+
+    def __init__(self, root: Path, images: set[str], validate: bool = True,
+                 volumes: dict[str, Path] | None = None, enforce_mounts: bool | None = None) -> None:
         self.root = root
         self.images = images
         self.validate = validate
+        self.volumes: dict[str, Path] = dict(volumes or {})
+        if enforce_mounts is None:
+            enforce_mounts = os.geteuid() == 0 and probe_sandbox(65534, 65534).available
+        self.enforcing = enforce_mounts
         self.url = ""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="k8s-sim", daemon=True)
@@ -47,7 +75,8 @@ class SimCluster:
 
     async def _start(self) -> str:
         self.store = Store(self_check if self.validate else None)
-        self.workloads = Workloads(self.store, self.root, self.images)
+        self.workloads = Workloads(self.store, self.root, self.images, self.volumes, image_dirs(),
+                                   self.enforcing)
         server = ApiServer(self.store, self.workloads)
         self._runner = web.AppRunner(server.app, handle_signals=False, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
@@ -65,6 +94,46 @@ class SimCluster:
             self.store.create("serviceaccounts", namespace,
                               {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
         self.call(create())
+
+    def add_volume(self, claim: str, host: Path) -> None:
+        """A PersistentVolumeClaim bound to the host folder ``host``."""
+        self.volumes[claim] = host.resolve()
+
+    def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
+        async def create() -> None:
+            self.store.create("namespaces", "", {"apiVersion": "v1", "kind": "Namespace",
+                                                 "metadata": {"name": name, "labels": dict(labels or {})}})
+        self.call(create())
+
+    def add_node(self, name: str, labels: dict[str, str] | None = None, taints: list[dict[str, str]] | None = None,
+                 cpu: float = 2.0, memory: float = 8 * 2**30, extra: dict[str, float] | None = None) -> None:
+        """A node joins (as a cluster autoscaler would add one): pending pods may now fit."""
+        async def add() -> None:
+            self.workloads.add_node(node(name, labels, taints, cpu, memory, extra))
+        self.call(add())
+
+    def remove_node(self, name: str) -> None:
+        async def remove() -> None:
+            found = self.store.get("nodes", "", name)
+            if found is not None:
+                self.store.remove("nodes", found)
+        self.call(remove())
+
+    def objects(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+        """Every stored object of a kind, as the API server holds it (a copy)."""
+        import copy
+
+        async def items() -> list[dict[str, Any]]:
+            return copy.deepcopy(self.store.items(kind, namespace))
+        return self.call(items())
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every version of every object the API server has stored (its watch history)."""
+        import copy
+
+        async def items() -> list[dict[str, Any]]:
+            return [copy.deepcopy(entry[4]) for entry in self.store.history]
+        return self.call(items())
 
     @property
     def problems(self) -> list[str]:

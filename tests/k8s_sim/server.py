@@ -4,7 +4,8 @@ Discovery (``/version`` with and without the trailing slash, ``/api``, ``/apis``
 jobs (create with admission checks, get, list, watch, delete with propagation
 policies), pods (get, list, watch, delete with grace, ``/log`` with ``follow``,
 ``timestamps``, ``tailLines``, ``limitBytes``), events (list), serviceaccounts
-(create, list). Errors are ``Status`` bodies with the real reasons and codes.
+(create, list), secrets (create, get, list, merge patch, delete), nodes (create, list),
+namespaces (create with labels, get, delete). Errors are ``Status`` bodies with the real reasons and codes.
 Booleans are parsed like Go's ``strconv.ParseBool`` (clients send ``True``).
 """
 
@@ -25,7 +26,7 @@ SCHEMA_VERSION = "1.33.0"
 BOOKMARK_SECONDS = 1.0
 _SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 KINDS = {"namespaces": ("v1", "Namespace"), "jobs": ("batch/v1", "Job"), "pods": ("v1", "Pod"), "events": ("v1", "Event"),
-         "serviceaccounts": ("v1", "ServiceAccount")}
+         "serviceaccounts": ("v1", "ServiceAccount"), "secrets": ("v1", "Secret"), "nodes": ("v1", "Node")}
 
 
 def parse_bool(value: str | None) -> bool:
@@ -58,14 +59,19 @@ class ApiServer:
             add("GET", path, self.version)
         add("GET", "/api", self.api)
         add("GET", "/apis", self.apis)
-        add("GET", "/api/v1/namespaces/{ns}/{kind:pods|events|serviceaccounts}", self.list_or_watch)
+        add("GET", "/api/v1/namespaces/{ns}/{kind:pods|events|serviceaccounts|secrets}", self.list_or_watch)
         add("GET", "/apis/batch/v1/namespaces/{ns}/{kind:jobs}", self.list_or_watch)
         add("POST", "/apis/batch/v1/namespaces/{ns}/{kind:jobs}", self.create_job)
-        add("POST", "/api/v1/namespaces/{ns}/{kind:serviceaccounts}", self.create_plain)
+        add("POST", "/api/v1/namespaces/{ns}/{kind:serviceaccounts|secrets}", self.create_plain)
         add("GET", "/apis/batch/v1/namespaces/{ns}/{kind:jobs}/{name}", self.get)
-        add("GET", "/api/v1/namespaces/{ns}/{kind:pods|serviceaccounts}/{name}", self.get)
+        add("GET", "/api/v1/namespaces/{ns}/{kind:pods|serviceaccounts|secrets}/{name}", self.get)
+        add("PATCH", "/api/v1/namespaces/{ns}/{kind:secrets}/{name}", self.patch)
         add("DELETE", "/apis/batch/v1/namespaces/{ns}/{kind:jobs}/{name}", self.delete)
         add("DELETE", "/api/v1/namespaces/{ns}/{kind:pods}/{name}", self.delete)
+        add("DELETE", "/api/v1/namespaces/{ns}/{kind:secrets}/{name}", self.delete_plain)
+        add("GET", "/api/v1/{kind:nodes}", self.list_cluster)
+        add("POST", "/api/v1/nodes", self.create_node)
+        add("GET", "/api/v1/namespaces/{name}", self.get_namespace)
         add("GET", "/api/v1/namespaces/{ns}/pods/{name}/log", self.log)
         add("POST", "/api/v1/namespaces", self.create_namespace)
         add("DELETE", "/api/v1/namespaces/{name}", self.delete_namespace)
@@ -89,13 +95,57 @@ class ApiServer:
             return status(404, "NotFound", f'{kind} "{name}" not found')
         return web.json_response(obj)
 
+    async def list_cluster(self, request: web.Request) -> web.Response:
+        kind = request.match_info["kind"]
+        api_version, kind_name = KINDS[kind]
+        items = [obj for obj in self.store.items(kind, "") if self._matches(request, obj)]
+        return web.json_response({"kind": f"{kind_name}List", "apiVersion": api_version,
+                                  "metadata": {"resourceVersion": str(self.store.version)}, "items": items})
+
+    async def create_node(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        name = body.get("metadata", {}).get("name", "")
+        if self.store.get("nodes", "", name) is not None:
+            return status(409, "AlreadyExists", f'nodes "{name}" already exists')
+        return web.json_response(self.workloads.add_node(body), status=201)
+
+    async def get_namespace(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        namespace = self.store.get("namespaces", "", name)
+        if namespace is None:
+            return status(404, "NotFound", f'namespaces "{name}" not found')
+        return web.json_response(namespace)
+
+    async def patch(self, request: web.Request) -> web.Response:
+        """Merge patch (RFC 7386); a strategic merge patch is treated alike here."""
+        kind, ns, name = request.match_info["kind"], request.match_info["ns"], request.match_info["name"]
+        obj = self.store.get(kind, ns, name)
+        if obj is None:
+            return status(404, "NotFound", f'{kind} "{name}" not found')
+        if request.content_type not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+            return status(415, "UnsupportedMediaType", f"the media type {request.content_type!r} is not supported")
+        _merge(obj, await request.json())
+        return web.json_response(self.store.update(kind, obj))
+
+    async def delete_plain(self, request: web.Request) -> web.Response:
+        kind, ns, name = request.match_info["kind"], request.match_info["ns"], request.match_info["name"]
+        obj = self.store.get(kind, ns, name)
+        if obj is None:
+            return status(404, "NotFound", f'{kind} "{name}" not found')
+        self.store.remove(kind, obj)
+        return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
+
     async def create_namespace(self, request: web.Request) -> web.Response:
         """Namespaces are implicit here; creating one only records it."""
         body = await request.json()
         name = body.get("metadata", {}).get("name", "")
         if self.store.get("namespaces", "", name) is not None:
             return status(409, "AlreadyExists", f'namespaces "{name}" already exists')
-        return web.json_response(self.store.create("namespaces", "", body), status=201)
+        created = self.store.create("namespaces", "", body)
+        # the service account controller's part (a moment later on a real cluster)
+        self.store.create("serviceaccounts", name, {"apiVersion": "v1", "kind": "ServiceAccount",
+                                                    "metadata": {"name": "default"}})
+        return web.json_response(created, status=201)
 
     async def delete_namespace(self, request: web.Request) -> web.Response:
         """Deletes the namespace's jobs (with their pods) and forgets it."""
@@ -105,6 +155,9 @@ class ApiServer:
             self.workloads.delete_job(job, "Background")
         for pod in self.store.items("pods", name):
             self.workloads.delete_pod(pod, 0)
+        for kind in ("secrets", "serviceaccounts"):
+            for obj in self.store.items(kind, name):
+                self.store.remove(kind, obj)
         if namespace is None:
             return status(404, "NotFound", f'namespaces "{name}" not found')
         self.store.remove("namespaces", namespace)
@@ -287,3 +340,13 @@ class ApiServer:
         except ConnectionResetError:
             pass
         return response
+
+
+def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value

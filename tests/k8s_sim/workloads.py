@@ -4,7 +4,12 @@ the garbage collector and the TTL controller, over one :class:`~.store.Store`.
 The kubelet runs each pod's container as a local process through Podium's own
 :class:`~podium.runtime.LocalBackend` (sessions, SIGTERM → SIGKILL, cgroup limits,
 OOM reporting); every pod gets its own loopback IP (``127.10.x.y``), passed to the
-process through the downward API (``$POD_IP``).
+process through the downward API (``$POD_IP``). With ``enforce_mounts`` the process
+runs in the local bubblewrap sandbox as the pod's ``runAsUser``/``runAsGroup``, seeing
+only the image (the host's system directories and the image's own) and the pod's
+volume mounts: a PVC ``subPath`` mount is the claim's host folder (``volumes``) joined
+with the sub path, and must be mounted at that same path (the sandbox binds paths
+where they are); ``/tmp`` is private; ``readOnly`` mounts are read-only.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from podium.runtime import JobHandle, JobSpec, JobState, LocalBackend, Resources
+from podium.runtime.base import Sandbox
 
+from .podsecurity import ENFORCE_LABEL, restricted_violations
+from .scheduling import failed_scheduling_message, node, refusal, requests_of
 from .store import Store, now
 
 log = logging.getLogger(__name__)
@@ -29,6 +37,7 @@ NODE_CPU = 2.0
 NODE_MEMORY = 8 * 2**30
 PROBE_PERIOD = 0.1  # faster than the real 1 s minimum, to keep tests quick
 BACKOFF_AFTER_PULL = 0.5
+RETRY_SECONDS = 0.5  # the Job controller's and the kubelet's retries (real: with backoff)
 
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 _FACTORS = {None: 1, "m": 0.001, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12,
@@ -67,15 +76,25 @@ class PodRun:
     stops: list[asyncio.Task[None]] = field(default_factory=list)
 
 
+class MountError(Exception):
+    """A pod's volumes cannot be given to it (CreateContainerConfigError)."""
+
+
 class Workloads:
-    def __init__(self, store: Store, root: Path, images: set[str]) -> None:
+    def __init__(self, store: Store, root: Path, images: set[str], volumes: dict[str, Path] | None = None,
+                 image_dirs: tuple[str, ...] = (), enforce_mounts: bool = False) -> None:
         self.store = store
         self.images = images
+        self.volumes = volumes if volumes is not None else {}  # claim name -> host folder
+        self.image_dirs = image_dirs  # what every image holds beyond the host's system dirs
+        self.enforce_mounts = enforce_mounts
         self.local = LocalBackend(root / "kubelet")
         self.runs: dict[str, PodRun] = {}  # by pod uid
         self.problems: list[str] = []
         self._ips = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.waiting: dict[str, dict[str, Any]] = {}  # unschedulable pods by uid
+        store.create("nodes", "", node(NODE, cpu=NODE_CPU, memory=NODE_MEMORY))
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(self._guard(coro))
@@ -105,6 +124,19 @@ class Workloads:
     # --- Job controller ---------------------------------------------------------------
 
     def job_created(self, job: dict[str, Any]) -> None:
+        if not self._create_pod(job):
+            self.spawn(self._retry_create(job))
+
+    async def _retry_create(self, job: dict[str, Any]) -> None:
+        """The Job controller tries again while the Job exists (a service account may be
+        created, an admission rule relaxed)."""
+        meta = job["metadata"]
+        while self.store.get("jobs", meta["namespace"], meta["name"]) is job:
+            await asyncio.sleep(RETRY_SECONDS)
+            if self.store.get("jobs", meta["namespace"], meta["name"]) is job and self._create_pod(job):
+                return
+
+    def _create_pod(self, job: dict[str, Any]) -> bool:
         meta, spec = job["metadata"], job["spec"]
         namespace = meta["namespace"]
         template = copy.deepcopy(spec["template"])
@@ -114,7 +146,16 @@ class Workloads:
             self.event(job, "Job", "FailedCreate",
                        f'Error creating: pods "{meta["name"]}-" is forbidden: error looking up service '
                        f'account {namespace}/{account}: serviceaccount "{account}" not found')
-            return
+            return False
+        labels_of_namespace = ((self.store.get("namespaces", "", namespace) or {}).get("metadata") or {}) \
+            .get("labels") or {}
+        if labels_of_namespace.get(ENFORCE_LABEL) == "restricted":
+            violations = restricted_violations(pod_spec)
+            if violations:
+                self.event(job, "Job", "FailedCreate",
+                           f'Error creating: pods "{meta["name"]}-" is forbidden: violates PodSecurity '
+                           f'"restricted:latest": {"; ".join(violations)}')
+                return False
         pod_spec.setdefault("serviceAccountName", account)
         pod_spec.setdefault("terminationGracePeriodSeconds", 30)
         labels = {**template.get("metadata", {}).get("labels", {}),
@@ -135,6 +176,7 @@ class Workloads:
         if spec.get("activeDeadlineSeconds"):
             self.spawn(self._deadline(job, float(spec["activeDeadlineSeconds"])))
         self.schedule(pod)
+        return True
 
     async def _deadline(self, job: dict[str, Any], seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -185,6 +227,9 @@ class Workloads:
         """``batch/v1`` Jobs orphan their pods unless told otherwise, as the API server does."""
         pods = self.pods_of(job)
         self.store.remove("jobs", job)
+        for secret in self.store.items("secrets", job["metadata"]["namespace"]):
+            if any(ref.get("uid") == job["metadata"]["uid"] for ref in secret["metadata"].get("ownerReferences") or []):
+                self.store.remove("secrets", secret)  # the garbage collector: owned by the Job
         for pod in pods:
             if propagation in ("Background", "Foreground"):
                 self.delete_pod(pod, None)
@@ -194,20 +239,50 @@ class Workloads:
 
     # --- scheduler and kubelet --------------------------------------------------------
 
+    def _all_pods(self) -> list[dict[str, Any]]:
+        return [pod for (kind, _), bucket in list(self.store.objects.items()) if kind == "pods"
+                for pod in bucket.values()]
+
+    def _used(self, node_name: str) -> dict[str, float]:
+        used: dict[str, float] = {}
+        for other in self._all_pods():
+            if other["spec"].get("nodeName") == node_name and other["status"].get("phase") not in ("Succeeded", "Failed"):
+                for resource, amount in requests_of(other, parse_quantity).items():
+                    used[resource] = used.get(resource, 0.0) + amount
+        return used
+
     def schedule(self, pod: dict[str, Any]) -> None:
-        container = pod["spec"]["containers"][0]
-        requests = (container.get("resources") or {}).get("requests") or {}
-        short = [name for name, capacity in (("cpu", NODE_CPU), ("memory", NODE_MEMORY))
-                 if name in requests and parse_quantity(requests[name]) > capacity]
+        """Bind ``pod`` to the first node that takes it, or mark it Unschedulable and keep
+        it for :meth:`reschedule` (a node added, a pod ended)."""
+        nodes = self.store.items("nodes", "")
+        missing = [volume["persistentVolumeClaim"]["claimName"] for volume in pod["spec"].get("volumes") or []
+                   if "persistentVolumeClaim" in volume
+                   and volume["persistentVolumeClaim"]["claimName"] not in self.volumes]
+        reasons = []
+        chosen = None
+        if missing:
+            message = f'persistentvolumeclaim "{missing[0]}" not found'
+        else:
+            for candidate in nodes:
+                why = refusal(pod, candidate, self._used(candidate["metadata"]["name"]), parse_quantity)
+                if why is None:
+                    chosen = candidate
+                    break
+                reasons.append(why)
+            message = failed_scheduling_message(reasons, len(nodes))
         stamp = now()
-        if short:
-            message = "0/1 nodes are available: " + ", ".join(f"1 Insufficient {name}" for name in short) + "."
-            pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                            "message": message, "lastTransitionTime": stamp}]
-            self.store.update("pods", pod)
-            self.event(pod, "Pod", "FailedScheduling", message)
+        if chosen is None:
+            old = (pod["status"].get("conditions") or [{}])[0]
+            if old.get("reason") != "Unschedulable" or old.get("message") != message:
+                pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                                "message": message, "lastTransitionTime": stamp}]
+                self.store.update("pods", pod)
+                self.event(pod, "Pod", "FailedScheduling", message)
+            self.waiting[pod["metadata"]["uid"]] = pod
             return
-        pod["spec"]["nodeName"] = NODE
+        self.waiting.pop(pod["metadata"]["uid"], None)
+        pod["spec"]["nodeName"] = chosen["metadata"]["name"]
+        container = pod["spec"]["containers"][0]
         self._ips += 1
         ip = f"127.10.{self._ips // 250}.{self._ips % 250 + 1}"
         run = self.runs[pod["metadata"]["uid"]] = PodRun(ip)
@@ -220,6 +295,20 @@ class Workloads:
         )
         self.store.update("pods", pod)
         run.task = asyncio.get_running_loop().create_task(self._guard(self._run(pod, run)))
+
+    def reschedule(self) -> None:
+        """Try the Unschedulable pods again, oldest first."""
+        for uid, pod in list(self.waiting.items()):
+            meta = pod["metadata"]
+            if self.store.get("pods", meta["namespace"], meta["name"]) is not pod:
+                self.waiting.pop(uid, None)
+            else:
+                self.schedule(pod)
+
+    def add_node(self, obj: dict[str, Any]) -> dict[str, Any]:
+        created = self.store.create("nodes", "", obj)
+        self.reschedule()
+        return created
 
     @staticmethod
     def _container_status(container: dict[str, Any], state: dict[str, Any], ready: bool = False,
@@ -248,21 +337,27 @@ class Workloads:
             await asyncio.sleep(BACKOFF_AFTER_PULL)
             self._set(pod, {"waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}})
             return
-        env = {}
-        for item in container.get("env") or []:
-            if "value" in item:
-                env[item["name"]] = str(item["value"])
-            elif (item.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") == "status.podIP":
-                env[item["name"]] = run.ip
-            elif (item.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
-                env[item["name"]] = pod["metadata"]["name"]
+        while True:  # the kubelet retries until the Secrets and volumes are there
+            try:
+                env = self._env(pod, container, run)
+                sandbox = self._sandbox(pod, container) if self.enforce_mounts else None
+                break
+            except MountError as error:
+                waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": str(error)}}
+                if pod["status"]["containerStatuses"][0]["state"] != waiting:
+                    self._set(pod, waiting)
+                    self.event(pod, "Pod", "Failed", f"Error: {error}")
+                await asyncio.sleep(RETRY_SECONDS)
         limits = (container.get("resources") or {}).get("limits") or {}
+        command = [expand_references(arg, env) for arg in [*container.get("command", []), *container.get("args", [])]]
+        workdir = container.get("workingDir") or "/"
+        if sandbox is not None and not sandbox.binds(workdir):  # a folder of the image: cd there inside
+            # a container runtime creates a missing workingDir (here: where the job may write)
+            command = ["/bin/sh", "-c", 'mkdir -p "$0" 2>/dev/null; cd "$0" && exec "$@"', workdir, *command]
+            workdir = sandbox.read_only[0]
         spec = JobSpec(
             key=pod["metadata"]["uid"], kind="build", content_guid=pod["metadata"]["name"], image=None,
-            command=[expand_references(arg, env)
-                     for arg in [*container.get("command", []), *container.get("args", [])]],
-            env=env,
-            workdir=container.get("workingDir") or "/", port=None,
+            command=command, env=env, workdir=workdir, port=None, sandbox=sandbox,
             resources=Resources(
                 cpu_limit=parse_quantity(limits["cpu"]) if "cpu" in limits else None,
                 memory_limit=int(parse_quantity(limits["memory"])) if "memory" in limits else None,
@@ -285,6 +380,50 @@ class Workloads:
                 self._terminated(pod, status)
                 return
             await asyncio.sleep(PROBE_PERIOD if running and probe else 0.03)
+
+    def _env(self, pod: dict[str, Any], container: dict[str, Any], run: PodRun) -> dict[str, str]:
+        import base64
+
+        env = {}
+        for item in container.get("env") or []:
+            source = item.get("valueFrom") or {}
+            if "value" in item:
+                env[item["name"]] = str(item["value"])
+            elif source.get("fieldRef", {}).get("fieldPath") == "status.podIP":
+                env[item["name"]] = run.ip
+            elif source.get("fieldRef", {}).get("fieldPath") == "metadata.name":
+                env[item["name"]] = pod["metadata"]["name"]
+            elif "secretKeyRef" in source:
+                ref = source["secretKeyRef"]
+                secret = self.store.get("secrets", pod["metadata"]["namespace"], ref["name"])
+                data = (secret or {}).get("data") or {}
+                if ref["key"] not in data:
+                    if ref.get("optional"):
+                        continue
+                    raise MountError(f'secret "{ref["name"]}" not found' if secret is None
+                                     else f'couldn\'t find key {ref["key"]} in Secret {ref["name"]}')
+                env[item["name"]] = base64.b64decode(data[ref["key"]]).decode()
+        return env
+
+    def _sandbox(self, pod: dict[str, Any], container: dict[str, Any]) -> Sandbox:
+        """What the pod's process may see: the image's folders, its mounts (PVC subPaths
+        at their own host path), as the pod's uid/gid (never root here)."""
+        claims = {volume["name"]: volume["persistentVolumeClaim"]["claimName"]
+                  for volume in pod["spec"].get("volumes") or [] if "persistentVolumeClaim" in volume}
+        read_only, writable = list(self.image_dirs), []
+        for mount in container.get("volumeMounts") or []:
+            if mount["mountPath"] == "/tmp" or mount["name"] not in claims:
+                continue  # /tmp is the sandbox's own; other volume kinds are not modelled
+            host = (self.volumes[claims[mount["name"]]] / mount.get("subPath", "")).resolve()
+            if str(host) != mount["mountPath"]:
+                raise MountError(f"the simulated kubelet mounts a volume only at its own host path: "
+                                 f"{mount['mountPath']} is {host} on the host")
+            host.mkdir(parents=True, exist_ok=True)  # the kubelet creates a missing subPath
+            (read_only if mount.get("readOnly") else writable).append(str(host))
+        context = {**(pod["spec"].get("securityContext") or {}), **(container.get("securityContext") or {})}
+        uid, gid = int(context.get("runAsUser") or 65534), int(context.get("runAsGroup") or 65534)
+        return Sandbox(uid, gid, tuple(dict.fromkeys(p for p in read_only if p not in writable)),
+                       tuple(dict.fromkeys(writable)))
 
     @staticmethod
     async def _probe(ip: str, probe: dict[str, Any]) -> bool:
@@ -317,6 +456,7 @@ class Workloads:
             terminated["message"] = status.message or "failed to start"
         self._set(pod, {"terminated": terminated}, False, "Succeeded" if code == 0 else "Failed")
         self.pod_ended(pod)
+        self.reschedule()  # its requests are free again
 
     def delete_pod(self, pod: dict[str, Any], grace: int | None) -> None:
         if grace is None:
@@ -329,7 +469,9 @@ class Workloads:
         if run is None or run.handle is None or pod["status"].get("phase") in ("Succeeded", "Failed"):
             if run is not None and run.task is not None and run.handle is None:
                 run.task.cancel()
+            self.waiting.pop(meta["uid"], None)
             self.store.remove("pods", pod)
+            self.reschedule()
             return
         run.stops.append(asyncio.get_running_loop().create_task(self._guard(self._kill(pod, run, grace))))
 
@@ -342,6 +484,7 @@ class Workloads:
         if pod["status"].get("phase") not in ("Succeeded", "Failed"):
             self._terminated(pod, status)
         self.store.remove("pods", pod)
+        self.reschedule()
 
     async def shutdown(self) -> None:
         for run in list(self.runs.values()):

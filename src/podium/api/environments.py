@@ -53,6 +53,7 @@ def environment_json(record: ExecutionEnvironment) -> dict[str, Any]:
         "supervisor": record.supervisor,
         "managed_by": record.managed_by,
         "volume_mounts": list(record.volume_mounts or []),
+        "placement": record.placement,
     }
     for field in INSTALLATION_FIELDS:
         body[field] = {"installations": list(getattr(record, field) or [])}

@@ -89,8 +89,9 @@ def content_json(
         "service_account_name": content.service_account_name,
         "default_image_name": content.default_image_name,
         "default_environment_guid": None,
-        "nvidia_gpu_limit": None,
-        "amd_gpu_limit": None,
+        "nvidia_gpu_limit": content.nvidia_gpu_limit,
+        "amd_gpu_limit": content.amd_gpu_limit,
+        "kubernetes_placement": content.kubernetes_placement,
         "node_version": None,
     }
     for name in RUNTIME_FIELDS + RESOURCE_FIELDS + RUNTIME_RECORD_FIELDS:

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from podium import auth, errors, resources
+from podium.placement import PlacementError, check_placement
 from podium.settings import Settings
 from podium.store.models import Content, User
 
@@ -87,13 +88,23 @@ def validate_content_patch(
                 code=193,
             )
         changes["default_image_name"] = image
+    changes.update(resources.check_gpu_patch(body, settings.job_policy.gpus))
+    if "kubernetes_placement" in body:
+        try:
+            placement = check_placement(body["kubernetes_placement"])
+        except PlacementError as exc:
+            raise errors.bad_request(f"kubernetes_placement: {exc}.") from None
+        if placement != content.kubernetes_placement:
+            if not auth.at_least(user, "administrator"):
+                raise errors.forbidden("Only administrators can set where content runs (kubernetes_placement).")
+            changes["kubernetes_placement"] = placement
     if "service_account_name" in body:
         name = None if body["service_account_name"] == "" else body["service_account_name"]
         if name != content.service_account_name:
             if not auth.at_least(user, "administrator"):
                 raise errors.forbidden("Only administrators can set the service account of content.")
             changes["service_account_name"] = resources.check_service_account(
-                name, settings.content_service_account_selection
+                name, settings.content_service_account_selection, settings.kubernetes_denied_service_accounts
             )
 
     merged = {f: changes.get(f, getattr(content, f, None)) for f in ("min_processes", "max_processes")}

@@ -36,3 +36,10 @@ def process_env(
     if r_library:
         env["R_LIBS"] = r_library
     return {**content_vars, **env}
+
+
+def split_secret(env: Mapping[str, str], content_vars: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``env`` as (plain, secret): the content's own variables, where they were not
+    overridden, are secret (a backend keeps their values out of stored objects)."""
+    secret = {name: value for name, value in env.items() if content_vars.get(name) == value}
+    return {name: value for name, value in env.items() if name not in secret}, secret

@@ -34,8 +34,8 @@ from podium.build.r import (
 )
 from podium.environments.model import Installation
 from podium.isolation import Isolation, interpreter_paths, make_readable
-from podium.jobs import JobRunner, new_job_key
-from podium.runtime import BackendError, JobSpec, JobState, Resources
+from podium.jobs import JobRunner, new_job_key, not_started_message
+from podium.runtime import BackendError, JobSpec, JobState, JobStatus, Placement, Resources
 from podium.runtime.base import Sandbox
 from podium.tasks import TaskFailed, TaskOutput
 
@@ -62,6 +62,7 @@ class BuildRequest:
     image: str | None = None  # the execution environment's image; jobs run in it
     resources: Resources = Resources()  # the content's, resolved (podium.resources)
     service_account: str | None = None
+    placement: Placement | None = None  # the content's (Kubernetes)
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,15 @@ class Builder:
         timeout_seconds: int,
         r_repository_url: str = "",
         isolation: Isolation | None = None,
+        start_timeout_seconds: float | None = None,
     ) -> None:
         """``isolation``: the sandbox of build jobs (they run as its builder uid, seeing the
-        bundle, the interpreter, uv, their new environment and uv's cache); None: none."""
+        bundle, the interpreter, uv, their new environment and uv's cache); None: none.
+        ``start_timeout_seconds``: how long a build job may wait to start (a pod being
+        scheduled, an image pulled; the server's init_timeout_seconds); None: as long as
+        the build may take."""
         self.jobs = jobs
+        self.start_timeout_seconds = start_timeout_seconds
         self.isolation = isolation
         self.envs_dir = envs_dir
         self.cache_dir = cache_dir
@@ -178,7 +184,9 @@ class Builder:
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": str(self.cache_dir),
             "UV_CACHE_DIR": str(self.cache_dir / "uv"),
-            "UV_LINK_MODE": "hardlink",
+            # A pod mounts uv's cache and its new environment apart (one subPath each):
+            # hardlinks cannot cross mounts, so uv copies there rather than warn and copy.
+            "UV_LINK_MODE": "hardlink" if self.jobs.backend.name == "local" else "copy",
             "UV_NO_PROGRESS": "1",
             # Bytecode now: sandboxed processes see the environment read-only and would
             # otherwise compile every module again at each start (hundreds of ms for FastAPI).
@@ -186,16 +194,17 @@ class Builder:
             "UV_PYTHON_DOWNLOADS": "never",
             "LANG": "C.UTF-8",
         }
-        env.update({name: os.environ[name] for name in _PASSTHROUGH if name in os.environ})
-        env.update({k: v for k, v in os.environ.items() if k.startswith("UV_") and k not in env})
+        # The server's proxies and uv settings may carry credentials: secret on Kubernetes.
+        secret = {name: os.environ[name] for name in _PASSTHROUGH if name in os.environ}
+        secret.update({k: v for k, v in os.environ.items() if k.startswith("UV_") and k not in env})
         index = self.index_url or os.environ.get("UV_INDEX_URL", "")
         if index:
-            env["UV_INDEX_URL"] = index
+            secret["UV_INDEX_URL"] = index
         spec = JobSpec(
             key=key, kind="build", content_guid=request.content_guid, image=request.image,
-            command=["/bin/sh", "-c", "set -e\n" + "\n".join(steps)], env=env,
+            command=["/bin/sh", "-c", "set -e\n" + "\n".join(steps)], env=env, secret_env=secret,
             workdir=str(request.bundle_dir), port=None, resources=request.resources,
-            service_account=request.service_account, sandbox=sandbox,
+            service_account=request.service_account, sandbox=sandbox, placement=request.placement,
         )
         out.line(f"Building package environment {fp} (job {key}):")
         for line in (requirements_path.read_text(errors="replace").splitlines() if requirements_path else []):
@@ -228,7 +237,17 @@ class Builder:
             raise TaskFailed(f"The build job could not start: {exc.message}") from None
         tail: list[str] = []
         streamer = asyncio.create_task(self._stream(handle, out, tail))
-        status = await self.jobs.wait(handle, self.timeout_seconds)
+        status = await self.jobs.wait(
+            handle, self.timeout_seconds, self.start_timeout_seconds,
+            lambda waiting: out.line(f"The build job waits to start: {waiting.message or waiting.reason}"),
+        )
+        if status.state is JobState.PENDING and self.start_timeout_seconds is not None:
+            message = not_started_message("The build job", status, self.start_timeout_seconds)
+            self.jobs.record_end(spec.key, JobStatus(JobState.FAILED, None, status.reason, message))
+            await self.jobs.stop(handle, 5)
+            streamer.cancel()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise TaskFailed(message)
         if status.state.active:
             status = await self.jobs.stop(handle, 5)
             streamer.cancel()
@@ -314,15 +333,16 @@ class Builder:
             for folder in (staging, staging / "library"):
                 os.chown(folder, sandbox.uid, sandbox.gid)
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(self.cache_dir), "LANG": "C.UTF-8"}
-        env.update({name: os.environ[name] for name in _PASSTHROUGH if name in os.environ})
+        secret = {name: os.environ[name] for name in _PASSTHROUGH if name in os.environ}
         command = [
             request.r.path, "--no-echo", "--no-restore", "--no-save", f"--file={staging / 'restore.R'}",
             "--args", str(staging / "library"), str(staging / "packages.dcf"), self.r_repository_url,
         ]
         spec = JobSpec(
             key=key, kind="build", content_guid=request.content_guid, image=request.image,
-            command=command, env=env, workdir=str(request.bundle_dir), port=None,
+            command=command, env=env, secret_env=secret, workdir=str(request.bundle_dir), port=None,
             resources=request.resources, service_account=request.service_account, sandbox=sandbox,
+            placement=request.placement,
         )
         out.line(
             f"Restoring R package library {fp} with R {request.r.version_text} from "

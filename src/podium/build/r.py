@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from podium.environments.model import Installation
-from podium.runtime import Resources
+from podium.runtime import Placement, Resources
 
 __all__ = [
     "RBuildRequest",
@@ -72,6 +72,7 @@ class RBuildRequest:
     image: str | None = None
     resources: Resources = Resources()
     service_account: str | None = None
+    placement: Placement | None = None
 
 
 @dataclass(frozen=True)

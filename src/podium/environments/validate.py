@@ -15,6 +15,7 @@ from typing import Any
 
 from podium import errors
 from podium.environments.model import MATCHING, SEMVER
+from podium.placement import PlacementError, check_placement
 from podium.runtime.base import VolumeMount
 
 TITLE_INVALID = 168
@@ -30,7 +31,7 @@ SUPERVISOR_INVALID = 177
 # "Kubernetes" is what rsconnect and posit-sdk send; "Local" describes host interpreters.
 CLUSTERS = ("Kubernetes", "Local")
 INSTALLATION_FIELDS = ("python", "r", "quarto", "tensorflow")
-UPDATABLE = ("title", "description", "matching", "supervisor", *INSTALLATION_FIELDS, "volume_mounts")
+UPDATABLE = ("title", "description", "matching", "supervisor", *INSTALLATION_FIELDS, "volume_mounts", "placement")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _WHITESPACE = re.compile(r"\s")
 
@@ -136,6 +137,11 @@ def validate_environment(body: Mapping[str, Any], *, creating: bool) -> dict[str
             except ValueError as exc:
                 raise errors.bad_request(f"volume_mounts[{index}]: {exc}.") from None
         fields["volume_mounts"] = [dict(m) for m in mounts]
+    if "placement" in body:
+        try:
+            fields["placement"] = check_placement(body["placement"])
+        except PlacementError as exc:
+            raise errors.bad_request(f"placement: {exc}.") from None
     return fields
 
 

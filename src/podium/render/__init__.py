@@ -21,12 +21,12 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from podium.apps.environment import process_env
+from podium.apps.environment import process_env, split_secret
 from podium.environments.catalogue import resolve
 from podium.environments.model import InvalidRequest
 from podium.environments.select import missing_runtime
 from podium.isolation import Isolation, interpreter_paths
-from podium.jobs import JobRunner, new_job_key
+from podium.jobs import JobRunner, new_job_key, not_started_message
 from podium.layout import DataLayout
 from podium.render.commands import (
     KERNEL_REQUIREMENTS,
@@ -38,7 +38,7 @@ from podium.render.commands import (
     rmarkdown_plan,
 )
 from podium.resources import for_content
-from podium.runtime import BackendError, JobHandle, JobSpec, JobState
+from podium.runtime import BackendError, JobHandle, JobSpec, JobState, JobStatus
 from podium.secrets import EnvVars
 from podium.settings import Settings
 from podium.store import Store
@@ -156,6 +156,8 @@ class Renderer:
                     raise TaskFailed("The content or bundle was deleted before the render.")
                 plan = self._plan(session, content, bundle, out_dir)
                 job = for_content(content, self.settings.job_policy)
+                start_timeout = float(content.init_timeout if content.init_timeout is not None
+                                      else self.settings.init_timeout_seconds)
                 guid, tag = content.guid, TAGS[bundle.app_mode]
                 workdir = str(self.layout.bundle_dir(content_id, bundle_id).resolve())
                 out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,11 +169,12 @@ class Renderer:
                     )],
                     writable=[out_dir, self.layout.home(guid)],
                 )
+                env, secret = self._job_env(session, content, bundle, plan)
                 spec = JobSpec(
                     key=key, kind="render", content_guid=guid, image=bundle.image_name,
-                    command=plan.argv, env=self._job_env(session, content, bundle, plan),
+                    command=plan.argv, env=env, secret_env=secret,
                     workdir=workdir, port=None, resources=job.resources,
-                    service_account=job.service_account, sandbox=sandbox,
+                    service_account=job.service_account, sandbox=sandbox, placement=job.placement,
                 )
                 row = session.get(Rendering, rendering_id)
                 if row is not None:
@@ -188,7 +191,18 @@ class Renderer:
         tail: list[str] = []
         streamer = asyncio.create_task(self._stream(handle, out, tail))
         timeout = self.settings.render_timeout_seconds
-        status = await self.jobs.wait(handle, timeout)
+        status = await self.jobs.wait(
+            handle, timeout, start_timeout,
+            lambda waiting: out.line(f"The render job waits to start: {waiting.message or waiting.reason}"),
+        )
+        if status.state is JobState.PENDING:
+            message = not_started_message("The render job", status, start_timeout)
+            self.jobs.record_end(key, JobStatus(JobState.FAILED, None, status.reason, message))
+            await self.jobs.stop(handle, self.settings.stop_grace_seconds)
+            streamer.cancel()
+            self._finish(rendering_id, message)
+            shutil.rmtree(out_dir, ignore_errors=True)
+            raise TaskFailed(message)
         if status.state.active:
             status = await self.jobs.stop(handle, self.settings.stop_grace_seconds)
             streamer.cancel()
@@ -249,16 +263,20 @@ class Renderer:
                 raise TaskFailed(f"Cannot render this R Markdown bundle: {exc}.") from None
         raise TaskFailed(f"Podium cannot render {bundle.app_mode!r} content on this server yet.")
 
-    def _job_env(self, session: Session, content: Content, bundle: Bundle, plan: RenderPlan) -> dict[str, str]:
-        return process_env(
+    def _job_env(
+        self, session: Session, content: Content, bundle: Bundle, plan: RenderPlan
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """The render's environment as (plain, secret): the content's own values are secret."""
+        content_vars = self.env_vars.decrypted(session, content.id)
+        return split_secret(process_env(
             public_url=self.urls.public,
             content_guid=content.guid,
             home=self.layout.home(content.guid),
             interpreter=bundle.python_path,
             r_library=bundle.r_library,
-            content_vars=self.env_vars.decrypted(session, content.id),
+            content_vars=content_vars,
             extra=plan.env,
-        )
+        ), content_vars)
 
     def _finish(self, rendering_id: int, error: str, primary: str | None = None) -> None:
         with self.store.session() as session:

@@ -66,9 +66,13 @@ class Resources:
     cpu_limit: float | None = None
     memory_request: int | None = None
     memory_limit: int | None = None
+    # whole GPUs (Kubernetes limits nvidia.com/gpu, amd.com/gpu); the local backend has none
+    nvidia_gpu_limit: int | None = None
+    amd_gpu_limit: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("cpu_request", "cpu_limit", "memory_request", "memory_limit"):
+        for name in ("cpu_request", "cpu_limit", "memory_request", "memory_limit",
+                     "nvidia_gpu_limit", "amd_gpu_limit"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must not be negative, got {value}")
@@ -137,8 +141,10 @@ class Sandbox:
 
     The local backend enforces this with bubblewrap (:mod:`podium.runtime.sandbox`) or
     refuses to launch (``"SandboxUnavailable"``); it never runs such a job unsandboxed.
-    The Kubernetes backend ignores this field: a pod is isolated by its container, and
-    its security context and volumes are that backend's business.
+    The Kubernetes backend keeps the same promise with volumes: the pod runs as
+    ``uid``/``gid`` (non-root, restricted security context), the paths inside the data
+    volume are mounted one by one (``subPath``, read-only or writable as listed), ``/tmp``
+    is an ``emptyDir``, and everything else comes from the image, read-only.
     """
 
     uid: int
@@ -177,6 +183,40 @@ class Sandbox:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a job's pod may run, already merged from the server, the execution
+    environment and the content (an administrator's choices). Kubernetes only: every
+    field maps to the pod spec field of the same meaning; mappings and lists are plain
+    JSON (``tolerations`` and ``affinity`` exactly as Kubernetes spells them)."""
+
+    node_selector: Mapping[str, str] = field(default_factory=dict, hash=False)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    image_pull_secrets: tuple[str, ...] = ()
+    priority_class_name: str | None = None
+    runtime_class_name: str | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.node_selector or self.tolerations or self.affinity or self.image_pull_secrets
+                    or self.priority_class_name or self.runtime_class_name)
+
+    def over(self, base: Placement | None) -> Placement:
+        """This placement merged over ``base``: node selector labels, affinity, priority
+        and runtime class of this one win; tolerations and pull secrets add up."""
+        if base is None:
+            return self
+        return Placement(
+            node_selector={**base.node_selector, **self.node_selector},
+            tolerations=(*base.tolerations, *(t for t in self.tolerations if t not in base.tolerations)),
+            affinity=self.affinity or base.affinity,
+            image_pull_secrets=tuple(dict.fromkeys((*base.image_pull_secrets, *self.image_pull_secrets))),
+            priority_class_name=self.priority_class_name or base.priority_class_name,
+            runtime_class_name=self.runtime_class_name or base.runtime_class_name,
+        )
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """Everything a backend needs to run one job; no ORM objects.
 
@@ -184,7 +224,13 @@ class JobSpec:
     as ``PORT`` for run jobs); ``workdir`` is the bundle directory as the job sees it;
     ``port`` is the port a run job listens on, or ``None`` to let the backend choose one.
     ``sandbox``, when set, isolates the job (see :class:`Sandbox`; its ``workdir`` must
-    then be a bound path); ``None`` runs it as the server's own user, seeing the host.
+    then be a bound path); ``None`` runs it as the server's own user, seeing the host
+    (on Kubernetes: seeing nothing of the data volume).
+    ``secret_env`` is more of the environment whose values a backend must keep out of
+    any stored object (the content's variables, credentials of the build's index): the
+    local backend adds them to ``env``; Kubernetes puts them in a Secret of the job's
+    own and references them from the pod. ``placement`` says where the job may run
+    (Kubernetes only).
     """
 
     key: str
@@ -200,8 +246,13 @@ class JobSpec:
     # the execution environment's volumes (mounted by Kubernetes; see VolumeMount)
     volume_mounts: tuple[VolumeMount, ...] = ()
     sandbox: Sandbox | None = None
+    secret_env: Mapping[str, str] = field(default_factory=dict, hash=False)
+    placement: Placement | None = None
 
     def __post_init__(self) -> None:
+        if set(self.secret_env) & set(self.env):
+            raise ValueError("a variable is both in env and secret_env: "
+                             + ", ".join(sorted(set(self.secret_env) & set(self.env))))
         if not valid_key(self.key):
             raise ValueError(
                 f"job key {self.key!r} must be 1-63 characters of [A-Za-z0-9._-], "
@@ -266,6 +317,9 @@ class JobStatus:
     ``reason`` is short and machine-readable: ``"Completed"``, ``"Exited"``,
     ``"Signalled"``, ``"OOMKilled"``, ``"StartError"``, ``"Stopped"``, ``"Lost"``,
     ``"NotFound"`` (backends may add their own, such as ``"ImagePullBackOff"``).
+    A PENDING job may carry a reason too: why it has not started yet, a state that may
+    pass (``"Unschedulable"`` until a node is added, ``"ErrImagePull"`` while a
+    registry refuses); the caller decides how long to wait (``init_timeout``).
     ``message`` is safe to show a user. A process killed by signal N has exit code
     128 + N, as container runtimes report it.
     """

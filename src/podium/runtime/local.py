@@ -9,8 +9,8 @@ other ``LocalBackend`` on the same root, can watch, stream and stop a job it did
 launch.
 
 What a job gets: ``spec.command`` run in ``spec.workdir``, in a session of its own,
-with exactly ``spec.env`` plus ``PATH`` (the server's, when the spec has none) and, for
-run jobs, ``PORT``; standard input is ``/dev/null``. ``spec.image`` and
+with exactly ``spec.env`` and ``spec.secret_env`` plus ``PATH`` (the server's, when the
+spec has none) and, for run jobs, ``PORT``; standard input is ``/dev/null``. ``spec.image`` and
 ``spec.service_account`` have no meaning on the host and are ignored, as are CPU and
 memory requests; limits are enforced as :mod:`podium.runtime.cgroups` describes.
 
@@ -129,7 +129,7 @@ class LocalBackend:
                 "LaunchFailed", "Could not create the job directory.", detail=str(error)
             ) from error
 
-        env = dict(spec.env)
+        env = {**spec.env, **spec.secret_env}
         env.setdefault("PATH", os.environ.get("PATH", os.defpath))
         port = spec.port
         if spec.kind == "run":

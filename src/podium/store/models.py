@@ -134,6 +134,10 @@ class Content(Base):
     memory_request: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     memory_limit: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     service_account_name: Mapped[str | None] = mapped_column(String(253), nullable=True)
+    # Whole GPUs (None: the server default) and where its pods run (podium.placement).
+    nvidia_gpu_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    amd_gpu_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    kubernetes_placement: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     default_image_name: Mapped[str | None] = mapped_column(String(512), nullable=True)
     # What the active bundle runs with, set on activation.
     cluster_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -286,6 +290,7 @@ class ExecutionEnvironment(Base):
     quarto: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
     tensorflow: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
     volume_mounts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    placement: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # podium.placement
     managed_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -2,14 +2,19 @@
 
 Lifecycle, in the terms of :class:`~podium.runtime.base.ExecutionBackend`:
 
-- :meth:`launch` creates the Job (:func:`.manifests.job_manifest`) and returns at once;
-  the job is PENDING until its pod's container runs. A 409 means the key exists: its
-  Job is adopted.
+- :meth:`launch` creates the job's Secret when it has ``secret_env``
+  (:func:`.manifests.secret_manifest`), then the Job (:func:`.manifests.job_manifest`),
+  then makes the Job the Secret's owner (deleting the Job deletes it); it returns at
+  once: the job is PENDING until its pod's container runs. A 409 means the key exists:
+  its Job is adopted.
 - :meth:`status` answers from one shared list+watch cache of this server's Jobs and
-  Pods (:mod:`.watch`). Failures the cluster reports before a process exits fail the
-  job fast, with the Kubernetes reason: ``ErrImagePull``/``ImagePullBackOff`` (and
-  other container-creation errors), ``Unschedulable``, ``FailedCreate`` (from the
-  Job's events, e.g. a missing service account), ``DeadlineExceeded``; an ended
+  Pods (:mod:`.watch`). States that may pass stay PENDING with the Kubernetes reason
+  and message, so callers can show them and wait up to their ``init_timeout``:
+  ``Unschedulable`` (a cluster autoscaler adds a node), ``FailedCreate`` (from the
+  Job's events: quota, an admission webhook, a missing service account),
+  ``ErrImagePull``/``ImagePullBackOff`` (a registry answering 429) and
+  ``CreateContainerConfigError``. Only what cannot pass fails at once
+  (``InvalidImageName``, ``ErrImageNeverPull``, ``DeadlineExceeded``); an ended
   container gives ``OOMKilled``, ``StartError``, ``Signalled`` (exit code > 128) or
   ``Exited``. Final states are remembered so they never change for this backend.
 - A Job that no longer exists while its handle records a uid was deleted: STOPPED (by
@@ -17,7 +22,9 @@ Lifecycle, in the terms of :class:`~podium.runtime.base.ExecutionBackend`:
   recorded its end). A handle without a uid and no Job is UNKNOWN/``NotFound``.
 - :meth:`address` is the pod IP and container port once the pod is Ready.
 - :meth:`logs` reads the pod log API (``follow`` streams until the container ends).
-  The API merges stdout and stderr: every line comes back as ``stdout``.
+  The API merges stdout and stderr: every line comes back as ``stdout``. With
+  ``kept_logs``, each job's log is saved when the job ends or is stopped, and served
+  from there once the pod is gone (:mod:`.keptlogs`).
 - :meth:`stop` deletes the Job with ``propagationPolicy=Background`` and its pods with
   ``gracePeriodSeconds`` (rounded up to a whole second, at least 1), then waits until
   they are gone. An ended Job is left for its TTL; 404 means done.
@@ -38,6 +45,7 @@ from typing import Any
 
 from podium.runtime.base import BackendError, JobHandle, JobSpec, JobState, JobStatus, LogLine
 from podium.runtime.kubernetes.client import KubeApiError, KubeClient
+from podium.runtime.kubernetes.keptlogs import KeptLogs
 from podium.runtime.kubernetes.manifests import (
     LABEL_KEY,
     LABEL_KIND,
@@ -45,23 +53,27 @@ from podium.runtime.kubernetes.manifests import (
     job_manifest,
     job_name,
     label_selector,
+    owner_reference,
+    secret_manifest,
     selector_labels,
 )
 from podium.runtime.kubernetes.watch import Reflector
 
 log = logging.getLogger(__name__)
 
-# Container waiting reasons after which the pod will not start without a change.
-FATAL_WAITING = {
-    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
-    "CreateContainerConfigError", "CreateContainerError",
-}
+# Container waiting reasons after which the pod will never start.
+FATAL_WAITING = {"InvalidImageName", "ErrImageNeverPull"}
+# Waiting reasons the kubelet retries: a registry may answer again, a Secret appear.
+TRANSIENT_WAITING = {"ErrImagePull", "ImagePullBackOff", "CreateContainerConfigError", "CreateContainerError"}
+# Reasons a job stays PENDING with (shown to the caller, who decides how long to wait).
+TRANSIENT = TRANSIENT_WAITING | {"Unschedulable", "FailedCreate"}
 # Reasons the backend fails a job for while the cluster still counts it active.
-FAIL_FAST = FATAL_WAITING | {"Unschedulable", "FailedCreate"}
+FAIL_FAST = FATAL_WAITING
 SYNC_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 60.0  # after the grace period: pod deletion confirmed by the kubelet
 EVENTS_TTL_SECONDS = 1.0
 LOG_END_WAIT_SECONDS = 10.0
+KEEP_LOG_TIMEOUT_SECONDS = 10.0
 
 ClientFactory = Callable[[], Awaitable[KubeClient]]
 
@@ -69,9 +81,10 @@ ClientFactory = Callable[[], Awaitable[KubeClient]]
 class KubernetesBackend:
     name = "kubernetes"
 
-    def __init__(self, connect: ClientFactory, config: KubernetesJobConfig) -> None:
+    def __init__(self, connect: ClientFactory, config: KubernetesJobConfig, kept_logs: KeptLogs | None = None) -> None:
         self._connect = connect
         self.config = config
+        self.kept_logs = kept_logs
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: KubeClient | None = None
         self._jobs: Reflector | None = None
@@ -145,17 +158,34 @@ class KubernetesBackend:
 
     async def launch(self, spec: JobSpec) -> JobHandle:
         client, jobs, _ = await self._ready()
+        namespace = self.config.namespace
         manifest = job_manifest(spec, self.config)
         name = manifest["metadata"]["name"]
+        secret = secret_manifest(spec, self.config) if spec.secret_env else None
+        if secret is not None:
+            try:
+                await client.create_secret(namespace, secret)
+            except KubeApiError as error:
+                if error.status != 409:  # 409: a relaunch of the same key; its Job decides
+                    raise _backend_error(error, f"The Secret of job {spec.key} could not be created") from error
         try:
-            job = await client.create_job(self.config.namespace, manifest)
+            job = await client.create_job(namespace, manifest)
         except KubeApiError as error:
             if error.status != 409:
+                if secret is not None:  # a half-failed launch leaves nothing behind
+                    with contextlib.suppress(KubeApiError):
+                        await client.delete_secret(namespace, secret["metadata"]["name"])
                 raise _backend_error(error, f"Job {spec.key} could not be created") from error
-            job = jobs.objects.get(name) or await self._wrap(client.get_job(self.config.namespace, name))
+            job = jobs.objects.get(name) or await self._wrap(client.get_job(namespace, name))
             log.info("job %s (content %s): adopted the existing Job %s", spec.key, spec.content_guid, name)
             return self._handle(job)
         jobs.put(job)
+        if secret is not None:
+            try:
+                await client.patch_secret(namespace, secret["metadata"]["name"],
+                                          {"metadata": {"ownerReferences": [owner_reference(job)]}})
+            except KubeApiError as error:  # stop() still deletes it
+                log.warning("job %s: could not make Job %s the owner of its Secret: %s", spec.key, name, error)
         log.info(
             "job %s (content %s): created Job %s/%s (image %s)",
             spec.key, spec.content_guid, self.config.namespace, name,
@@ -180,20 +210,39 @@ class KubernetesBackend:
         else:
             status = _job_failure(job) or (_pod_status(pod) if pod else None) \
                 or await self._events_status(client, job) or JobStatus(JobState.PENDING)
-        if status.reason in FAIL_FAST and status.message and not status.message.startswith(status.reason):
+        if status.reason in FAIL_FAST | TRANSIENT and status.message \
+                and not status.message.startswith(status.reason):
             # Shown as-is in deploy tasks and the dashboard: name the Kubernetes reason.
             status = dataclasses.replace(status, message=f"{status.reason}: {status.message}")
         if not status.state.active:
             self._final[handle.key] = status
+            if pod is not None and _container_started(pod):
+                self._background(self._keep_log(client, handle.key, pod))
             if status.state is JobState.FAILED:
                 log.info("job %s: failed: %s (%s)", handle.key, status.reason, status.message)
             if job is not None and status.reason in FAIL_FAST and not _job_finished(job):
                 # The cluster still counts the Job as active (it would keep pulling or
                 # scheduling): delete it so the job the backend calls failed never runs.
-                task = asyncio.create_task(self._delete_failed(client, handle, job))
-                self._cleanups.add(task)
-                task.add_done_callback(self._cleanups.discard)
+                self._background(self._delete_failed(client, handle, job))
         return status
+
+    def _background(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _keep_log(self, client: KubeClient, key: str, pod: dict[str, Any]) -> None:
+        """Save the pod's log for after the pod is gone (once per job)."""
+        if self.kept_logs is None or self.kept_logs.has(key):
+            return
+        try:
+            lines = await asyncio.wait_for(self._read_log(client, pod), KEEP_LOG_TIMEOUT_SECONDS)
+            await asyncio.to_thread(self.kept_logs.save, key, lines)
+        except (KubeApiError, TimeoutError, OSError) as error:
+            log.warning("job %s: could not keep its log: %s", key, error)
+
+    async def _read_log(self, client: KubeClient, pod: dict[str, Any]) -> list[str]:
+        return [raw async for raw in client.pod_log(pod["metadata"]["namespace"], pod["metadata"]["name"], False)]
 
     async def _delete_failed(self, client: KubeClient, handle: JobHandle, job: dict[str, Any]) -> None:
         try:
@@ -207,7 +256,7 @@ class KubernetesBackend:
             log.warning("job %s: could not delete the failed Job: %s", handle.key, error.detail)
 
     async def _events_status(self, client: KubeClient, job: dict[str, Any]) -> JobStatus | None:
-        """FAILED with ``FailedCreate`` when the Job controller could not create the pod."""
+        """PENDING with ``FailedCreate`` while the Job controller cannot create the pod."""
         name, uid = job["metadata"]["name"], job["metadata"].get("uid", "")
         cached = self._events.get(uid)
         if cached is None or time.monotonic() - cached[0] > EVENTS_TTL_SECONDS:
@@ -219,9 +268,11 @@ class KubernetesBackend:
                 log.warning("job %s: could not list events: %s", name, error)
                 events = []
             cached = self._events[uid] = (time.monotonic(), events)
-        for event in cached[1]:
-            if event.get("reason") == "FailedCreate" and event.get("involvedObject", {}).get("uid") in (uid, None):
-                return JobStatus(JobState.FAILED, reason="FailedCreate", message=str(event.get("message", "")))
+        failed = [event for event in cached[1] if event.get("reason") == "FailedCreate"
+                  and event.get("involvedObject", {}).get("uid") in (uid, None)]
+        if failed:  # the Job controller retries; the newest says why it still cannot
+            failed.sort(key=lambda event: str(event.get("lastTimestamp") or ""))
+            return JobStatus(JobState.PENDING, reason="FailedCreate", message=str(failed[-1].get("message", "")))
         return None
 
     async def address(self, handle: JobHandle) -> tuple[str, int] | None:
@@ -250,6 +301,10 @@ class KubernetesBackend:
                 break
             await pods.wait_changed(1.0, change)
         if pod is None or not started:
+            if self.kept_logs is not None:  # the pod is gone: the log Podium kept
+                for raw in self.kept_logs.read(handle.key):
+                    stamp, _, data = raw.partition(" ")
+                    yield LogLine("stdout", _parse_time(stamp) or datetime.now(UTC), data)
             return
         try:
             async for raw in client.pod_log(self.config.namespace, pod["metadata"]["name"], follow):
@@ -276,9 +331,13 @@ class KubernetesBackend:
         job, pod = self._objects(handle)
         namespace = str(handle.data.get("namespace") or self.config.namespace)
         log.info("job %s: stopping (grace %g s)", handle.key, grace_seconds)
+        if pod is not None and _container_started(pod):  # its log goes with the pod
+            await self._keep_log(client, handle.key, pod)
         if job is not None:
             with _gone_ok():
                 await client.delete_job(namespace, job["metadata"]["name"])
+        with _gone_ok():  # owned by the Job, so gone with it; at once here, to be sure
+            await client.delete_secret(namespace, f"{handle.data.get('name') or job_name(handle.key)}-env")
         grace = max(1, math.ceil(grace_seconds))
         for candidate in [p for p in pods.objects.values()
                           if p["metadata"].get("labels", {}).get(LABEL_KEY) == handle.key]:
@@ -386,12 +445,13 @@ def _pod_status(pod: dict[str, Any]) -> JobStatus:
     state = _container_state(pod)
     if phase in (None, "Pending") and not {"running", "terminated"} & set(state):
         waiting = state.get("waiting") or {}
-        if waiting.get("reason") in FATAL_WAITING:
-            return JobStatus(JobState.FAILED, reason=str(waiting["reason"]),
+        if waiting.get("reason") in FATAL_WAITING | TRANSIENT_WAITING:
+            final = waiting["reason"] in FATAL_WAITING
+            return JobStatus(JobState.FAILED if final else JobState.PENDING, reason=str(waiting["reason"]),
                              message=str(waiting.get("message") or waiting["reason"]))
         for condition in status.get("conditions") or []:
             if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
-                return JobStatus(JobState.FAILED, reason="Unschedulable",
+                return JobStatus(JobState.PENDING, reason="Unschedulable",
                                  message=str(condition.get("message") or "no node can run the job"))
         return JobStatus(JobState.PENDING)
     if "running" in state and phase not in ("Succeeded", "Failed"):

@@ -1,7 +1,8 @@
 """The narrow interface the backend uses to talk to the API server, and its implementation.
 
 :class:`KubeClient` is all the backend needs: create/get/delete Jobs, delete Pods,
-list and watch Jobs and Pods by label, follow a pod's log, list events. Objects are
+list and watch Jobs and Pods by label, follow a pod's log, list events, and create,
+patch and delete the Secrets that hold jobs' secret variables. Objects are
 plain dicts exactly as the API server sent them (no generated models: they are slow,
 and strict about fields that vary between server versions).
 
@@ -13,6 +14,7 @@ and strict about fields that vary between server versions).
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal, Protocol
@@ -34,6 +36,14 @@ class KubeApiError(Exception):
 
 class KubeClient(Protocol):
     async def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def patch_secret(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch (``application/merge-patch+json``)."""
+        ...
+
+    async def delete_secret(self, namespace: str, name: str) -> None: ...
 
     async def get_job(self, namespace: str, name: str) -> dict[str, Any]: ...
 
@@ -117,6 +127,18 @@ class AsyncioKubeClient:
     async def get_job(self, namespace: str, name: str) -> dict[str, Any]:
         return await self._json(self._batch.read_namespaced_job, name, namespace)
 
+    async def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._json(self._core.create_namespaced_secret, namespace, body)
+
+    async def patch_secret(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return await self._json(
+            self._core.patch_namespaced_secret, name, namespace, patch,
+            _content_type="application/merge-patch+json",
+        )
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        await self._json(self._core.delete_namespaced_secret, name, namespace)
+
     async def delete_job(self, namespace: str, name: str) -> None:
         await self._json(
             self._batch.delete_namespaced_job, name, namespace, propagation_policy="Background"
@@ -169,6 +191,25 @@ class AsyncioKubeClient:
 
     async def close(self) -> None:
         await self._api.close()
+
+
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def own_service_account(token_file: str = SERVICE_ACCOUNT_TOKEN) -> str | None:
+    """The service account this process runs as in a pod (from its token's subject,
+    ``system:serviceaccount:<namespace>:<name>``), or None outside a pod."""
+    try:
+        with open(token_file) as file:
+            payload = file.read().strip().split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (OSError, IndexError, ValueError):
+        return None
+    subject = str(claims.get("sub", "")) if isinstance(claims, dict) else ""
+    parts = subject.split(":")
+    if len(parts) == 4 and parts[:2] == ["system", "serviceaccount"]:
+        return parts[3]
+    return None
 
 
 def _status_error(status: int, text: str) -> KubeApiError:

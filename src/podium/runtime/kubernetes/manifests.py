@@ -1,32 +1,48 @@
-"""Pure builders of the Kubernetes objects Podium creates: one ``batch/v1`` Job per job.
+"""Pure builders of the Kubernetes objects Podium creates: one ``batch/v1`` Job per job,
+and one ``v1`` Secret per job that has secret variables.
 
 Nothing here talks to a cluster; :func:`job_manifest` turns a :class:`JobSpec` and a
 :class:`KubernetesJobConfig` into a plain dict, tested as expected dicts and validated
 against the real OpenAPI schemas (``tests/test_kubernetes_manifests.py``).
 
-Rules (DESIGN.md, "Kubernetes backend"):
+Rules (DESIGN.md, "Kubernetes backend"; issue 17):
 
 - ``backoffLimit: 0`` and ``restartPolicy: Never``: Podium's scheduler decides about
   restarts, not the Job controller.
+- **A pod sees only its own files.** The job's :class:`~podium.runtime.base.Sandbox`
+  lists what it may see: each listed path inside the data directory is mounted on its
+  own from the data PVC (``subPath``), read-only or writable as listed; paths outside
+  it come from the image. A job without a sandbox gets nothing of the data volume.
+  ``/tmp`` is an ``emptyDir``; the root file system is read-only.
+- **Pod Security "restricted"**: non-root uid/gid (the sandbox's, else the configured
+  ones), no privilege escalation, every capability dropped, ``RuntimeDefault`` seccomp.
+  https://kubernetes.io/docs/concepts/security/pod-security-standards/#restricted
 - ``serviceAccountName`` is the job's service account (already resolved by
   :mod:`podium.resources`), else the configured default; the API token is mounted only
-  when one is named, so content without one cannot talk to the API server.
-- The data directory is a PVC mounted at the same path in every job, so paths in the
-  command (bundle, package environment) are the server's paths.
+  when the job names one, so content without one cannot talk to the API server.
+- **Secret values never appear in the Job**: ``secret_env`` goes into the Secret made
+  by :func:`secret_manifest` and the container refers to it (``secretKeyRef``).
+- Placement (node selector, tolerations, affinity, pull secrets, priority and runtime
+  class) is the server's, overridden and extended by the job's own; GPU limits are
+  ``nvidia.com/gpu`` and ``amd.com/gpu``.
 - Run jobs listen on ``$PORT`` at ``$POD_IP`` (downward API) and carry a TCP readiness
   probe on that port; the scheduler still judges HTTP readiness itself.
-- The administrator's template patch is merged last: dicts merge, lists are appended.
+- The administrator's template patch is merged last (:mod:`.patch`: containers and
+  other named lists merge by name).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from podium.runtime.base import JobSpec, Resources
+from podium.runtime.base import JobSpec, Placement, Resources
+from podium.runtime.kubernetes.patch import merge_patch
 
 # The host environment's name (podium.environments.host.LOCAL_NAME), which is no image.
 LOCAL_ENVIRONMENT = "Local"
@@ -36,9 +52,12 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_CONTENT = "podium.dev/content-guid"
 LABEL_KEY = "podium.dev/job-key"
 LABEL_KIND = "podium.dev/job-kind"
+LABEL_SECRET_OF = "podium.dev/secret-of"
 CONTAINER = "job"
 DATA_VOLUME = "podium-data"
+TMP_VOLUME = "tmp"
 DEFAULT_RUN_PORT = 8080
+GPU_RESOURCES = (("nvidia_gpu_limit", "nvidia.com/gpu"), ("amd_gpu_limit", "amd.com/gpu"))
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
@@ -59,6 +78,12 @@ class KubernetesJobConfig:
     default_service_account: str | None = None
     run_port: int = DEFAULT_RUN_PORT
     job_template_patch: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # who a job without a sandbox runs as (a sandbox names its own uid/gid); never root
+    run_as_user: int = 10001
+    run_as_group: int = 10001
+    read_only_root_filesystem: bool = True
+    tmp_size_limit_bytes: int | None = 1024**3
+    placement: Placement = Placement()  # the server's; a job's own adds to it
 
 
 def job_name(key: str) -> str:
@@ -116,37 +141,42 @@ def run_port(spec: JobSpec, config: KubernetesJobConfig) -> int:
     return spec.port or config.run_port
 
 
-def merge_patch(base: Any, patch: Any) -> Any:
-    """Strategic-ish merge: dicts merge key by key, lists are appended, scalars replace.
-
-    ``None`` in the patch removes a key, as in a JSON merge patch."""
-    if isinstance(base, dict) and isinstance(patch, Mapping):
-        merged = dict(base)
-        for name, value in patch.items():
-            if value is None:
-                merged.pop(name, None)
-            elif name in merged:
-                merged[name] = merge_patch(merged[name], value)
-            else:
-                merged[name] = _copy(value)
-        return merged
-    if isinstance(base, list) and isinstance(patch, list):
-        return [*base, *(_copy(item) for item in patch)]
-    return _copy(patch)
 
 
-def _copy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {name: _copy(item) for name, item in value.items()}
-    if isinstance(value, list):
-        return [_copy(item) for item in value]
-    return value
+def secret_name(spec: JobSpec) -> str:
+    """The Secret holding a job's ``secret_env``: named after its Job, owned by it."""
+    return f"{job_name(spec.key)}-env"
+
+
+def secret_manifest(spec: JobSpec, config: KubernetesJobConfig) -> dict[str, Any]:
+    """The ``v1`` Secret with ``spec.secret_env``; the backend adds the Job as its owner
+    once the Job exists (:func:`owner_reference`), so deleting the Job deletes it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret_name(spec), "namespace": config.namespace,
+            "labels": {**job_labels(spec, config), LABEL_SECRET_OF: job_name(spec.key)},
+        },
+        "type": "Opaque",
+        "data": {name: base64.b64encode(value.encode()).decode() for name, value in sorted(spec.secret_env.items())},
+    }
+
+
+def owner_reference(job: Mapping[str, Any]) -> dict[str, Any]:
+    """An ownerReference to a created Job (its uid is the server's)."""
+    return {"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
+            "uid": job["metadata"]["uid"], "blockOwnerDeletion": False}
 
 
 def _env(spec: JobSpec, config: KubernetesJobConfig) -> list[dict[str, Any]]:
+    reserved = ("PORT", "POD_IP")
     env: list[dict[str, Any]] = [
-        {"name": name, "value": value} for name, value in sorted(spec.env.items())
-        if name not in ("PORT", "POD_IP")
+        {"name": name, "value": value} for name, value in sorted(spec.env.items()) if name not in reserved
+    ]
+    env += [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name(spec), "key": name}}}
+        for name in sorted(spec.secret_env) if name not in reserved
     ]
     if spec.kind == "run":
         env.append({"name": "PORT", "value": str(run_port(spec, config))})
@@ -164,9 +194,73 @@ def job_image(image: str | None, config: KubernetesJobConfig) -> str:
     return image if image and image != LOCAL_ENVIRONMENT else config.default_image
 
 
+def _below(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def data_mounts(spec: JobSpec, config: KubernetesJobConfig) -> list[dict[str, Any]]:
+    """One mount of the data PVC per sandbox path inside the data directory, at the
+    same path, read-only unless the sandbox lists it as writable."""
+    if spec.sandbox is None or not config.data_pvc:
+        return []
+    root = posixpath.normpath(config.data_mount_path)
+    wanted = [(path, True) for path in spec.sandbox.read_only] + [(path, False) for path in spec.sandbox.writable]
+    mounts = []
+    for path, read_only in sorted(wanted):
+        if not _below(path, root) or path == root:  # from the image (the data dir whole: never)
+            continue
+        sub = posixpath.join(config.data_sub_path, posixpath.relpath(path, root)) if config.data_sub_path \
+            else posixpath.relpath(path, root)
+        mounts.append({"name": DATA_VOLUME, "mountPath": path, "subPath": sub, "readOnly": read_only})
+    return mounts
+
+
+def resource_limits(resources: Resources) -> dict[str, dict[str, str]]:
+    """CPU and memory requests/limits, and the GPU limits (whole devices)."""
+    out = resource_requirements(resources)
+    for field_name, resource in GPU_RESOURCES:
+        count = getattr(resources, field_name)
+        if count:
+            out.setdefault("limits", {})[resource] = str(int(count))
+    return out
+
+
+def merged_placement(server: Placement, job: Placement | None) -> Placement:
+    """The server's placement with the job's own over it (:meth:`Placement.over`)."""
+    return job.over(server) if job is not None else server
+
+
+def _placement_fields(placement: Placement) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if placement.node_selector:
+        fields["nodeSelector"] = dict(placement.node_selector)
+    if placement.tolerations:
+        fields["tolerations"] = [dict(t) for t in placement.tolerations]
+    if placement.affinity:
+        fields["affinity"] = merge_patch({}, dict(placement.affinity))
+    if placement.image_pull_secrets:
+        fields["imagePullSecrets"] = [{"name": name} for name in placement.image_pull_secrets]
+    if placement.priority_class_name:
+        fields["priorityClassName"] = placement.priority_class_name
+    if placement.runtime_class_name:
+        fields["runtimeClassName"] = placement.runtime_class_name
+    return fields
+
+
+def security_contexts(spec: JobSpec, config: KubernetesJobConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod's and the container's securityContext (Pod Security "restricted")."""
+    uid, gid = (spec.sandbox.uid, spec.sandbox.gid) if spec.sandbox else (config.run_as_user, config.run_as_group)
+    pod = {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": gid,
+           "seccompProfile": {"type": "RuntimeDefault"}}
+    container = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                 "readOnlyRootFilesystem": config.read_only_root_filesystem, "runAsNonRoot": True}
+    return pod, container
+
+
 def job_manifest(spec: JobSpec, config: KubernetesJobConfig) -> dict[str, Any]:
     """The ``batch/v1`` Job running ``spec`` under ``config``."""
     labels = job_labels(spec, config)
+    pod_security, container_security = security_contexts(spec, config)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": job_image(spec.image, config),
@@ -174,6 +268,7 @@ def job_manifest(spec: JobSpec, config: KubernetesJobConfig) -> dict[str, Any]:
         "command": list(spec.command),
         "workingDir": spec.workdir,
         "env": _env(spec, config),
+        "securityContext": container_security,
     }
     if spec.kind == "run":
         port = run_port(spec, config)
@@ -183,24 +278,35 @@ def job_manifest(spec: JobSpec, config: KubernetesJobConfig) -> dict[str, Any]:
             "periodSeconds": 1,
             "failureThreshold": 3,
         }
-    requirements = resource_requirements(spec.resources)
+    requirements = resource_limits(spec.resources)
     if requirements:
         container["resources"] = requirements
-    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "enableServiceLinks": False}
+    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "enableServiceLinks": False,
+                                "securityContext": pod_security}
     account = spec.service_account or config.default_service_account
     if account:
         pod_spec["serviceAccountName"] = account
-    pod_spec["automountServiceAccountToken"] = bool(account)
-    if config.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": name} for name in config.image_pull_secrets]
-    mounts: list[dict[str, Any]] = []
-    volumes: list[dict[str, Any]] = []
+    # The token only for a service account an administrator named for this content;
+    # the server's default account is for pull secrets and policies, never API access.
+    pod_spec["automountServiceAccountToken"] = bool(
+        spec.service_account and spec.service_account != config.default_service_account
+    )
+    placement = merged_placement(
+        Placement(**{**_fields(config.placement), "image_pull_secrets": (
+            *config.image_pull_secrets, *config.placement.image_pull_secrets)}),
+        spec.placement,
+    )
+    pod_spec.update(_placement_fields(placement))
+    tmp: dict[str, Any] = {"name": TMP_VOLUME, "emptyDir": {}}
+    if config.tmp_size_limit_bytes:
+        tmp["emptyDir"]["sizeLimit"] = str(config.tmp_size_limit_bytes)
+    mounts: list[dict[str, Any]] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [tmp]
     if config.data_pvc:
-        mount: dict[str, Any] = {"name": DATA_VOLUME, "mountPath": config.data_mount_path}
-        if config.data_sub_path:
-            mount["subPath"] = config.data_sub_path
-        mounts.append(mount)
-        volumes.append({"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": config.data_pvc}})
+        shown = data_mounts(spec, config)
+        if shown:
+            mounts += shown
+            volumes.append({"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": config.data_pvc}})
     for index, wanted in enumerate(spec.volume_mounts):
         name = f"environment-{index}"
         mounts.append({"name": name, "mountPath": wanted.path, "readOnly": wanted.read_only})
@@ -210,9 +316,8 @@ def job_manifest(spec: JobSpec, config: KubernetesJobConfig) -> dict[str, Any]:
         else:
             volumes.append({"name": name, "nfs": {
                 "server": wanted.nfs_host, "path": wanted.nfs_export_path, "readOnly": wanted.read_only}})
-    if mounts:
-        container["volumeMounts"] = mounts
-        pod_spec["volumes"] = volumes
+    container["volumeMounts"] = mounts
+    pod_spec["volumes"] = volumes
     pod_spec["containers"] = [container]
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,
@@ -229,3 +334,8 @@ def job_manifest(spec: JobSpec, config: KubernetesJobConfig) -> dict[str, Any]:
     if config.job_template_patch:
         manifest = merge_patch(manifest, config.job_template_patch)
     return manifest
+
+
+def _fields(placement: Placement) -> dict[str, Any]:
+    return {name: getattr(placement, name) for name in (
+        "node_selector", "tolerations", "affinity", "priority_class_name", "runtime_class_name")}
