@@ -346,18 +346,19 @@ def test_sdk_users_password_lock_filters_and_me(server: RunningServer) -> None:
 
 
 def test_server_settings_version_switches_on_what_podium_serves(server: RunningServer, tmp_path: Any) -> None:
-    """README "Version": 2025.11.1 turns on every client gate up to rsconnect's git metadata
-    (> 2025.11.0, multipart uploads) and not posit-sdk's lockfile (2025.12.0)."""
+    """README "Version": 2025.12.0 turns on every client gate up to posit-sdk's lockfile
+    (2025.12.0), rsconnect's git metadata (> 2025.11.0, multipart uploads) included."""
     client = _client(server)
-    assert client.version == "2025.11.1"
+    assert client.version == "2025.12.0"
     key = server.user_key("ver_pub", "publisher")
     item = _client(server, key).content.create(name="versioned")
     bundle_id, _ = deploy(server, key, item["guid"], static_bundle())
     # posit-sdk's bundles.active() (2025.02.0) is served ...
     assert _client(server, key).content.get(item["guid"]).bundles.active()["id"] == bundle_id
-    # ... and its lockfile (2025.12.0) is not, so the SDK refuses before asking.
-    with pytest.raises(RuntimeError, match="2025.12.0"):
+    # ... and so is its lockfile (2025.12.0): the SDK asks, and static content has none (404).
+    with pytest.raises(ClientError) as refused:
         _client(server, key).content.get(item["guid"]).get_lockfile()
+    assert refused.value.http_status == 404
     # rsconnect sends git metadata (multipart) from a git checkout, and it lands on the bundle.
     import subprocess
     import sys

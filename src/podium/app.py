@@ -25,6 +25,7 @@ from podium import __version__, errors, web
 from podium.api import (
     audit_logs,
     bundles,
+    caches,
     content,
     deploy,
     env_vars,
@@ -32,6 +33,8 @@ from podium.api import (
     groups,
     jobs,
     keys,
+    oauth,
+    packages,
     permissions,
     renderings,
     schedules,
@@ -42,6 +45,7 @@ from podium.api import (
 )
 from podium.apps import write_runner
 from podium.build import Builder
+from podium.caches import RuntimeCaches
 from podium.changes import Changes
 from podium.deploy import Deployer
 from podium.environments.catalogue import sync_catalogue
@@ -89,6 +93,8 @@ class Node:
     scheduler: Scheduler
     targets: AppTargets
     deployer: Deployer
+    caches: RuntimeCaches
+    secret_box: SecretBox
     render_tasks: RenderTasks
     router: ContentRouter
     throttle: Throttle
@@ -200,6 +206,7 @@ def build(settings: Settings) -> Node:
     )
     changes.on_content(router.invalidate)
     changes.on_users(router.forget_users)
+    deployer = Deployer(store, settings, layout, builder, renderer, scheduler, changes, locks, urls)
     return Node(
         settings=settings,
         store=store,
@@ -214,7 +221,9 @@ def build(settings: Settings) -> Node:
         tasks=tasks,
         scheduler=scheduler,
         targets=targets,
-        deployer=Deployer(store, settings, layout, builder, renderer, scheduler, changes, locks, urls),
+        deployer=deployer,
+        caches=RuntimeCaches(store, deployer),
+        secret_box=box,
         render_tasks=RenderTasks(store, settings, layout, renderer, tasks, locks, urls),
         router=router,
         throttle=Throttle(store, policies_from_settings(settings)),
@@ -286,12 +295,13 @@ def create_app(node: Node) -> FastAPI:
     )
     # What endpoints may ask for (podium.api.deps), one attribute per part.
     for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "handoff", "isolation",
-                 "backend", "tasks", "jobs", "scheduler", "deployer", "render_tasks", "throttle"):
+                 "backend", "tasks", "jobs", "scheduler", "deployer", "render_tasks", "throttle", "caches",
+                 "secret_box"):
         setattr(app.state, name, getattr(node, name))
     _install_error_handlers(app)
     for module in (
         server, users, keys, content, bundles, deploy, env_vars, permissions, jobs, environments,
-        renderings, schedules, audit_logs, groups, tags, vanities,
+        renderings, schedules, audit_logs, groups, tags, vanities, packages, caches, oauth,
     ):
         app.include_router(module.router, prefix=API)
     app.include_router(content_routes.router)

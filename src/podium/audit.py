@@ -60,6 +60,11 @@ ACTIONS: dict[str, str] = {
     "remove_environment": "deleted an execution environment",
     "add_environment_permission": "allowed a user to deploy with an execution environment",
     "remove_environment_permission": "removed a user's permission on an execution environment",
+    "remove_runtime_cache": "deleted a runtime cache (package environments by language, version and image)",
+    "add_oauth_integration": "created an OAuth integration",
+    "update_oauth_integration": "changed an OAuth integration",
+    "remove_oauth_integration": "deleted an OAuth integration",
+    "update_oauth_associations": "set which OAuth integrations content may use",
 }
 
 

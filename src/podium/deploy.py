@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
+from podium import inventory
 from podium.appmodes import PYTHON_INTERACTIVE, R_INTERACTIVE
 from podium.apps import RUNTIME_REQUIREMENTS
 from podium.build import Builder, BuildRequest, BuiltEnvironment, RBuildRequest
@@ -115,6 +117,19 @@ class Deployer:
             log.info("content %s: activated bundle %s", guid, request.bundle_id)
             out.line(f"Activated bundle {request.bundle_id}; serving at {self.urls.content(guid)}")
             return None
+
+    async def rebuild_environment(self, content_id: int, bundle_id: int, out: TaskOutput) -> None:
+        """Build (or reuse) the package environments of a bundle again, as its deploy did,
+        and point the bundle at them: what follows a runtime cache's deletion, so the
+        content's next process starts with a fresh environment."""
+        async with self.locks(content_id):
+            with self.store.session() as session:
+                content = session.get(Content, content_id)
+                if content is None or session.get(Bundle, bundle_id) is None:
+                    return
+                guid = content.guid
+            await self._prepare_environment(DeployRequest(content_id, bundle_id, False), out)
+        self.changes.content(guid)
 
     def _activate(self, request: DeployRequest) -> None:
         """Make the bundle the content's active one, in one database write."""
@@ -221,6 +236,19 @@ class Deployer:
             bundle.r_library = r_library.library if r_library is not None else None
             bundle.r_environment_management = r_library.managed if r_library is not None else None
             bundle.quarto_version = quarto.version_text if quarto else None
+            # The package inventory (v1/packages, the runtime caches), once per environment.
+            if built is not None and built.path is not None:
+                venv = built.path
+                inventory.link(session, bundle_id, inventory.record(
+                    session, built.fingerprint, venv, inventory.PYTHON, built.python_version, env.name,
+                    lambda: inventory.python_packages(venv),
+                ))
+            if r_library is not None and r_library.fingerprint and r_library.library:
+                library = Path(r_library.library)
+                inventory.link(session, bundle_id, inventory.record(
+                    session, r_library.fingerprint, library.parent, inventory.R, r_library.r_version,
+                    env.name, lambda: inventory.r_packages(library),
+                ))
 
     async def _render(self, request: DeployRequest, out: TaskOutput) -> None:
         """Render the bundle unless its newest rendering already succeeded (the draft

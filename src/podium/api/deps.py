@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from podium import auth, errors
 from podium.api import credentials
+from podium.caches import RuntimeCaches
 from podium.changes import Changes
 from podium.deploy import Deployer
 from podium.handoff import Handoff
@@ -25,7 +26,7 @@ from podium.layout import DataLayout
 from podium.render.tasks import RenderTasks
 from podium.runtime import ExecutionBackend
 from podium.scheduler import Scheduler
-from podium.secrets import EnvVars
+from podium.secrets import EnvVars, SecretBox
 from podium.settings import Settings
 from podium.store import Store
 from podium.store.models import User
@@ -81,6 +82,14 @@ def scheduler(request: Request) -> Scheduler:
 
 def deployer(request: Request) -> Deployer:
     return cast(Deployer, request.app.state.deployer)
+
+
+def caches(request: Request) -> RuntimeCaches:
+    return cast(RuntimeCaches, request.app.state.caches)
+
+
+def secret_box(request: Request) -> SecretBox:
+    return cast(SecretBox, request.app.state.secret_box)
 
 
 def render_tasks(request: Request) -> RenderTasks:

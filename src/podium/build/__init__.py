@@ -8,6 +8,12 @@ execution backend (so the build runs where content runs, with its limits and
 logs); every later bundle with the same fingerprint reuses it at once. Python
 environments are venvs made with uv; R libraries (``envs/r-<fingerprint>/``)
 are restored with the environment's R (:mod:`podium.build.r`).
+
+An environment deleted as a runtime cache while a process still runs from it is
+*retired* (:mod:`podium.caches`): its ready marker goes, its files stay until
+nothing runs from them, and the next build of its fingerprint goes to a fresh
+folder beside it (``envs/<fingerprint>-g<job key>``), so nothing is pulled from under
+a running process.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ class BuiltEnvironment:
     python_version: str
     managed: bool
     reused: bool
+    path: Path | None = None  # the environment's folder; None when not managed
 
 
 def _requirements_file(bundle_dir: Path, manifest: dict[str, Any]) -> Path | None:
@@ -116,8 +123,13 @@ class Builder:
     def env_path(self, fp: str) -> Path:
         return self.envs_dir / fp
 
-    def python_of(self, fp: str) -> Path:
-        return self.env_path(fp) / "bin" / "python"
+    def ready_path(self, fp: str) -> Path | None:
+        """The folder of the ready environment with fingerprint ``fp``, or None: its
+        first folder, else the newest one built after it was retired."""
+        candidates = [self.env_path(fp), *sorted(
+            self.envs_dir.glob(f"{fp}-g*"), key=lambda p: p.stat().st_mtime, reverse=True
+        )]
+        return next((p for p in candidates if (p / READY_MARKER).exists()), None)
 
     async def ensure(self, request: BuildRequest, out: TaskOutput) -> BuiltEnvironment:
         """The package environment for ``request``, built as a job or reused at once."""
@@ -147,11 +159,12 @@ class Builder:
             return BuiltEnvironment(fp, chosen.path, chosen.version_text, False, True)
         lock = self._locks.setdefault(fp, asyncio.Lock())
         async with lock:
-            if (self.env_path(fp) / READY_MARKER).exists():
+            ready = self.ready_path(fp)
+            if ready is not None:
                 out.line(f"Reusing package environment {fp}: requirements unchanged, nothing to install.")
-                return BuiltEnvironment(fp, str(self.python_of(fp)), chosen.version_text, True, True)
-            await self._build(request, chosen, fp, requirements_path, extra, out)
-        return BuiltEnvironment(fp, str(self.python_of(fp)), chosen.version_text, True, False)
+                return BuiltEnvironment(fp, str(ready / "bin" / "python"), chosen.version_text, True, True, ready)
+            path = await self._build(request, chosen, fp, requirements_path, extra, out)
+        return BuiltEnvironment(fp, str(path / "bin" / "python"), chosen.version_text, True, False, path)
 
     async def _build(
         self,
@@ -161,7 +174,7 @@ class Builder:
         requirements_path: Path | None,
         extra: list[str],
         out: TaskOutput,
-    ) -> None:
+    ) -> Path:
         key = new_job_key("build")
         work = self.envs_dir / f".{fp}.{key}"  # the job's writable folder; the venv is in it
         staging = work / "env"
@@ -213,8 +226,9 @@ class Builder:
         await self._run(spec, request.content_id, request.bundle_id, "python_restore", work, out,
                         "Building the package environment")
         (staging / READY_MARKER).write_text(chosen.version_text + "\n")
-        self._publish(staging, self.env_path(fp), work)
+        final = self._publish(staging, fp, key, work)
         out.line(f"Package environment {fp} is ready.")
+        return final
 
     def _sandbox(self, read_only: list[str | Path], work: Path) -> Sandbox | None:
         """The sandbox of a build writing into ``work`` (and uv's cache), or None."""
@@ -266,14 +280,18 @@ class Builder:
                 + "\n".join(tail[-_TAIL_LINES:])
             )
 
-    def _publish(self, staging: Path, final: Path, work: Path) -> None:
+    def _publish(self, staging: Path, fp: str, key: str, work: Path) -> Path:
         """Move a finished build into place (read-only to its builder and to content from
-        then on) and remove the job's folder ``work``."""
+        then on), remove the job's folder ``work`` and return where the environment is."""
         if self.isolation is not None and self.isolation.active:
             make_readable(staging)
+        final = self.env_path(fp)
+        if final.exists() and not (final / READY_MARKER).exists():  # retired, maybe in use
+            final = self.envs_dir / f"{fp}-g{key}"
         if not final.exists():  # else built meanwhile by another node: keep theirs
             os.rename(staging, final)
         shutil.rmtree(work, ignore_errors=True)
+        return final
 
     # --- R -------------------------------------------------------------------------------
 
@@ -304,18 +322,18 @@ class Builder:
                 "(setting r_repository_url)."
             )
         fp = r_fingerprint(r, packages, self.r_repository_url, request.image)
-        library = self.env_path(fp) / "library"
         lock = self._locks.setdefault(fp, asyncio.Lock())
         async with lock:
-            if (self.env_path(fp) / READY_MARKER).exists():
+            ready = self.ready_path(fp)
+            if ready is not None:
                 out.line(f"Reusing R package library {fp}: packages unchanged, nothing to install.")
-                return RLibrary(fp, r.path, r.version_text, str(library), True, True)
-            await self._restore_r(request, fp, packages, origin, out)
-        return RLibrary(fp, r.path, r.version_text, str(library), True, False)
+                return RLibrary(fp, r.path, r.version_text, str(ready / "library"), True, True)
+            path = await self._restore_r(request, fp, packages, origin, out)
+        return RLibrary(fp, r.path, r.version_text, str(path / "library"), True, False)
 
     async def _restore_r(
         self, request: RBuildRequest, fp: str, packages: list[RPackage], origin: str, out: TaskOutput
-    ) -> None:
+    ) -> Path:
         key = new_job_key("build")
         work = self.envs_dir / f".{fp}.{key}"  # the job's writable folder; the library is in it
         staging = work / "env"
@@ -352,8 +370,9 @@ class Builder:
         await self._run(spec, request.content_id, request.bundle_id, "packrat_restore", work, out,
                         "Restoring the R packages")
         (staging / READY_MARKER).write_text(request.r.version_text + "\n")
-        self._publish(staging, self.env_path(fp), work)
+        final = self._publish(staging, fp, key, work)
         out.line(f"R package library {fp} is ready.")
+        return final
 
     async def _stream(self, handle: Any, out: TaskOutput, tail: list[str]) -> None:
         async for line in self.jobs.backend.logs(handle, follow=True):

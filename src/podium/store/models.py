@@ -469,3 +469,81 @@ class Vanity(Base):
     created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     content: Mapped[Content] = relationship()
+
+
+class PackageEnvironment(Base):
+    """A built package environment (``envs/<fingerprint>``, a venv or an R library) and
+    the runtime cache it belongs to: Connect names a cache by language, version and
+    image. ``retired`` environments were deleted as caches while a process still ran
+    from them: hidden, kept on disk until nothing runs from them (:mod:`podium.caches`)."""
+
+    __tablename__ = "package_environments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    path: Mapped[str] = mapped_column(String(1024), unique=True)
+    language: Mapped[str] = mapped_column(String(16))  # "Python" or "R", as Connect spells them
+    language_version: Mapped[str] = mapped_column(String(32))
+    image_name: Mapped[str] = mapped_column(String(512))
+    retired: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class EnvironmentPackage(Base):
+    """One package installed in a package environment, as its build left it."""
+
+    __tablename__ = "environment_packages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    environment_id: Mapped[int] = mapped_column(
+        ForeignKey("package_environments.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(256), index=True)
+    version: Mapped[str] = mapped_column(String(128))
+    hash: Mapped[str | None] = mapped_column(String(256), nullable=True)
+
+
+class BundleEnvironment(Base):
+    """A bundle built with a package environment (a Python venv, an R library, or both)."""
+
+    __tablename__ = "bundle_environments"
+
+    bundle_id: Mapped[int] = mapped_column(ForeignKey("bundles.id", ondelete="CASCADE"), primary_key=True)
+    environment_id: Mapped[int] = mapped_column(
+        ForeignKey("package_environments.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class OAuthIntegration(Base):
+    """An OAuth integration (Connect's ``v1/oauth/integrations``). ``config`` never holds
+    the client secret: that is kept encrypted (:class:`podium.secrets.SecretBox`) apart."""
+
+    __tablename__ = "oauth_integrations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guid: Mapped[str] = mapped_column(String(36), unique=True, default=new_guid)
+    name: Mapped[str] = mapped_column(String(256))
+    description: Mapped[str] = mapped_column(Text, default="")
+    template: Mapped[str] = mapped_column(String(64))
+    auth_type: Mapped[str] = mapped_column(String(64), default="Viewer")
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    client_secret_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class OAuthAssociation(Base):
+    """Content allowed to use an integration; ``id`` keeps the order they were made in."""
+
+    __tablename__ = "oauth_associations"
+    __table_args__ = (UniqueConstraint("content_id", "integration_id", name="uq_oauth_association"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_id: Mapped[int] = mapped_column(ForeignKey("content.id", ondelete="CASCADE"), index=True)
+    integration_id: Mapped[int] = mapped_column(
+        ForeignKey("oauth_integrations.id", ondelete="CASCADE"), index=True
+    )
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    content: Mapped[Content] = relationship()
+    integration: Mapped[OAuthIntegration] = relationship()

@@ -1,0 +1,214 @@
+"""``v1/oauth``: OAuth integrations (administrators change them; publishers read them to
+associate their content), their templates, and content associations (replace-all PUT).
+Client secrets are encrypted at rest and stripped from every answer (:mod:`podium.oauth`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from podium import audit, errors, oauth
+from podium.api import deps
+from podium.api.body import json_array, json_object
+from podium.api.content import describe, managed_content, visible_content
+from podium.api.lookup import by_guid
+from podium.api.serialize import iso
+from podium.secrets import SecretBox
+from podium.store.models import Content, OAuthAssociation, OAuthIntegration, User
+
+router = APIRouter()
+
+
+def integration_json(integration: OAuthIntegration) -> dict[str, Any]:
+    return {
+        "id": str(integration.id),
+        "guid": integration.guid,
+        "created_time": iso(integration.created_time),
+        "updated_time": iso(integration.updated_time),
+        "name": integration.name,
+        "description": integration.description,
+        "template": integration.template,
+        "auth_type": integration.auth_type,
+        "config": {k: v for k, v in integration.config.items() if k not in oauth.SECRET_FIELDS},
+    }
+
+
+def association_json(association: OAuthAssociation) -> dict[str, Any]:
+    integration = association.integration
+    return {
+        "app_guid": association.content.guid,
+        "oauth_integration_guid": integration.guid,
+        "oauth_integration_name": integration.name,
+        "oauth_integration_description": integration.description,
+        "oauth_integration_template": integration.template,
+        "oauth_integration_auth_type": integration.auth_type,
+        "created_time": iso(association.created_time),
+    }
+
+
+def _text(body: dict[str, Any], field: str, default: str | None = None) -> str:
+    value = body.get(field, default)
+    if not isinstance(value, str) or (field == "name" and not value.strip()):
+        raise errors.bad_request(f"{field} must be {'a non-empty' if field == 'name' else 'a'} string.", code=25)
+    return value
+
+
+def _apply(integration: OAuthIntegration, template: Any, config: Any, box: SecretBox) -> None:
+    try:
+        chosen, auth_type, public, secret = oauth.check(
+            template, config, integration.client_secret_encrypted is not None
+        )
+    except oauth.InvalidIntegration as exc:
+        raise errors.bad_request(str(exc), code=25) from None
+    integration.template, integration.auth_type, integration.config = chosen.key, auth_type, public
+    if secret is not None:
+        integration.client_secret_encrypted = box.encrypt(secret)
+
+
+@router.get("/v1/oauth/templates")
+def list_templates(_user: User = Depends(deps.publisher)) -> list[dict[str, Any]]:
+    return [t.json() for t in oauth.TEMPLATES.values()]
+
+
+@router.get("/v1/oauth/templates/{key}")
+def get_template(key: str, _user: User = Depends(deps.publisher)) -> dict[str, Any]:
+    if key not in oauth.TEMPLATES:
+        raise errors.not_found("OAuth template", key)
+    return oauth.TEMPLATES[key].json()
+
+
+@router.get("/v1/oauth/integrations")
+def list_integrations(
+    session: Session = Depends(deps.db), _user: User = Depends(deps.publisher)
+) -> list[dict[str, Any]]:
+    return [integration_json(i) for i in session.scalars(select(OAuthIntegration).order_by(OAuthIntegration.id))]
+
+
+@router.post("/v1/oauth/integrations")
+async def create_integration(
+    request: Request,
+    session: Session = Depends(deps.db),
+    box: SecretBox = Depends(deps.secret_box),
+    admin: User = Depends(deps.administrator),
+) -> dict[str, Any]:
+    body = await json_object(request)
+    description = body.get("description") or ""
+    if not isinstance(description, str):
+        raise errors.bad_request("description must be a string.", code=25)
+    integration = OAuthIntegration(name=_text(body, "name"), description=description)
+    _apply(integration, body.get("template"), body.get("config", {}), box)
+    session.add(integration)
+    session.flush()
+    audit.record(session, admin, "add_oauth_integration",
+                 f"Created OAuth integration {integration.name!r} ({integration.guid}, {integration.template}).")
+    session.commit()
+    return integration_json(integration)
+
+
+@router.get("/v1/oauth/integrations/{guid}")
+def get_integration(
+    guid: str, session: Session = Depends(deps.db), _user: User = Depends(deps.publisher)
+) -> dict[str, Any]:
+    return integration_json(by_guid(session, OAuthIntegration, guid, "OAuth integration"))
+
+
+@router.patch("/v1/oauth/integrations/{guid}")
+async def update_integration(
+    guid: str,
+    request: Request,
+    session: Session = Depends(deps.db),
+    box: SecretBox = Depends(deps.secret_box),
+    admin: User = Depends(deps.administrator),
+) -> dict[str, Any]:
+    integration = by_guid(session, OAuthIntegration, guid, "OAuth integration")
+    body = await json_object(request)
+    if "name" in body:
+        integration.name = _text(body, "name")
+    if "description" in body:
+        integration.description = _text(body, "description")
+    if "template" in body or "config" in body:
+        config = body.get("config", integration.config)
+        _apply(integration, body.get("template", integration.template), config, box)
+    audit.record(session, admin, "update_oauth_integration",
+                 f"Changed OAuth integration {integration.name!r} ({integration.guid}).")
+    session.commit()
+    return integration_json(integration)
+
+
+@router.delete("/v1/oauth/integrations/{guid}", status_code=204)
+def delete_integration(
+    guid: str, session: Session = Depends(deps.db), admin: User = Depends(deps.administrator)
+) -> Response:
+    integration = by_guid(session, OAuthIntegration, guid, "OAuth integration")
+    session.execute(delete(OAuthAssociation).where(OAuthAssociation.integration_id == integration.id))
+    session.delete(integration)
+    audit.record(session, admin, "remove_oauth_integration",
+                 f"Deleted OAuth integration {integration.name!r} ({integration.guid}).")
+    session.commit()
+    return Response(status_code=204)
+
+
+@router.get("/v1/oauth/integrations/{guid}/associations")
+def integration_associations(
+    guid: str, session: Session = Depends(deps.db), _admin: User = Depends(deps.administrator)
+) -> list[dict[str, Any]]:
+    integration = by_guid(session, OAuthIntegration, guid, "OAuth integration")
+    rows = session.scalars(
+        select(OAuthAssociation).where(OAuthAssociation.integration_id == integration.id).order_by(OAuthAssociation.id)
+    )
+    return [association_json(a) for a in rows]
+
+
+def content_associations(session: Session, content: Content) -> list[OAuthAssociation]:
+    return list(session.scalars(
+        select(OAuthAssociation).where(OAuthAssociation.content_id == content.id).order_by(OAuthAssociation.id)
+    ))
+
+
+@router.get("/v1/content/{guid}/oauth/integrations/associations")
+def get_content_associations(
+    guid: str, session: Session = Depends(deps.db), who: deps.Caller = Depends(deps.caller)
+) -> list[dict[str, Any]]:
+    content = visible_content(session, who.user, guid)
+    return [association_json(a) for a in content_associations(session, content)]
+
+
+def replace_associations(session: Session, user: User, content: Content, wanted: list[Any]) -> None:
+    """Make ``wanted`` (``[{"oauth_integration_guid": ...}, ...]``) the content's whole set."""
+    integrations: list[OAuthIntegration] = []
+    for item in wanted:
+        guid = item.get("oauth_integration_guid") if isinstance(item, dict) else None
+        if not isinstance(guid, str):
+            raise errors.bad_request("Each association must be {\"oauth_integration_guid\": \"...\"}.", code=25)
+        integration = session.scalar(select(OAuthIntegration).where(OAuthIntegration.guid == guid))
+        if integration is None:
+            raise errors.bad_request(f"No OAuth integration has guid {guid!r}.", code=25)
+        if integration not in integrations:
+            integrations.append(integration)
+    kept = {a.integration_id: a for a in content_associations(session, content)}
+    for integration_id, association in kept.items():
+        if integration_id not in {i.id for i in integrations}:
+            session.delete(association)
+    for integration in integrations:
+        if integration.id not in kept:
+            session.add(OAuthAssociation(content_id=content.id, integration_id=integration.id))
+    audit.record(session, user, "update_oauth_associations",
+                 f"Set the OAuth integrations of content {describe(content)}: "
+                 f"{', '.join(repr(i.name) for i in integrations) or 'none'}.")
+
+
+@router.put("/v1/content/{guid}/oauth/integrations/associations", status_code=204)
+async def put_content_associations(
+    guid: str,
+    request: Request,
+    session: Session = Depends(deps.db),
+    user: User = Depends(deps.user),
+) -> Response:
+    content = managed_content(session, user, guid)
+    replace_associations(session, user, content, await json_array(request))
+    session.commit()
+    return Response(status_code=204)
