@@ -13,7 +13,17 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from podium.urls import Urls
-from podium.web import admin, admin_tags, content_pages, groups, login, pages, profile, publish
+from podium.web import (
+    admin,
+    admin_inventory,
+    admin_tags,
+    content_pages,
+    groups,
+    login,
+    pages,
+    profile,
+    publish,
+)
 from podium.web.templating import STATIC_PREFIX, WEB_DIR, make_environment
 
 _PAGE_PREFIXES = ("/connect", "/__login__", "/__logout__", STATIC_PREFIX)
@@ -62,5 +72,5 @@ def install(app: FastAPI) -> None:
     app.add_middleware(PageHeaders, headers=page_headers(app.state.urls))
     pages.install_handlers(app)
     app.mount(STATIC_PREFIX, StaticFiles(directory=WEB_DIR / "static"), name="static")
-    for module in (login, content_pages, publish, profile, admin, admin_tags, groups):
+    for module in (login, content_pages, publish, profile, admin, admin_tags, admin_inventory, groups):
         app.include_router(module.router, include_in_schema=False)

@@ -22,6 +22,8 @@ from podium.api import deps
 from podium.api import env_vars as env_vars_api
 from podium.api import groups as groups_api
 from podium.api import jobs as jobs_api
+from podium.api import oauth as oauth_api
+from podium.api import packages as packages_api
 from podium.api import permissions as permissions_api
 from podium.api import renderings as renderings_api
 from podium.api import schedules as schedules_api
@@ -48,6 +50,8 @@ PANES: tuple[tuple[str, str, bool], ...] = (
     ("service-account", "Service account", True),
     ("variables", "Environment variables", True),
     ("bundles", "Bundles", True),
+    ("packages", "Packages", False),
+    ("integrations", "OAuth integrations", True),
     ("renderings", "Renderings", False),
     ("logs", "Logs", True),
 )
@@ -225,6 +229,19 @@ def _pane_context(
             "schedule": settings_view.schedule_view(schedules[0]) if schedules else None,
             "schedule_types": settings_view.SCHEDULE_TYPES,
         }
+    if pane == "packages":
+        environments = packages_api.active_environments(session, content)
+        return {
+            "packages": packages_api.content_packages(session, content),
+            "package_environments": [(e.language, e.language_version) for e in environments],
+            "has_lockfile": any(e.language == "Python" for e in environments),
+        }
+    if pane == "integrations":
+        associated = [oauth_api.association_json(a) for a in oauth_api.content_associations(session, content)]
+        chosen = {a["oauth_integration_guid"] for a in associated}
+        integrations = oauth_api.list_integrations(session, user)
+        return {"associations": associated,
+                "integration_choices": [i for i in integrations if i["guid"] not in chosen]}
     if pane == "logs":
         jobs = jobs_api.list_jobs(guid, session, user)
         return {"jobs": jobs}

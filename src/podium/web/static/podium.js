@@ -5,7 +5,8 @@
  * <meta name="csrf-token">; no cookie holds it); errors show the API's `error` message.
  *
  *   <form data-api="PATCH v1/content/GUID" data-then="reload|stay|NAME">
- *     fields: name = API field; data-kind = int|float|string|bool|null-string;
+ *     fields: name = API field ("config.client_id": a field of the object "config");
+ *             data-kind = int|float|string|bool|null-string;
  *             data-scale = multiply numbers before sending; empty numbers send null
  *   <button data-api="DELETE v1/..." data-confirm="..." data-then="reload">
  */
@@ -93,7 +94,15 @@ const Podium = (() => {
     for (const el of form.elements) {
       if (!el.name || el.dataset.skip !== undefined || el.disabled) continue;
       if (el.type === "radio" && !el.checked) continue;
-      body[el.name] = fieldValue(el);
+      const value = fieldValue(el);
+      const dot = el.name.indexOf(".");
+      if (dot > 0) { // "config.client_id": a field of a nested object; empty ones left out
+        const outer = el.name.slice(0, dot);
+        body[outer] = body[outer] || {};
+        if (value !== null && value !== "") body[outer][el.name.slice(dot + 1)] = value;
+        continue;
+      }
+      body[el.name] = value;
     }
     if (form.dataset.wrap === "array") return [body];
     return body;
