@@ -14,10 +14,11 @@ from podium.runtime import JobKind, JobSpec, Placement, Resources, VolumeMount
 from podium.runtime.base import Sandbox
 from podium.runtime.kubernetes.manifests import (
     KubernetesJobConfig,
+    content_secret_manifest,
     cpu_quantity,
     job_manifest,
     job_name,
-    secret_manifest,
+    job_secret_values,
 )
 from podium.runtime.kubernetes.patch import merge_patch
 
@@ -190,19 +191,37 @@ def test_job_manifest_without_a_sandbox_sees_nothing_of_the_data_volume() -> Non
     assert "podium-data" not in [v["name"] for v in pod["volumes"]]
 
 
-def test_job_manifest_secret_values_only_in_the_secret() -> None:
+def test_job_manifest_secret_values_only_in_the_contents_secret() -> None:
     job_spec = spec(secret_env={"API_TOKEN": "hunter2-value", "DB_PASSWORD": "pa55"})
     manifest = job_manifest(job_spec, FULL)
     assert "hunter2-value" not in repr(manifest) and "pa55" not in repr(manifest)
     env = {item["name"]: item for item in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["API_TOKEN"] == {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {
-        "name": "run-42-1-env", "key": "API_TOKEN"}}}
-    secret = secret_manifest(job_spec, FULL)
-    assert secret["metadata"]["name"] == "run-42-1-env" and secret["type"] == "Opaque"
+        "name": f"podium-content-{GUID}", "key": "API_TOKEN"}}}
+    secret = content_secret_manifest(GUID, job_secret_values(job_spec), FULL)
+    assert secret["metadata"]["name"] == f"podium-content-{GUID}" and secret["type"] == "Opaque"
     assert secret["data"] == {"API_TOKEN": "aHVudGVyMi12YWx1ZQ==", "DB_PASSWORD": "cGE1NQ=="}
-    assert secret["metadata"]["labels"]["podium.dev/job-key"] == "run-42-1"
+    assert secret["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "podium", "app.kubernetes.io/instance": "podium",
+        "podium.dev/content-guid": GUID, "podium.dev/secret-of": "content"}
+    assert "ownerReferences" not in secret["metadata"]  # it outlives jobs: deleted with the content
     for version in SCHEMA_VERSIONS:
         kubernetes_validate.validate(secret, version, strict=True)
+
+
+def test_job_manifest_build_secrets_do_not_collide_with_the_contents_own() -> None:
+    """A build's UV_INDEX_URL (the server's index, maybe with a password) and the
+    content's own UV_INDEX_URL share one Secret under different keys."""
+    build = spec("build", port=None, secret_env={"UV_INDEX_URL": "https://user:pw@index.example/simple"})
+    build_env = job_manifest(build, FULL)["spec"]["template"]["spec"]["containers"][0]["env"]
+    [ref] = [item["valueFrom"]["secretKeyRef"] for item in build_env if item["name"] == "UV_INDEX_URL"]
+    assert ref == {"name": f"podium-content-{GUID}", "key": "build.UV_INDEX_URL"}
+    assert job_secret_values(build) == {"build.UV_INDEX_URL": "https://user:pw@index.example/simple"}
+    run = spec(secret_env={"UV_INDEX_URL": "https://mine.example/simple"})
+    env = job_manifest(run, FULL)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [item["valueFrom"]["secretKeyRef"]["key"] for item in env if item["name"] == "UV_INDEX_URL"] \
+        == ["UV_INDEX_URL"]
+    assert "pw@" not in repr(job_manifest(build, FULL))
 
 
 def test_job_manifest_placement_merges_server_and_job() -> None:

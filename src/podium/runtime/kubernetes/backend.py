@@ -2,11 +2,13 @@
 
 Lifecycle, in the terms of :class:`~podium.runtime.base.ExecutionBackend`:
 
-- :meth:`launch` creates the job's Secret when it has ``secret_env``
-  (:func:`.manifests.secret_manifest`), then the Job (:func:`.manifests.job_manifest`),
-  then makes the Job the Secret's owner (deleting the Job deletes it); it returns at
-  once: the job is PENDING until its pod's container runs. A 409 means the key exists:
-  its Job is adopted.
+- :meth:`launch` puts the job's ``secret_env`` into its content's Secret (one per
+  content item, :func:`.manifests.content_secret_manifest`: created when missing, keys
+  updated by merge patch), then creates the Job (:func:`.manifests.job_manifest`); it
+  returns at once: the job is PENDING until its pod's container runs. A 409 means the
+  key exists: its Job is adopted. :meth:`update_content_secrets` and
+  :meth:`forget_content` keep the Secret in step with the content's variables and
+  delete it with the content.
 - :meth:`status` answers from one shared list+watch cache of this server's Jobs and
   Pods (:mod:`.watch`). States that may pass stay PENDING with the Kubernetes reason
   and message, so callers can show them and wait up to their ``init_timeout``:
@@ -39,7 +41,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,11 +52,14 @@ from podium.runtime.kubernetes.manifests import (
     LABEL_KEY,
     LABEL_KIND,
     KubernetesJobConfig,
+    content_secret_manifest,
+    content_secret_name,
     job_manifest,
     job_name,
+    job_secret_values,
     label_selector,
-    owner_reference,
-    secret_manifest,
+    secret_data,
+    secret_key,
     selector_labels,
 )
 from podium.runtime.kubernetes.watch import Reflector
@@ -161,37 +166,65 @@ class KubernetesBackend:
         namespace = self.config.namespace
         manifest = job_manifest(spec, self.config)
         name = manifest["metadata"]["name"]
-        secret = secret_manifest(spec, self.config) if spec.secret_env else None
-        if secret is not None:
-            try:
-                await client.create_secret(namespace, secret)
-            except KubeApiError as error:
-                if error.status != 409:  # 409: a relaunch of the same key; its Job decides
-                    raise _backend_error(error, f"The Secret of job {spec.key} could not be created") from error
+        if spec.secret_env:
+            await self._put_secret_values(client, spec.content_guid, job_secret_values(spec))
         try:
             job = await client.create_job(namespace, manifest)
         except KubeApiError as error:
             if error.status != 409:
-                if secret is not None:  # a half-failed launch leaves nothing behind
-                    with contextlib.suppress(KubeApiError):
-                        await client.delete_secret(namespace, secret["metadata"]["name"])
                 raise _backend_error(error, f"Job {spec.key} could not be created") from error
             job = jobs.objects.get(name) or await self._wrap(client.get_job(namespace, name))
             log.info("job %s (content %s): adopted the existing Job %s", spec.key, spec.content_guid, name)
             return self._handle(job)
         jobs.put(job)
-        if secret is not None:
-            try:
-                await client.patch_secret(namespace, secret["metadata"]["name"],
-                                          {"metadata": {"ownerReferences": [owner_reference(job)]}})
-            except KubeApiError as error:  # stop() still deletes it
-                log.warning("job %s: could not make Job %s the owner of its Secret: %s", spec.key, name, error)
         log.info(
             "job %s (content %s): created Job %s/%s (image %s)",
             spec.key, spec.content_guid, self.config.namespace, name,
             manifest["spec"]["template"]["spec"]["containers"][0]["image"],
         )
         return self._handle(job)
+
+    async def _put_secret_values(self, client: KubeClient, content_guid: str,
+                                 values: Mapping[str, str | None]) -> None:
+        """Set (``None``: remove) keys of the content's Secret, creating it when missing.
+        A merge patch first (the usual case: it exists), so Podium never reads Secrets."""
+        namespace, name = self.config.namespace, content_secret_name(content_guid)
+        for _ in range(3):  # a create racing another server's: patch again
+            try:
+                await client.patch_secret(namespace, name, {"data": secret_data(values)})
+                return
+            except KubeApiError as error:
+                if error.status != 404:
+                    raise _backend_error(error, f"The Secret of content {content_guid} could not be updated") \
+                        from error
+            kept = {key: value for key, value in values.items() if value is not None}
+            try:
+                await client.create_secret(namespace, content_secret_manifest(content_guid, kept, self.config))
+                log.info("content %s: created its Secret %s/%s", content_guid, namespace, name)
+                return
+            except KubeApiError as error:
+                if error.status != 409:
+                    raise _backend_error(error, f"The Secret of content {content_guid} could not be created") \
+                        from error
+        raise BackendError("Conflict", f"The Secret of content {content_guid} kept changing; try again.")
+
+    async def update_content_secrets(self, content_guid: str, changes: Mapping[str, str | None]) -> None:
+        """The content's variables changed (``None``: removed): its Secret follows at once,
+        so no value removed in Podium stays in the cluster. Running pods keep the values
+        they started with, as on Connect."""
+        if not changes:
+            return
+        client, _, _ = await self._ready()
+        await self._put_secret_values(client, content_guid, {
+            secret_key("run", name): value for name, value in changes.items()})
+        log.info("content %s: updated its Secret (%d variables changed)", content_guid, len(changes))
+
+    async def forget_content(self, content_guid: str) -> None:
+        """The content is deleted: delete its Secret (gone already is fine)."""
+        client, _, _ = await self._ready()
+        with _gone_ok():
+            await client.delete_secret(self.config.namespace, content_secret_name(content_guid))
+        log.info("content %s: deleted its Secret", content_guid)
 
     async def status(self, handle: JobHandle) -> JobStatus:
         self._check(handle)
@@ -336,8 +369,6 @@ class KubernetesBackend:
         if job is not None:
             with _gone_ok():
                 await client.delete_job(namespace, job["metadata"]["name"])
-        with _gone_ok():  # owned by the Job, so gone with it; at once here, to be sure
-            await client.delete_secret(namespace, f"{handle.data.get('name') or job_name(handle.key)}-env")
         grace = max(1, math.ceil(grace_seconds))
         for candidate in [p for p in pods.objects.values()
                           if p["metadata"].get("labels", {}).get(LABEL_KEY) == handle.key]:

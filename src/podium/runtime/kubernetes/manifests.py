@@ -20,8 +20,9 @@ Rules (DESIGN.md, "Kubernetes backend"; issue 17):
 - ``serviceAccountName`` is the job's service account (already resolved by
   :mod:`podium.resources`), else the configured default; the API token is mounted only
   when the job names one, so content without one cannot talk to the API server.
-- **Secret values never appear in the Job**: ``secret_env`` goes into the Secret made
-  by :func:`secret_manifest` and the container refers to it (``secretKeyRef``).
+- **Secret values never appear in the Job**: ``secret_env`` goes into the content's
+  own Secret (:func:`content_secret_manifest`, one per content item, kept up to date
+  by the backend) and the container refers to its keys (``secretKeyRef``).
 - Placement (node selector, tolerations, affinity, pull secrets, priority and runtime
   class) is the server's, overridden and extended by the job's own; GPU limits are
   ``nvidia.com/gpu`` and ``amd.com/gpu``.
@@ -143,30 +144,57 @@ def run_port(spec: JobSpec, config: KubernetesJobConfig) -> int:
 
 
 
-def secret_name(spec: JobSpec) -> str:
-    """The Secret holding a job's ``secret_env``: named after its Job, owned by it."""
-    return f"{job_name(spec.key)}-env"
+def content_secret_name(content_guid: str) -> str:
+    """The Secret holding a content item's secret variables (one per content item)."""
+    guid = content_guid.lower()
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?", guid):  # not a plain guid: a stable hash
+        guid = hashlib.sha256(content_guid.encode()).hexdigest()[:32]
+    return f"podium-content-{guid}"
 
 
-def secret_manifest(spec: JobSpec, config: KubernetesJobConfig) -> dict[str, Any]:
-    """The ``v1`` Secret with ``spec.secret_env``; the backend adds the Job as its owner
-    once the Job exists (:func:`owner_reference`), so deleting the Job deletes it."""
+def secret_key(kind: str, name: str) -> str:
+    """The key of variable ``name`` of a ``kind`` job in its content's Secret. A build's
+    variables are the server's (proxies, uv's index) and may share a name with one of
+    the content's own (``UV_INDEX_URL``): they live under ``build.``, which no content
+    variable name can start with (letters, digits and ``_`` only)."""
+    return f"build.{name}" if kind == "build" else name
+
+
+def content_secret_labels(content_guid: str, config: KubernetesJobConfig) -> dict[str, str]:
+    return {**selector_labels(config), LABEL_CONTENT: content_guid, LABEL_SECRET_OF: "content"}
+
+
+def secret_data(values: Mapping[str, str | None]) -> dict[str, str | None]:
+    """Secret ``data`` (base64) for a merge patch; ``None`` removes a key."""
+    return {key: None if value is None else base64.b64encode(value.encode()).decode()
+            for key, value in sorted(values.items())}
+
+
+def content_secret_manifest(
+    content_guid: str, values: Mapping[str, str], config: KubernetesJobConfig
+) -> dict[str, Any]:
+    """The ``v1`` Secret of a content item with ``values`` (keys from :func:`secret_key`).
+
+    It has no owner: it outlives every job of the content, is updated by the backend
+    when the content's variables change or a job needs one, and deleted with the
+    content (:meth:`~.backend.KubernetesBackend.forget_content`). Its labels name the
+    server and the content, so ``kubectl get secrets -l podium.dev/content-guid=...``
+    finds it."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
-            "name": secret_name(spec), "namespace": config.namespace,
-            "labels": {**job_labels(spec, config), LABEL_SECRET_OF: job_name(spec.key)},
+            "name": content_secret_name(content_guid), "namespace": config.namespace,
+            "labels": content_secret_labels(content_guid, config),
         },
         "type": "Opaque",
-        "data": {name: base64.b64encode(value.encode()).decode() for name, value in sorted(spec.secret_env.items())},
+        "data": {key: value for key, value in secret_data(values).items() if value is not None},
     }
 
 
-def owner_reference(job: Mapping[str, Any]) -> dict[str, Any]:
-    """An ownerReference to a created Job (its uid is the server's)."""
-    return {"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
-            "uid": job["metadata"]["uid"], "blockOwnerDeletion": False}
+def job_secret_values(spec: JobSpec) -> dict[str, str]:
+    """What ``spec`` needs in its content's Secret, under the keys it refers to."""
+    return {secret_key(spec.kind, name): value for name, value in spec.secret_env.items()}
 
 
 def _env(spec: JobSpec, config: KubernetesJobConfig) -> list[dict[str, Any]]:
@@ -175,7 +203,8 @@ def _env(spec: JobSpec, config: KubernetesJobConfig) -> list[dict[str, Any]]:
         {"name": name, "value": value} for name, value in sorted(spec.env.items()) if name not in reserved
     ]
     env += [
-        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name(spec), "key": name}}}
+        {"name": name, "valueFrom": {"secretKeyRef": {
+            "name": content_secret_name(spec.content_guid), "key": secret_key(spec.kind, name)}}}
         for name in sorted(spec.secret_env) if name not in reserved
     ]
     if spec.kind == "run":
