@@ -143,8 +143,17 @@ kubectl create namespace podium --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n podium create secret generic podium-database \
   --from-literal=url='sqlite:////var/lib/podium/db/podium.sqlite' --dry-run=client -o yaml | kubectl apply -f -
 kubectl apply -k "$WORK/overlay"
+# A new namespace's "default" service account comes from a controller a moment later; a
+# pod naming none is refused until then.
+for ns in podium podium-content; do
+  for _ in $(seq 150); do kubectl -n "$ns" get serviceaccount default >/dev/null 2>&1 && break; sleep 0.2; done
+  kubectl -n "$ns" get serviceaccount default >/dev/null
+done
 kubectl -n podium rollout status deployment/podium --timeout=300s
-KEY="$(kubectl -n podium exec deployment/podium -- podium admin bootstrap --config /etc/podium/podium.toml)"
+# The server made the administrator "admin" at its first start (bootstrap_admin_on_first_start;
+# `podium admin bootstrap` would now refuse): a key of its own for this run.
+KEY="$(kubectl -n podium exec deployment/podium -- podium admin create-api-key admin --name e2e \
+  --config /etc/podium/podium.toml)"
 kubectl -n podium port-forward service/podium 39390:80 >"$WORK/port-forward.log" 2>&1 &
 FORWARD_PID=$!
 for _ in $(seq 50); do curl -fsS http://127.0.0.1:39390/__api__/server_settings >/dev/null 2>&1 && break; sleep 0.2; done
@@ -154,10 +163,16 @@ printf 'from fastapi import FastAPI\napp = FastAPI()\n@app.get("/")\ndef root():
 printf 'fastapi\n' > "$APP/requirements.txt"
 RSCONNECT=.venv/bin/rsconnect
 HOME="$WORK" "$RSCONNECT" add -n e2e -s http://127.0.0.1:39390 -k "$KEY"
-HOME="$WORK" "$RSCONNECT" deploy fastapi -n e2e "$APP"
+SECRET_VALUE="e2e-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+HOME="$WORK" "$RSCONNECT" deploy fastapi -n e2e -E "API_TOKEN=$SECRET_VALUE" "$APP"
 GUID="$(python3 -c 'import json,glob,sys; r=json.load(open(glob.glob(sys.argv[1]+"/rsconnect-python/*.json")[0])); r=r if "app_guid" in r else next(iter(r.values())); print(r["app_guid"])' "$APP")"
 ANSWER="$(curl -fsS -H "Authorization: Key $KEY" "http://127.0.0.1:39390/content/$GUID/")"
 kill "$FORWARD_PID" 2>/dev/null || true
 echo "$ANSWER" | grep -q '"hello":"kubernetes"' || { echo "the app did not answer through Podium: $ANSWER" >&2; exit 1; }
 kubectl -n podium-content get jobs -l app.kubernetes.io/managed-by=podium
+# The variable's value is in the content's Secret only, never in a Job or Pod.
+if kubectl -n podium-content get jobs,pods -o json | grep -qF "$SECRET_VALUE"; then
+  echo "a secret value appears in a Job or Pod spec" >&2; exit 1
+fi
+kubectl -n podium-content get secret "podium-content-$GUID" -o name
 echo "e2e: deployed with rsconnect, served from a pod in podium-content"
