@@ -57,6 +57,14 @@ SANDBOX = Sandbox(
 )
 
 
+NO_SHARED = KubernetesJobConfig(namespace="podium", data_pvc="podium-data", shared_volume=False,
+                                transfer_url="http://podium.podium.svc/")
+RENDER_SANDBOX = Sandbox(
+    10001, 10001, read_only=("/var/lib/podium/apps/1/2", "/var/lib/podium/envs/abc"),
+    writable=("/var/lib/podium/output/1/7", "/var/lib/podium/home/" + GUID),
+)
+
+
 def spec(kind: JobKind = "run", **changes: Any) -> JobSpec:
     values: dict[str, Any] = {
         "key": "run-42-1",
@@ -318,6 +326,8 @@ VARIANTS = {
         )),
         KubernetesJobConfig(data_pvc="podium-data"),
     ),
+    "run-no-shared-volume": (spec(), NO_SHARED),
+    "render-no-shared-volume": (spec("render", port=None, sandbox=RENDER_SANDBOX), NO_SHARED),
     "run-secrets-placement-gpu": (
         spec(secret_env={"TOKEN": "t"}, resources=Resources(nvidia_gpu_limit=1),
              placement=Placement(node_selector={"gpu": "yes"}, runtime_class_name="gvisor",
@@ -418,3 +428,32 @@ def test_pod_security_restricted_rule_is_checked(rule: str) -> None:
     assert restricted_violations(pod) == []
     BREAKS[rule](pod)
     assert restricted_violations(pod), f"breaking {rule!r} went unnoticed"
+
+
+def test_job_manifest_without_a_shared_volume_fetches_its_files_in_an_init_container() -> None:
+    pod = job_manifest(spec(secret_env={"API_TOKEN": "t"}), NO_SHARED)["spec"]["template"]["spec"]
+    assert "podium-data" not in repr(pod)  # no claim, no mount of the data volume
+    assert {"name": "podium-files", "emptyDir": {}} in pod["volumes"]
+    [init] = pod["initContainers"]
+    assert init["name"] == "fetch" and init["command"][:2] == ["python3", "-c"] and init["command"][-1] == "fetch"
+    assert init["securityContext"] == pod["containers"][0]["securityContext"]  # restricted too
+    init_env = {item["name"]: item for item in init["env"]}
+    assert init_env["PODIUM_TRANSFER_URL"]["value"] == "http://podium.podium.svc/"
+    assert init_env["PODIUM_TRANSFER_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": f"podium-content-{GUID}", "key": "transfer.run-42-1.fetch"}  # the token: a Secret's
+    data_paths = sorted(p for p in (*SANDBOX.read_only, *SANDBOX.writable) if p.startswith("/var/lib/podium/"))
+    mounts = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "podium-files"]
+    assert [m["mountPath"] for m in mounts] == data_paths
+    assert [m["subPath"] for m in mounts] == [str(i) for i in range(len(data_paths))]
+    assert [m["readOnly"] for m in mounts] == [not p.startswith("/var/lib/podium/home/") for p in data_paths]
+    assert pod["containers"][0]["command"] == spec().command  # a run job uploads nothing
+
+
+def test_job_manifest_without_a_shared_volume_uploads_a_renders_output() -> None:
+    container = job_manifest(spec("render", port=None, sandbox=RENDER_SANDBOX), NO_SHARED)[
+        "spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["/bin/sh", "-c"] and container["command"][4:] == spec().command
+    env = {item["name"]: item for item in container["env"]}
+    uploads = sorted(p for p in RENDER_SANDBOX.writable)
+    assert [env[f"PODIUM_UPLOAD_{i}_PATH"]["value"] for i in range(2)] == uploads
+    assert env["PODIUM_UPLOAD_1_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "transfer.run-42-1.upload-1"

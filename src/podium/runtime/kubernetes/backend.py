@@ -54,6 +54,7 @@ from podium.runtime.kubernetes.manifests import (
     KubernetesJobConfig,
     content_secret_manifest,
     content_secret_name,
+    fetch_token_key,
     job_manifest,
     job_name,
     job_secret_values,
@@ -61,8 +62,11 @@ from podium.runtime.kubernetes.manifests import (
     secret_data,
     secret_key,
     selector_labels,
+    transfers,
+    upload_token_key,
 )
 from podium.runtime.kubernetes.watch import Reflector
+from podium.runtime.transfer import TransferTokens
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +90,13 @@ ClientFactory = Callable[[], Awaitable[KubeClient]]
 class KubernetesBackend:
     name = "kubernetes"
 
-    def __init__(self, connect: ClientFactory, config: KubernetesJobConfig, kept_logs: KeptLogs | None = None) -> None:
+    def __init__(self, connect: ClientFactory, config: KubernetesJobConfig, kept_logs: KeptLogs | None = None,
+                 tokens: TransferTokens | None = None) -> None:
         self._connect = connect
         self.config = config
         self.kept_logs = kept_logs
+        self.tokens = tokens  # without a shared volume: the transfer tokens of jobs' files
+        self._token_keys: dict[str, tuple[str, list[str]]] = {}  # job key -> (content, Secret keys)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: KubeClient | None = None
         self._jobs: Reflector | None = None
@@ -166,8 +173,10 @@ class KubernetesBackend:
         namespace = self.config.namespace
         manifest = job_manifest(spec, self.config)
         name = manifest["metadata"]["name"]
-        if spec.secret_env:
-            await self._put_secret_values(client, spec.content_guid, job_secret_values(spec))
+        values: dict[str, str | None] = dict(job_secret_values(spec))
+        values.update(self._issue_tokens(spec))
+        if values:
+            await self._put_secret_values(client, spec.content_guid, values)
         try:
             job = await client.create_job(namespace, manifest)
         except KubeApiError as error:
@@ -184,6 +193,38 @@ class KubernetesBackend:
         )
         return self._handle(job)
 
+    def _issue_tokens(self, spec: JobSpec) -> dict[str, str]:
+        """Without a shared volume: the job's fetch and upload tokens, by Secret key."""
+        paths, uploads = transfers(spec, self.config)
+        if not paths:
+            return {}
+        if self.tokens is None or not self.config.transfer_url:
+            raise BackendError("TransferUnavailable", "Pods cannot fetch their files: this server issues no "
+                               "transfer tokens (set kubernetes_transfer_url).")
+        config = self.config
+        tokens = {fetch_token_key(spec): self.tokens.issue(
+            spec.key, spec.content_guid, "fetch", [path for path, _ in paths], config.transfer_token_ttl_seconds)}
+        for index, path in enumerate(uploads):
+            tokens[upload_token_key(spec, index)] = self.tokens.issue(
+                spec.key, spec.content_guid, "upload", [path], config.transfer_upload_ttl_seconds)
+        self._token_keys[spec.key] = (spec.content_guid, list(tokens))
+        return tokens
+
+    def _drop_tokens(self, key: str) -> None:
+        """The job ended: its tokens allow nothing more, and leave its content's Secret."""
+        if self.tokens is not None:
+            self.tokens.revoke(key)
+        owner = self._token_keys.pop(key, None)
+        if owner is not None and self._client is not None:
+            client, (guid, keys) = self._client, owner
+
+            async def remove() -> None:
+                try:
+                    await self._put_secret_values(client, guid, dict.fromkeys(keys))
+                except BackendError as error:
+                    log.warning("job %s: could not remove its transfer tokens from the Secret: %s", key, error.detail)
+            self._background(remove())
+
     async def _put_secret_values(self, client: KubeClient, content_guid: str,
                                  values: Mapping[str, str | None]) -> None:
         """Set (``None``: remove) keys of the content's Secret, creating it when missing.
@@ -198,6 +239,8 @@ class KubernetesBackend:
                     raise _backend_error(error, f"The Secret of content {content_guid} could not be updated") \
                         from error
             kept = {key: value for key, value in values.items() if value is not None}
+            if not kept:  # only removals, and no Secret: nothing to do (never make an empty one)
+                return
             try:
                 await client.create_secret(namespace, content_secret_manifest(content_guid, kept, self.config))
                 log.info("content %s: created its Secret %s/%s", content_guid, namespace, name)
@@ -249,6 +292,7 @@ class KubernetesBackend:
             status = dataclasses.replace(status, message=f"{status.reason}: {status.message}")
         if not status.state.active:
             self._final[handle.key] = status
+            self._drop_tokens(handle.key)
             if pod is not None and _container_started(pod):
                 self._background(self._keep_log(client, handle.key, pod))
             if status.state is JobState.FAILED:
@@ -386,6 +430,7 @@ class KubernetesBackend:
             await asyncio.wait(waits, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waits:
                 waiter.cancel()
+        self._drop_tokens(handle.key)
         self._final[handle.key] = JobStatus(
             JobState.STOPPED, reason="Stopped", message="stopped",
             started_at=status.started_at, finished_at=datetime.now(UTC),
@@ -470,9 +515,24 @@ def _job_failure(job: dict[str, Any]) -> JobStatus | None:
     return None
 
 
+def _init_failure(pod: dict[str, Any]) -> JobStatus | None:
+    """FAILED when an init container (fetching the job's files) ended in error: with
+    ``restartPolicy: Never`` the pod never starts its container."""
+    for init in pod.get("status", {}).get("initContainerStatuses") or []:
+        ended = (init.get("state") or {}).get("terminated") or {}
+        if ended and int(ended.get("exitCode", 0)) != 0:
+            return JobStatus(JobState.FAILED, int(ended["exitCode"]), "InitFailed",
+                             f"init container {init.get('name')} exited with code {ended['exitCode']}"
+                             f"{': ' + str(ended['message']) if ended.get('message') else ''}")
+    return None
+
+
 def _pod_status(pod: dict[str, Any]) -> JobStatus:
     status = pod.get("status", {})
     phase = status.get("phase")
+    failed_init = _init_failure(pod)
+    if failed_init is not None:
+        return failed_init
     state = _container_state(pod)
     if phase in (None, "Pending") and not {"running", "terminated"} & set(state):
         waiting = state.get("waiting") or {}
