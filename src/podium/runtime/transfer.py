@@ -122,9 +122,10 @@ def pack(paths: tuple[str, ...], out: IO[bytes]) -> None:
 
 def unpack_upload(archive: IO[bytes], target: Path, root: Path) -> None:
     """Replace folder ``target`` with the folder ``0`` of ``archive`` (from a pod: not
-    trusted). Members must stay inside; symbolic links may point at absolute paths
-    outside the data dir ``root`` only (a venv's ``bin/python``), never into it, so no
-    later write or read by the server follows one to its key or database."""
+    trusted). Members must stay inside; a relative symbolic link must stay inside the
+    folder, an absolute one may point only where the data dir ``root`` is not (a venv's
+    ``bin/python``): neither into it nor at a parent of it, so no later write or read by
+    the server follows a link (or a chain of them) to its key or database."""
     root = root.resolve()
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.upload-", dir=target.parent))
     try:
@@ -133,10 +134,15 @@ def unpack_upload(archive: IO[bytes], target: Path, root: Path) -> None:
                 name = member.name.lstrip("./")
                 if name != "0" and not name.startswith("0/"):
                     raise tarfile.FilterError(f"unexpected member {member.name!r}")
-                if member.issym() and member.linkname.startswith("/"):
-                    link = posixpath.normpath(member.linkname)
-                    if _below(link, str(root)):
-                        raise tarfile.FilterError(f"link {member.name!r} points into the data dir")
+                if member.issym():  # judged by its text: the folder's own links are not followed
+                    if member.linkname.startswith("/"):  # nothing under it may be the data dir's
+                        real = os.path.realpath(member.linkname)
+                        if _below(real, str(root)) or _below(str(root), real):
+                            raise tarfile.FilterError(f"link {member.name!r} points into the data dir")
+                    else:
+                        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
+                        if target != "0" and not target.startswith("0/"):
+                            raise tarfile.FilterError(f"link {member.name!r} points outside its folder")
                     return tarfile.tar_filter(member, dest)
                 return tarfile.data_filter(member, dest)
 
