@@ -50,6 +50,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, cluster: SimCluster) -> Iterator[RunningServer]:
     require_enforcing(cluster)
+    # Pod Security "restricted" admits every pod of this mode, its init container included.
+    cluster.create_namespace(NAMESPACE, {"pod-security.kubernetes.io/enforce": "restricted"})
     root = tmp_path_factory.mktemp("podium-nsv")
     running = start_server(root / "data", {
         "PODIUM_KUBERNETES_ENABLED": "true",
