@@ -10,6 +10,9 @@
 #                                                         # this script's path without a cluster
 #   scripts/k8s-real-cluster-tests.sh --create-kind --e2e # also install Podium in the cluster and
 #                                                         # deploy an app with rsconnect through it
+#   scripts/k8s-real-cluster-tests.sh --create-kind --e2e --no-shared-volume
+#                                                         # the same with overlays/no-shared-volume:
+#                                                         # pods fetch their files over HTTP
 #
 # What it does: builds the test runtime image (python:3.11-slim, tagged
 # podium-test-runtime:dev) and side-loads it into a kind/k3d cluster it created
@@ -24,7 +27,10 @@
 # allow. --e2e instead installs Podium in the cluster (deploy/Dockerfile,
 # overlays/single-node with a SQLite database), waits for it, bootstraps an
 # administrator, and deploys a FastAPI app with rsconnect through a port-forward; the
-# app must answer through Podium's proxy from its pod in namespace podium-content.
+# app must answer through Podium's proxy from its pod in namespace podium-content, and
+# its secret variable must appear in no Job or Pod. With --no-shared-volume it installs
+# overlays/no-shared-volume instead (the cluster's default storage class; no content
+# pod mounts a claim).
 #
 # Real clusters differ from the simulator where the tests now allow for it: a new
 # namespace's "default" service account appears a moment after the namespace, and the
@@ -36,6 +42,7 @@ cd "$(dirname "$0")/.."
 
 MODE=existing
 E2E=no
+OVERLAY=single-node
 KUBECONFIG_FILE="${KUBECONFIG:-$HOME/.kube/config}"
 IMAGE=podium-test-runtime:dev
 CLUSTER=podium-test
@@ -46,7 +53,8 @@ while [ $# -gt 0 ]; do
     --create-k3d) MODE=k3d; shift ;;
     --sim) MODE=sim; shift ;;
     --e2e) E2E=yes; shift ;;
-    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    --no-shared-volume) OVERLAY=no-shared-volume; shift ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -115,36 +123,52 @@ else
   NODE_CONTAINER="k3d-$CLUSTER-server-0"
 fi
 NODE="$(kubectl get nodes -o jsonpath='{.items[0].metadata.name}')"
-# the single-node overlay's local volume: a folder of that node, owned by uid 10001
-docker exec "$NODE_CONTAINER" sh -c 'mkdir -p /var/lib/podium-data && chown 10001:10001 /var/lib/podium-data'
 mkdir -p "$WORK/overlay"
+# kustomize takes no absolute path for a resource ("new root cannot be absolute")
+BASE="$("$PY" -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' \
+  "$PWD/deploy/kubernetes/overlays/$OVERLAY" "$WORK/overlay")"
 cat > "$WORK/overlay/kustomization.yaml" <<YAML
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
-  - $PWD/deploy/kubernetes/overlays/single-node
+  - $BASE
 images:
   - name: ghcr.io/podium/podium
     newName: podium
     newTag: e2e
 patches:
-  - target: {kind: PersistentVolume}
-    patch: |-
-      - op: replace
-        path: /spec/nodeAffinity/required/nodeSelectorTerms/0/matchExpressions/0/values
-        value: ["$NODE"]
   - target: {kind: Deployment, name: podium}
     patch: |-
       - op: add
         path: /spec/template/spec/containers/0/env/-
         value: {name: PODIUM_KUBERNETES_DEFAULT_IMAGE, value: "$PODIUM_IMAGE"}
 YAML
+if [ "$OVERLAY" = single-node ]; then
+  # the single-node overlay's local volume: a folder of that node, owned by uid 10001
+  docker exec "$NODE_CONTAINER" sh -c 'mkdir -p /var/lib/podium-data && chown 10001:10001 /var/lib/podium-data'
+  cat >> "$WORK/overlay/kustomization.yaml" <<YAML
+  - target: {kind: PersistentVolume}
+    patch: |-
+      - op: replace
+        path: /spec/nodeAffinity/required/nodeSelectorTerms/0/matchExpressions/0/values
+        value: ["$NODE"]
+YAML
+fi
 kubectl create namespace podium --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n podium create secret generic podium-database \
   --from-literal=url='sqlite:////var/lib/podium/db/podium.sqlite' --dry-run=client -o yaml | kubectl apply -f -
 kubectl apply -k "$WORK/overlay"
+# A new namespace's "default" service account comes from a controller a moment later; a
+# pod naming none is refused until then.
+for ns in podium podium-content; do
+  for _ in $(seq 150); do kubectl -n "$ns" get serviceaccount default >/dev/null 2>&1 && break; sleep 0.2; done
+  kubectl -n "$ns" get serviceaccount default >/dev/null
+done
 kubectl -n podium rollout status deployment/podium --timeout=300s
-KEY="$(kubectl -n podium exec deployment/podium -- podium admin bootstrap --config /etc/podium/podium.toml)"
+# The server made the administrator "admin" at its first start (bootstrap_admin_on_first_start;
+# `podium admin bootstrap` would now refuse): a key of its own for this run.
+KEY="$(kubectl -n podium exec deployment/podium -- podium admin create-api-key admin --name e2e \
+  --config /etc/podium/podium.toml)"
 kubectl -n podium port-forward service/podium 39390:80 >"$WORK/port-forward.log" 2>&1 &
 FORWARD_PID=$!
 for _ in $(seq 50); do curl -fsS http://127.0.0.1:39390/__api__/server_settings >/dev/null 2>&1 && break; sleep 0.2; done
@@ -154,10 +178,22 @@ printf 'from fastapi import FastAPI\napp = FastAPI()\n@app.get("/")\ndef root():
 printf 'fastapi\n' > "$APP/requirements.txt"
 RSCONNECT=.venv/bin/rsconnect
 HOME="$WORK" "$RSCONNECT" add -n e2e -s http://127.0.0.1:39390 -k "$KEY"
-HOME="$WORK" "$RSCONNECT" deploy fastapi -n e2e "$APP"
+SECRET_VALUE="e2e-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+HOME="$WORK" "$RSCONNECT" deploy fastapi -n e2e -E "API_TOKEN=$SECRET_VALUE" "$APP"
 GUID="$(python3 -c 'import json,glob,sys; r=json.load(open(glob.glob(sys.argv[1]+"/rsconnect-python/*.json")[0])); r=r if "app_guid" in r else next(iter(r.values())); print(r["app_guid"])' "$APP")"
 ANSWER="$(curl -fsS -H "Authorization: Key $KEY" "http://127.0.0.1:39390/content/$GUID/")"
 kill "$FORWARD_PID" 2>/dev/null || true
 echo "$ANSWER" | grep -q '"hello":"kubernetes"' || { echo "the app did not answer through Podium: $ANSWER" >&2; exit 1; }
 kubectl -n podium-content get jobs -l app.kubernetes.io/managed-by=podium
-echo "e2e: deployed with rsconnect, served from a pod in podium-content"
+# The variable's value is in the content's Secret only, never in a Job or Pod.
+if kubectl -n podium-content get jobs,pods -o json | grep -qF "$SECRET_VALUE"; then
+  echo "a secret value appears in a Job or Pod spec" >&2; exit 1
+fi
+kubectl -n podium-content get secret "podium-content-$GUID" -o name
+if [ "$OVERLAY" = no-shared-volume ]; then
+  # no content pod had a claim: each got its files from its init container
+  if kubectl -n podium-content get pods -o json | grep -q '"persistentVolumeClaim"'; then
+    echo "a content pod mounts a claim in the no-shared-volume mode" >&2; exit 1
+  fi
+fi
+echo "e2e ($OVERLAY): deployed with rsconnect, served from a pod in podium-content"

@@ -6,6 +6,7 @@ shows the pod's log."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import json
 import re
@@ -406,16 +407,37 @@ def test_kubernetes_hostile_content_sees_only_its_own_files_and_secret_stays_in_
     assert report["uid"] == 10001
     runner = server.data_dir / "runtime" / report["runner"]
     assert "pwned" not in runner.read_text()
-    # No stored Job or Pod ever held the value: it lives in the job's Secret only.
-    stored = [obj for obj in cluster.history() if obj.get("kind") in ("Job", "Pod")]
-    mine = [obj for obj in stored if obj["metadata"].get("labels", {}).get("podium.dev/content-guid") == guid]
-    assert mine and all(TOKEN not in json.dumps(obj) for obj in stored)
+    # No stored object but the content's Secret ever held the value: not a Job, a Pod, an Event.
+    stored = cluster.history()
+    mine = [obj for obj in stored if obj.get("kind") in ("Job", "Pod")
+            and obj["metadata"].get("labels", {}).get("podium.dev/content-guid") == guid]
+    assert mine and all(TOKEN not in json.dumps(obj) for obj in stored if obj.get("kind") != "Secret")
+    name = f"podium-content-{guid}"
     secrets = [s for s in cluster.objects("secrets", NAMESPACE)
                if s["metadata"]["labels"].get("podium.dev/content-guid") == guid]
-    assert secrets and all(s["metadata"]["ownerReferences"][0]["kind"] == "Job" for s in secrets)
+    assert [s["metadata"]["name"] for s in secrets] == [name]  # one per content, whatever its jobs
+    assert not secrets[0]["metadata"].get("ownerReferences") and list(secrets[0]["data"]) == ["API_TOKEN"]
     env = [item for obj in mine if obj["kind"] == "Pod" for item in obj["spec"]["containers"][0]["env"]
            if item["name"] == "API_TOKEN"]
-    assert env and all("secretKeyRef" in item["valueFrom"] for item in env)
+    assert env and all(item["valueFrom"]["secretKeyRef"] == {"name": name, "key": "API_TOKEN"} for item in env)
+
+    # Changing the variables in Podium changes the Secret at once; removing one removes it there.
+    variables = f"{server.url}/__api__/v1/content/{guid}/environment"
+    changed = server.api(key).patch(variables, json=[{"name": "API_TOKEN", "value": TOKEN + "-2"},
+                                                     {"name": "EXTRA", "value": "x"}])
+    assert changed.status_code == 200, changed.text
+
+    def secret_data() -> dict[str, str]:
+        [secret] = [s for s in cluster.objects("secrets", NAMESPACE) if s["metadata"]["name"] == name]
+        return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+    assert secret_data() == {"API_TOKEN": TOKEN + "-2", "EXTRA": "x"}
+    removed = server.api(key).put(variables, json=[{"name": "EXTRA", "value": "y"}])
+    assert removed.status_code == 200 and removed.json() == ["EXTRA"], removed.text
+    assert secret_data() == {"EXTRA": "y"}
+    # Deleting the content deletes its Secret.
+    assert server.api(key).delete(f"{server.url}/__api__/v1/content/{guid}").status_code == 204
+    assert not [s for s in cluster.objects("secrets", NAMESPACE) if s["metadata"]["name"] == name]
 
 
 def test_kubernetes_placement_and_gpu_limit_set_by_an_administrator_land_on_the_pod(

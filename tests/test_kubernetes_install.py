@@ -1,4 +1,4 @@
-"""The install manifests in deploy/kubernetes/ (a kustomize base and two overlays):
+"""The install manifests in deploy/kubernetes/ (a kustomize base and three overlays):
 rendered with ``kubectl kustomize`` (offline), valid for the Kubernetes versions we
 support, restricted where they run pods, with the RBAC the backend needs, no secret
 in them, pinned images, and Podium settings that load."""
@@ -40,7 +40,7 @@ def of_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def test_install_has_the_overlays() -> None:
-    assert OVERLAYS == ["shared-volume", "single-node"]
+    assert OVERLAYS == ["no-shared-volume", "shared-volume", "single-node"]
 
 
 @pytest.mark.parametrize("version", ["1.29.0", "1.33.0", latest_version()])
@@ -72,7 +72,11 @@ def test_install_server_is_restricted_probed_pinned_and_holds_no_secret(overlay:
     namespaces = {doc["metadata"]["name"]: doc["metadata"].get("labels", {}) for doc in of_kind(documents, "Namespace")}
     assert namespaces["podium-content"]["pod-security.kubernetes.io/enforce"] == "restricted"
     claims = {(doc["metadata"]["namespace"], doc["metadata"]["name"]) for doc in of_kind(documents, "PersistentVolumeClaim")}
-    assert claims == {("podium", "podium-data"), ("podium-content", "podium-data")}
+    if overlay == "no-shared-volume":  # the server's claim only, of any storage class
+        assert claims == {("podium", "podium-data")}
+        assert not of_kind(documents, "PersistentVolume")
+    else:
+        assert claims == {("podium", "podium-data"), ("podium-content", "podium-data")}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -100,12 +104,22 @@ def test_install_role_grants_what_the_backend_calls_in_the_content_namespace(ove
 def test_install_config_loads(overlay: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in [name for name in os.environ if name.startswith("PODIUM_")]:
         monkeypatch.delenv(name)
-    [config] = of_kind(render(overlay), "ConfigMap")
+    documents = render(overlay)
+    [config] = of_kind(documents, "ConfigMap")
+    [deployment] = of_kind(documents, "Deployment")
+    for item in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if "value" in item:  # what the server sees: its environment over the file
+            monkeypatch.setenv(item["name"], item["value"])
     path = tmp_path / "podium.toml"
     path.write_text(config["data"]["podium.toml"])
     settings = load_settings(path, data_dir=tmp_path / "data")
-    assert settings.kubernetes_enabled and settings.kubernetes_data_pvc == "podium-data"
+    assert settings.kubernetes_enabled
     assert settings.kubernetes_namespace == "podium-content"
     assert settings.default_service_account == "podium-content"
     assert "podium" in settings.kubernetes_denied_service_accounts
     assert settings.effective_keep_processes_on_shutdown
+    if overlay == "no-shared-volume":
+        assert not settings.kubernetes_shared_volume and settings.kubernetes_data_pvc == ""
+        assert settings.kubernetes_transfer_url == "http://podium.podium.svc"
+    else:
+        assert settings.kubernetes_shared_volume and settings.kubernetes_data_pvc == "podium-data"

@@ -105,32 +105,47 @@ def test_kubernetes_hostile_pod_sees_only_its_own_files(env: Env, cluster: SimCl
     assert (data / "runtime/runner.py").read_text() == "# the runner every run job executes\n"
 
 
-def test_kubernetes_secret_values_appear_in_no_stored_job_or_pod(env: Env, cluster: SimCluster | None) -> None:
+def test_kubernetes_secret_values_live_in_one_secret_per_content_and_in_no_job_or_pod(
+    env: Env, cluster: SimCluster | None
+) -> None:
     sim = require_enforcing(cluster)
     show = "import hashlib, os; print('got', hashlib.sha256(os.environ['API_TOKEN'].encode()).hexdigest())"
-    job = spec([PY, "-c", show], secret_env={"API_TOKEN": SECRET}, env={"PLAIN": "visible"})
+    changed = SECRET + "-changed"
 
-    async def scenario(backend: KubernetesBackend) -> tuple[list[str], list[dict[str, Any]]]:
-        handle = await backend.launch(job)
-        status = await ended(backend, handle)
-        assert status.state is JobState.SUCCEEDED, status
-        secrets = await asyncio.to_thread(sim.objects, "secrets", env.namespace)
-        lines = [line.data async for line in backend.logs(handle)]
-        return lines, secrets
+    async def scenario(backend: KubernetesBackend) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in (("job-1", SECRET), ("job-2", changed)):  # the second after a change
+            handle = await backend.launch(spec([PY, "-c", show], key, kind="run", secret_env={"API_TOKEN": value},
+                                               env={"PLAIN": "visible"}))
+            status = await ended(backend, handle)
+            assert status.state is JobState.SUCCEEDED, status
+            seen[key] = [line.data async for line in backend.logs(handle)]
+        build = spec([PY, "-c", "import os; print('index', len(os.environ['UV_INDEX_URL']))"], "job-3",
+                     secret_env={"UV_INDEX_URL": "https://u:" + SECRET + "@index.example/simple"})
+        handle = await backend.launch(build)
+        assert (await ended(backend, handle)).state is JobState.SUCCEEDED
+        seen["secrets"] = await asyncio.to_thread(sim.objects, "secrets", env.namespace)
+        await backend.update_content_secrets(GUID, {"API_TOKEN": None, "OTHER": "o"})  # removed in Podium
+        seen["updated"] = await asyncio.to_thread(sim.objects, "secrets", env.namespace)
+        await backend.forget_content(GUID)
+        seen["forgotten"] = await asyncio.to_thread(sim.objects, "secrets", env.namespace)
+        await backend.forget_content(GUID)  # idempotent
+        return seen
 
-    lines, secrets = env.run(scenario)
-    assert any(f"got {hashlib.sha256(SECRET.encode()).hexdigest()}" in line for line in lines), lines
-    [secret] = secrets
-    assert secret["metadata"]["ownerReferences"][0]["kind"] == "Job"  # deleted with its Job
+    seen = env.run(scenario)
+    for key, value in (("job-1", SECRET), ("job-2", changed)):
+        assert any(f"got {hashlib.sha256(value.encode()).hexdigest()}" in line for line in seen[key]), seen[key]
+    [secret] = seen["secrets"]  # one for the content, whatever number of jobs
+    assert secret["metadata"]["name"] == f"podium-content-{GUID}"
+    assert secret["metadata"]["labels"]["podium.dev/content-guid"] == GUID
+    assert not secret["metadata"].get("ownerReferences")  # outlives its jobs
+    assert sorted(secret["data"]) == ["API_TOKEN", "build.UV_INDEX_URL"]
+    [updated] = seen["updated"]
+    assert sorted(updated["data"]) == ["OTHER", "build.UV_INDEX_URL"]  # the removed value is gone
+    assert seen["forgotten"] == []
     stored = [obj for obj in sim.history() if obj.get("kind") in ("Job", "Pod")]
     assert stored and all(SECRET not in json.dumps(obj) for obj in stored)
     assert any("visible" in json.dumps(obj) for obj in stored)  # plain values are there
-    # Once the Job is gone, so is its Secret (garbage collected through the owner).
-    deadline = time.monotonic() + 10
-    while sim.objects("secrets", env.namespace):
-        assert time.monotonic() < deadline, "the Secret outlived its Job"
-        env.api("DELETE", f"/apis/batch/v1/namespaces/{env.namespace}/jobs/job-1?propagationPolicy=Background")
-        time.sleep(0.1)
 
 
 def test_kubernetes_restricted_namespace_runs_generated_pods_and_refuses_a_privileged_patch(

@@ -14,10 +14,11 @@ from podium.runtime import JobKind, JobSpec, Placement, Resources, VolumeMount
 from podium.runtime.base import Sandbox
 from podium.runtime.kubernetes.manifests import (
     KubernetesJobConfig,
+    content_secret_manifest,
     cpu_quantity,
     job_manifest,
     job_name,
-    secret_manifest,
+    job_secret_values,
 )
 from podium.runtime.kubernetes.patch import merge_patch
 
@@ -53,6 +54,14 @@ SANDBOX = Sandbox(
     10001, 10001,
     read_only=("/var/lib/podium/apps/1/2", "/var/lib/podium/envs/abc", "/var/lib/podium/runtime", "/opt/python"),
     writable=("/var/lib/podium/home/" + GUID,),
+)
+
+
+NO_SHARED = KubernetesJobConfig(namespace="podium", data_pvc="podium-data", shared_volume=False,
+                                transfer_url="http://podium.podium.svc/")
+RENDER_SANDBOX = Sandbox(
+    10001, 10001, read_only=("/var/lib/podium/apps/1/2", "/var/lib/podium/envs/abc"),
+    writable=("/var/lib/podium/output/1/7", "/var/lib/podium/home/" + GUID),
 )
 
 
@@ -190,19 +199,37 @@ def test_job_manifest_without_a_sandbox_sees_nothing_of_the_data_volume() -> Non
     assert "podium-data" not in [v["name"] for v in pod["volumes"]]
 
 
-def test_job_manifest_secret_values_only_in_the_secret() -> None:
+def test_job_manifest_secret_values_only_in_the_contents_secret() -> None:
     job_spec = spec(secret_env={"API_TOKEN": "hunter2-value", "DB_PASSWORD": "pa55"})
     manifest = job_manifest(job_spec, FULL)
     assert "hunter2-value" not in repr(manifest) and "pa55" not in repr(manifest)
     env = {item["name"]: item for item in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["API_TOKEN"] == {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {
-        "name": "run-42-1-env", "key": "API_TOKEN"}}}
-    secret = secret_manifest(job_spec, FULL)
-    assert secret["metadata"]["name"] == "run-42-1-env" and secret["type"] == "Opaque"
+        "name": f"podium-content-{GUID}", "key": "API_TOKEN"}}}
+    secret = content_secret_manifest(GUID, job_secret_values(job_spec), FULL)
+    assert secret["metadata"]["name"] == f"podium-content-{GUID}" and secret["type"] == "Opaque"
     assert secret["data"] == {"API_TOKEN": "aHVudGVyMi12YWx1ZQ==", "DB_PASSWORD": "cGE1NQ=="}
-    assert secret["metadata"]["labels"]["podium.dev/job-key"] == "run-42-1"
+    assert secret["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "podium", "app.kubernetes.io/instance": "podium",
+        "podium.dev/content-guid": GUID, "podium.dev/secret-of": "content"}
+    assert "ownerReferences" not in secret["metadata"]  # it outlives jobs: deleted with the content
     for version in SCHEMA_VERSIONS:
         kubernetes_validate.validate(secret, version, strict=True)
+
+
+def test_job_manifest_build_secrets_do_not_collide_with_the_contents_own() -> None:
+    """A build's UV_INDEX_URL (the server's index, maybe with a password) and the
+    content's own UV_INDEX_URL share one Secret under different keys."""
+    build = spec("build", port=None, secret_env={"UV_INDEX_URL": "https://user:pw@index.example/simple"})
+    build_env = job_manifest(build, FULL)["spec"]["template"]["spec"]["containers"][0]["env"]
+    [ref] = [item["valueFrom"]["secretKeyRef"] for item in build_env if item["name"] == "UV_INDEX_URL"]
+    assert ref == {"name": f"podium-content-{GUID}", "key": "build.UV_INDEX_URL"}
+    assert job_secret_values(build) == {"build.UV_INDEX_URL": "https://user:pw@index.example/simple"}
+    run = spec(secret_env={"UV_INDEX_URL": "https://mine.example/simple"})
+    env = job_manifest(run, FULL)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [item["valueFrom"]["secretKeyRef"]["key"] for item in env if item["name"] == "UV_INDEX_URL"] \
+        == ["UV_INDEX_URL"]
+    assert "pw@" not in repr(job_manifest(build, FULL))
 
 
 def test_job_manifest_placement_merges_server_and_job() -> None:
@@ -299,6 +326,8 @@ VARIANTS = {
         )),
         KubernetesJobConfig(data_pvc="podium-data"),
     ),
+    "run-no-shared-volume": (spec(), NO_SHARED),
+    "render-no-shared-volume": (spec("render", port=None, sandbox=RENDER_SANDBOX), NO_SHARED),
     "run-secrets-placement-gpu": (
         spec(secret_env={"TOKEN": "t"}, resources=Resources(nvidia_gpu_limit=1),
              placement=Placement(node_selector={"gpu": "yes"}, runtime_class_name="gvisor",
@@ -399,3 +428,32 @@ def test_pod_security_restricted_rule_is_checked(rule: str) -> None:
     assert restricted_violations(pod) == []
     BREAKS[rule](pod)
     assert restricted_violations(pod), f"breaking {rule!r} went unnoticed"
+
+
+def test_job_manifest_without_a_shared_volume_fetches_its_files_in_an_init_container() -> None:
+    pod = job_manifest(spec(secret_env={"API_TOKEN": "t"}), NO_SHARED)["spec"]["template"]["spec"]
+    assert "podium-data" not in repr(pod)  # no claim, no mount of the data volume
+    assert {"name": "podium-files", "emptyDir": {}} in pod["volumes"]
+    [init] = pod["initContainers"]
+    assert init["name"] == "fetch" and init["command"][:2] == ["python3", "-c"] and init["command"][-1] == "fetch"
+    assert init["securityContext"] == pod["containers"][0]["securityContext"]  # restricted too
+    init_env = {item["name"]: item for item in init["env"]}
+    assert init_env["PODIUM_TRANSFER_URL"]["value"] == "http://podium.podium.svc/"
+    assert init_env["PODIUM_TRANSFER_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": f"podium-content-{GUID}", "key": "transfer.run-42-1.fetch"}  # the token: a Secret's
+    data_paths = sorted(p for p in (*SANDBOX.read_only, *SANDBOX.writable) if p.startswith("/var/lib/podium/"))
+    mounts = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "podium-files"]
+    assert [m["mountPath"] for m in mounts] == data_paths
+    assert [m["subPath"] for m in mounts] == [str(i) for i in range(len(data_paths))]
+    assert [m["readOnly"] for m in mounts] == [not p.startswith("/var/lib/podium/home/") for p in data_paths]
+    assert pod["containers"][0]["command"] == spec().command  # a run job uploads nothing
+
+
+def test_job_manifest_without_a_shared_volume_uploads_a_renders_output() -> None:
+    container = job_manifest(spec("render", port=None, sandbox=RENDER_SANDBOX), NO_SHARED)[
+        "spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:2] == ["/bin/sh", "-c"] and container["command"][4:] == spec().command
+    env = {item["name"]: item for item in container["env"]}
+    uploads = sorted(p for p in RENDER_SANDBOX.writable)
+    assert [env[f"PODIUM_UPLOAD_{i}_PATH"]["value"] for i in range(2)] == uploads
+    assert env["PODIUM_UPLOAD_1_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "transfer.run-42-1.upload-1"

@@ -40,6 +40,7 @@ from podium.api import (
     schedules,
     server,
     tags,
+    transfer,
     users,
     vanities,
 )
@@ -62,6 +63,7 @@ from podium.render.schedules import ScheduleRunner
 from podium.render.tasks import RenderTasks
 from podium.runtime import ExecutionBackend, LocalBackend, allocate_port
 from podium.runtime.sandbox import SandboxSupport, probe_sandbox
+from podium.runtime.transfer import TransferTokens
 from podium.scheduler import Scheduler
 from podium.secrets import EnvVars, SecretBox
 from podium.settings import Settings
@@ -98,9 +100,12 @@ class Node:
     render_tasks: RenderTasks
     router: ContentRouter
     throttle: Throttle
+    transfer_tokens: TransferTokens
 
 
-def make_backend(settings: Settings, layout: DataLayout) -> ExecutionBackend:
+def make_backend(
+    settings: Settings, layout: DataLayout, urls: Urls | None = None, tokens: TransferTokens | None = None
+) -> ExecutionBackend:
     """The local backend, or the Kubernetes one when ``kubernetes_enabled`` is set."""
     if not settings.kubernetes_enabled:
         return LocalBackend(layout.jobs)
@@ -136,11 +141,15 @@ def make_backend(settings: Settings, layout: DataLayout) -> ExecutionBackend:
             priority_class_name=settings.kubernetes_priority_class_name or None,
             runtime_class_name=settings.kubernetes_runtime_class_name or None,
         ),
+        shared_volume=settings.kubernetes_shared_volume,
+        transfer_url=settings.kubernetes_transfer_url or (urls.public if urls is not None else ""),
+        transfer_token_ttl_seconds=settings.kubernetes_transfer_token_ttl_seconds,
+        transfer_upload_ttl_seconds=settings.kubernetes_transfer_upload_ttl_seconds,
     )
     kubeconfig = str(settings.kubernetes_kubeconfig) if settings.kubernetes_kubeconfig else None
     days = settings.kubernetes_job_log_retention_days
     kept = KeptLogs(layout.jobs / "kubernetes", days * 86400.0) if days else None
-    return KubernetesBackend(lambda: AsyncioKubeClient.connect(kubeconfig), config, kept)
+    return KubernetesBackend(lambda: AsyncioKubeClient.connect(kubeconfig), config, kept, tokens)
 
 
 def make_isolation(settings: Settings, data_dir: Path) -> Isolation:
@@ -173,7 +182,8 @@ def build(settings: Settings) -> Node:
     box = SecretBox.from_file(settings.effective_secret_key_file)
     env_vars = EnvVars(box)
     handoff = Handoff(box.derive("content-pass"), settings.content_session_lifetime_seconds)
-    backend = make_backend(settings, layout)
+    tokens = TransferTokens(layout.root)
+    backend = make_backend(settings, layout, urls, tokens)
     jobs = JobRunner(store, backend)
     tasks = TaskManager(store)
     locks = ContentLocks()
@@ -227,6 +237,7 @@ def build(settings: Settings) -> Node:
         render_tasks=RenderTasks(store, settings, layout, renderer, tasks, locks, urls),
         router=router,
         throttle=Throttle(store, policies_from_settings(settings)),
+        transfer_tokens=tokens,
     )
 
 
@@ -296,12 +307,12 @@ def create_app(node: Node) -> FastAPI:
     # What endpoints may ask for (podium.api.deps), one attribute per part.
     for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "handoff", "isolation",
                  "backend", "tasks", "jobs", "scheduler", "deployer", "render_tasks", "throttle", "caches",
-                 "secret_box"):
+                 "secret_box", "transfer_tokens"):
         setattr(app.state, name, getattr(node, name))
     _install_error_handlers(app)
     for module in (
         server, users, keys, content, bundles, deploy, env_vars, permissions, jobs, environments,
-        renderings, schedules, audit_logs, groups, tags, vanities, packages, caches, oauth,
+        renderings, schedules, audit_logs, groups, tags, vanities, packages, caches, oauth, transfer,
     ):
         app.include_router(module.router, prefix=API)
     app.include_router(content_routes.router)

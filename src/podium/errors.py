@@ -33,6 +33,12 @@ def internal(message: str = "An internal error occurred; the server log has the 
     return ApiError(500, 1, message)
 
 
+def backend_unavailable(what: str, message: str, status: int = 503) -> ApiError:
+    """The execution backend (a Kubernetes API server) refused or could not be reached;
+    nothing was changed. ``message`` is the backend's user-safe one."""
+    return ApiError(status if status >= 500 else 503, 1, f"{what} could not be done now: {message}")
+
+
 def unsupported_endpoint(path: str) -> ApiError:
     return ApiError(404, 2, f"The requested endpoint {path} does not exist.")
 

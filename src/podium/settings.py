@@ -515,6 +515,33 @@ class Settings(BaseSettings):
     kubernetes_data_sub_path: str = setting(
         "", "kubernetes", "Sub path of the data dir inside kubernetes_data_pvc; empty = its root."
     )
+    kubernetes_shared_volume: bool = setting(
+        True,
+        "kubernetes",
+        "Whether job pods mount their files from kubernetes_data_pvc (a ReadWriteMany volume the "
+        "server shares). False: no pod mounts the data volume; an init container fetches the "
+        "job's bundle, package environment and folders from the server over HTTP "
+        "(kubernetes_transfer_url) with a single-use token into an emptyDir, and builds and "
+        "renders upload what they made the same way, so any storage class works for the server.",
+    )
+    kubernetes_transfer_url: str = setting(
+        "",
+        "kubernetes",
+        "URL at which job pods reach this server to fetch and upload their files when "
+        "kubernetes_shared_volume is false, such as http://podium.podium.svc; empty = public_url.",
+    )
+    kubernetes_transfer_token_ttl_seconds: float = setting(
+        900.0,
+        "kubernetes",
+        "How long a pod's single-use token for fetching its files stays valid: long enough for "
+        "scheduling and image pulls (see init_timeout_seconds).",
+    )
+    kubernetes_transfer_upload_ttl_seconds: float = setting(
+        86400.0,
+        "kubernetes",
+        "How long a build's or render's single-use token for uploading what it made stays valid "
+        "(it is revoked as soon as the job ends).",
+    )
     kubernetes_image_pull_policy: str = setting(
         "IfNotPresent", "kubernetes", "imagePullPolicy of job containers: Always, IfNotPresent or Never."
     )

@@ -84,6 +84,7 @@ class Workloads:
     def __init__(self, store: Store, root: Path, images: set[str], volumes: dict[str, Path] | None = None,
                  image_dirs: tuple[str, ...] = (), enforce_mounts: bool = False) -> None:
         self.store = store
+        self.root = root
         self.images = images
         self.volumes = volumes if volumes is not None else {}  # claim name -> host folder
         self.image_dirs = image_dirs  # what every image holds beyond the host's system dirs
@@ -337,33 +338,20 @@ class Workloads:
             await asyncio.sleep(BACKOFF_AFTER_PULL)
             self._set(pod, {"waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}})
             return
-        while True:  # the kubelet retries until the Secrets and volumes are there
-            try:
-                env = self._env(pod, container, run)
-                sandbox = self._sandbox(pod, container) if self.enforce_mounts else None
-                break
-            except MountError as error:
-                waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": str(error)}}
-                if pod["status"]["containerStatuses"][0]["state"] != waiting:
-                    self._set(pod, waiting)
-                    self.event(pod, "Pod", "Failed", f"Error: {error}")
-                await asyncio.sleep(RETRY_SECONDS)
-        limits = (container.get("resources") or {}).get("limits") or {}
-        command = [expand_references(arg, env) for arg in [*container.get("command", []), *container.get("args", [])]]
-        workdir = container.get("workingDir") or "/"
-        if sandbox is not None and not sandbox.binds(workdir):  # a folder of the image: cd there inside
-            # a container runtime creates a missing workingDir (here: where the job may write)
-            command = ["/bin/sh", "-c", 'mkdir -p "$0" 2>/dev/null; cd "$0" && exec "$@"', workdir, *command]
-            workdir = sandbox.read_only[0]
-        spec = JobSpec(
-            key=pod["metadata"]["uid"], kind="build", content_guid=pod["metadata"]["name"], image=None,
-            command=command, env=env, workdir=workdir, port=None, sandbox=sandbox,
-            resources=Resources(
-                cpu_limit=parse_quantity(limits["cpu"]) if "cpu" in limits else None,
-                memory_limit=int(parse_quantity(limits["memory"])) if "memory" in limits else None,
-            ),
-        )
-        run.handle = await self.local.launch(spec)
+        for init in pod["spec"].get("initContainers") or []:  # one after the other, each to its end
+            self._set_init(pod, init, {"running": {"startedAt": now()}})
+            handle = run.handle = await self._launch(pod, init, run)  # deleting the pod stops it
+            while (status := await self.local.status(handle)).state.active:
+                await asyncio.sleep(0.03)
+            code = status.exit_code if status.exit_code is not None else 137
+            self._set_init(pod, init, {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                                                      "startedAt": now(), "finishedAt": now()}})
+            if code != 0:  # restartPolicy Never: the pod fails, its container never starts
+                self._set(pod, {"waiting": {"reason": "PodInitializing"}}, False, "Failed")
+                self.pod_ended(pod)
+                self.reschedule()
+                return
+        run.handle = await self._launch(pod, container, run)
         probe = container.get("readinessProbe") or {}
         running = False
         while True:
@@ -380,6 +368,60 @@ class Workloads:
                 self._terminated(pod, status)
                 return
             await asyncio.sleep(PROBE_PERIOD if running and probe else 0.03)
+
+    def _set_init(self, pod: dict[str, Any], init: dict[str, Any], state: dict[str, Any]) -> None:
+        statuses = [s for s in pod["status"].get("initContainerStatuses") or [] if s["name"] != init["name"]]
+        ended = "terminated" in state and state["terminated"]["exitCode"] == 0
+        statuses.append(self._container_status(init, state, ended, "running" in state))
+        pod["status"]["initContainerStatuses"] = statuses
+        self._set(pod, {"waiting": {"reason": "PodInitializing"}})
+
+    async def _launch(self, pod: dict[str, Any], container: dict[str, Any], run: PodRun) -> JobHandle:
+        """Start one container's process (the kubelet retries until its Secrets and
+        volumes are there)."""
+        while True:
+            try:
+                env = self._env(pod, container, run)
+                sandbox, sources = self._sandbox(pod, container) if self.enforce_mounts else (None, {})
+                break
+            except MountError as error:
+                waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": str(error)}}
+                if pod["status"]["containerStatuses"][0]["state"] != waiting:
+                    self._set(pod, waiting)
+                    self.event(pod, "Pod", "Failed", f"Error: {error}")
+                await asyncio.sleep(RETRY_SECONDS)
+        limits = (container.get("resources") or {}).get("limits") or {}
+        command = [expand_references(arg, env) for arg in [*container.get("command", []), *container.get("args", [])]]
+        workdir = container.get("workingDir") or "/"
+        if sandbox is not None and not sandbox.binds(workdir):  # a folder of the image: cd there inside
+            # a container runtime creates a missing workingDir (here: where the job may write)
+            command = ["/bin/sh", "-c", 'mkdir -p "$0" 2>/dev/null; cd "$0" && exec "$@"', workdir, *command]
+            workdir = sandbox.read_only[0] if sandbox.read_only else "/"
+        if sandbox is not None and sources:
+            # emptyDir mounts: a host folder bound at another path, which the local sandbox
+            # (binding paths where they are) cannot do; bubblewrap can, run directly here.
+            command = self._bwrap(sandbox, sources, command, workdir)
+            sandbox, workdir = None, "/"
+        spec = JobSpec(
+            key=f"{pod['metadata']['uid']}-{container['name']}", kind="build", content_guid=pod["metadata"]["name"],
+            image=None, command=command, env=env, workdir=workdir, port=None, sandbox=sandbox,
+            resources=Resources(
+                cpu_limit=parse_quantity(limits["cpu"]) if "cpu" in limits else None,
+                memory_limit=int(parse_quantity(limits["memory"])) if "memory" in limits else None,
+            ),
+        )
+        return await self.local.launch(spec)
+
+    def _bwrap(self, sandbox: Sandbox, sources: dict[str, str], command: list[str], workdir: str) -> list[str]:
+        from podium.runtime.sandbox import bwrap_argv
+
+        argv = bwrap_argv(sandbox, command, workdir, privileged=True, system_dirs=self.local.system_dirs,
+                          bwrap=self.local.bwrap)
+        argv = argv[: len(argv) - len(command) - 3] + command  # no setup script: the env is passed as is
+        for index in range(len(argv) - 2):
+            if argv[index] in ("--bind", "--ro-bind") and argv[index + 2] in sources:
+                argv[index + 1] = sources[argv[index + 2]]
+        return argv
 
     def _env(self, pod: dict[str, Any], container: dict[str, Any], run: PodRun) -> dict[str, str]:
         import base64
@@ -405,15 +447,26 @@ class Workloads:
                 env[item["name"]] = base64.b64decode(data[ref["key"]]).decode()
         return env
 
-    def _sandbox(self, pod: dict[str, Any], container: dict[str, Any]) -> Sandbox:
+    def _sandbox(self, pod: dict[str, Any], container: dict[str, Any]) -> tuple[Sandbox, dict[str, str]]:
         """What the pod's process may see: the image's folders, its mounts (PVC subPaths
-        at their own host path), as the pod's uid/gid (never root here)."""
+        at their own host path; ``emptyDir`` folders of the pod, as the second value's
+        mount path -> host folder), as the pod's uid/gid (never root here)."""
         claims = {volume["name"]: volume["persistentVolumeClaim"]["claimName"]
                   for volume in pod["spec"].get("volumes") or [] if "persistentVolumeClaim" in volume}
-        read_only, writable = list(self.image_dirs), []
+        empty = {volume["name"] for volume in pod["spec"].get("volumes") or [] if "emptyDir" in volume}
+        read_only, writable, sources = list(self.image_dirs), [], {}
         for mount in container.get("volumeMounts") or []:
-            if mount["mountPath"] == "/tmp" or mount["name"] not in claims:
-                continue  # /tmp is the sandbox's own; other volume kinds are not modelled
+            if mount["mountPath"] == "/tmp":
+                continue  # /tmp is the sandbox's own
+            if mount["name"] in empty:
+                host = self.root / "emptydir" / pod["metadata"]["uid"] / mount["name"] / mount.get("subPath", "")
+                host.mkdir(parents=True, exist_ok=True)  # the kubelet creates a missing subPath
+                host.chmod(0o777)
+                sources[mount["mountPath"]] = str(host)
+                (read_only if mount.get("readOnly") else writable).append(mount["mountPath"])
+                continue
+            if mount["name"] not in claims:
+                continue  # other volume kinds are not modelled
             host = (self.volumes[claims[mount["name"]]] / mount.get("subPath", "")).resolve()
             if str(host) != mount["mountPath"]:
                 raise MountError(f"the simulated kubelet mounts a volume only at its own host path: "
@@ -423,7 +476,7 @@ class Workloads:
         context = {**(pod["spec"].get("securityContext") or {}), **(container.get("securityContext") or {})}
         uid, gid = int(context.get("runAsUser") or 65534), int(context.get("runAsGroup") or 65534)
         return Sandbox(uid, gid, tuple(dict.fromkeys(p for p in read_only if p not in writable)),
-                       tuple(dict.fromkeys(writable)))
+                       tuple(dict.fromkeys(writable))), sources
 
     @staticmethod
     async def _probe(ip: str, probe: dict[str, Any]) -> bool:

@@ -6,6 +6,7 @@ import re
 import shutil
 from typing import Any
 
+import anyio.from_thread
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +21,7 @@ from podium.api.validate import validate_content_patch
 from podium.appmodes import APP_MODE_ORDINALS
 from podium.changes import Changes
 from podium.layout import DataLayout
+from podium.runtime import BackendError, ExecutionBackend
 from podium.scheduler import Scheduler
 from podium.settings import Settings
 from podium.store.models import Content, ContentTag, Permission, Tag, User, Vanity
@@ -225,11 +227,16 @@ def delete_content(
     changes: Changes = Depends(deps.changes),
     scheduler: Scheduler = Depends(deps.scheduler),
     layout: DataLayout = Depends(deps.layout),
+    backend: ExecutionBackend = Depends(deps.backend),
     session: Session = Depends(deps.db),
     user: User = Depends(deps.user),
 ) -> Response:
     content = managed_content(session, user, guid)
     content_id = content.id
+    try:  # first: a refusal leaves the content as it was; its Secret comes back with a job
+        anyio.from_thread.run(backend.forget_content, guid)
+    except BackendError as error:
+        raise errors.backend_unavailable("Deleting the content", error.message, error.status) from None
     audit.record(session, user, "remove_content", f"Deleted content {describe(content)}.")
     session.delete(content)
     session.commit()

@@ -25,6 +25,7 @@ from podium.jobs import JobRunner
 from podium.layout import DataLayout
 from podium.render.tasks import RenderTasks
 from podium.runtime import ExecutionBackend
+from podium.runtime.transfer import TransferTokens
 from podium.scheduler import Scheduler
 from podium.secrets import EnvVars, SecretBox
 from podium.settings import Settings
@@ -197,3 +198,7 @@ def administrator(current: User = Depends(user)) -> User:
     if not auth.at_least(current, "administrator"):
         raise errors.forbidden("This operation needs the administrator role.")
     return current
+
+
+def transfer_tokens(request: Request) -> TransferTokens:
+    return cast(TransferTokens, request.app.state.transfer_tokens)

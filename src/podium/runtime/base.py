@@ -409,6 +409,17 @@ class ExecutionBackend(Protocol):
         it wants and stop the others."""
         ...
 
+    async def update_content_secrets(self, content_guid: str, changes: Mapping[str, str | None]) -> None:
+        """A content item's own variables changed (``None``: removed). A backend that keeps
+        ``secret_env`` values outside Podium's database (Kubernetes: one Secret per content
+        item) updates them now; jobs already running keep what they started with."""
+        ...
+
+    async def forget_content(self, content_guid: str) -> None:
+        """The content item was deleted: drop whatever the backend keeps for it beyond its
+        jobs (Kubernetes: its Secret). Idempotent."""
+        ...
+
     async def close(self) -> None:
         """Release the backend's own resources; running jobs keep running."""
         ...

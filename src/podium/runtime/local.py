@@ -36,7 +36,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -106,6 +106,12 @@ class LocalBackend:
         self.bwrap = bwrap
         self.system_dirs = system_dirs
         self._sandbox_works = False  # probed once, when the first sandboxed job comes
+
+    async def update_content_secrets(self, content_guid: str, changes: Mapping[str, str | None]) -> None:
+        """Nothing to do: local jobs get their secret values at launch from the database."""
+
+    async def forget_content(self, content_guid: str) -> None:
+        """Nothing to do: a local job keeps nothing of its content beyond its own folder."""
 
     async def launch(self, spec: JobSpec) -> JobHandle:
         if spec.volume_mounts:

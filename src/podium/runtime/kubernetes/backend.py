@@ -2,11 +2,13 @@
 
 Lifecycle, in the terms of :class:`~podium.runtime.base.ExecutionBackend`:
 
-- :meth:`launch` creates the job's Secret when it has ``secret_env``
-  (:func:`.manifests.secret_manifest`), then the Job (:func:`.manifests.job_manifest`),
-  then makes the Job the Secret's owner (deleting the Job deletes it); it returns at
-  once: the job is PENDING until its pod's container runs. A 409 means the key exists:
-  its Job is adopted.
+- :meth:`launch` puts the job's ``secret_env`` into its content's Secret (one per
+  content item, :func:`.manifests.content_secret_manifest`: created when missing, keys
+  updated by merge patch), then creates the Job (:func:`.manifests.job_manifest`); it
+  returns at once: the job is PENDING until its pod's container runs. A 409 means the
+  key exists: its Job is adopted. :meth:`update_content_secrets` and
+  :meth:`forget_content` keep the Secret in step with the content's variables and
+  delete it with the content.
 - :meth:`status` answers from one shared list+watch cache of this server's Jobs and
   Pods (:mod:`.watch`). States that may pass stay PENDING with the Kubernetes reason
   and message, so callers can show them and wait up to their ``init_timeout``:
@@ -39,7 +41,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,14 +52,21 @@ from podium.runtime.kubernetes.manifests import (
     LABEL_KEY,
     LABEL_KIND,
     KubernetesJobConfig,
+    content_secret_manifest,
+    content_secret_name,
+    fetch_token_key,
     job_manifest,
     job_name,
+    job_secret_values,
     label_selector,
-    owner_reference,
-    secret_manifest,
+    secret_data,
+    secret_key,
     selector_labels,
+    transfers,
+    upload_token_key,
 )
 from podium.runtime.kubernetes.watch import Reflector
+from podium.runtime.transfer import TransferTokens
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +90,13 @@ ClientFactory = Callable[[], Awaitable[KubeClient]]
 class KubernetesBackend:
     name = "kubernetes"
 
-    def __init__(self, connect: ClientFactory, config: KubernetesJobConfig, kept_logs: KeptLogs | None = None) -> None:
+    def __init__(self, connect: ClientFactory, config: KubernetesJobConfig, kept_logs: KeptLogs | None = None,
+                 tokens: TransferTokens | None = None) -> None:
         self._connect = connect
         self.config = config
         self.kept_logs = kept_logs
+        self.tokens = tokens  # without a shared volume: the transfer tokens of jobs' files
+        self._token_keys: dict[str, tuple[str, list[str]]] = {}  # job key -> (content, Secret keys)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: KubeClient | None = None
         self._jobs: Reflector | None = None
@@ -161,37 +173,101 @@ class KubernetesBackend:
         namespace = self.config.namespace
         manifest = job_manifest(spec, self.config)
         name = manifest["metadata"]["name"]
-        secret = secret_manifest(spec, self.config) if spec.secret_env else None
-        if secret is not None:
-            try:
-                await client.create_secret(namespace, secret)
-            except KubeApiError as error:
-                if error.status != 409:  # 409: a relaunch of the same key; its Job decides
-                    raise _backend_error(error, f"The Secret of job {spec.key} could not be created") from error
+        values: dict[str, str | None] = dict(job_secret_values(spec))
+        values.update(self._issue_tokens(spec))
+        if values:
+            await self._put_secret_values(client, spec.content_guid, values)
         try:
             job = await client.create_job(namespace, manifest)
         except KubeApiError as error:
             if error.status != 409:
-                if secret is not None:  # a half-failed launch leaves nothing behind
-                    with contextlib.suppress(KubeApiError):
-                        await client.delete_secret(namespace, secret["metadata"]["name"])
                 raise _backend_error(error, f"Job {spec.key} could not be created") from error
             job = jobs.objects.get(name) or await self._wrap(client.get_job(namespace, name))
             log.info("job %s (content %s): adopted the existing Job %s", spec.key, spec.content_guid, name)
             return self._handle(job)
         jobs.put(job)
-        if secret is not None:
-            try:
-                await client.patch_secret(namespace, secret["metadata"]["name"],
-                                          {"metadata": {"ownerReferences": [owner_reference(job)]}})
-            except KubeApiError as error:  # stop() still deletes it
-                log.warning("job %s: could not make Job %s the owner of its Secret: %s", spec.key, name, error)
         log.info(
             "job %s (content %s): created Job %s/%s (image %s)",
             spec.key, spec.content_guid, self.config.namespace, name,
             manifest["spec"]["template"]["spec"]["containers"][0]["image"],
         )
         return self._handle(job)
+
+    def _issue_tokens(self, spec: JobSpec) -> dict[str, str]:
+        """Without a shared volume: the job's fetch and upload tokens, by Secret key."""
+        paths, uploads = transfers(spec, self.config)
+        if not paths:
+            return {}
+        if self.tokens is None or not self.config.transfer_url:
+            raise BackendError("TransferUnavailable", "Pods cannot fetch their files: this server issues no "
+                               "transfer tokens (set kubernetes_transfer_url).")
+        config = self.config
+        tokens = {fetch_token_key(spec): self.tokens.issue(
+            spec.key, spec.content_guid, "fetch", [path for path, _ in paths], config.transfer_token_ttl_seconds)}
+        for index, path in enumerate(uploads):
+            tokens[upload_token_key(spec, index)] = self.tokens.issue(
+                spec.key, spec.content_guid, "upload", [path], config.transfer_upload_ttl_seconds)
+        self._token_keys[spec.key] = (spec.content_guid, list(tokens))
+        return tokens
+
+    def _drop_tokens(self, key: str) -> None:
+        """The job ended: its tokens allow nothing more, and leave its content's Secret."""
+        if self.tokens is not None:
+            self.tokens.revoke(key)
+        owner = self._token_keys.pop(key, None)
+        if owner is not None and self._client is not None:
+            client, (guid, keys) = self._client, owner
+
+            async def remove() -> None:
+                try:
+                    await self._put_secret_values(client, guid, dict.fromkeys(keys))
+                except BackendError as error:
+                    log.warning("job %s: could not remove its transfer tokens from the Secret: %s", key, error.detail)
+            self._background(remove())
+
+    async def _put_secret_values(self, client: KubeClient, content_guid: str,
+                                 values: Mapping[str, str | None]) -> None:
+        """Set (``None``: remove) keys of the content's Secret, creating it when missing.
+        A merge patch first (the usual case: it exists), so Podium never reads Secrets."""
+        namespace, name = self.config.namespace, content_secret_name(content_guid)
+        for _ in range(3):  # a create racing another server's: patch again
+            try:
+                await client.patch_secret(namespace, name, {"data": secret_data(values)})
+                return
+            except KubeApiError as error:
+                if error.status != 404:
+                    raise _backend_error(error, f"The Secret of content {content_guid} could not be updated") \
+                        from error
+            kept = {key: value for key, value in values.items() if value is not None}
+            if not kept:  # only removals, and no Secret: nothing to do (never make an empty one)
+                return
+            try:
+                await client.create_secret(namespace, content_secret_manifest(content_guid, kept, self.config))
+                log.info("content %s: created its Secret %s/%s", content_guid, namespace, name)
+                return
+            except KubeApiError as error:
+                if error.status != 409:
+                    raise _backend_error(error, f"The Secret of content {content_guid} could not be created") \
+                        from error
+        raise BackendError("Conflict", f"The Secret of content {content_guid} kept changing; try again.")
+
+    async def update_content_secrets(self, content_guid: str, changes: Mapping[str, str | None]) -> None:
+        """The content's variables changed (``None``: removed): its Secret follows at once,
+        so no value removed in Podium stays in the cluster. Running pods keep the values
+        they started with, as on Connect."""
+        if not changes:
+            return
+        client, _, _ = await self._ready()
+        await self._put_secret_values(client, content_guid, {
+            secret_key("run", name): value for name, value in changes.items()})
+        log.info("content %s: updated its Secret (%d variables changed)", content_guid, len(changes))
+
+    async def forget_content(self, content_guid: str) -> None:
+        """The content is deleted: delete its Secret (gone already is fine)."""
+        client, _, _ = await self._ready()
+        with _gone_ok():
+            await client.delete_secret(self.config.namespace, content_secret_name(content_guid))
+        log.info("content %s: deleted its Secret", content_guid)
 
     async def status(self, handle: JobHandle) -> JobStatus:
         self._check(handle)
@@ -216,6 +292,7 @@ class KubernetesBackend:
             status = dataclasses.replace(status, message=f"{status.reason}: {status.message}")
         if not status.state.active:
             self._final[handle.key] = status
+            self._drop_tokens(handle.key)
             if pod is not None and _container_started(pod):
                 self._background(self._keep_log(client, handle.key, pod))
             if status.state is JobState.FAILED:
@@ -336,8 +413,6 @@ class KubernetesBackend:
         if job is not None:
             with _gone_ok():
                 await client.delete_job(namespace, job["metadata"]["name"])
-        with _gone_ok():  # owned by the Job, so gone with it; at once here, to be sure
-            await client.delete_secret(namespace, f"{handle.data.get('name') or job_name(handle.key)}-env")
         grace = max(1, math.ceil(grace_seconds))
         for candidate in [p for p in pods.objects.values()
                           if p["metadata"].get("labels", {}).get(LABEL_KEY) == handle.key]:
@@ -355,6 +430,7 @@ class KubernetesBackend:
             await asyncio.wait(waits, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waits:
                 waiter.cancel()
+        self._drop_tokens(handle.key)
         self._final[handle.key] = JobStatus(
             JobState.STOPPED, reason="Stopped", message="stopped",
             started_at=status.started_at, finished_at=datetime.now(UTC),
@@ -439,9 +515,24 @@ def _job_failure(job: dict[str, Any]) -> JobStatus | None:
     return None
 
 
+def _init_failure(pod: dict[str, Any]) -> JobStatus | None:
+    """FAILED when an init container (fetching the job's files) ended in error: with
+    ``restartPolicy: Never`` the pod never starts its container."""
+    for init in pod.get("status", {}).get("initContainerStatuses") or []:
+        ended = (init.get("state") or {}).get("terminated") or {}
+        if ended and int(ended.get("exitCode", 0)) != 0:
+            return JobStatus(JobState.FAILED, int(ended["exitCode"]), "InitFailed",
+                             f"init container {init.get('name')} exited with code {ended['exitCode']}"
+                             f"{': ' + str(ended['message']) if ended.get('message') else ''}")
+    return None
+
+
 def _pod_status(pod: dict[str, Any]) -> JobStatus:
     status = pod.get("status", {})
     phase = status.get("phase")
+    failed_init = _init_failure(pod)
+    if failed_init is not None:
+        return failed_init
     state = _container_state(pod)
     if phase in (None, "Pending") and not {"running", "terminated"} & set(state):
         waiting = state.get("waiting") or {}

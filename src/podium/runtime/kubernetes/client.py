@@ -2,7 +2,7 @@
 
 :class:`KubeClient` is all the backend needs: create/get/delete Jobs, delete Pods,
 list and watch Jobs and Pods by label, follow a pod's log, list events, and create,
-patch and delete the Secrets that hold jobs' secret variables. Objects are
+patch and delete the Secrets that hold content's secret variables. Objects are
 plain dicts exactly as the API server sent them (no generated models: they are slow,
 and strict about fields that vary between server versions).
 

@@ -20,8 +20,9 @@ Rules (DESIGN.md, "Kubernetes backend"; issue 17):
 - ``serviceAccountName`` is the job's service account (already resolved by
   :mod:`podium.resources`), else the configured default; the API token is mounted only
   when the job names one, so content without one cannot talk to the API server.
-- **Secret values never appear in the Job**: ``secret_env`` goes into the Secret made
-  by :func:`secret_manifest` and the container refers to it (``secretKeyRef``).
+- **Secret values never appear in the Job**: ``secret_env`` goes into the content's
+  own Secret (:func:`content_secret_manifest`, one per content item, kept up to date
+  by the backend) and the container refers to its keys (``secretKeyRef``).
 - Placement (node selector, tolerations, affinity, pull secrets, priority and runtime
   class) is the server's, overridden and extended by the job's own; GPU limits are
   ``nvidia.com/gpu`` and ``amd.com/gpu``.
@@ -43,6 +44,7 @@ from typing import Any
 
 from podium.runtime.base import JobSpec, Placement, Resources
 from podium.runtime.kubernetes.patch import merge_patch
+from podium.runtime.transfer import POD_SCRIPT
 
 # The host environment's name (podium.environments.host.LOCAL_NAME), which is no image.
 LOCAL_ENVIRONMENT = "Local"
@@ -54,7 +56,10 @@ LABEL_KEY = "podium.dev/job-key"
 LABEL_KIND = "podium.dev/job-kind"
 LABEL_SECRET_OF = "podium.dev/secret-of"
 CONTAINER = "job"
+FETCH_CONTAINER = "fetch"
 DATA_VOLUME = "podium-data"
+FILES_VOLUME = "podium-files"
+FILES_DIR = "/podium-files"  # where the init container unpacks the job's files
 TMP_VOLUME = "tmp"
 DEFAULT_RUN_PORT = 8080
 GPU_RESOURCES = (("nvidia_gpu_limit", "nvidia.com/gpu"), ("amd_gpu_limit", "amd.com/gpu"))
@@ -84,6 +89,12 @@ class KubernetesJobConfig:
     read_only_root_filesystem: bool = True
     tmp_size_limit_bytes: int | None = 1024**3
     placement: Placement = Placement()  # the server's; a job's own adds to it
+    # False: no pod mounts the data volume; an init container fetches the job's files
+    # from Podium at transfer_url (podium.runtime.transfer) into an emptyDir
+    shared_volume: bool = True
+    transfer_url: str = ""
+    transfer_token_ttl_seconds: float = 900.0  # fetch: covers scheduling and image pulls
+    transfer_upload_ttl_seconds: float = 86400.0  # upload: covers the job's whole run
 
 
 def job_name(key: str) -> str:
@@ -143,30 +154,57 @@ def run_port(spec: JobSpec, config: KubernetesJobConfig) -> int:
 
 
 
-def secret_name(spec: JobSpec) -> str:
-    """The Secret holding a job's ``secret_env``: named after its Job, owned by it."""
-    return f"{job_name(spec.key)}-env"
+def content_secret_name(content_guid: str) -> str:
+    """The Secret holding a content item's secret variables (one per content item)."""
+    guid = content_guid.lower()
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?", guid):  # not a plain guid: a stable hash
+        guid = hashlib.sha256(content_guid.encode()).hexdigest()[:32]
+    return f"podium-content-{guid}"
 
 
-def secret_manifest(spec: JobSpec, config: KubernetesJobConfig) -> dict[str, Any]:
-    """The ``v1`` Secret with ``spec.secret_env``; the backend adds the Job as its owner
-    once the Job exists (:func:`owner_reference`), so deleting the Job deletes it."""
+def secret_key(kind: str, name: str) -> str:
+    """The key of variable ``name`` of a ``kind`` job in its content's Secret. A build's
+    variables are the server's (proxies, uv's index) and may share a name with one of
+    the content's own (``UV_INDEX_URL``): they live under ``build.``, which no content
+    variable name can start with (letters, digits and ``_`` only)."""
+    return f"build.{name}" if kind == "build" else name
+
+
+def content_secret_labels(content_guid: str, config: KubernetesJobConfig) -> dict[str, str]:
+    return {**selector_labels(config), LABEL_CONTENT: content_guid, LABEL_SECRET_OF: "content"}
+
+
+def secret_data(values: Mapping[str, str | None]) -> dict[str, str | None]:
+    """Secret ``data`` (base64) for a merge patch; ``None`` removes a key."""
+    return {key: None if value is None else base64.b64encode(value.encode()).decode()
+            for key, value in sorted(values.items())}
+
+
+def content_secret_manifest(
+    content_guid: str, values: Mapping[str, str], config: KubernetesJobConfig
+) -> dict[str, Any]:
+    """The ``v1`` Secret of a content item with ``values`` (keys from :func:`secret_key`).
+
+    It has no owner: it outlives every job of the content, is updated by the backend
+    when the content's variables change or a job needs one, and deleted with the
+    content (:meth:`~.backend.KubernetesBackend.forget_content`). Its labels name the
+    server and the content, so ``kubectl get secrets -l podium.dev/content-guid=...``
+    finds it."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
-            "name": secret_name(spec), "namespace": config.namespace,
-            "labels": {**job_labels(spec, config), LABEL_SECRET_OF: job_name(spec.key)},
+            "name": content_secret_name(content_guid), "namespace": config.namespace,
+            "labels": content_secret_labels(content_guid, config),
         },
         "type": "Opaque",
-        "data": {name: base64.b64encode(value.encode()).decode() for name, value in sorted(spec.secret_env.items())},
+        "data": {key: value for key, value in secret_data(values).items() if value is not None},
     }
 
 
-def owner_reference(job: Mapping[str, Any]) -> dict[str, Any]:
-    """An ownerReference to a created Job (its uid is the server's)."""
-    return {"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"],
-            "uid": job["metadata"]["uid"], "blockOwnerDeletion": False}
+def job_secret_values(spec: JobSpec) -> dict[str, str]:
+    """What ``spec`` needs in its content's Secret, under the keys it refers to."""
+    return {secret_key(spec.kind, name): value for name, value in spec.secret_env.items()}
 
 
 def _env(spec: JobSpec, config: KubernetesJobConfig) -> list[dict[str, Any]]:
@@ -175,7 +213,8 @@ def _env(spec: JobSpec, config: KubernetesJobConfig) -> list[dict[str, Any]]:
         {"name": name, "value": value} for name, value in sorted(spec.env.items()) if name not in reserved
     ]
     env += [
-        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name(spec), "key": name}}}
+        {"name": name, "valueFrom": {"secretKeyRef": {
+            "name": content_secret_name(spec.content_guid), "key": secret_key(spec.kind, name)}}}
         for name in sorted(spec.secret_env) if name not in reserved
     ]
     if spec.kind == "run":
@@ -198,21 +237,85 @@ def _below(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
-def data_mounts(spec: JobSpec, config: KubernetesJobConfig) -> list[dict[str, Any]]:
-    """One mount of the data PVC per sandbox path inside the data directory, at the
-    same path, read-only unless the sandbox lists it as writable."""
-    if spec.sandbox is None or not config.data_pvc:
+def data_paths(spec: JobSpec, config: KubernetesJobConfig) -> list[tuple[str, bool]]:
+    """The sandbox's paths inside the data directory, as (path, read-only), sorted; the
+    rest (interpreters) come from the image, and the data dir whole never."""
+    if spec.sandbox is None:
         return []
     root = posixpath.normpath(config.data_mount_path)
     wanted = [(path, True) for path in spec.sandbox.read_only] + [(path, False) for path in spec.sandbox.writable]
+    return [(path, read_only) for path, read_only in sorted(wanted) if _below(path, root) and path != root]
+
+
+def data_mounts(spec: JobSpec, config: KubernetesJobConfig) -> list[dict[str, Any]]:
+    """One mount of the data PVC per sandbox path inside the data directory, at the
+    same path, read-only unless the sandbox lists it as writable."""
+    if not config.data_pvc or not config.shared_volume:
+        return []
+    root = posixpath.normpath(config.data_mount_path)
     mounts = []
-    for path, read_only in sorted(wanted):
-        if not _below(path, root) or path == root:  # from the image (the data dir whole: never)
-            continue
+    for path, read_only in data_paths(spec, config):
         sub = posixpath.join(config.data_sub_path, posixpath.relpath(path, root)) if config.data_sub_path \
             else posixpath.relpath(path, root)
         mounts.append({"name": DATA_VOLUME, "mountPath": path, "subPath": sub, "readOnly": read_only})
     return mounts
+
+
+def transfers(spec: JobSpec, config: KubernetesJobConfig) -> tuple[list[tuple[str, bool]], list[str]]:
+    """Without a shared volume: the paths the job's init container fetches (all its data
+    paths) and those its container uploads once its command succeeded (the writable
+    ones of builds and renders; a run job's home stays in its pod)."""
+    if config.shared_volume or spec.sandbox is None:
+        return [], []
+    paths = data_paths(spec, config)
+    uploads = [path for path, read_only in paths if not read_only] if spec.kind != "run" else []
+    return paths, uploads
+
+
+def fetch_token_key(spec: JobSpec) -> str:
+    """The key of a job's fetch token in its content's Secret."""
+    return f"transfer.{job_name(spec.key)}.fetch"
+
+
+def upload_token_key(spec: JobSpec, index: int) -> str:
+    return f"transfer.{job_name(spec.key)}.upload-{index}"
+
+
+def _token_ref(spec: JobSpec, name: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": content_secret_name(spec.content_guid), "key": key}}}
+
+
+def _fetching(spec: JobSpec, config: KubernetesJobConfig, container: dict[str, Any], pod_spec: dict[str, Any],
+              security: dict[str, Any]) -> None:
+    """Give the pod its files through an init container and an ``emptyDir`` (no shared
+    volume), and make the container upload its writable folders once its command
+    succeeded (:mod:`podium.runtime.transfer`)."""
+    paths, uploads = transfers(spec, config)
+    if not paths:
+        return
+    url = {"name": "PODIUM_TRANSFER_URL", "value": config.transfer_url}
+    pod_spec["initContainers"] = [{
+        "name": FETCH_CONTAINER,
+        "image": config.default_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["python3", "-c", POD_SCRIPT, "fetch"],
+        "env": [url, {"name": "PODIUM_TRANSFER_DIR", "value": FILES_DIR},
+                _token_ref(spec, "PODIUM_TRANSFER_TOKEN", fetch_token_key(spec))],
+        "volumeMounts": [{"name": FILES_VOLUME, "mountPath": FILES_DIR}, {"name": TMP_VOLUME, "mountPath": "/tmp"}],
+        "securityContext": dict(security),
+    }]
+    container["volumeMounts"] += [
+        {"name": FILES_VOLUME, "mountPath": path, "subPath": str(index), "readOnly": read_only}
+        for index, (path, read_only) in enumerate(paths)
+    ]
+    pod_spec["volumes"].append({"name": FILES_VOLUME, "emptyDir": {}})
+    if uploads:
+        container["command"] = ["/bin/sh", "-c", '"$@" && exec python3 -c "$PODIUM_TRANSFER_SCRIPT" upload',
+                                "podium-job", *container["command"]]
+        container["env"] += [url, {"name": "PODIUM_TRANSFER_SCRIPT", "value": POD_SCRIPT}]
+        for index, path in enumerate(uploads):
+            container["env"] += [{"name": f"PODIUM_UPLOAD_{index}_PATH", "value": path},
+                                 _token_ref(spec, f"PODIUM_UPLOAD_{index}_TOKEN", upload_token_key(spec, index))]
 
 
 def resource_limits(resources: Resources) -> dict[str, dict[str, str]]:
@@ -318,6 +421,7 @@ def job_manifest(spec: JobSpec, config: KubernetesJobConfig) -> dict[str, Any]:
                 "server": wanted.nfs_host, "path": wanted.nfs_export_path, "readOnly": wanted.read_only}})
     container["volumeMounts"] = mounts
     pod_spec["volumes"] = volumes
+    _fetching(spec, config, container, pod_spec, container_security)
     pod_spec["containers"] = [container]
     job_spec: dict[str, Any] = {
         "backoffLimit": 0,
