@@ -34,6 +34,7 @@ from podium.api import (
     keys,
     permissions,
     renderings,
+    repository,
     schedules,
     server,
     tags,
@@ -47,6 +48,8 @@ from podium.deploy import Deployer
 from podium.environments.catalogue import sync_catalogue
 from podium.environments.host import local_environment
 from podium.environments.python import discover_pythons
+from podium.git.publish import GitPublisher
+from podium.git.remote import GitRunner
 from podium.handoff import Handoff
 from podium.isolation import Isolation
 from podium.jobs import JobRunner
@@ -92,6 +95,7 @@ class Node:
     render_tasks: RenderTasks
     router: ContentRouter
     throttle: Throttle
+    git: GitPublisher
 
 
 def make_backend(settings: Settings, layout: DataLayout) -> ExecutionBackend:
@@ -200,6 +204,11 @@ def build(settings: Settings) -> Node:
     )
     changes.on_content(router.invalidate)
     changes.on_users(router.forget_users)
+    deployer = Deployer(store, settings, layout, builder, renderer, scheduler, changes, locks, urls)
+    git = GitPublisher(
+        store, settings, layout, box,
+        GitRunner(settings.git_timeout_seconds, settings.git_allow_local_repositories), deployer, tasks,
+    )
     return Node(
         settings=settings,
         store=store,
@@ -214,10 +223,11 @@ def build(settings: Settings) -> Node:
         tasks=tasks,
         scheduler=scheduler,
         targets=targets,
-        deployer=Deployer(store, settings, layout, builder, renderer, scheduler, changes, locks, urls),
+        deployer=deployer,
         render_tasks=RenderTasks(store, settings, layout, renderer, tasks, locks, urls),
         router=router,
         throttle=Throttle(store, policies_from_settings(settings)),
+        git=git,
     )
 
 
@@ -266,8 +276,11 @@ def create_app(node: Node) -> FastAPI:
         )
         render_schedules.start()
         node.throttle.start()
+        if settings.git_enabled:
+            node.git.start()
         log.info("Podium %s serving on %s", __version__, settings.listen)
         yield
+        await node.git.close()
         await node.throttle.close()
         await render_schedules.close()
         await node.tasks.shutdown()
@@ -286,12 +299,12 @@ def create_app(node: Node) -> FastAPI:
     )
     # What endpoints may ask for (podium.api.deps), one attribute per part.
     for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "handoff", "isolation",
-                 "backend", "tasks", "jobs", "scheduler", "deployer", "render_tasks", "throttle"):
+                 "backend", "tasks", "jobs", "scheduler", "deployer", "render_tasks", "throttle", "git"):
         setattr(app.state, name, getattr(node, name))
     _install_error_handlers(app)
     for module in (
         server, users, keys, content, bundles, deploy, env_vars, permissions, jobs, environments,
-        renderings, schedules, audit_logs, groups, tags, vanities,
+        renderings, schedules, audit_logs, groups, tags, vanities, repository,
     ):
         app.include_router(module.router, prefix=API)
     app.include_router(content_routes.router)

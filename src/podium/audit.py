@@ -60,6 +60,11 @@ ACTIONS: dict[str, str] = {
     "remove_environment": "deleted an execution environment",
     "add_environment_permission": "allowed a user to deploy with an execution environment",
     "remove_environment_permission": "removed a user's permission on an execution environment",
+    "set_repository": "pointed content at a git repository, or changed where it follows",
+    "remove_repository": "stopped content following a git repository",
+    "set_repository_webhook": "made a new push-webhook secret for git-backed content",
+    "set_git_credential": "stored credentials for a git host",
+    "remove_git_credential": "deleted the credentials of a git host",
 }
 
 

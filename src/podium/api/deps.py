@@ -19,6 +19,7 @@ from podium import auth, errors
 from podium.api import credentials
 from podium.changes import Changes
 from podium.deploy import Deployer
+from podium.git.publish import GitPublisher
 from podium.handoff import Handoff
 from podium.jobs import JobRunner
 from podium.layout import DataLayout
@@ -81,6 +82,10 @@ def scheduler(request: Request) -> Scheduler:
 
 def deployer(request: Request) -> Deployer:
     return cast(Deployer, request.app.state.deployer)
+
+
+def git(request: Request) -> GitPublisher:
+    return cast(GitPublisher, request.app.state.git)
 
 
 def render_tasks(request: Request) -> RenderTasks:
