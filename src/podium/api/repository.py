@@ -312,7 +312,27 @@ async def put_credential(
 ) -> dict[str, Any]:
     """Store ``{"username": ..., "password": ...}`` (or a token as the password) for
     ``host`` (``git.example.org`` or ``host:port``); the secret is never returned."""
+    return _save_credential(host, await json_object(request), git, session, admin)
+
+
+@router.post("/v1/git/credentials")
+async def post_credential(
+    request: Request,
+    git: GitPublisher = Depends(deps.git),
+    session: Session = Depends(deps.db),
+    admin: User = Depends(deps.administrator),
+) -> dict[str, Any]:
+    """As PUT, with ``host`` in the body (the dashboard's form)."""
     body = await json_object(request)
+    host = body.pop("host", None)
+    if not isinstance(host, str) or not host.strip():
+        raise errors.bad_request("host is required (git.example.org, or host:port).")
+    return _save_credential(host, body, git, session, admin)
+
+
+def _save_credential(
+    host: str, body: dict[str, Any], git: GitPublisher, session: Session, admin: User
+) -> dict[str, Any]:
     username, password = body.get("username", ""), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str) or not password:
         raise errors.bad_request('Send {"username": "...", "password": "<password or token>"}.')

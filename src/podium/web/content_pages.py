@@ -24,6 +24,7 @@ from podium.api import groups as groups_api
 from podium.api import jobs as jobs_api
 from podium.api import permissions as permissions_api
 from podium.api import renderings as renderings_api
+from podium.api import repository as repository_api
 from podium.api import schedules as schedules_api
 from podium.api import users as users_api
 from podium.api.serialize import user_json
@@ -48,6 +49,7 @@ PANES: tuple[tuple[str, str, bool], ...] = (
     ("service-account", "Service account", True),
     ("variables", "Environment variables", True),
     ("bundles", "Bundles", True),
+    ("repository", "Repository", True),
     ("renderings", "Renderings", False),
     ("logs", "Logs", True),
 )
@@ -217,6 +219,14 @@ def _pane_context(
         for bundle in bundles:
             bundle["creator"] = names.get(bundle["created_by"], "—")
         return {"bundles": bundles}
+    if pane == "repository":
+        repo = repository_api.repository_of(session, content)
+        return {
+            "location": repository_api.location_json(repo) if repo is not None else None,
+            "webhook_url": repository_api.webhook_url(parts.urls, guid),
+            "webhook_configured": repo is not None and repo.webhook_secret_encrypted is not None,
+            "git_enabled": parts.settings.git_enabled,
+        }
     if pane == "renderings":
         caller = deps.Caller(user, "session")
         schedules = schedules_api.list_schedules(str(content.id), session, user)
