@@ -60,6 +60,9 @@ class Made:
     directory: str
 
 
+_REMOTE_QUERIES_AT_ONCE = 2
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -82,6 +85,9 @@ class GitPublisher:
         self._in_flight: set[int] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._checks: set[asyncio.Task[None]] = set()
+        # Remote queries at once: a pass over many due items must not fill the thread pool
+        # every other part of the server uses.
+        self._remote_slots = asyncio.Semaphore(_REMOTE_QUERIES_AT_ONCE)
 
     # --- credentials -------------------------------------------------------------------
     def auth_for(self, url: str) -> GitAuth | None:
@@ -304,8 +310,9 @@ class GitPublisher:
             owner_id = session.scalar(select(Content.owner_id).where(Content.id == content_id))
         scratch = self.layout.tmp() / f"git-ls-{uuid.uuid4().hex}"
         try:
-            auth = await asyncio.to_thread(self.auth_for, url)
-            commit = await asyncio.to_thread(self.runner.ls_remote, url, branch, auth, scratch)
+            async with self._remote_slots:
+                auth = await asyncio.to_thread(self.auth_for, url)
+                commit = await asyncio.to_thread(self.runner.ls_remote, url, branch, auth, scratch)
         except GitError as exc:
             await asyncio.to_thread(self._record_error, content_id, exc.message)
             await asyncio.to_thread(self._release, content_id, True)
