@@ -37,6 +37,7 @@ from podium.api import (
     packages,
     permissions,
     renderings,
+    repository,
     schedules,
     server,
     tags,
@@ -52,6 +53,8 @@ from podium.deploy import Deployer
 from podium.environments.catalogue import sync_catalogue
 from podium.environments.host import local_environment
 from podium.environments.python import discover_pythons
+from podium.git.publish import GitPublisher
+from podium.git.remote import GitRunner
 from podium.handoff import Handoff
 from podium.isolation import Isolation
 from podium.jobs import JobRunner
@@ -101,6 +104,7 @@ class Node:
     router: ContentRouter
     throttle: Throttle
     transfer_tokens: TransferTokens
+    git: GitPublisher
 
 
 def make_backend(
@@ -217,6 +221,10 @@ def build(settings: Settings) -> Node:
     changes.on_content(router.invalidate)
     changes.on_users(router.forget_users)
     deployer = Deployer(store, settings, layout, builder, renderer, scheduler, changes, locks, urls)
+    git = GitPublisher(
+        store, settings, layout, box,
+        GitRunner(settings.git_timeout_seconds, settings.git_allow_local_repositories), deployer, tasks,
+    )
     return Node(
         settings=settings,
         store=store,
@@ -238,6 +246,7 @@ def build(settings: Settings) -> Node:
         router=router,
         throttle=Throttle(store, policies_from_settings(settings)),
         transfer_tokens=tokens,
+        git=git,
     )
 
 
@@ -286,8 +295,11 @@ def create_app(node: Node) -> FastAPI:
         )
         render_schedules.start()
         node.throttle.start()
+        if settings.git_enabled:
+            node.git.start()
         log.info("Podium %s serving on %s", __version__, settings.listen)
         yield
+        await node.git.close()
         await node.throttle.close()
         await render_schedules.close()
         await node.tasks.shutdown()
@@ -307,12 +319,13 @@ def create_app(node: Node) -> FastAPI:
     # What endpoints may ask for (podium.api.deps), one attribute per part.
     for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "handoff", "isolation",
                  "backend", "tasks", "jobs", "scheduler", "deployer", "render_tasks", "throttle", "caches",
-                 "secret_box", "transfer_tokens"):
+                 "secret_box", "transfer_tokens", "git"):
         setattr(app.state, name, getattr(node, name))
     _install_error_handlers(app)
     for module in (
         server, users, keys, content, bundles, deploy, env_vars, permissions, jobs, environments,
         renderings, schedules, audit_logs, groups, tags, vanities, packages, caches, oauth, transfer,
+        repository,
     ):
         app.include_router(module.router, prefix=API)
     app.include_router(content_routes.router)

@@ -65,6 +65,11 @@ ACTIONS: dict[str, str] = {
     "update_oauth_integration": "changed an OAuth integration",
     "remove_oauth_integration": "deleted an OAuth integration",
     "update_oauth_associations": "set which OAuth integrations content may use",
+    "set_repository": "pointed content at a git repository, or changed where it follows",
+    "remove_repository": "stopped content following a git repository",
+    "set_repository_webhook": "made a new push-webhook secret for git-backed content",
+    "set_git_credential": "stored credentials for a git host",
+    "remove_git_credential": "deleted the credentials of a git host",
 }
 
 

@@ -675,6 +675,36 @@ class Settings(BaseSettings):
         gt=0,
     )
 
+    # [git]
+    git_enabled: bool = setting(
+        True,
+        "git",
+        "Publishing from git repositories (the repository API, `rsconnect deploy git`, polling "
+        "and push webhooks). Off: the repository endpoints answer 404, as Connect's do.",
+    )
+    git_polling_interval_seconds: float = setting(
+        900.0,
+        "git",
+        "How often each git-backed content item with polling on is checked for a new commit "
+        "(one `git ls-remote`; no clone when nothing changed). Each check is claimed in the "
+        "database, so with several server nodes exactly one node checks each item.",
+        gt=0,
+    )
+    git_timeout_seconds: float = setting(
+        300.0,
+        "git",
+        "Longest a git command (ls-remote, fetch, archive) may run before it is stopped and "
+        "the fetch fails with this setting named.",
+        gt=0,
+    )
+    git_allow_local_repositories: bool = setting(
+        False,
+        "git",
+        "Allow repository URLs that are file://, ssh:// or local paths. Off: only http:// "
+        "and https:// are accepted, so publishers cannot read the server's own disk or reach "
+        "hosts over SSH with the server's keys.",
+    )
+
     @field_validator("declared_environments")
     @classmethod
     def _check_declared(cls, value: list[Any]) -> list[dict[str, Any]]:

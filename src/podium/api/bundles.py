@@ -33,7 +33,7 @@ from podium.api.serialize import bundle_json
 from podium.bundles import BundleError, BundleLimits, unpack_bundle
 from podium.layout import DataLayout
 from podium.settings import Settings
-from podium.store.models import Bundle, Content, User
+from podium.store.models import Bundle, Content, GitRepository, User
 
 router = APIRouter()
 _CHUNK = 1 << 16
@@ -136,6 +136,14 @@ async def upload_bundle(
     user: User = Depends(deps.user),
 ) -> dict[str, Any]:
     content = managed_content(session, user, guid)
+    if settings.git_enabled and session.scalar(
+        select(GitRepository.id).where(GitRepository.content_id == content.id)
+    ) is not None:
+        raise errors.bad_request(
+            "This content is deployed from a git repository, so bundles cannot be uploaded to it; "
+            "push to the repository, or stop following it (DELETE .../repository) first.",
+            code=144,
+        )
     limits = bundle_limits(settings)
     sink = _Sink(layout.tmp(), limits.max_bytes)
     unpacked = layout.tmp() / f"unpack-{uuid.uuid4().hex}"

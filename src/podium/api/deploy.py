@@ -15,9 +15,10 @@ from podium.api.body import json_object
 from podium.api.bundles import load_bundle
 from podium.api.content import describe, managed_content
 from podium.deploy import Deployer, DeployRequest
+from podium.git.publish import GitPublisher
 from podium.settings import Settings
 from podium.store import Store
-from podium.store.models import Bundle, Task, User
+from podium.store.models import Bundle, GitRepository, Task, User
 from podium.tasks import TaskFailed, TaskManager, TaskOutput
 
 router = APIRouter()
@@ -29,6 +30,8 @@ async def deploy(
     request: Request,
     tasks: TaskManager = Depends(deps.tasks),
     deployer: Deployer = Depends(deps.deployer),
+    git: GitPublisher = Depends(deps.git),
+    settings: Settings = Depends(deps.settings),
     store: Store = Depends(deps.store),
     session: Session = Depends(deps.db),
     user: User = Depends(deps.user),
@@ -36,6 +39,18 @@ async def deploy(
     content = managed_content(session, user, guid)
     body = await json_object(request)
     bundle_id = body.get("bundle_id")
+    activate = body.get("activate", True)
+    if not isinstance(activate, bool):
+        raise errors.bad_request("activate must be true or false.")
+    git_managed = settings.git_enabled and session.scalar(
+        select(GitRepository.id).where(GitRepository.content_id == content.id)
+    ) is not None
+    if bundle_id is None and git_managed:
+        # Git-backed content: fetch the branch, bundle the commit, then build it.
+        audit.record(session, user, "deploy_content", f"Started deploying content {describe(content)} from git.")
+        content_id, user_id = content.id, user.id
+        session.commit()
+        return {"task_id": git.start_deploy(content_id, user_id, activate)}
     if bundle_id is None:
         bundle = session.scalar(
             select(Bundle).where(Bundle.content_id == content.id).order_by(Bundle.id.desc())
@@ -44,9 +59,6 @@ async def deploy(
             raise errors.not_found("bundle", "latest")
     else:
         bundle = load_bundle(session, content, bundle_id)
-    activate = body.get("activate", True)
-    if not isinstance(activate, bool):
-        raise errors.bad_request("activate must be true or false.")
     if content.app_mode not in ("unknown", bundle.app_mode):
         raise errors.ApiError(
             403, 48,

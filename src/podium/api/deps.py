@@ -20,6 +20,7 @@ from podium.api import credentials
 from podium.caches import RuntimeCaches
 from podium.changes import Changes
 from podium.deploy import Deployer
+from podium.git.publish import GitPublisher
 from podium.handoff import Handoff
 from podium.jobs import JobRunner
 from podium.layout import DataLayout
@@ -91,6 +92,8 @@ def caches(request: Request) -> RuntimeCaches:
 
 def secret_box(request: Request) -> SecretBox:
     return cast(SecretBox, request.app.state.secret_box)
+def git(request: Request) -> GitPublisher:
+    return cast(GitPublisher, request.app.state.git)
 
 
 def render_tasks(request: Request) -> RenderTasks:

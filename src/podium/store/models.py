@@ -547,3 +547,36 @@ class OAuthAssociation(Base):
 
     content: Mapped[Content] = relationship()
     integration: Mapped[OAuthIntegration] = relationship()
+class GitRepository(Base):
+    """Where git-backed content comes from (Connect's GitLocation), what the last fetch
+    found, the push-webhook secret, and the poll lease: a node holds ``lease_node`` until
+    ``lease_expires`` while it checks the item, so several nodes never poll it twice."""
+
+    __tablename__ = "git_repositories"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_id: Mapped[int] = mapped_column(ForeignKey("content.id", ondelete="CASCADE"), unique=True)
+    repository: Mapped[str] = mapped_column(String(2048))
+    branch: Mapped[str] = mapped_column(String(255), default="main")
+    directory: Mapped[str] = mapped_column(String(1024), default=".")
+    polling: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    last_known_commit: Mapped[str] = mapped_column(String(64), default="")
+    last_fetched_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    webhook_secret_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    lease_node: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class GitCredential(Base):
+    """An administrator's credentials for one git host (HTTPS token or password),
+    encrypted with the server's key; never returned by the API."""
+
+    __tablename__ = "git_credentials"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), unique=True)
+    username: Mapped[str] = mapped_column(String(255), default="")
+    secret_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -15,6 +15,7 @@ from podium import audit, auth
 from podium.api import audit_logs as audit_api
 from podium.api import deps
 from podium.api import environments as environments_api
+from podium.api import repository as repository_api
 from podium.api import users as users_api
 from podium.api.jobs import job_json
 from podium.environments.model import MATCHING
@@ -31,7 +32,7 @@ RUNTIMES = (("python", "Python"), ("r", "R"), ("quarto", "Quarto"))
 TABS = (
     ("users", "Users"), ("processes", "Processes"), ("environments", "Environments"), ("tags", "Tags"),
     ("packages", "Packages"), ("caches", "Runtime caches"), ("oauth", "OAuth integrations"),
-    ("audit", "Audit log"),
+    ("git", "Git credentials"), ("audit", "Audit log"),
 )
 AUDIT_PAGE_SIZE = 50
 
@@ -120,6 +121,20 @@ def environments_page(
     return render(
         request, "admin_environments.html", user=user, tabs=TABS, tab="environments",
         environments=environments, runtimes=RUNTIMES, matching=MATCHING, clusters=CLUSTERS,
+    )
+
+
+@router.get("/connect/admin/git")
+def git_page(
+    request: Request,
+    settings: Settings = Depends(deps.settings),
+    session: Session = Depends(deps.db),
+    user: User = Depends(administrator),
+) -> Response:
+    return render(
+        request, "admin_git.html", user=user, tabs=TABS, tab="git",
+        credentials=repository_api.list_credentials(session, user),
+        allow_local=settings.git_allow_local_repositories, interval=settings.git_polling_interval_seconds,
     )
 
 

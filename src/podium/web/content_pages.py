@@ -26,6 +26,7 @@ from podium.api import oauth as oauth_api
 from podium.api import packages as packages_api
 from podium.api import permissions as permissions_api
 from podium.api import renderings as renderings_api
+from podium.api import repository as repository_api
 from podium.api import schedules as schedules_api
 from podium.api import users as users_api
 from podium.api.serialize import user_json
@@ -52,6 +53,7 @@ PANES: tuple[tuple[str, str, bool], ...] = (
     ("bundles", "Bundles", True),
     ("packages", "Packages", False),
     ("integrations", "OAuth integrations", True),
+    ("repository", "Repository", True),
     ("renderings", "Renderings", False),
     ("logs", "Logs", True),
 )
@@ -221,6 +223,14 @@ def _pane_context(
         for bundle in bundles:
             bundle["creator"] = names.get(bundle["created_by"], "—")
         return {"bundles": bundles}
+    if pane == "repository":
+        repo = repository_api.repository_of(session, content)
+        return {
+            "location": repository_api.location_json(repo) if repo is not None else None,
+            "webhook_url": repository_api.webhook_url(parts.urls, guid),
+            "webhook_configured": repo is not None and repo.webhook_secret_encrypted is not None,
+            "git_enabled": parts.settings.git_enabled,
+        }
     if pane == "renderings":
         caller = deps.Caller(user, "session")
         schedules = schedules_api.list_schedules(str(content.id), session, user)

@@ -1,4 +1,5 @@
-"""Publishing from the browser: upload a bundle archive and watch it deploy.
+"""Publishing from the browser: upload a bundle archive, or point at a git repository, and
+watch it deploy.
 
 The page's script does what a client would through the API: create the
 content (or pick one the user manages), upload the archive, ask for a deploy,
@@ -44,3 +45,12 @@ def publish_page(
         request, "publish.html", user=user, managed=managed, target=target,
         max_bytes=settings.bundle_max_bytes,
     )
+
+
+@router.get("/connect/publish/git")
+def publish_git_page(
+    request: Request,
+    settings: Settings = Depends(deps.settings),
+    user: User = Depends(publisher),
+) -> Response:
+    return render(request, "publish_git.html", user=user, git_enabled=settings.git_enabled)

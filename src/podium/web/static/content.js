@@ -87,6 +87,48 @@
     });
   });
 
+  /* --- Repository pane: deploy the branch's newest commit; make a webhook secret --- */
+  const gitUpdate = document.getElementById("git-update");
+  if (gitUpdate) {
+    gitUpdate.addEventListener("click", async () => {
+      gitUpdate.disabled = true;
+      deployLog.hidden = false;
+      deployLog.textContent = "";
+      deployStatus.classList.remove("error");
+      deployStatus.textContent = "Fetching the repository…";
+      try {
+        const started = await Podium.request("POST", `v1/content/${guid}/deploy`, { bundle_id: null });
+        const task = await Podium.followTask(started.task_id, deployLog);
+        if (task.code === 0 && !task.error) {
+          deployStatus.textContent = "Deployed the newest commit.";
+          setTimeout(() => window.location.reload(), 1200);
+        } else {
+          throw new Podium.ApiError(`The update failed: ${task.error || "see the output above"} The previous bundle keeps serving.`, 0, 0);
+        }
+      } catch (err) { reportError(err); }
+      gitUpdate.disabled = false;
+    });
+  }
+  const webhookSecret = document.getElementById("webhook-secret");
+  if (webhookSecret) {
+    webhookSecret.addEventListener("click", async () => {
+      const status = document.getElementById("webhook-status");
+      try {
+        const made = await Podium.request("POST", `v1/content/${guid}/repository/webhook`);
+        status.textContent = "";
+        status.append("Secret (shown this once; copy it into the webhook settings): ");
+        const code = document.createElement("code");
+        code.id = "webhook-secret-value";
+        code.textContent = made.secret;
+        status.append(code);
+        status.classList.remove("error");
+      } catch (err) {
+        status.textContent = err.message;
+        status.classList.add("error");
+      }
+    });
+  }
+
   const renderNow = document.getElementById("render-now");
   if (renderNow) {
     renderNow.addEventListener("click", async () => {

@@ -72,3 +72,60 @@
     }
   });
 })();
+
+/* Publish from Git: create the content, point it at the repository, deploy, follow the task. */
+(() => {
+  const form = document.getElementById("git-form");
+  if (!form) return;
+  const status = document.getElementById("git-status");
+  const log = document.getElementById("git-log");
+  const done = document.getElementById("git-done");
+
+  function report(message, isError) {
+    status.textContent = message;
+    status.classList.toggle("error", !!isError);
+    status.setAttribute("role", isError ? "alert" : "status");
+  }
+
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    done.hidden = true;
+    log.textContent = "";
+    let guid = null;
+    try {
+      report("Creating the content…");
+      const title = form.querySelector("#git-title-field").value.trim();
+      const body = { name: form.querySelector("#git-name").value.trim() };
+      if (title) body.title = title;
+      guid = (await Podium.request("POST", "v1/content", body)).guid;
+      try {
+        await Podium.request("PUT", `v1/content/${guid}/repository`, {
+          repository: form.querySelector("#git-url").value.trim(),
+          branch: form.querySelector("#git-branch").value.trim() || "main",
+          directory: form.querySelector("#git-directory").value.trim() || ".",
+          polling: form.querySelector("#git-polling").checked,
+        });
+      } catch (err) {
+        await Podium.request("DELETE", `v1/content/${guid}`).catch(() => {});
+        throw err;
+      }
+      report("Fetching the repository and deploying…");
+      log.hidden = false;
+      const started = await Podium.request("POST", `v1/content/${guid}/deploy`, { bundle_id: null });
+      const task = await Podium.followTask(started.task_id, log);
+      document.getElementById("git-link").href = `/connect/apps/${guid}/repository`;
+      done.hidden = false;
+      if (task.code === 0 && !task.error) {
+        report("Deployed from Git.");
+      } else {
+        report(`The deploy failed: ${task.error || "see the output above"}`, true);
+      }
+    } catch (err) {
+      report(err.message, true);
+    } finally {
+      button.disabled = false;
+    }
+  });
+})();

@@ -1,0 +1,141 @@
+"""The parts of git-backed publishing that need no server: the poll lease on each database,
+webhook signatures, URL rules, and git's environment (no credentials on a command line)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.gitserver import GitHttpServer, Repo, static_site
+
+from podium.git.publish import GitPublisher
+from podium.git.remote import GitAuth, GitError, GitRunner, scrub, url_problem
+from podium.git.webhook import pushed_ref, ref_matches, signature_ok
+from podium.settings import Settings
+from podium.store import Store
+from podium.store.models import Content, GitRepository, User
+
+
+def _publisher(store: Store, settings: Settings, node: str) -> GitPublisher:
+    # Claiming needs only the store and the settings.
+    return GitPublisher(store, settings, None, None, None, None, None, node=node)  # type: ignore[arg-type]
+
+
+def _item(store: Store, name: str, fetched: datetime | None) -> int:
+    with store.session() as session:
+        user = session.query(User).filter_by(username="owner").one_or_none() or User(username="owner")
+        content = Content(name=name, owner=user)
+        session.add(content)
+        session.flush()
+        session.add(GitRepository(content_id=content.id, repository="https://example.org/x.git",
+                                  branch="main", directory=".", polling=True, last_error="",
+                                  last_known_commit="", last_fetched_time=fetched))
+        return content.id
+
+
+def test_poll_lease_one_node_claims_each_due_item(store: Store, settings: Settings) -> None:
+    settings.git_polling_interval_seconds = 60
+    now = datetime.now(UTC)
+    due = _item(store, "due", None)
+    stale = _item(store, "stale", now - timedelta(seconds=120))
+    fresh = _item(store, "fresh", now - timedelta(seconds=5))
+    a, b = _publisher(store, settings, "node-a"), _publisher(store, settings, "node-b")
+    first = a.claim_due(now)
+    assert sorted(first) == sorted([due, stale])
+    assert b.claim_due(now) == []  # leased by node-a
+    with store.session() as session:
+        nodes = {r.content_id: r.lease_node for r in session.query(GitRepository)}
+    assert nodes == {due: "node-a", stale: "node-a", fresh: None}
+    # Released after a check: not due again until the interval has passed.
+    a._release(due, fetched=True)
+    assert b.claim_due(now + timedelta(seconds=1)) == []
+    # An expired lease (a node that died mid-check) is taken over.
+    later = now + timedelta(seconds=a._lease_seconds() + 1)
+    assert sorted(b.claim_due(later)) == sorted([due, stale, fresh])
+
+
+def test_poll_lease_many_nodes_race_for_one_item(store: Store, settings: Settings) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    item = _item(store, "raced", None)
+    nodes = [_publisher(store, settings, f"node-{i}") for i in range(6)]
+    now = datetime.now(UTC)
+    with ThreadPoolExecutor(6) as pool:
+        claims = list(pool.map(lambda p: p.claim_due(now), nodes))
+    assert sorted(c for claim in claims for c in claim) == [item]
+
+
+def _sign(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def test_webhook_signature_ok_for_github_gitea_gitlab() -> None:
+    body = b'{"ref": "refs/heads/main"}'
+    assert signature_ok("s", body, {"x-hub-signature-256": "sha256=" + _sign("s", body)})
+    assert not signature_ok("s", body, {"x-hub-signature-256": "sha256=" + _sign("t", body)})
+    assert not signature_ok("s", body, {"x-hub-signature-256": _sign("s", body)})  # no prefix
+    assert signature_ok("s", body, {"x-gitea-signature": _sign("s", body)})
+    assert not signature_ok("s", body + b"x", {"x-gitea-signature": _sign("s", body)})
+    assert signature_ok("s", body, {"x-gitlab-token": "s"})
+    assert not signature_ok("s", body, {"x-gitlab-token": "S"})
+    assert not signature_ok("s", body, {})
+    assert pushed_ref(body) == "refs/heads/main" and pushed_ref(b"not json") is None
+    assert ref_matches("refs/heads/main", "main") and ref_matches("refs/tags/v1", "v1")
+    assert not ref_matches("refs/heads/main2", "main")
+
+
+@pytest.mark.parametrize(
+    ("url", "allowed_locally"),
+    [("file:///srv/repo.git", True), ("ssh://git@host/x.git", True), ("/srv/repo", True),
+     ("git@host:x.git", False), ("ftp://host/x.git", False), ("https://u:p@host/x", False)],
+)
+def test_url_problem_refuses_non_http_unless_allowed(url: str, allowed_locally: bool) -> None:
+    assert url_problem("https://example.org/x.git", False) is None
+    assert url_problem(url, False) is not None
+    assert (url_problem(url, True) is None) == allowed_locally
+
+
+def test_scrub_removes_userinfo() -> None:
+    assert scrub("fatal: https://me:tok@host/x.git") == "fatal: https://host/x.git"
+
+
+def test_git_runner_credentials_not_on_command_line_and_local_urls_need_the_setting(tmp_path: Path) -> None:
+    root = tmp_path / "repos"
+    root.mkdir()
+    served = GitHttpServer(root, auth=("u", "tok-123"))
+    try:
+        repo = Repo(root, "r")
+        commit = repo.commit(static_site("hi"))
+        runner = GitRunner(30, allow_local=False)
+        seen: list[list[str]] = []
+        real = subprocess.run
+
+        def spy(args: Any, *rest: Any, **kw: Any) -> Any:
+            if "http-backend" in args:  # the test's own git server
+                return real(args, *rest, **kw)
+            seen.append(list(args))
+            assert kw["env"]["GIT_TERMINAL_PROMPT"] == "0"
+            return real(args, *rest, **kw)
+
+        subprocess.run = spy  # type: ignore[assignment]
+        try:
+            with pytest.raises(GitError, match="refused access"):
+                runner.ls_remote(served.url("r"), "main", None, tmp_path / "s1")
+            assert runner.ls_remote(served.url("r"), "main", GitAuth("u", "tok-123"), tmp_path / "s2") == commit
+        finally:
+            subprocess.run = real  # type: ignore[assignment]
+        assert seen and not any("tok-123" in arg for args in seen for arg in args)
+        assert served.auth_headers[-1].startswith("Basic ")
+        with pytest.raises(GitError, match="git_allow_local_repositories"):
+            runner.ls_remote(f"file://{repo.bare}", "main", None, tmp_path / "s3")
+        local = GitRunner(30, allow_local=True)
+        assert local.ls_remote(f"file://{repo.bare}", "main", None, tmp_path / "s4") == commit
+        assert os.listdir(tmp_path / "s4") == []
+    finally:
+        served.close()
