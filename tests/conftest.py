@@ -155,9 +155,12 @@ class RunningServer:
 
 
 def start_server(
-    data_dir: Path, extra_env: dict[str, str] | None = None, bootstrap: bool = True
+    data_dir: Path, extra_env: dict[str, str] | None = None, bootstrap: bool = True,
+    ports: tuple[int, int] | None = None,
 ) -> RunningServer:
-    port, content_port = free_port(), free_port()
+    """``ports``: the dashboard's and content's (a server started again on its own); free
+    ones by default."""
+    port, content_port = ports or (free_port(), free_port())
     env = dict(os.environ)
     env.pop("PODIUM_CONFIG", None)
     env.update({

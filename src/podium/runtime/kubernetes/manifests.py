@@ -52,6 +52,7 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_CONTENT = "podium.dev/content-guid"
 LABEL_KEY = "podium.dev/job-key"
 LABEL_KIND = "podium.dev/job-kind"
+LABEL_NODE = "podium.dev/node"  # the server node that launched the job (settings.node_id)
 LABEL_SECRET_OF = "podium.dev/secret-of"
 CONTAINER = "job"
 DATA_VOLUME = "podium-data"
@@ -84,6 +85,8 @@ class KubernetesJobConfig:
     read_only_root_filesystem: bool = True
     tmp_size_limit_bytes: int | None = 1024**3
     placement: Placement = Placement()  # the server's; a job's own adds to it
+    # this server node: labels its Jobs, so each replica lists only its own (None: no label)
+    node: str | None = None
 
 
 def job_name(key: str) -> str:
@@ -106,12 +109,15 @@ def label_selector(labels: Mapping[str, str]) -> str:
 
 
 def job_labels(spec: JobSpec, config: KubernetesJobConfig) -> dict[str, str]:
-    return {
+    labels = {
         **selector_labels(config),
         LABEL_CONTENT: spec.content_guid,
         LABEL_KEY: spec.key,
         LABEL_KIND: spec.kind,
     }
+    if config.node:
+        labels[LABEL_NODE] = config.node
+    return labels
 
 
 def cpu_quantity(cores: float) -> str:
