@@ -208,3 +208,37 @@ def test_nodes_kill_moves_duties_and_jobs_to_the_live_node(cluster: Cluster) -> 
     assert served["pid"] == jobs[0].pid, (served, run_jobs(cluster, guid))
     response = requests.get(f"{b.url}/__api__/server_settings", timeout=5)
     assert response.ok
+
+
+def test_nodes_recover_when_the_database_drops_their_connections(cluster: Cluster) -> None:
+    """Every connection of the nodes is cut (as when PostgreSQL restarts): they reconnect
+    and serve again, without a restart, and keep beating and holding their duties."""
+    a = cluster.start(first=True)
+    b = cluster.start()
+    guid = new_app(a)
+    served = content(b, guid)
+    database = make_url(cluster.database_url).database
+
+    def cut() -> int:
+        rows = cluster.rows(
+            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+            "WHERE datname = :db AND pid <> pg_backend_pid()", db=database,
+        )
+        return int(rows[0].n)
+
+    cluster.engine.dispose()  # the test's own connections go too
+    assert cut() > 0
+    before = {row.node_id: row.heartbeat_time for row in cluster.rows("SELECT node_id, heartbeat_time FROM nodes")}
+    for node in (a, b):
+        api = node.api().get(f"{node.url}/__api__/v1/content/{guid}", timeout=10)
+        assert api.status_code == 200, api.text
+    assert content(b, guid)["process"] == served["process"]
+    assert content(a, guid)["pid"] > 0
+
+    def beating() -> bool:
+        now = {row.node_id: row.heartbeat_time for row in cluster.rows("SELECT node_id, heartbeat_time FROM nodes")}
+        return all(now[node] > before[node] for node in before)
+
+    wait_until(beating, seconds=NODE_TIMEOUT_SECONDS)
+    holders = {row.holder for row in cluster.rows("SELECT holder FROM leases WHERE expires_time > now()")}
+    assert holders and holders <= set(before)

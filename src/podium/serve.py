@@ -83,6 +83,9 @@ async def serve(node: Node) -> None:
     await app_task
     waiter.cancel()
     socket_path.unlink(missing_ok=True)
+    for folder in (node.dirs.sockets, node.dirs.root):  # gone when empty (no kept processes)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def run(node: Node) -> None:
