@@ -144,6 +144,12 @@ class RunningServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def ports(self) -> tuple[int, int]:
+        """The dashboard's and the content's port: ``start_server(..., ports=...)`` starts
+        this server again as the same node."""
+        return int(self.url.rpartition(":")[2]), int(self.content_url.rpartition(":")[2])
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()

@@ -98,7 +98,7 @@ class Cluster:
 
     def start(self, first: bool = False, again: RunningServer | None = None) -> RunningServer:
         """A node; ``again``: that (stopped) node started again on its ports."""
-        node = start_server(self.data, self.env, bootstrap=first, ports=ports(again) if again else None)
+        node = start_server(self.data, self.env, bootstrap=first, ports=again.ports if again else None)
         if not first:
             node.admin_key = self.nodes[0].admin_key
             node._keys = self.nodes[0]._keys
@@ -120,11 +120,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     made = Cluster(tmp_path / "data", nodes_database())
     yield made
     made.close()
-
-
-def ports(node: RunningServer) -> tuple[int, int]:
-    """``node``'s ports, to start it again as itself (its node id names its port)."""
-    return int(node.url.rpartition(":")[2]), int(node.content_url.rpartition(":")[2])
 
 
 def new_app(node: RunningServer, **runtime: Any) -> str:

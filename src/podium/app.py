@@ -62,7 +62,7 @@ from podium.runtime import ExecutionBackend, LocalBackend, allocate_port
 from podium.runtime.sandbox import SandboxSupport, probe_sandbox
 from podium.scheduler import Scheduler
 from podium.secrets import EnvVars, SecretBox
-from podium.settings import Settings
+from podium.settings import Settings, SettingsError
 from podium.store import Store
 from podium.targets import AppTargets
 from podium.tasks import ContentLocks, TaskManager
@@ -170,7 +170,14 @@ def build(settings: Settings) -> Node:
 
     layout = DataLayout(settings.data_dir.resolve()).create()
     node_id = settings.effective_node_id
-    dirs = NodeDirs(settings.effective_runtime_dir.resolve()).create()
+    runtime_dir = settings.effective_runtime_dir.resolve()
+    if runtime_dir.is_relative_to(layout.root):
+        raise SettingsError(f"runtime_dir {runtime_dir} is inside data_dir, which several nodes may share; "
+                            "give each node a directory of its own elsewhere")
+    try:
+        dirs = NodeDirs(runtime_dir).create()
+    except (OSError, RuntimeError) as exc:
+        raise SettingsError(f"runtime_dir: {exc}") from exc
     log.info("node %s: runtime dir %s", node_id, dirs.root)
     store = Store(settings.effective_database_url)
     store.migrate()

@@ -114,9 +114,10 @@ class Settings(BaseSettings):
         "server",
         "This node's own directory for its sockets (the app's, content processes'), never on "
         "the shared data volume; created with mode 0700. Empty: a folder named after the "
-        "node id under $XDG_RUNTIME_DIR/podium, else /run/podium when writable, else "
-        "<system temp dir>/podium-<uid>. Keep it short: a unix socket path holds at most 107 "
-        "bytes (content processes whose socket would not fit are reached over TCP).",
+        "node id under $XDG_RUNTIME_DIR/podium, else /run/podium when writable (or /run is), "
+        "else <system temp dir>/podium-<uid>. It may not be inside data_dir. Keep it short: a "
+        "unix socket path holds at most 107 bytes (content processes whose socket would not "
+        "fit are reached over TCP).",
     )
     node_heartbeat_seconds: float = setting(
         2.0,
@@ -835,7 +836,9 @@ class Settings(BaseSettings):
         xdg = os.environ.get("XDG_RUNTIME_DIR", "")
         if xdg and os.path.isabs(xdg) and os.access(xdg, os.W_OK | os.X_OK):
             base = Path(xdg) / "podium"
-        elif os.access("/run/podium", os.W_OK | os.X_OK):
+        elif os.access("/run/podium", os.W_OK | os.X_OK) or (
+            not os.path.exists("/run/podium") and os.access("/run", os.W_OK | os.X_OK)
+        ):  # a tmpfs, emptied at boot: root's, or a service user's given /run/podium
             base = Path("/run/podium")
         else:
             base = Path(tempfile.gettempdir()) / f"podium-{os.getuid()}"
