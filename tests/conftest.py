@@ -144,6 +144,12 @@ class RunningServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def ports(self) -> tuple[int, int]:
+        """The dashboard's and the content's port: ``start_server(..., ports=...)`` starts
+        this server again as the same node."""
+        return int(self.url.rpartition(":")[2]), int(self.content_url.rpartition(":")[2])
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -155,9 +161,12 @@ class RunningServer:
 
 
 def start_server(
-    data_dir: Path, extra_env: dict[str, str] | None = None, bootstrap: bool = True
+    data_dir: Path, extra_env: dict[str, str] | None = None, bootstrap: bool = True,
+    ports: tuple[int, int] | None = None,
 ) -> RunningServer:
-    port, content_port = free_port(), free_port()
+    """``ports``: the dashboard's and content's (a server started again on its own); free
+    ones by default."""
+    port, content_port = ports or (free_port(), free_port())
     env = dict(os.environ)
     env.pop("PODIUM_CONFIG", None)
     env.update({

@@ -459,3 +459,32 @@ def test_kubernetes_job_log_is_kept_after_the_job_is_gone(env: Env, tmp_path: Pa
     assert kept.has("ends") and kept.has("stopped")
     KeptLogs(tmp_path / "kept", 0).prune()  # retention 0: everything older than now goes
     assert not kept.has("ends")
+
+
+def test_kubernetes_each_node_lists_only_its_own_jobs(env: Env) -> None:
+    """Two replicas of one installation (same instance label): each labels its Jobs with
+    its node id and lists (so adopts or deletes after a restart) only those; a node that
+    claimed a dead one still stops the dead one's Jobs by handle."""
+    async def main() -> tuple[list[str], list[str], dict[str, str], JobStatus]:
+        a, b = env.backend(node="node-a"), env.backend(node="node-b")
+        try:
+            mine = await a.launch(spec(SLEEP, key="of-a"))
+            theirs = await b.launch(spec(SLEEP, key="of-b"))
+            for backend, handle in ((a, mine), (b, theirs)):
+                while (await backend.status(handle)).state is not JobState.RUNNING:
+                    await asyncio.sleep(0.05)
+            listed_a = [h.key for h in await a.list_jobs()]
+            listed_b = [h.key for h in await b.list_jobs()]
+            job = env.get(f"/apis/batch/v1/namespaces/{env.namespace}/jobs/of-a")
+            await b.stop(mine, 0)  # node-a died; node-b claimed it
+            return listed_a, listed_b, job["metadata"]["labels"], await b.status(mine)
+        finally:
+            for backend in (a, b):
+                for handle in await backend.list_jobs():
+                    await backend.stop(handle, 0)
+                await backend.close()
+
+    listed_a, listed_b, labels, stopped = asyncio.run(asyncio.wait_for(main(), 30))
+    assert (listed_a, listed_b) == (["of-a"], ["of-b"])
+    assert labels["podium.dev/node"] == "node-a"
+    assert stopped.state is JobState.STOPPED

@@ -252,7 +252,8 @@ def test_kubernetes_restarted_server_adopts_running_jobs(cluster: SimCluster, tm
         first.process.send_signal(signal.SIGKILL)  # a crash: nothing is cleaned up
         first.process.wait()
     assert [j["metadata"]["uid"] for j in run_jobs(cluster, guid)] == [job["metadata"]["uid"]]
-    second = start_server(data, env, bootstrap=False)
+    # The same node again: its node id names its port (settings.node_id), and a node adopts its own.
+    second = start_server(data, env, bootstrap=False, ports=first.ports)
     try:
         second._keys = dict(first._keys)
         body = second.api(key).get(f"{second.url}/content/{guid}/").json()
@@ -263,7 +264,8 @@ def test_kubernetes_restarted_server_adopts_running_jobs(cluster: SimCluster, tm
     # On Kubernetes a clean stop leaves content Jobs for the next server to adopt: content
     # keeps serving through a rolling update (keep_processes_on_shutdown unset).
     assert [j["metadata"]["uid"] for j in run_jobs(cluster, guid)] == [job["metadata"]["uid"]]
-    third = start_server(data, {**env, "PODIUM_KEEP_PROCESSES_ON_SHUTDOWN": "false"}, bootstrap=False)
+    third = start_server(data, {**env, "PODIUM_KEEP_PROCESSES_ON_SHUTDOWN": "false"}, bootstrap=False,
+                         ports=first.ports)
     try:
         third._keys = dict(first._keys)
         body = third.api(key).get(f"{third.url}/content/{guid}/").json()

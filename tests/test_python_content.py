@@ -424,7 +424,8 @@ def test_server_restart_adopts_running_processes(tmp_path: Path) -> None:
         first.process.send_signal(signal.SIGKILL)  # a crash: nothing is cleaned up
         first.process.wait()
     os.kill(pid, 0)  # the app survived its server
-    second = start_server(data, bootstrap=False)
+    # The same node again: its node id names its port (settings.node_id), and a node adopts its own.
+    second = start_server(data, bootstrap=False, ports=first.ports)
     try:
         second._keys = dict(first._keys)
         body = second.api(key).get(f"{second.url}/content/{guid}/").json()

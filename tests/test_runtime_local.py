@@ -350,3 +350,25 @@ def test_local_launch_that_cannot_start_a_supervisor_raises_and_leaves_nothing(
         assert await backend.list_jobs() == []
 
     run(scenario())
+
+
+def test_local_backend_lists_only_its_own_nodes_jobs(tmp_path: Path) -> None:
+    """Job directories may sit on a volume several nodes share: each node lists its own
+    (and jobs recorded before nodes were), never another's."""
+    root = tmp_path / "jobs"
+    a, b = LocalBackend(root, node_id="node-a"), LocalBackend(root, node_id="node-b")
+    legacy = LocalBackend(root)
+
+    async def scenario() -> tuple[list[str], list[str], list[str]]:
+        for backend, key in ((a, "of-a"), (b, "of-b"), (legacy, "of-none")):
+            await backend.launch(spec(SLEEP, key=key))
+        try:
+            return ([h.key for h in await a.list_jobs()], [h.key for h in await b.list_jobs()],
+                    [h.key for h in await legacy.list_jobs()])
+        finally:
+            for backend in (a, b, legacy):
+                await _stop_all(backend)
+
+    listed_a, listed_b, listed_legacy = run(scenario())
+    assert (listed_a, listed_b) == (["of-a", "of-none"], ["of-b", "of-none"])
+    assert listed_legacy == ["of-none"]

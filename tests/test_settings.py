@@ -69,3 +69,47 @@ def test_settings_session_cookie_secure_follows_an_https_public_url(monkeypatch:
     assert load_settings(None, public_url="https://podium.example.com/", session_cookie_secure=False).session_cookie_secure is False
     monkeypatch.setenv("PODIUM_SESSION_COOKIE_SECURE", "true")
     assert load_settings(None, public_url="http://127.0.0.1:3939/").session_cookie_secure is True
+
+
+def test_settings_node_id_and_runtime_dir_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import re
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    (tmp_path / "xdg").mkdir()
+    one = load_settings(None, data_dir=tmp_path / "data", listen="127.0.0.1:4000")
+    other_port = load_settings(None, data_dir=tmp_path / "data", listen="127.0.0.1:4002")
+    other_dir = load_settings(None, data_dir=tmp_path / "elsewhere", listen="127.0.0.1:4000")
+    ids = {one.effective_node_id, other_port.effective_node_id, other_dir.effective_node_id}
+    assert len(ids) == 3  # two nodes on one host differ by port or data dir
+    assert one.effective_node_id == load_settings(None, data_dir=tmp_path / "data", listen="127.0.0.1:4000").effective_node_id
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,61}[A-Za-z0-9]", one.effective_node_id)
+    assert one.effective_node_id.endswith("-4000")
+    # runtime dirs: one per node, in the runtime dir, never in the data dir
+    assert one.effective_runtime_dir.parent == tmp_path / "xdg" / "podium"
+    assert one.effective_runtime_dir != other_port.effective_runtime_dir
+    assert not one.effective_runtime_dir.is_relative_to(tmp_path / "data")
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert not one.effective_runtime_dir.is_relative_to(tmp_path / "data")
+    assert len(str(one.effective_runtime_dir / "sockets" / "run-0123456789abcdef" / "app.sock")) < 108
+    given = load_settings(None, node_id="web-1", runtime_dir=tmp_path / "rt")
+    assert (given.effective_node_id, given.effective_runtime_dir) == ("web-1", tmp_path / "rt")
+
+
+@pytest.mark.parametrize("values", [{"node_id": "has space"}, {"node_id": "x" * 64},
+                                    {"node_heartbeat_seconds": 5, "node_timeout_seconds": 6}])
+def test_settings_node_values_are_checked(values: dict[str, object]) -> None:
+    with pytest.raises(SettingsError):
+        load_settings(None, **values)
+
+
+def test_settings_runtime_dir_inside_the_data_dir_is_refused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "podium", "serve", "--data-dir", str(tmp_path / "data")],
+        env={"PATH": "/usr/bin:/bin", "PODIUM_RUNTIME_DIR": str(tmp_path / "data" / "run")},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "runtime_dir" in done.stderr and "inside data_dir" in done.stderr

@@ -58,7 +58,9 @@ from podium.git.remote import GitRunner
 from podium.handoff import Handoff
 from podium.isolation import Isolation
 from podium.jobs import JobRunner
-from podium.layout import DataLayout
+from podium.layout import DataLayout, NodeDirs
+from podium.leases import Leases
+from podium.nodes import DeadNode, NodeHeartbeat
 from podium.proxy import routes as content_routes
 from podium.proxy.router import ContentRouter
 from podium.render import Renderer, fail_interrupted_renderings
@@ -69,7 +71,7 @@ from podium.runtime.sandbox import SandboxSupport, probe_sandbox
 from podium.runtime.transfer import TransferTokens
 from podium.scheduler import Scheduler
 from podium.secrets import EnvVars, SecretBox
-from podium.settings import Settings
+from podium.settings import Settings, SettingsError
 from podium.store import Store
 from podium.targets import AppTargets
 from podium.tasks import ContentLocks, TaskManager
@@ -78,6 +80,10 @@ from podium.urls import Urls
 
 log = logging.getLogger(__name__)
 API = "/__api__"
+# Duties one node of several does at a time, each under a lease of this name (podium.leases).
+DUTY_MINIMUMS = "scheduler-minimums"  # keeping content's min_processes running
+DUTY_SCHEDULES = "render-schedules"  # starting due scheduled renders
+DUTIES = (DUTY_MINIMUMS, DUTY_SCHEDULES)
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ class Node:
     settings: Settings
     store: Store
     layout: DataLayout
+    dirs: NodeDirs
+    heartbeat: NodeHeartbeat
     urls: Urls
     changes: Changes
     env_vars: EnvVars
@@ -112,7 +120,7 @@ def make_backend(
 ) -> ExecutionBackend:
     """The local backend, or the Kubernetes one when ``kubernetes_enabled`` is set."""
     if not settings.kubernetes_enabled:
-        return LocalBackend(layout.jobs)
+        return LocalBackend(layout.jobs, node_id=settings.effective_node_id)
     # Imported here: the Kubernetes client (aiohttp) adds half a second to every start.
     from podium.runtime import Placement
     from podium.runtime.kubernetes.backend import KubernetesBackend
@@ -138,6 +146,7 @@ def make_backend(
         run_as_user=settings.kubernetes_run_as_user,
         run_as_group=settings.kubernetes_run_as_group,
         tmp_size_limit_bytes=settings.kubernetes_tmp_size_limit_bytes or None,
+        node=settings.effective_node_id,
         placement=Placement(
             node_selector=dict(settings.kubernetes_node_selector),
             tolerations=tuple(settings.kubernetes_tolerations),
@@ -179,8 +188,21 @@ def build(settings: Settings) -> Node:
     from uv import find_uv_bin
 
     layout = DataLayout(settings.data_dir.resolve()).create()
+    node_id = settings.effective_node_id
+    runtime_dir = settings.effective_runtime_dir.resolve()
+    if runtime_dir.is_relative_to(layout.root):
+        raise SettingsError(f"runtime_dir {runtime_dir} is inside data_dir, which several nodes may share; "
+                            "give each node a directory of its own elsewhere")
+    try:
+        dirs = NodeDirs(runtime_dir).create()
+    except (OSError, RuntimeError) as exc:
+        raise SettingsError(f"runtime_dir: {exc}") from exc
+    log.info("node %s: runtime dir %s", node_id, dirs.root)
     store = Store(settings.effective_database_url)
     store.migrate()
+    leases = Leases(store, node_id, settings.node_timeout_seconds)
+    for duty in DUTIES:
+        leases.want(duty)
     urls = Urls.from_settings(settings)
     changes = Changes()
     box = SecretBox.from_file(settings.effective_secret_key_file)
@@ -188,8 +210,8 @@ def build(settings: Settings) -> Node:
     handoff = Handoff(box.derive("content-pass"), settings.content_session_lifetime_seconds)
     tokens = TransferTokens(layout.root)
     backend = make_backend(settings, layout, urls, tokens)
-    jobs = JobRunner(store, backend)
-    tasks = TaskManager(store)
+    jobs = JobRunner(store, backend, node_id)
+    tasks = TaskManager(store, node_id)
     locks = ContentLocks()
     installations = discover_pythons(settings.python_installations)
     log.info("Python installations: %s", ", ".join(f"{i.version_text} ({i.path})" for i in installations) or "none")
@@ -207,12 +229,19 @@ def build(settings: Settings) -> Node:
     targets = AppTargets(store, settings, layout, env_vars, urls, isolation)
     socket_dir, listen_host = None, "$(POD_IP)"  # pods: bind the pod IP, as the kubelet expands it
     if not settings.kubernetes_enabled:  # processes on this host: reach them by unix socket
-        socket_dir, listen_host = layout.run / "sockets", "127.0.0.1"
-        socket_dir.mkdir(parents=True, exist_ok=True)
-        socket_dir.chmod(0o700)
+        socket_dir, listen_host = dirs.sockets, "127.0.0.1"
     scheduler = Scheduler(
         jobs, str(write_runner(layout.runtime)), targets.content_env, settings.stop_grace_seconds,
         allocate_port, socket_dir, listen_host, warm_targets=targets.warm_targets,
+        keeps_minimums=lambda: leases.held(DUTY_MINIMUMS),
+    )
+
+    async def clean_dead(dead: DeadNode) -> None:
+        why = f"its server node {dead.node_id} stopped responding"
+        await jobs.clean(dead.job_keys, why, settings.stop_grace_seconds)
+
+    heartbeat = NodeHeartbeat(
+        store, node_id, leases, settings.node_heartbeat_seconds, settings.node_timeout_seconds, clean_dead
     )
     renderer = Renderer(store, settings, layout, jobs, env_vars, urls, isolation)
     router = ContentRouter(
@@ -229,6 +258,8 @@ def build(settings: Settings) -> Node:
         settings=settings,
         store=store,
         layout=layout,
+        dirs=dirs,
+        heartbeat=heartbeat,
         urls=urls,
         changes=changes,
         env_vars=env_vars,
@@ -286,19 +317,24 @@ def create_app(node: Node) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        node.heartbeat.register()
         node.tasks.fail_interrupted()
-        fail_interrupted_renderings(node.store)
+        fail_interrupted_renderings(node.store, node.heartbeat.node_id)
         await node.scheduler.adopt(node.targets.wanted_target)
         node.scheduler.start()
+        leases = node.heartbeat.leases
         render_schedules = ScheduleRunner(
-            node.store, settings.schedule_poll_seconds, node.render_tasks.run_scheduled
+            node.store, settings.schedule_poll_seconds, node.render_tasks.run_scheduled,
+            on_duty=lambda: leases.held(DUTY_SCHEDULES),
         )
+        node.heartbeat.start()
         render_schedules.start()
         node.throttle.start()
         if settings.git_enabled:
             node.git.start()
         log.info("Podium %s serving on %s", __version__, settings.listen)
         yield
+        await node.heartbeat.close()  # first: its duties move to another node at once
         await node.git.close()
         await node.throttle.close()
         await render_schedules.close()

@@ -65,7 +65,11 @@ def serve(
 
     settings = _settings(config, data_dir=data_dir, listen=listen)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    node = build(settings)
+    try:
+        node = build(settings)
+    except SettingsError as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2) from None
     if settings.bootstrap_admin_on_first_start and not has_users(node.store):
         account = bootstrap_admin(node.store)
         _err(

@@ -33,10 +33,15 @@ def new_job_key(kind: str) -> str:
 
 
 class JobRunner:
-    def __init__(self, store: Store, backend: ExecutionBackend) -> None:
+    """Launches and ends jobs for one server node, ``node_id``, which owns every job it
+    launches (recorded on the job): it alone stops, adopts or deletes them, until it dies
+    and another node takes them over (:mod:`podium.nodes`)."""
+
+    def __init__(self, store: Store, backend: ExecutionBackend, node_id: str | None = None) -> None:
         self.store = store
         self.backend = backend
         self.hostname = socket.gethostname()
+        self.node_id = node_id
 
     async def launch(
         self,
@@ -56,7 +61,7 @@ class JobRunner:
                 Job(
                     key=spec.key, content_id=content_id, bundle_id=bundle_id, kind=spec.kind,
                     tag=tag, backend=self.backend.name, hostname=self.hostname, image=spec.image,
-                    meta=meta or {},
+                    meta=meta or {}, node_id=self.node_id,
                 )
             )
         try:
@@ -131,8 +136,30 @@ class JobRunner:
         return status
 
     def active_rows(self) -> list[Job]:
+        """This node's active jobs."""
         with self.store.session() as session:
-            return list(session.scalars(select(Job).where(Job.status == 0)))
+            return list(session.scalars(select(Job).where(Job.status == 0, Job.node_id == self.node_id)))
+
+    def active_keys(self) -> set[str]:
+        """The keys of every node's active jobs."""
+        with self.store.session() as session:
+            return set(session.scalars(select(Job.key).where(Job.status == 0)))
+
+    async def clean(self, keys: tuple[str, ...], why: str, grace_seconds: float) -> None:
+        """End the jobs ``keys`` taken over from a dead node: stopped where this node can
+        reach them (Kubernetes; local processes on this host), else recorded as lost."""
+        with self.store.session() as session:
+            rows = list(session.scalars(select(Job).where(Job.key.in_(keys), Job.status == 0)))
+        for row in rows:
+            handle = handle_of(row)
+            reachable = row.backend != "local" or row.hostname == self.hostname
+            try:
+                if handle is not None and reachable:
+                    await self.backend.stop(handle, grace_seconds)
+            except Exception:
+                log.exception("job %s of content %s: could not stop it", row.key, row.content_id)
+            self.record_end(row.key, JobStatus(JobState.FAILED, reason="Lost", message=why))
+            log.info("job %s of content %s cleaned up: %s", row.key, row.content_id, why)
 
 
 def handle_of(job: Job) -> JobHandle | None:

@@ -10,11 +10,18 @@ API, the services and the wiring agree on them:
 - ``jobs/<key>/``: each job's log and records (local backend);
 - ``outputs/<content id>/<rendering id>/``: rendered documents;
 - ``home/<content guid>/``: the ``HOME`` of a content's processes;
-- ``runtime/``: the app runner script; ``run/``: sockets; ``tmp/``: uploads in progress.
+- ``runtime/``: the app runner script; ``tmp/``: uploads in progress (on the data
+  volume, so a finished upload is renamed into place).
+
+One :class:`NodeDirs` names what belongs to one server node alone, in its runtime dir
+(``settings.runtime_dir``), never on the data volume that several nodes share: the
+app's socket and content processes' sockets.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +53,6 @@ class DataLayout:
     def runtime(self) -> Path:
         return self.root / "runtime"
 
-    @property
-    def run(self) -> Path:
-        return self.root / "run"
-
     def bundle_archive(self, content_id: int, bundle_id: int) -> Path:
         return self.root / "bundles" / str(content_id) / f"{bundle_id}.tar.gz"
 
@@ -74,3 +77,36 @@ class DataLayout:
         path = self.root / "tmp"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+@dataclass(frozen=True)
+class NodeDirs:
+    """One node's own runtime dir (sockets), kept apart from every other node's."""
+
+    root: Path
+
+    def create(self) -> NodeDirs:
+        """Make the runtime dir (mode 0700) and check that it is a directory of this user's
+        alone, not a link: in a shared temp dir another user could have made it first."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = os.lstat(self.root)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            raise RuntimeError(
+                f"the runtime dir {self.root} is not a directory owned by this user (uid "
+                f"{os.geteuid()}); remove it or set runtime_dir"
+            )
+        self.root.chmod(0o700)
+        self.sockets.mkdir(exist_ok=True, mode=0o700)
+        self.sockets.chmod(0o700)
+        return self
+
+    @property
+    def app_socket(self) -> Path:
+        """The unix socket the front reaches the API app on."""
+        return self.root / "app.sock"
+
+    @property
+    def sockets(self) -> Path:
+        """Content processes' unix sockets (``<job key>.sock``, or ``<job key>/app.sock``
+        for a sandboxed process, whose folder alone is bound into its sandbox)."""
+        return self.root / "sockets"

@@ -174,12 +174,17 @@ class Scheduler:
         socket_dir: Path | None = None,
         listen_host: str = "127.0.0.1",
         warm_targets: Callable[[], list[AppTarget]] | None = None,
+        keeps_minimums: Callable[[], bool] | None = None,
     ) -> None:
         """``env_factory``: the environment of a new process of a target. ``socket_dir``:
         where processes on this host also listen on unix sockets (the local backend; None
         where the proxy reaches processes over the network). ``listen_host``: the address
         processes bind (see :func:`podium.apps.launch_plan`). ``warm_targets``: the targets
-        that keep ``min_processes`` running (asked every few seconds; None: none)."""
+        that keep ``min_processes`` running (asked every few seconds; None: none).
+        ``keeps_minimums``: whether this node keeps them now (the node holding the
+        ``scheduler-minimums`` lease, so one node of several does; None: always). Idle
+        extras and crashed processes are each node's own business: a node only ever
+        reaps the processes it launched, so that needs no lease."""
         self.jobs = jobs
         self.socket_dir = socket_dir
         self.listen_host = listen_host
@@ -191,6 +196,7 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self.warm_targets = warm_targets
+        self.keeps_minimums = keeps_minimums
 
     # --- requests -----------------------------------------------------------------------
 
@@ -396,7 +402,8 @@ class Scheduler:
         while True:
             try:
                 await self.tick()
-                if self.warm_targets is not None and time.monotonic() - last_warm > warm_every:
+                on_duty = self.keeps_minimums is None or self.keeps_minimums()
+                if self.warm_targets is not None and on_duty and time.monotonic() - last_warm > warm_every:
                     last_warm = time.monotonic()
                     for target in await asyncio.to_thread(self.warm_targets):
                         self.keep_warm(target)
@@ -446,7 +453,8 @@ class Scheduler:
                 pool.retired = True
 
     async def adopt(self, want: Callable[[int, int | None, str], AppTarget | None]) -> None:
-        """After a restart: adopt run jobs that still run and are wanted, stop the rest.
+        """After a restart: adopt this node's run jobs that still run and are wanted, stop
+        the rest of its jobs, and jobs of this node's backend that no node recorded.
 
         ``want(content_id, bundle_id, base_path)`` returns the target a job should
         serve, or ``None`` when it is no longer wanted.
@@ -481,6 +489,7 @@ class Scheduler:
             pool.processes.append(process)
             log.info("adopted process %s of content %s", row.key, target.content_guid)
             self._background(self._wait_ready(pool, process))
+        known |= await asyncio.to_thread(self.jobs.active_keys)
         for handle in await self.jobs.backend.list_jobs():
             if handle.key not in known:
                 log.warning("stopping unknown job %s found running", handle.key)

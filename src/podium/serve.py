@@ -33,9 +33,8 @@ class _AppServer(uvicorn.Server):
 
 async def serve(node: Node) -> None:
     settings = node.settings
-    run_dir = node.layout.run
-    run_dir.mkdir(parents=True, exist_ok=True)
-    socket_path = run_dir / "app.sock"
+    # This node's own socket, in its own runtime dir: another node's is never touched.
+    socket_path = node.dirs.app_socket
     socket_path.unlink(missing_ok=True)
     app_server = _AppServer(
         uvicorn.Config(
@@ -84,6 +83,9 @@ async def serve(node: Node) -> None:
     await app_task
     waiter.cancel()
     socket_path.unlink(missing_ok=True)
+    for folder in (node.dirs.sockets, node.dirs.root):  # gone when empty (no kept processes)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def run(node: Node) -> None:

@@ -11,6 +11,11 @@ commented, from these declarations.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import socket
+import tempfile
 import tomllib
 import urllib.parse
 from pathlib import Path
@@ -26,6 +31,10 @@ from podium.resources import GpuPolicy, JobPolicy, ResourcePolicy, service_accou
 
 class SettingsError(Exception):
     """A settings file or value that cannot be used; the message says what to fix."""
+
+
+# a Kubernetes label value: https://kubernetes.io/docs/concepts/overview/working-with-objects/labels/
+_NODE_ID = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")
 
 
 def setting(default: Any, section: str, help: str, **kwargs: Any) -> Any:
@@ -89,6 +98,43 @@ class Settings(BaseSettings):
     )
     shutdown_grace_seconds: float = setting(
         10.0, "server", "On SIGTERM, how long open requests may finish before the server stops."
+    )
+
+    node_id: str = setting(
+        "",
+        "server",
+        "This server node's name, recorded on every job, task and rendering it launches and "
+        "on its heartbeat row: a node stops, adopts and deletes only its own jobs. At most 63 "
+        "characters of [A-Za-z0-9._-] (it labels Kubernetes Jobs). Empty: <hostname>-<8 hex "
+        "digits of the data dir's path>-<listen port>, the same on every restart of one node. "
+        "Several nodes sharing one database must have different ids.",
+    )
+    runtime_dir: Path | None = setting(
+        None,
+        "server",
+        "This node's own directory for its sockets (the app's, content processes'), never on "
+        "the shared data volume; created with mode 0700. Empty: a folder named after the "
+        "node id under $XDG_RUNTIME_DIR/podium, else /run/podium when writable (or /run is), "
+        "else <system temp dir>/podium-<uid>. It may not be inside data_dir. Keep it short: a "
+        "unix socket path holds at most 107 bytes (content processes whose socket would not "
+        "fit are reached over TCP).",
+    )
+    node_heartbeat_seconds: float = setting(
+        2.0,
+        "server",
+        "How often a node writes its heartbeat row and renews its duty leases (several nodes "
+        "on one database).",
+        gt=0,
+    )
+    node_timeout_seconds: float = setting(
+        10.0,
+        "server",
+        "A node whose heartbeat is older than this is dead: a live node claims it once, stops "
+        "or records as lost its jobs, fails its tasks, and takes over its duties (leases "
+        "expire after this long unless renewed). A duty moves within node_timeout_seconds + "
+        "node_heartbeat_seconds of a crash, at once after a clean stop. Must be at least "
+        "twice node_heartbeat_seconds; nodes' clocks must agree (NTP) to well within it.",
+        gt=0,
     )
 
     # [database]
@@ -760,6 +806,22 @@ class Settings(BaseSettings):
             self.session_cookie_secure = self.public_url.lower().startswith("https://")
         return self
 
+    @field_validator("node_id")
+    @classmethod
+    def _check_node_id(cls, value: str) -> str:
+        if value and not _NODE_ID.fullmatch(value):
+            raise ValueError(
+                "node_id must be 1-63 characters of [A-Za-z0-9._-], starting and ending with a "
+                f"letter or digit; got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_node_timing(self) -> Settings:
+        if self.node_timeout_seconds < 2 * self.node_heartbeat_seconds:
+            raise ValueError("node_timeout_seconds must be at least twice node_heartbeat_seconds")
+        return self
+
     @model_validator(mode="after")
     def _check_resources(self) -> Settings:
         problems = self.resource_policy.problems()
@@ -812,6 +874,32 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'db' / 'podium.sqlite').resolve()}"
+
+    @property
+    def effective_node_id(self) -> str:
+        """``node_id``, or ``<hostname>-<hash of the data dir>-<port>``, fit for a label."""
+        if self.node_id:
+            return self.node_id
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:8]
+        host = re.sub(r"[^A-Za-z0-9.-]+", "-", socket.gethostname()).strip("-.")[:40] or "node"
+        return f"{host}-{digest}-{self.port}"
+
+    @property
+    def effective_runtime_dir(self) -> Path:
+        """``runtime_dir``, or this node's folder in the system's runtime dir (never the
+        data dir): short, so socket paths under it fit a unix socket address."""
+        if self.runtime_dir is not None:
+            return self.runtime_dir
+        xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+        if xdg and os.path.isabs(xdg) and os.access(xdg, os.W_OK | os.X_OK):
+            base = Path(xdg) / "podium"
+        elif os.access("/run/podium", os.W_OK | os.X_OK) or (
+            not os.path.exists("/run/podium") and os.access("/run", os.W_OK | os.X_OK)
+        ):  # a tmpfs, emptied at boot: root's, or a service user's given /run/podium
+            base = Path("/run/podium")
+        else:
+            base = Path(tempfile.gettempdir()) / f"podium-{os.getuid()}"
+        return base / hashlib.sha256(self.effective_node_id.encode()).hexdigest()[:12]
 
     @property
     def effective_public_url(self) -> str:

@@ -73,14 +73,17 @@ class ContentLocks:
 
 
 class TaskManager:
-    def __init__(self, store: Store) -> None:
+    """Runs tasks on this node (``node_id``, recorded on each task it creates)."""
+
+    def __init__(self, store: Store, node_id: str | None = None) -> None:
         self.store = store
+        self.node_id = node_id
         self._events: dict[str, asyncio.Event] = {}
         self._running: set[asyncio.Task[None]] = set()
 
     def create(self, kind: str, user_id: int | None, content_id: int | None) -> str:
         with self.store.session() as session:
-            task = Task(kind=kind, user_id=user_id, content_id=content_id)
+            task = Task(kind=kind, user_id=user_id, content_id=content_id, node_id=self.node_id)
             session.add(task)
             session.flush()
             return task.id
@@ -157,11 +160,12 @@ class TaskManager:
                 self._events.pop(task_id, None)
 
     def fail_interrupted(self) -> int:
-        """Tasks left running by a stopped server can never finish: say so. Returns how many."""
+        """Tasks this node left running when it stopped can never finish: say so (another
+        node's are its own, or the claimer's of a dead node). Returns how many."""
         with self.store.session() as session:
             done = session.execute(
                 update(Task)
-                .where(Task.finished.is_(False))
+                .where(Task.finished.is_(False), Task.node_id == self.node_id)
                 .values(
                     finished=True,
                     code=1,

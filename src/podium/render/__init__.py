@@ -77,13 +77,13 @@ def latest_rendering(session: Session, content_id: int, bundle_id: int) -> Rende
     )
 
 
-def fail_interrupted_renderings(store: Store) -> int:
-    """Renderings left running by a stopped server can never finish (their jobs are
-    stopped at start, see ``Scheduler.adopt``): record them as failed. Returns how many."""
+def fail_interrupted_renderings(store: Store, node_id: str | None = None) -> int:
+    """Renderings left running by this node when it stopped can never finish (their jobs
+    are stopped at start, see ``Scheduler.adopt``): record them as failed. Returns how many."""
     with store.session() as session:
         done = session.execute(
             update(Rendering)
-            .where(Rendering.status == "running")
+            .where(Rendering.status == "running", Rendering.node_id == node_id)
             .values(status="failed", error="The server stopped while this render ran.", end_time=utcnow())
         )
         return int(getattr(done, "rowcount", 0) or 0)
@@ -142,7 +142,8 @@ class Renderer:
         The caller holds the content's deploy lock.
         """
         with self.store.session() as session:
-            rendering = Rendering(content_id=content_id, bundle_id=bundle_id, reason=reason, activated=activate)
+            rendering = Rendering(content_id=content_id, bundle_id=bundle_id, reason=reason, activated=activate,
+                                  node_id=self.jobs.node_id)
             session.add(rendering)
             session.flush()
             rendering_id = rendering.id

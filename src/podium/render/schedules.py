@@ -166,16 +166,22 @@ def claim(store: Store, schedule_id: int, expected: datetime, following: datetim
 
 
 class ScheduleRunner:
-    """Every ``poll_seconds``, claims due schedules and starts their renders."""
+    """Every ``poll_seconds``, claims due schedules and starts their renders.
+
+    ``on_duty`` says whether this node runs schedules now (the node holding the
+    ``render-schedules`` lease, :mod:`podium.leases`); None: always. Each due run is
+    claimed in the database besides, so it runs once even when two nodes look."""
 
     def __init__(
         self, store: Store, poll_seconds: float, run: Callable[[int], None],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        on_duty: Callable[[], bool] | None = None,
     ) -> None:
         self.store = store
         self.poll_seconds = poll_seconds
         self.run = run  # starts a render of a content id
         self.clock = clock
+        self.on_duty = on_duty
         self._task: asyncio.Task[None] | None = None
 
     def due(self) -> list[int]:
@@ -198,8 +204,9 @@ class ScheduleRunner:
     async def _loop(self) -> None:
         while True:
             try:
-                for content_id in await asyncio.to_thread(self.due):
-                    self.run(content_id)
+                if self.on_duty is None or self.on_duty():
+                    for content_id in await asyncio.to_thread(self.due):
+                        self.run(content_id)
             except Exception:
                 log.exception("render schedules: a pass failed; trying again")
             await asyncio.sleep(self.poll_seconds)

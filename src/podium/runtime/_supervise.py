@@ -205,6 +205,7 @@ class Supervisor:
             "key": self.payload["key"],
             "kind": self.payload["kind"],
             "content_guid": self.payload["content_guid"],
+            "node": self.payload.get("node"),  # the server node that launched it
             "job_dir": self.job_dir,
             "log_path": os.path.join(self.job_dir, LOG),
             "port": self.payload["port"],

@@ -404,9 +404,12 @@ class ExecutionBackend(Protocol):
         ...
 
     async def list_jobs(self) -> list[JobHandle]:
-        """Handles of every job of this backend that is still active, including jobs
-        launched by an earlier server process, so a restarted server can adopt the ones
-        it wants and stop the others."""
+        """Handles of every job of this backend that is still active and was launched by
+        this server node (the backend's node id; jobs launched before nodes were recorded
+        count as its own), including jobs launched by an earlier process of this node, so
+        a restarted node can adopt the ones it wants and stop the others. Another node's
+        jobs are never listed: that node alone stops them (or, once it is dead, the node
+        that claimed it, by handle)."""
         ...
 
     async def update_content_secrets(self, content_guid: str, changes: Mapping[str, str | None]) -> None:

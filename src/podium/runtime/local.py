@@ -84,7 +84,9 @@ def allocate_port(host: str = LOCALHOST) -> int:
 class LocalBackend:
     """Runs jobs as supervised host processes; job directories live under ``root``.
 
-    ``cgroup_root`` is where cgroup hierarchies are mounted; ``python`` runs the
+    ``node_id`` is the server node launching jobs here: :meth:`list_jobs` lists only its
+    own (and jobs recorded before nodes were), as the job directories may be on a volume
+    several nodes share. ``cgroup_root`` is where cgroup hierarchies are mounted; ``python`` runs the
     supervisor (any Python 3.11+, standard library only); ``bwrap`` and
     ``system_dirs`` are what sandboxed jobs run in and see of the host.
     """
@@ -95,12 +97,14 @@ class LocalBackend:
         self,
         root: Path,
         *,
+        node_id: str | None = None,
         cgroup_root: str = cgroups.CGROUP_ROOT,
         python: str = sys.executable,
         bwrap: str = sandbox.BWRAP,
         system_dirs: tuple[str, ...] = sandbox.SYSTEM_DIRS,
     ) -> None:
         self.root = Path(root)
+        self.node_id = node_id
         self.cgroup_root = cgroup_root
         self.python = python
         self.bwrap = bwrap
@@ -159,6 +163,7 @@ class LocalBackend:
                 "key": spec.key,
                 "kind": spec.kind,
                 "content_guid": spec.content_guid,
+                "node": self.node_id,
                 "job_dir": str(job_dir),
                 **job,
                 "port": port,
@@ -281,7 +286,9 @@ class LocalBackend:
         handles = []
         for job_dir in job_dirs:
             record = read_json(str(job_dir / RECORD))
-            if record is not None and self._active(job_dir, record):
+            if record is None or record.get("node") not in (None, self.node_id):
+                continue  # another node's job: its pid means nothing on this host
+            if self._active(job_dir, record):
                 handles.append(self._handle(record))
         return handles
 

@@ -201,6 +201,8 @@ class Task(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # the server node running it (settings.node_id); None: from before nodes were recorded
+    node_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class TaskLine(Base):
@@ -252,6 +254,9 @@ class Job(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str] = mapped_column(Text, default="")
     hostname: Mapped[str] = mapped_column(String(256), default="")
+    # the server node that launched it and alone stops, adopts or deletes it (settings.node_id);
+    # None: from before nodes were recorded (the first node to start claims it)
+    node_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     backend: Mapped[str] = mapped_column(String(32))
     handle: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     image: Mapped[str | None] = mapped_column(String(512), nullable=True)
@@ -337,6 +342,7 @@ class Rendering(Base):
     primary_file: Mapped[str] = mapped_column(String(1024), default="index.html")
     start_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     end_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    node_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the node rendering it
 
 
 class Schedule(Base):
@@ -547,6 +553,8 @@ class OAuthAssociation(Base):
 
     content: Mapped[Content] = relationship()
     integration: Mapped[OAuthIntegration] = relationship()
+
+
 class GitRepository(Base):
     """Where git-backed content comes from (Connect's GitLocation), what the last fetch
     found, the push-webhook secret, and the poll lease: a node holds ``lease_node`` until
@@ -580,3 +588,30 @@ class GitCredential(Base):
     username: Mapped[str] = mapped_column(String(255), default="")
     secret_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
     created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ServerNode(Base):
+    """A server node's heartbeat (:mod:`podium.nodes`): written every
+    ``node_heartbeat_seconds``; older than ``node_timeout_seconds``, the node is dead and
+    the first live node to set ``claimed_by`` cleans up after it."""
+
+    __tablename__ = "nodes"
+
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(256), default="")
+    started_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    claimed_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class LeaseRow(Base):
+    """A duty only one node may do at a time (:mod:`podium.leases`): held by ``holder``
+    until ``expires_time`` unless renewed."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    acquired_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -51,6 +51,7 @@ from podium.runtime.kubernetes.keptlogs import KeptLogs
 from podium.runtime.kubernetes.manifests import (
     LABEL_KEY,
     LABEL_KIND,
+    LABEL_NODE,
     KubernetesJobConfig,
     content_secret_manifest,
     content_secret_name,
@@ -440,8 +441,11 @@ class KubernetesBackend:
         _, jobs, _ = await self._ready()
         handles = []
         for job in sorted(jobs.objects.values(), key=lambda j: str(j["metadata"].get("creationTimestamp"))):
-            if job["metadata"].get("deletionTimestamp") or LABEL_KEY not in job["metadata"].get("labels", {}):
+            labels = job["metadata"].get("labels", {})
+            if job["metadata"].get("deletionTimestamp") or LABEL_KEY not in labels:
                 continue
+            if labels.get(LABEL_NODE, self.config.node) != self.config.node:
+                continue  # another replica's: it alone adopts or deletes it
             handle = self._handle(job)
             if (await self.status(handle)).state.active:
                 handles.append(handle)

@@ -54,6 +54,7 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_CONTENT = "podium.dev/content-guid"
 LABEL_KEY = "podium.dev/job-key"
 LABEL_KIND = "podium.dev/job-kind"
+LABEL_NODE = "podium.dev/node"  # the server node that launched the job (settings.node_id)
 LABEL_SECRET_OF = "podium.dev/secret-of"
 CONTAINER = "job"
 FETCH_CONTAINER = "fetch"
@@ -95,6 +96,8 @@ class KubernetesJobConfig:
     transfer_url: str = ""
     transfer_token_ttl_seconds: float = 900.0  # fetch: covers scheduling and image pulls
     transfer_upload_ttl_seconds: float = 86400.0  # upload: covers the job's whole run
+    # this server node: labels its Jobs, so each replica lists only its own (None: no label)
+    node: str | None = None
 
 
 def job_name(key: str) -> str:
@@ -117,12 +120,15 @@ def label_selector(labels: Mapping[str, str]) -> str:
 
 
 def job_labels(spec: JobSpec, config: KubernetesJobConfig) -> dict[str, str]:
-    return {
+    labels = {
         **selector_labels(config),
         LABEL_CONTENT: spec.content_guid,
         LABEL_KEY: spec.key,
         LABEL_KIND: spec.kind,
     }
+    if config.node:
+        labels[LABEL_NODE] = config.node
+    return labels
 
 
 def cpu_quantity(cores: float) -> str:

@@ -1,0 +1,159 @@
+"""Server nodes on one database: heartbeats, dead-node hand-over, duty lease renewal.
+
+Every node writes its row in ``nodes`` each ``heartbeat_seconds``
+(:class:`NodeHeartbeat`). A node whose heartbeat is older than ``timeout_seconds`` is
+dead. Each live node, at each heartbeat, tries to claim the dead ones with one
+conditional ``UPDATE`` (``claimed_by`` still empty and the heartbeat still old), so
+exactly one node claims each death; in the same transaction the claimer takes over the
+dead node's active job rows (they become its own, so a claimer that dies in turn hands
+them on), fails its unfinished tasks and renderings, and is then told which jobs to
+clean (:attr:`NodeHeartbeat.on_dead`). A node that starts again under its id takes its
+row back (the claim is cleared) and adopts what is still its own.
+
+The heartbeat also renews this node's wanted duty leases (:class:`podium.leases.Leases`)
+and, on a clean stop, releases them so another node takes its duties at its next beat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from podium.leases import Leases
+from podium.store import Store
+from podium.store.models import Job, Rendering, ServerNode, Task, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeadNode:
+    """A dead node this node claimed, and the keys of the active jobs it took over."""
+
+    node_id: str
+    hostname: str
+    job_keys: tuple[str, ...]
+
+
+class NodeHeartbeat:
+    """This node's row in ``nodes``, its leases' renewal, and the claim of dead nodes."""
+
+    def __init__(
+        self,
+        store: Store,
+        node_id: str,
+        leases: Leases,
+        heartbeat_seconds: float,
+        timeout_seconds: float,
+        on_dead: Callable[[DeadNode], Awaitable[None]] | None = None,
+    ) -> None:
+        self.store = store
+        self.node_id = node_id
+        self.hostname = socket.gethostname()
+        self.leases = leases
+        self.heartbeat_seconds = heartbeat_seconds
+        self.timeout_seconds = timeout_seconds
+        self.on_dead = on_dead
+        self._task: asyncio.Task[None] | None = None
+
+    def register(self) -> None:
+        """Write this node's row (taking it back after a restart) and claim the job,
+        task and rendering rows recorded before nodes were (no node id)."""
+        now = utcnow()
+        with self.store.session() as session:
+            row = session.get(ServerNode, self.node_id)
+            if row is None:
+                session.add(ServerNode(node_id=self.node_id, hostname=self.hostname, started_time=now,
+                                       heartbeat_time=now))
+            else:
+                row.hostname, row.started_time, row.heartbeat_time = self.hostname, now, now
+                row.claimed_by, row.claimed_time = None, None
+        with self.store.session() as session:
+            for model in (Job, Task, Rendering):
+                session.execute(update(model).where(model.node_id.is_(None)).values(node_id=self.node_id))
+
+    def beat(self) -> None:
+        with self.store.session() as session:
+            done = session.execute(
+                update(ServerNode).where(ServerNode.node_id == self.node_id)
+                .values(heartbeat_time=utcnow(), claimed_by=None, claimed_time=None)
+            )
+        if not getattr(done, "rowcount", 1):  # the row was removed: write it again
+            try:
+                self.register()
+            except IntegrityError:
+                pass
+
+    def claim_dead(self) -> list[DeadNode]:
+        """Claim every node dead for ``timeout_seconds`` that no node claimed yet (once
+        each, whichever node asks first) and take over its rows."""
+        cutoff = utcnow() - timedelta(seconds=self.timeout_seconds)
+        with self.store.session() as session:
+            candidates = list(session.scalars(select(ServerNode.node_id).where(
+                ServerNode.heartbeat_time < cutoff, ServerNode.claimed_by.is_(None),
+                ServerNode.node_id != self.node_id,
+            )))
+        claimed = []
+        for dead in candidates:
+            with self.store.session() as session:
+                won = session.execute(
+                    update(ServerNode)
+                    .where(ServerNode.node_id == dead, ServerNode.claimed_by.is_(None),
+                           ServerNode.heartbeat_time < cutoff)
+                    .values(claimed_by=self.node_id, claimed_time=utcnow())
+                )
+                if not getattr(won, "rowcount", 0):
+                    continue  # another node was first, or the node came back
+                hostname = session.scalar(select(ServerNode.hostname).where(ServerNode.node_id == dead)) or ""
+                keys = tuple(session.scalars(select(Job.key).where(Job.node_id == dead, Job.status == 0)))
+                session.execute(update(Job).where(Job.node_id == dead, Job.status == 0)
+                                .values(node_id=self.node_id))
+                why = f"The server node {dead} stopped responding while this ran."
+                session.execute(
+                    update(Task).where(Task.node_id == dead, Task.finished.is_(False))
+                    .values(finished=True, code=1, error=why + " Deploy again.", finished_time=utcnow())
+                )
+                session.execute(
+                    update(Rendering).where(Rendering.node_id == dead, Rendering.status == "running")
+                    .values(status="failed", error=why, end_time=utcnow())
+                )
+            log.warning("node %s claimed dead node %s (no heartbeat for %g s); taking over its %d active "
+                        "jobs", self.node_id, dead, self.timeout_seconds, len(keys))
+            claimed.append(DeadNode(dead, hostname, keys))
+        return claimed
+
+    async def round(self) -> None:
+        """One heartbeat: write the row, renew leases, claim and clean up dead nodes."""
+        await asyncio.to_thread(self.beat)
+        await asyncio.to_thread(self.leases.renew)
+        for dead in await asyncio.to_thread(self.claim_dead):
+            if self.on_dead is not None:
+                await self.on_dead(dead)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.round()
+            except Exception:  # the database may be away for a while: keep beating
+                log.exception("node %s: heartbeat failed; retrying", self.node_id)
+            await asyncio.sleep(self.heartbeat_seconds)
+
+    async def close(self) -> None:
+        """Stop beating and give up this node's leases (a clean stop)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await asyncio.to_thread(self.leases.release_all)
+        except Exception:
+            log.exception("node %s: could not release its leases (they expire on their own)", self.node_id)

@@ -1,0 +1,239 @@
+"""Several server nodes: two real ``podium serve`` processes on one PostgreSQL database
+and one shared data dir, as Connect's HA setup shares a data volume.
+
+Each node has its own listeners and its own runtime dir; what they share is the
+database and the data dir. The tests stop one node cleanly, restart it and kill it,
+and check what the other one still serves and what it takes over.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from tests.conftest import POSTGRES_URL, RunningServer, require_postgres, reset_postgres, start_server
+from tests.helpers import deploy, fastapi_bundle
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+
+# Quick failure detection for the tests; the defaults are slower (see the settings).
+HEARTBEAT_SECONDS = 0.5
+NODE_TIMEOUT_SECONDS = 3.0
+
+APP = """
+import os, uuid
+from fastapi import FastAPI
+app = FastAPI()
+PROCESS = uuid.uuid4().hex
+
+@app.get("/")
+def root():
+    return {"pid": os.getpid(), "process": PROCESS}
+"""
+
+
+def nodes_database() -> str:
+    """A database of these tests' own next to the suite's (other tests reset theirs), made
+    empty; the suite's own database when this one may not create another."""
+    require_postgres()
+    url = make_url(POSTGRES_URL)
+    own = url.set(database=f"{url.database}_nodes")
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            if conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": own.database}) is None:
+                conn.execute(text(f'CREATE DATABASE "{own.database}"'))
+    except Exception:
+        own = url
+    finally:
+        admin.dispose()
+    rendered = own.render_as_string(hide_password=False)
+    reset_postgres(rendered)
+    return rendered
+
+
+def wait_until(predicate: Callable[[], Any], seconds: float = 30, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"not true within {seconds} s: {predicate}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split()[2] != "Z"
+
+
+class Cluster:
+    """Nodes sharing a data dir and a database; ``env`` is every node's environment."""
+
+    def __init__(self, data: Path, database_url: str) -> None:
+        self.data = data
+        self.database_url = database_url
+        self.env = {
+            "PODIUM_DATABASE_URL": database_url,
+            "PODIUM_NODE_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
+            "PODIUM_NODE_TIMEOUT_SECONDS": str(NODE_TIMEOUT_SECONDS),
+            # the sandbox is tested elsewhere; here it would only slow the starts down
+            "PODIUM_SANDBOX": "off",
+        }
+        self.nodes: list[RunningServer] = []
+        self.engine = create_engine(database_url)
+
+    def start(self, first: bool = False, again: RunningServer | None = None) -> RunningServer:
+        """A node; ``again``: that (stopped) node started again on its ports."""
+        node = start_server(self.data, self.env, bootstrap=first, ports=again.ports if again else None)
+        if not first:
+            node.admin_key = self.nodes[0].admin_key
+            node._keys = self.nodes[0]._keys
+        self.nodes.append(node)
+        return node
+
+    def rows(self, sql: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(text(sql), params))
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.engine.dispose()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    made = Cluster(tmp_path / "data", nodes_database())
+    yield made
+    made.close()
+
+
+def new_app(node: RunningServer, **runtime: Any) -> str:
+    client = node.api()
+    made = client.post(f"{node.url}/__api__/v1/content", json={"name": f"ha-{uuid.uuid4().hex[:8]}", **runtime})
+    assert made.status_code == 200, made.text
+    guid = str(made.json()["guid"])
+    _, task = deploy(node, node.admin_key, guid, fastapi_bundle(APP))
+    assert task["code"] == 0, task["all_output"]
+    return guid
+
+
+def content(node: RunningServer, guid: str) -> dict[str, Any]:
+    response = node.api().get(f"{node.url}/content/{guid}/", timeout=30)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def run_jobs(cluster: Cluster, guid: str) -> list[Any]:
+    return cluster.rows(
+        "SELECT j.key, j.pid, j.node_id FROM jobs j JOIN content c ON c.id = j.content_id "
+        "WHERE c.guid = :guid AND j.kind = 'run' AND j.status = 0 ORDER BY j.id", guid=guid,
+    )
+
+
+def test_nodes_clean_stop_leaves_the_other_serving_and_a_restart_touches_nothing(cluster: Cluster) -> None:
+    a = cluster.start(first=True)
+    b = cluster.start()
+    guid = new_app(a)  # deployed on A ...
+    served = content(b, guid)  # ... served on B, by a process B launched
+    jobs = run_jobs(cluster, guid)
+    assert len(jobs) == 1 and jobs[0].pid == served["pid"]
+    b_node = jobs[0].node_id
+    assert b_node and b_node in b.log()  # the node says who it is
+
+    a.stop()  # a clean stop of A
+    api = b.api().get(f"{b.url}/__api__/v1/content/{guid}", timeout=10)
+    assert api.status_code == 200, api.text
+    assert content(b, guid)["process"] == served["process"]  # B's process was left alone
+    assert alive(served["pid"])
+
+    a = cluster.start(again=a)  # A again, with its own node id
+    assert content(b, guid)["process"] == served["process"]
+    assert content(a, guid)["pid"] != served["pid"]  # A serves from a process of its own
+    after = run_jobs(cluster, guid)
+    assert [(j.key, j.node_id) for j in after if j.node_id == b_node] == [(jobs[0].key, b_node)]
+    assert len(after) == 2 and len({j.node_id for j in after}) == 2  # one each, nothing duplicated
+    nodes = cluster.rows("SELECT node_id FROM nodes")
+    assert len(nodes) == 2  # A's restart took its own row again
+
+
+def test_nodes_kill_moves_duties_and_jobs_to_the_live_node(cluster: Cluster) -> None:
+    a = cluster.start(first=True)
+    b = cluster.start()
+    guid = new_app(a, min_processes=1)  # A holds the duties: it keeps this one warm
+    first = wait_until(lambda: [j for j in run_jobs(cluster, guid) if j.pid is not None])[0]
+    a_node = first.node_id
+    held = {row.name: row.holder for row in cluster.rows("SELECT name, holder FROM leases")}
+    assert held.get("scheduler-minimums") == a_node, held
+    assert held.get("render-schedules") == a_node, held
+
+    a.process.send_signal(signal.SIGKILL)  # A dies; its content process lives on, orphaned
+    a.process.wait()
+    assert alive(first.pid)
+    killed = time.monotonic()
+
+    def moved() -> bool:
+        holders = {row.name: row.holder for row in cluster.rows("SELECT name, holder FROM leases")}
+        return holders.get("scheduler-minimums") not in (None, a_node)
+
+    wait_until(moved, seconds=NODE_TIMEOUT_SECONDS * 3)
+    took = time.monotonic() - killed
+    # B cleaned A's job once, and keeps the minimum warm with a process of its own.
+    wait_until(lambda: not alive(first.pid), seconds=NODE_TIMEOUT_SECONDS * 3)
+    jobs = wait_until(lambda: [j for j in run_jobs(cluster, guid) if j.pid is not None], seconds=15)
+    assert [j.node_id for j in jobs] != [a_node] and len(jobs) == 1
+    claimed = cluster.rows("SELECT claimed_by FROM nodes WHERE node_id = :n", n=a_node)
+    assert claimed and claimed[0].claimed_by not in (None, a_node)
+    assert took < NODE_TIMEOUT_SECONDS * 2 + 1, took
+    served = content(b, guid)
+    assert served["pid"] == jobs[0].pid, (served, run_jobs(cluster, guid))
+    response = requests.get(f"{b.url}/__api__/server_settings", timeout=5)
+    assert response.ok
+
+
+def test_nodes_recover_when_the_database_drops_their_connections(cluster: Cluster) -> None:
+    """Every connection of the nodes is cut (as when PostgreSQL restarts): they reconnect
+    and serve again, without a restart, and keep beating and holding their duties."""
+    a = cluster.start(first=True)
+    b = cluster.start()
+    guid = new_app(a)
+    served = content(b, guid)
+    database = make_url(cluster.database_url).database
+
+    def cut() -> int:
+        rows = cluster.rows(
+            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+            "WHERE datname = :db AND pid <> pg_backend_pid()", db=database,
+        )
+        return int(rows[0].n)
+
+    cluster.engine.dispose()  # the test's own connections go too
+    assert cut() > 0
+    before = {row.node_id: row.heartbeat_time for row in cluster.rows("SELECT node_id, heartbeat_time FROM nodes")}
+    for node in (a, b):
+        api = node.api().get(f"{node.url}/__api__/v1/content/{guid}", timeout=10)
+        assert api.status_code == 200, api.text
+    assert content(b, guid)["process"] == served["process"]
+    assert content(a, guid)["pid"] > 0
+
+    def beating() -> bool:
+        now = {row.node_id: row.heartbeat_time for row in cluster.rows("SELECT node_id, heartbeat_time FROM nodes")}
+        return all(now[node] > before[node] for node in before)
+
+    wait_until(beating, seconds=NODE_TIMEOUT_SECONDS)
+    holders = {row.holder for row in cluster.rows("SELECT holder FROM leases WHERE expires_time > now()")}
+    assert holders and holders <= set(before)
