@@ -194,9 +194,9 @@ def build(settings: Settings) -> Node:
         jobs, str(write_runner(layout.runtime)), targets.content_env, settings.stop_grace_seconds,
         allocate_port, socket_dir, listen_host, warm_targets=targets.warm_targets,
     )
-    renderer = Renderer(store, settings, layout, jobs, env_vars, urls, isolation)
+    renderer = Renderer(store, settings, layout, jobs, env_vars, urls, isolation, changes)
     router = ContentRouter(
-        store, settings.session_lifetime_seconds, targets.app_target, scheduler, urls, handoff
+        store, settings.session_lifetime_seconds, targets.app_target, scheduler, urls, handoff, layout
     )
     changes.on_content(router.invalidate)
     changes.on_users(router.forget_users)
