@@ -1036,3 +1036,52 @@ def test_voila_notebook_renders_and_its_kernel_websocket_opens_under_the_prefix(
     assert kernel
     with _websocket(app.ws_url(f"api/kernels/{kernel.group(1)}/channels")) as ws:
         assert ws.response is not None and ws.response.status_code == 101
+
+
+_LOOP_APP = """
+import asyncio
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    loop = type(asyncio.get_running_loop()).__module__
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": loop.encode()})
+"""
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_runner_asgi_runs_on_uvloop_without_an_access_log_unless_asked(tmp_path: Path, asked: bool) -> None:
+    """ASGI content runs with the fastest server settings its environment allows (this
+    test's environment has uvloop and httptools), and logs no line per request unless
+    PODIUM_ACCESS_LOG=1 asks for it."""
+    runner = tmp_path / "podium_runner.py"
+    runner.write_text(runner_source())
+    (tmp_path / "loopapp.py").write_text(_LOOP_APP)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PODIUM_ACCESS_LOG"}
+    if asked:
+        env["PODIUM_ACCESS_LOG"] = "1"
+    log_path = tmp_path / "app.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, str(runner), "asgi", "--entrypoint", "loopapp", "--port", str(port),
+             "--prefix", "/content/x"],
+            cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                answer = requests.get(f"http://127.0.0.1:{port}/hello", timeout=5)
+                break
+            except requests.ConnectionError:
+                assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.05)
+        assert answer.status_code == 200 and answer.text.startswith("uvloop")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(15)
+    logged = "/hello HTTP/1.1\" 200" in log_path.read_text()
+    assert logged is asked, log_path.read_text()

@@ -243,9 +243,9 @@ def build(settings: Settings) -> Node:
     heartbeat = NodeHeartbeat(
         store, node_id, leases, settings.node_heartbeat_seconds, settings.node_timeout_seconds, clean_dead
     )
-    renderer = Renderer(store, settings, layout, jobs, env_vars, urls, isolation)
+    renderer = Renderer(store, settings, layout, jobs, env_vars, urls, isolation, changes)
     router = ContentRouter(
-        store, settings.session_lifetime_seconds, targets.app_target, scheduler, urls, handoff
+        store, settings.session_lifetime_seconds, targets.app_target, scheduler, urls, handoff, layout
     )
     changes.on_content(router.invalidate)
     changes.on_users(router.forget_users)

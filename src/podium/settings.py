@@ -375,6 +375,14 @@ class Settings(BaseSettings):
         "scheduler",
         "When stopping a process, time between SIGTERM and SIGKILL.",
     )
+    content_access_log: bool = setting(
+        False,
+        "scheduler",
+        "Have content servers (uvicorn, gunicorn) write one job-log line per request. Off by "
+        "default: in a small app the line costs more than the request (a hello-world app under "
+        "uvicorn answers about three times as many requests without it). One content item can "
+        "ask for it with its own environment variable PODIUM_ACCESS_LOG=1.",
+    )
     keep_processes_on_shutdown: bool | None = setting(
         None,
         "scheduler",

@@ -136,4 +136,5 @@ class AppTargets:
                 interpreter=target.python,
                 r_library=bundle.r_library if bundle is not None else None,
                 content_vars=content_vars,
+                extra={"PODIUM_ACCESS_LOG": "1"} if self.settings.content_access_log else None,
             ), content_vars)

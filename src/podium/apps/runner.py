@@ -59,6 +59,14 @@ HOST = os.environ.get("POD_IP") or "127.0.0.1"
 # the app has just closed.
 KEEPALIVE_SECONDS = 75
 WSGI_THREADS = 8
+
+
+def access_log() -> bool:
+    """Whether to log each request. One line per request costs more than the request itself
+    in a small app (formatting, a write to the job log's pipe, the server reading it): off
+    unless ``PODIUM_ACCESS_LOG=1`` (set by Podium for the content_access_log setting, or by
+    the content's own environment variables)."""
+    return os.environ.get("PODIUM_ACCESS_LOG", "") == "1"
 _DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
@@ -147,18 +155,30 @@ def bind_unix_socket(path: str) -> socket.socket:
     return sock
 
 
-def serve_asgi(entrypoint: str, port: int, root_path: str, unix_socket: str | None = None) -> None:
-    import uvicorn
-
-    app = load_object(entrypoint)
-    options: dict[str, Any] = dict(
+def asgi_options(port: int, root_path: str) -> dict[str, Any]:
+    """uvicorn's settings for content: uvloop and httptools when the content's environment
+    has them (``uvicorn[standard]`` brings both; several times the plain asyncio loop and
+    h11 parser's rate), no access log unless asked (:func:`access_log`)."""
+    return dict(
         host=HOST,
         port=port,
         root_path=root_path,
         proxy_headers=True,
         forwarded_allow_ips="*",
         timeout_keep_alive=KEEPALIVE_SECONDS,
+        # "auto" is uvloop and httptools when importable, else asyncio and h11 (and every
+        # uvicorn version knows it).
+        loop="auto",
+        http="auto",
+        access_log=access_log(),
     )
+
+
+def serve_asgi(entrypoint: str, port: int, root_path: str, unix_socket: str | None = None) -> None:
+    import uvicorn
+
+    app = load_object(entrypoint)
+    options = asgi_options(port, root_path)
     if unix_socket is None:
         uvicorn.run(app, **options)
         return
@@ -204,7 +224,7 @@ def serve_wsgi(
         "threads": WSGI_THREADS,
         "keepalive": KEEPALIVE_SECONDS,
         "forwarded_allow_ips": "*",
-        "accesslog": "-",
+        "accesslog": "-" if access_log() else None,
         "errorlog": "-",
         # gunicorn >= 24 opens a control socket at one fixed path under $HOME by default,
         # which every content process would share.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import deque
 from collections.abc import Coroutine
 from types import CoroutineType
@@ -25,8 +26,8 @@ from typing import Any, Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from podium.proxy import http
-from podium.proxy.decisions import Decision, Forward, PassToApp, Respond, Router
+from podium.proxy import files, http
+from podium.proxy.decisions import Decision, Forward, PassToApp, Respond, Router, ServeFile
 from podium.proxy.http import BUFFERING, DISCARD, IDEMPOTENT, SENDING, Request
 from podium.proxy.pool import Key, Pool, Upstream, tune
 
@@ -133,6 +134,7 @@ class ClientConnection(asyncio.Protocol):
         "current",
         "up",
         "fwd",
+        "sender",
         "paused",
         "write_paused",
         "advancing",
@@ -167,6 +169,7 @@ class ClientConnection(asyncio.Protocol):
         self.current: Request | None = None  # the request whose exchange is running
         self.up: Upstream | None = None
         self.fwd: Forward | None = None
+        self.sender: files.FileSender | None = None  # a file being sent from disk
         self.paused = 0
         self.write_paused = False
         self.advancing = False
@@ -237,17 +240,24 @@ class ClientConnection(asyncio.Protocol):
                 up.abort()
         self.current = None
         self.queue.clear()
+        if self.sender is not None:
+            self.sender.close()
+            self.sender = None
         self._done()
 
     def pause_writing(self) -> None:
         self.write_paused = True
         if self.up is not None:
             self.up.pause_reading()
+        if self.sender is not None:
+            self.sender.pause()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         if self.up is not None:
             self.up.resume_reading()
+        if self.sender is not None:
+            self.sender.resume()
 
     # -- httptools callbacks --
 
@@ -437,6 +447,8 @@ class ClientConnection(asyncio.Protocol):
             self._forward(req, self.front.app_key, decision.target or req.target, origin)
         elif isinstance(decision, Respond):
             self._answer(req, decision.status, decision.headers, decision.body)
+        elif isinstance(decision, ServeFile):
+            self._serve_file(req, decision)
         else:
             log.error("the router answered %r for %r", decision, req.target)
             self._answer_error(req, 500)
@@ -552,6 +564,50 @@ class ClientConnection(asyncio.Protocol):
             )
         )
         self._end(False, keep_alive)
+
+    def _serve_file(self, req: Request, decision: ServeFile) -> None:
+        """Answer with a file (see :mod:`podium.proxy.files`): a 304 when the client's copy
+        is current, else the file, gzipped for a text type when the client takes it."""
+        entry, cache = decision.entry, decision.files
+        keep_alive = req.keep_alive and req.complete and not self.closing
+        packed = cache.gzipped(entry) if entry.compressible and files.accepts_gzip(req.headers) else None
+        etag = entry.etag if packed is None else entry.gz_etag
+        ending = b"" if keep_alive and req.http11 else (
+            b"connection: keep-alive\r\n" if keep_alive else b"connection: close\r\n"
+        )
+        common = files.date_header() + entry.headers + decision.headers + b"etag: " + etag + b"\r\n"
+        if files.not_modified(req.headers, (entry.etag, entry.gz_etag)):
+            self.transport.write(b"HTTP/1.1 304 Not Modified\r\n" + common + ending + b"\r\n")
+            self._end(False, keep_alive)
+            return
+        head_only = req.method == b"HEAD"
+        body = packed if packed is not None else (None if head_only else cache.body(entry))
+        if packed is not None or head_only or body is not None:
+            size = entry.size if body is None else len(body)
+            encoding = b"content-encoding: gzip\r\n" if packed is not None else b""
+            head = b"HTTP/1.1 200 OK\r\n%b%bcontent-length: %d\r\n%b\r\n" % (common, encoding, size, ending)
+            self.transport.write(head if head_only or body is None else head + body)
+            self._end(False, keep_alive)
+            return
+        try:  # a large file: from disk
+            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._answer_error(req, 404)
+            return
+        size = os.fstat(fd).st_size
+        self.transport.write(b"HTTP/1.1 200 OK\r\n%bcontent-length: %d\r\n%b\r\n" % (common, size, ending))
+
+        def sent(ok: bool) -> None:
+            self.sender = None
+            if ok:
+                self._end(False, keep_alive)
+            else:
+                self.abort()
+
+        self.sender = files.FileSender(self.transport, fd, 0, size, sent)
+        if self.write_paused:
+            self.sender.pause()
+        self.sender.run()
 
     def _answer_error(self, req: Request, status: int) -> None:
         headers, body = http.error_body(status, req.wants_json())

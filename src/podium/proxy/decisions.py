@@ -2,8 +2,8 @@
 
 The front (``podium.proxy.front``) parses a request head and, for targets under
 its prefixes, asks a :class:`Router` for a decision: forward the request to an
-upstream address (:class:`Forward`), answer it directly (:class:`Respond`), or
-hand it unchanged to the internal app (:data:`PASS_TO_APP`).
+upstream address (:class:`Forward`), answer it directly (:class:`Respond`), serve a
+file (:class:`ServeFile`), or hand it unchanged to the internal app (:data:`PASS_TO_APP`).
 
 Lifecycle of a :class:`Forward`: the front calls ``on_done`` exactly once for
 every ``Forward`` the router returns, when that exchange ends for any reason:
@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
+
+if TYPE_CHECKING:
+    from podium.proxy.files import FileCache, FileEntry
 
 
 @dataclass(slots=True)
@@ -53,6 +56,16 @@ class Respond:
     body: bytes
 
 
+@dataclass(slots=True)
+class ServeFile:
+    """Answer with a file the router may serve (a static bundle's, a rendering's),
+    from the front itself (:mod:`podium.proxy.files`); ``headers`` are added to it."""
+
+    entry: FileEntry
+    files: FileCache
+    headers: bytes = b""  # raw header lines, each ending in CRLF
+
+
 class PassToApp:
     """Forward the request to the internal app: unchanged (use :data:`PASS_TO_APP`), or
     with ``target`` as its request-target, having come by the vanity path ``vanity``
@@ -70,7 +83,7 @@ class PassToApp:
 
 PASS_TO_APP: Final = PassToApp()
 
-Decision = Forward | Respond | PassToApp
+Decision = Forward | Respond | PassToApp | ServeFile
 
 
 class Router(Protocol):

@@ -226,6 +226,7 @@ def response(
 # Messages of the front's own error answers; the JSON form uses Connect's shape.
 MESSAGES = {
     400: ("Bad request", "The request could not be understood."),
+    404: ("Not found", "There is nothing at this address."),
     405: ("Method not allowed", "This server does not accept that method."),
     431: ("Request header fields too large", "The request head is too large."),
     500: ("Internal error", "An internal error occurred; the server log has the details."),

@@ -8,15 +8,18 @@ for both origins (:attr:`ContentRouter.content` and :attr:`ContentRouter.dashboa
   the content cookie (:mod:`podium.handoff`) for *this* content item; the dashboard's
   session cookie is never read there. Interactive content is forwarded to a process
   leased from the scheduler, with the viewer's Podium credentials stripped and
-  identity headers added. Anything else (static files, rendered output, the sign-in
-  hand-off, refusals, unknown content) is passed to the app, which answers it with the
-  same rules. Paths outside ``/content/`` are not found there, except the hand-off's.
+  identity headers added. Files of static content and rendered output that the viewer
+  may see are served by the front itself (:mod:`podium.proxy.files`). Anything else
+  (drafts, earlier renderings, ranges, the sign-in hand-off, refusals, files not found,
+  unknown content) is passed to the app, which answers it with the same rules. Paths outside ``/content/`` are not found there, except the hand-off's.
 - On the **dashboard origin**, content answers only requests carrying an API key
   (clients such as rsconnect check a deploy there; no browser sends a key on its own).
   Every other request is redirected to the same path on the content origin.
 
-Content records and callers are cached briefly so the hot path rarely touches the
-database; changes invalidate the content cache at once on this node.
+Content records (with where their files are) and callers are cached briefly so the
+hot path rarely touches the database (one read per item every couple of seconds, shared
+by the requests that wait for it); changes invalidate the content cache at once on this
+node, and with it the item's cached files.
 """
 
 from __future__ import annotations
@@ -25,23 +28,31 @@ import asyncio
 import json
 import re
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from podium import auth, vanity
 from podium.handoff import Handoff
-from podium.proxy.decisions import PASS_TO_APP, Forward, PassToApp, Respond
+from podium.layout import DataLayout
+from podium.proxy.decisions import PASS_TO_APP, Forward, PassToApp, Respond, ServeFile
+from podium.proxy.files import FileCache
+from podium.render import RENDERED_MODES, latest_rendering
 from podium.scheduler import AppTarget, Scheduler, Unavailable
 from podium.store import Store
-from podium.store.models import Content, Group, GroupMember, Permission, User, Vanity
+from podium.store.models import Bundle, Content, Group, GroupMember, Permission, User, Vanity
 from podium.urls import Urls
 
 _CONTENT_TTL = 2.0
 _USER_TTL = 5.0
 _PATH = re.compile(rb"^/content/([0-9a-fA-F-]{36})(/.*)?$")
 _DRAFT = re.compile(rb"^/_bundle(\d+)(/.*)?$")
+# Earlier renderings (/_rendering{id}/) are the app's to serve, as are ranges.
+_EARLIER = re.compile(rb"^/_rendering\d+(/|$)")
+_SANDBOX = b"content-security-policy: sandbox\r\n"
 # Headers a viewer must never be able to send to content.
 _REMOVE = frozenset(
     {b"authorization", b"x-rsc-authorization", b"rstudio-connect-credentials",
@@ -76,6 +87,16 @@ class Viewer:
         return found
 
 
+@dataclass(frozen=True)
+class Files:
+    """Where the active bundle's files are served from: a static bundle's directory or
+    its latest rendering's output; ``tag`` goes into the ETag (see ``files.etag_for``)."""
+
+    root: str
+    primary: str  # the file served for the item's own address
+    tag: str
+
+
 @dataclass
 class ContentInfo:
     id: int
@@ -86,6 +107,7 @@ class ContentInfo:
     roles: dict[str, str]  # principal guid -> permission role
     bundles: dict[int, AppTarget | None] = field(default_factory=dict)
     fetched: float = field(default_factory=time.monotonic)
+    files: Files | None = None  # static or rendered content with something to serve
 
 
 TargetLookup = Callable[[int, int, bool], AppTarget | None]
@@ -97,7 +119,9 @@ class ContentRouter:
     ``handoff`` checks content cookies. :meth:`invalidate` and :meth:`forget_users` are
     called on every change (:class:`podium.changes.Changes`). The front asks
     :attr:`content` about requests on the content origin and :attr:`dashboard` about
-    ``/content/`` requests on the dashboard's."""
+    ``/content/`` requests on the dashboard's. With ``layout``, the front serves the
+    files of static and rendered content itself, from ``files`` (a fresh
+    :class:`~podium.proxy.files.FileCache` unless given); without it, the app does."""
 
     def __init__(
         self,
@@ -107,8 +131,12 @@ class ContentRouter:
         scheduler: Scheduler,
         urls: Urls,
         handoff: Handoff,
+        layout: DataLayout | None = None,
+        files: FileCache | None = None,
     ) -> None:
         self.store = store
+        self.layout = layout
+        self.files = files if files is not None else FileCache()
         self.session_lifetime_seconds = session_lifetime_seconds
         self.app_target = app_target
         self.scheduler = scheduler
@@ -118,6 +146,8 @@ class ContentRouter:
         self.content = OriginRouter(self, content_origin=True)
         self.dashboard = OriginRouter(self, content_origin=False)
         self._content: dict[str, ContentInfo] = {}
+        # Reads of a content record in progress: requests arriving meanwhile share them.
+        self._loading: dict[str, asyncio.Future[ContentInfo | None]] = {}
         self._users: dict[str, tuple[float, Viewer | None]] = {}
         # Vanity path -> content guid, and when it was read (None: read it again).
         self._vanities: dict[str, str] = {}
@@ -129,8 +159,15 @@ class ContentRouter:
     def invalidate(self, guid: str | None = None) -> None:
         if guid is None:
             self._content.clear()
+            self._loading.clear()
+            self.files.forget()
         else:
-            self._content.pop(guid, None)
+            info = self._content.pop(guid, None)
+            self._loading.pop(guid, None)  # a read in progress may predate the change
+            if info is not None and self.layout is not None:
+                # Ids can come back after a deletion (SQLite): forget every file of the item.
+                mine = tuple(f"{path.resolve()}/" for path in self.layout.content_dirs(info.id))
+                self.files.forget(lambda root: root.startswith(mine))
         # Any content change may add, move or (deleting content) remove a vanity path.
         self._vanities_fetched = None
         self._vanities_generation += 1
@@ -142,11 +179,25 @@ class ContentRouter:
         info = self._content.get(guid)
         if info is not None and time.monotonic() - info.fetched < _CONTENT_TTL:
             return info
-        info = await asyncio.to_thread(self._load, guid)
-        if info is None:
-            self._content.pop(guid, None)
-        else:
-            self._content[guid] = info
+        loading = self._loading.get(guid)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        loading = self._loading[guid] = asyncio.get_running_loop().create_future()
+        try:
+            info = await asyncio.to_thread(self._load, guid)
+        except BaseException as exc:
+            if self._loading.get(guid) is loading:
+                del self._loading[guid]
+            loading.set_exception(exc)
+            loading.exception()  # retrieved: the waiters (if any) raise it themselves
+            raise
+        if self._loading.get(guid) is loading:  # not invalidated while reading
+            del self._loading[guid]
+            if info is None:
+                self._content.pop(guid, None)
+            else:
+                self._content[guid] = info
+        loading.set_result(info)
         return info
 
     def _load(self, guid: str) -> ContentInfo | None:
@@ -159,8 +210,29 @@ class ContentRouter:
                 for p in session.scalars(select(Permission).where(Permission.content_id == content.id))
             }
             return ContentInfo(
-                content.id, content.guid, content.owner_id, content.access_type, content.bundle_id, roles
+                content.id, content.guid, content.owner_id, content.access_type, content.bundle_id, roles,
+                files=self._files(session, content),
             )
+
+    def _files(self, session: Session, content: Content) -> Files | None:
+        """Where the active bundle's files are, when the front serves them (as the app's
+        ``podium.proxy.routes`` would: a static bundle, or the latest rendering)."""
+        if self.layout is None or content.bundle_id is None:
+            return None
+        bundle = session.get(Bundle, content.bundle_id)
+        if bundle is None:
+            return None
+        if bundle.app_mode in RENDERED_MODES:
+            rendering = latest_rendering(session, content.id, bundle.id)
+            if rendering is None or not rendering.primary_file:
+                return None
+            root = self.layout.output_dir(content.id, rendering.id)
+            return Files(str(root.resolve()), rendering.primary_file, f"r{rendering.id}")
+        if bundle.app_mode == "static":
+            primary = (bundle.manifest.get("metadata") or {}).get("primary_html") or "index.html"
+            root = self.layout.bundle_dir(content.id, bundle.id)
+            return Files(str(root.resolve()), str(primary), str(bundle.id))
+        return None
 
     async def _vanity(self, path: bytes) -> tuple[str, str] | None:
         """``(vanity path, guid)`` for a path under a vanity, from the cached map (read
@@ -271,7 +343,7 @@ class ContentRouter:
         headers: list[tuple[bytes, bytes]],
         client: tuple[str, int] | None,
         content_origin: bool,
-    ) -> Forward | Respond | PassToApp:
+    ) -> Forward | Respond | PassToApp | ServeFile:
         path, _, query = target.partition(b"?")
         match = _PATH.match(path)
         to_app: PassToApp = PASS_TO_APP
@@ -314,6 +386,8 @@ class ContentRouter:
             base = f"/content/{guid}/_bundle{bundle_id}/"
         elif info.bundle_id is None:
             return to_app
+        elif info.files is not None:
+            return await self._serve_file(info, info.files, method, rest, headers, content_origin, to_app)
         else:
             bundle_id = info.bundle_id
             base = f"/content/{guid}/"
@@ -350,6 +424,40 @@ class ContentRouter:
         )
 
 
+    async def _serve_file(
+        self,
+        info: ContentInfo,
+        files: Files,
+        method: bytes,
+        rest: bytes,
+        headers: list[tuple[bytes, bytes]],
+        content_origin: bool,
+        to_app: PassToApp,
+    ) -> ServeFile | PassToApp:
+        """A file of static or rendered content, served by the front when the viewer may
+        see it and it exists; everything else goes to the app, which answers it as before."""
+        if method not in (b"GET", b"HEAD") or _EARLIER.match(rest):
+            return to_app
+        for name, _ in headers:
+            if name == b"range" or name == b"if-range":
+                return to_app
+        viewer = await self._viewer(headers, info.guid if content_origin else None)
+        if viewer is False:
+            return to_app
+        assert viewer is not True
+        if not self._may_view(info, viewer):
+            return to_app
+        try:
+            relative = urllib.parse.unquote(rest.decode("ascii"), errors="strict")
+            if relative.strip("/") == "":
+                relative = files.primary
+            entry = self.files.lookup(files.root, relative, files.tag)
+        except (UnicodeDecodeError, ValueError, OSError):  # not UTF-8, a NUL byte, ...
+            return to_app
+        if entry is None:
+            return to_app
+        return ServeFile(entry, self.files, b"" if content_origin else _SANDBOX)
+
     def _to_content_origin(self, guid: str, target: bytes) -> Respond:
         origin = self.urls.content_origin.replace("{guid}", guid).encode()
         return Respond(307, [(b"location", origin + target), (b"cache-control", b"no-store")], b"")
@@ -381,7 +489,7 @@ class OriginRouter:
         target: bytes,
         headers: list[tuple[bytes, bytes]],
         client: tuple[str, int] | None,
-    ) -> Forward | Respond | PassToApp:
+    ) -> Forward | Respond | PassToApp | ServeFile:
         return await self._router.route(method, target, headers, client, self._content_origin)
 
 

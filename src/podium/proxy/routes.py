@@ -1,7 +1,8 @@
 """Routing of ``/content/{guid}/...`` in the app: authorise, pick the bundle, serve it.
 
-The front passes here what it does not forward to a content process (static files,
-rendered output, refusals), marked with the origin it arrived on
+The front passes here what it neither forwards to a content process nor serves itself
+(:mod:`podium.proxy.files`: the files of static and rendered content a viewer may see):
+refusals, drafts, earlier renderings, ranges, files not found. Requests are marked with the origin it arrived on
 (``X-Podium-Origin: content``, see :mod:`podium.proxy.front`).
 
 On the content origin the caller is whoever the request's API key names, or the
@@ -22,7 +23,6 @@ import hashlib
 import re
 import urllib.parse
 import uuid
-from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
@@ -33,6 +33,7 @@ from podium import auth, errors, vanity
 from podium.api import credentials, deps
 from podium.handoff import Handoff
 from podium.layout import DataLayout
+from podium.proxy.files import safe_file
 from podium.proxy.router import CONTENT_COOKIE, HANDOFF_PATH
 from podium.render import RENDERED_MODES, latest_rendering
 from podium.store import Store
@@ -81,20 +82,6 @@ def _denied(request: Request, who: deps.Caller, urls: Urls, guid: str) -> Respon
     if who.user is None:
         return _page(401, "Sign in needed", "This content is only for signed-in users with access.")
     return _page(403, "No access", "You do not have permission to view this content. Ask its owner.")
-
-
-def safe_file(root: Path, relative: str) -> Path | None:
-    """The file ``relative`` names under ``root``, or None when it escapes or is absent.
-
-    Directories resolve to their ``index.html``.
-    """
-    root = root.resolve()
-    target = (root / relative.lstrip("/")).resolve()
-    if target != root and root not in target.parents:
-        return None
-    if target.is_dir():
-        target = target / "index.html"
-    return target if target.is_file() else None
 
 
 @router.api_route("/content/{guid}", methods=["GET", "HEAD"])

@@ -22,6 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from podium.apps.environment import process_env, split_secret
+from podium.changes import Changes
 from podium.environments.catalogue import resolve
 from podium.environments.model import InvalidRequest
 from podium.environments.select import missing_runtime
@@ -119,9 +120,11 @@ class Renderer:
 
     def __init__(
         self, store: Store, settings: Settings, layout: DataLayout, jobs: JobRunner, env_vars: EnvVars,
-        urls: Urls, isolation: Isolation,
+        urls: Urls, isolation: Isolation, changes: Changes | None = None,
     ) -> None:
         self.store = store
+        # Told when a new rendering is served, so the proxy's file caches move on to it.
+        self.changes = changes
         self.settings = settings
         self.layout = layout
         self.jobs = jobs
@@ -227,6 +230,8 @@ class Renderer:
             log.info("content %s: render job %s failed: %s", guid, key, detail)
             raise TaskFailed(message + "\n".join(tail[-_TAIL_LINES:]))
         self._finish(rendering_id, "", primary)
+        if activate and self.changes is not None:
+            self.changes.content(guid)
         prune_renderings(self.store, self.layout, content_id, self.settings.renderings_kept)
         log.info("content %s: rendering %s of bundle %s ready (job %s)", guid, rendering_id, bundle_id, key)
         out.line(f"Rendering {rendering_id} is ready.")
