@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, insert, update
 
@@ -30,8 +31,8 @@ from podium.store.models import AppSession, ContentHit
 log = logging.getLogger(__name__)
 _PRUNE_EVERY_SECONDS = 3600.0
 _KEPT = {b"user-agent", b"sec-fetch-dest", b"sec-fetch-site"}
-# (time, content guid, user guid, bundle id, path, query, kept headers, GET?)
-_Hit = tuple[float, str, str | None, int | None, bytes, bytes, list[tuple[bytes, bytes]], bool]
+# (time, content guid, user guid, bundle id, request-target, headers, method)
+_Hit = tuple[float, str, str | None, int | None, bytes, list[tuple[bytes, bytes]], bytes]
 _Start = tuple[str, float, str, str | None, int | None]  # (key, time, content guid, user guid, bundle id)
 _End = tuple[str, float]  # (key, time)
 
@@ -68,11 +69,10 @@ class UsageRecorder:
         websocket: bool = False,
     ) -> Callable[[], None] | None:
         """Record one request served by content; for a WebSocket, return the callable
-        that records the end of its session."""
+        that records the end of its session. Only appends: ``headers`` is kept as it is
+        (the caller does not change it afterwards) and read when the batch is written."""
         now = time.time()
-        kept = [(n, v) for n, v in headers if n in _KEPT]
-        path, _, query = target.partition(b"?")
-        self._hits.append((now, content_guid, user_guid, bundle_id, path, query, kept, method == b"GET"))
+        self._hits.append((now, content_guid, user_guid, bundle_id, target, headers, method))
         if not websocket:
             return None
         key = str(uuid.uuid4())
@@ -97,33 +97,52 @@ class UsageRecorder:
         hits, starts, ends = batch
         if not (hits or starts or ends):
             return 0
+        sqlite = self.store.is_sqlite
+
+        seconds: dict[int, str] = {}  # most hits of a batch share a few seconds
+
+        def when(at: float) -> Any:  # as the ORM writes the column on each database
+            if not sqlite:
+                return datetime.fromtimestamp(at, UTC)
+            whole = int(at)
+            prefix = seconds.get(whole)
+            if prefix is None:
+                prefix = seconds[whole] = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%d %H:%M:%S")
+            return f"{prefix}.{int((at - whole) * 1e6):06d}"
+
         rows = []
-        for at, guid, user, bundle, raw_path, raw_query, kept, get in hits:
-            fields = {n.decode("latin-1"): v.decode("latin-1") for n, v in kept}
+        for at, guid, user, bundle, target, headers, method in hits:
+            agent = dest = site = None
+            for name, value in headers:
+                if name in _KEPT:
+                    if name == b"user-agent":
+                        agent = value.decode("latin-1")
+                    elif name == b"sec-fetch-dest":
+                        dest = value.decode("latin-1")
+                    else:
+                        site = value.decode("latin-1")
+            raw_path, _, raw_query = target.partition(b"?")
             path = raw_path.decode("utf-8", "replace")
-            data: dict[str, str] = {"path": path, "user_agent": fields.get("user-agent", "")}
-            if raw_query:
-                data["query"] = raw_query.decode("utf-8", "replace")
-            for name in ("sec-fetch-dest", "sec-fetch-site"):
-                if name in fields:
-                    data[name.replace("-", "_")] = fields[name]
-            rows.append({
-                "content_guid": guid, "user_guid": user, "bundle_id": bundle,
-                "time": datetime.fromtimestamp(at, UTC), "path": path, "user_agent": data["user_agent"],
-                "data": data, "visit": get and _is_visit(b"GET", path, fields.get("sec-fetch-dest")),
-            })
-        with self.store.session() as session:
+            rows.append((guid, user, bundle, when(at), path, raw_query.decode("utf-8", "replace") or None,
+                         agent or "", dest, site, _is_visit(method, path, dest)))
+        with self.store.engine.begin() as connection:
+            # The driver's executemany, no ORM per row: a hit costs microseconds to write.
             if rows:
-                session.execute(insert(ContentHit), rows)
+                mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+                connection.exec_driver_sql(
+                    "INSERT INTO content_hits (content_guid, user_guid, bundle_id, time, path, query, "
+                    f"user_agent, sec_fetch_dest, sec_fetch_site, visit) VALUES ({', '.join([mark] * 10)})",
+                    rows,
+                )
             if starts:
-                session.execute(insert(AppSession), [
+                connection.execute(insert(AppSession), [
                     {"key": key, "started": datetime.fromtimestamp(at, UTC), "content_guid": guid,
                      "user_guid": user, "bundle_id": bundle}
                     for key, at, guid, user, bundle in starts
                 ])
             for key, at in ends:
-                session.execute(update(AppSession).where(AppSession.key == key)
-                                .values(ended=datetime.fromtimestamp(at, UTC)))
+                connection.execute(update(AppSession).where(AppSession.key == key)
+                                   .values(ended=datetime.fromtimestamp(at, UTC)))
         return len(rows)
 
     def prune(self, now: datetime | None = None) -> int:

@@ -77,8 +77,12 @@ def allowed_guids(session: Session, user: User, wanted: list[str] | None) -> lis
 
 
 def hit_json(hit: ContentHit) -> dict[str, Any]:
+    data: dict[str, Any] = {"path": hit.path, "user_agent": hit.user_agent}
+    for field in ("query", "sec_fetch_dest", "sec_fetch_site"):
+        if getattr(hit, field) is not None:
+            data[field] = getattr(hit, field)
     return {"id": hit.id, "content_guid": hit.content_guid, "user_guid": hit.user_guid,
-            "timestamp": iso(hit.time), "data": hit.data}
+            "timestamp": iso(hit.time), "data": data}
 
 
 @router.get("/v1/instrumentation/content/hits")

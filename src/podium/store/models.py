@@ -561,8 +561,10 @@ class ContentHit(Base):
     bundle_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     time: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     path: Mapped[str] = mapped_column(Text)
+    query: Mapped[str | None] = mapped_column(Text, nullable=True)
     user_agent: Mapped[str] = mapped_column(Text, default="")
-    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    sec_fetch_dest: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    sec_fetch_site: Mapped[str | None] = mapped_column(String(32), nullable=True)
     visit: Mapped[bool] = mapped_column(Boolean, default=False)
 
 

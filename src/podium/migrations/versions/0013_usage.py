@@ -24,8 +24,10 @@ def upgrade() -> None:
         sa.Column('bundle_id', sa.Integer(), nullable=True),
         sa.Column('time', sa.DateTime(timezone=True), nullable=False),
         sa.Column('path', sa.Text(), nullable=False),
+        sa.Column('query', sa.Text(), nullable=True),
         sa.Column('user_agent', sa.Text(), nullable=False),
-        sa.Column('data', sa.JSON(), nullable=False),
+        sa.Column('sec_fetch_dest', sa.String(length=32), nullable=True),
+        sa.Column('sec_fetch_site', sa.String(length=32), nullable=True),
         sa.Column('visit', sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint('id'),
     )
