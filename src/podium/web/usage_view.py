@@ -43,7 +43,7 @@ def chart(counts: dict[str, tuple[int, int]], today: date, days: int = DAYS) -> 
     first = today - timedelta(days=days - 1)
     series = [(first + timedelta(days=n)).isoformat() for n in range(days)]
     peak = max([1, *(counts.get(d, (0, 0))[0] for d in series)])
-    step = (WIDTH - LEFT) / days
+    step = (WIDTH - LEFT - 18) / days  # room on the right for the last day's label
     plot = HEIGHT - BOTTOM - TOP_MARGIN
     bars = []
     for n, day in enumerate(series):
