@@ -12,6 +12,8 @@
     python bench/proxy.py --sandbox       # two real servers, content sandboxed and not,
                                           # side by side: requests/s through each, and
                                           # the cold start (first request of a stopped app)
+    python bench/proxy.py --usage         # two real servers, usage recording off and on
+                                          # (hits, visits, sessions), side by side
 
 The app (a raw ASGI callable: ``/`` answers ``ok``, ``/big`` streams 10 MiB in 64 KiB
 chunks, ``/ws`` echoes websocket messages) runs under uvicorn (uvloop, httptools, no
@@ -398,10 +400,10 @@ class Served:
 
 
 @contextlib.contextmanager
-def podium_content(sandbox: str = "required") -> Iterator[Served]:
+def podium_content(sandbox: str = "required", extra_env: dict[str, str] | None = None) -> Iterator[Served]:
     """A real Podium on core 0 serving this benchmark's app as public content, with the
-    ``sandbox`` setting given. The content process is Podium's own run job, so it
-    inherits the server's core.
+    ``sandbox`` setting given (and ``extra_env``). The content process is Podium's own run
+    job, so it inherits the server's core.
     """
     import inspect
     import io
@@ -434,7 +436,7 @@ def podium_content(sandbox: str = "required") -> Iterator[Served]:
                          capture_output=True, text=True).stdout.strip()
     port, content_port = free_port(), free_port()
     env = {**os.environ, "PODIUM_BOOTSTRAP_ADMIN_ON_FIRST_START": "false", "PODIUM_SANDBOX": sandbox,
-           "PODIUM_CONTENT_LISTEN": f"127.0.0.1:{content_port}"}
+           "PODIUM_CONTENT_LISTEN": f"127.0.0.1:{content_port}", **(extra_env or {})}
     server = subprocess.Popen(
         ["taskset", "-c", "0", *podium, "serve", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -520,6 +522,41 @@ def compare_sandbox(seconds: float, rounds: int, cold_samples: int = 9) -> None:
           f"{median['required'] * 1000:10.0f} {(median['required'] - median['off']) * 1000:+6.0f} ms")
 
 
+def compare_usage(seconds: float, rounds: int) -> None:
+    """Usage recording off against on (the default): two real servers at once, measured
+    in turn, round after round, so other load on the machine weighs on both. With it on,
+    every request is a hit and every websocket a session, written in batches."""
+    modes = {"off": {"PODIUM_USAGE_RECORDING": "false"}, "on": {"PODIUM_USAGE_RECORDING": "true"}}
+    with contextlib.ExitStack() as stack:
+        servers = {mode: stack.enter_context(podium_content("off", env)) for mode, env in modes.items()}
+        figures: dict[str, list[Figures]] = {mode: [] for mode in modes}
+        for mode in modes:
+            wrk(servers[mode].through + "/", 64, 1)
+        for index in range(rounds):
+            for mode in (modes if index % 2 == 0 else reversed(list(modes))):
+                figures[mode].append(measure(servers[mode].through, seconds))
+        # Recording really was on: one marked request afterwards is found among the hits.
+        import requests
+
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+        requests.get(servers["on"].through + "/?bench-marker")
+        time.sleep(3)  # > usage_flush_seconds
+        hits = servers["on"].api.get(f"{servers['on'].base}/v1/instrumentation/content/hits",
+                                     params={"from": since}).json()
+        marked = [h for h in hits if h["data"].get("query") == "bench-marker"]
+    best = {
+        mode: Figures(*(max(getattr(f, name) for f in figures[mode]) for name in Figures.__dataclass_fields__))
+        for mode in modes
+    }
+    off, on = best["off"], best["on"]
+    print(f"{'':40} {'recording off':>14} {'recording on':>13} {'ratio':>7}")
+    for name, a, b in (("small requests/s (64 conns)", off.small_rps, on.small_rps),
+                       ("10 MiB responses, MiB/s (8 conns)", off.big_mibps, on.big_mibps),
+                       ("websocket round trips/s (16 conns)", off.ws_rtps, on.ws_rtps)):
+        print(f"{name:40} {a:14.0f} {b:13.0f} {b / a:6.3f}x")
+    print(f"recording on: the marked request was recorded: {'yes' if marked else 'NO'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
@@ -543,6 +580,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="measure a real podium serve with the app deployed as content")
     parser.add_argument("--sandbox", action="store_true",
                         help="compare content sandboxed and not: requests/s and cold start")
+    parser.add_argument("--usage", action="store_true",
+                        help="compare usage recording off and on: requests/s through each")
     parser.add_argument(
         "--ws-client", choices=["aiohttp", "websockets"], default="aiohttp",
         help="websocket client library for the round trips",
@@ -560,6 +599,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.sandbox:
         compare_sandbox(seconds, rounds)
+        return
+    if args.usage:
+        compare_usage(seconds, rounds)
         return
     app_port = args.app_port or free_port()
     front_port = free_port()

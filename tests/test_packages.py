@@ -96,6 +96,7 @@ def test_packages_of_a_build_listed_through_posit_sdk_with_its_lockfile(server: 
     assert rows[0]["language_version"] == content["py_version"]
     assert list(sdk.packages.fetch(name="fastapi", version="0.0.1")) == []
     assert len(list(sdk.packages.fetch(app_guid=item["guid"]))) == len(installed)
+    assert len(list(sdk.packages.fetch(bundle_id=str(bundle_id)))) == len(installed)
     # Lockfile: the exact resolved requirements, with the Python version in the header.
     lockfile = content.get_lockfile()
     assert lockfile.python_version == content["py_version"]

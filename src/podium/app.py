@@ -31,6 +31,7 @@ from podium.api import (
     env_vars,
     environments,
     groups,
+    instrumentation,
     jobs,
     keys,
     oauth,
@@ -77,6 +78,7 @@ from podium.targets import AppTargets
 from podium.tasks import ContentLocks, TaskManager
 from podium.throttle import Throttle, policies_from_settings
 from podium.urls import Urls
+from podium.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 API = "/__api__"
@@ -108,6 +110,7 @@ class Node:
     deployer: Deployer
     caches: RuntimeCaches
     secret_box: SecretBox
+    usage: UsageRecorder | None
     render_tasks: RenderTasks
     router: ContentRouter
     throttle: Throttle
@@ -244,8 +247,11 @@ def build(settings: Settings) -> Node:
         store, node_id, leases, settings.node_heartbeat_seconds, settings.node_timeout_seconds, clean_dead
     )
     renderer = Renderer(store, settings, layout, jobs, env_vars, urls, isolation, changes)
+    usage = (UsageRecorder(store, settings.usage_flush_seconds, settings.usage_retention_days)
+             if settings.usage_recording else None)
     router = ContentRouter(
-        store, settings.session_lifetime_seconds, targets.app_target, scheduler, urls, handoff, layout
+        store, settings.session_lifetime_seconds, targets.app_target, scheduler, urls, handoff, layout,
+        usage=usage,
     )
     changes.on_content(router.invalidate)
     changes.on_users(router.forget_users)
@@ -272,6 +278,7 @@ def build(settings: Settings) -> Node:
         targets=targets,
         deployer=deployer,
         caches=RuntimeCaches(store, deployer),
+        usage=usage,
         secret_box=box,
         render_tasks=RenderTasks(store, settings, layout, renderer, tasks, locks, urls),
         router=router,
@@ -332,11 +339,15 @@ def create_app(node: Node) -> FastAPI:
         node.throttle.start()
         if settings.git_enabled:
             node.git.start()
+        if node.usage is not None:
+            node.usage.start()
         log.info("Podium %s serving on %s", __version__, settings.listen)
         yield
         await node.heartbeat.close()  # first: its duties move to another node at once
         await node.git.close()
         await node.throttle.close()
+        if node.usage is not None:
+            await node.usage.close()  # what is buffered is written
         await render_schedules.close()
         await node.tasks.shutdown()
         await node.scheduler.close(stop_processes=not settings.effective_keep_processes_on_shutdown)
@@ -355,13 +366,13 @@ def create_app(node: Node) -> FastAPI:
     # What endpoints may ask for (podium.api.deps), one attribute per part.
     for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "handoff", "isolation",
                  "backend", "tasks", "jobs", "scheduler", "deployer", "render_tasks", "throttle", "caches",
-                 "secret_box", "transfer_tokens", "git"):
+                 "secret_box", "transfer_tokens", "git", "usage"):
         setattr(app.state, name, getattr(node, name))
     _install_error_handlers(app)
     for module in (
         server, users, keys, content, bundles, deploy, env_vars, permissions, jobs, environments,
         renderings, schedules, audit_logs, groups, tags, vanities, packages, caches, oauth, transfer,
-        repository,
+        repository, instrumentation,
     ):
         app.include_router(module.router, prefix=API)
     app.include_router(content_routes.router)

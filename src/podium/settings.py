@@ -677,6 +677,27 @@ class Settings(BaseSettings):
         ge=0,
     )
 
+    # [usage]
+    usage_recording: bool = setting(
+        True,
+        "usage",
+        "Record every request served by content (hits and visits) and every WebSocket "
+        "session of an interactive app (shiny usage), for v1/instrumentation and the Usage pane.",
+    )
+    usage_flush_seconds: float = setting(
+        2.0,
+        "usage",
+        "How often recorded usage is written to the database, in one batch off the request "
+        "path. A normal stop writes what is buffered; a killed server loses at most this long.",
+        gt=0,
+    )
+    usage_retention_days: int = setting(
+        400,
+        "usage",
+        "How long recorded usage is kept; older rows are pruned hourly. 0 keeps it forever.",
+        ge=0,
+    )
+
     # [render]
     render_timeout_seconds: int = setting(
         1800,

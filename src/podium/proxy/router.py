@@ -45,6 +45,7 @@ from podium.scheduler import AppTarget, Scheduler, Unavailable
 from podium.store import Store
 from podium.store.models import Bundle, Content, Group, GroupMember, Permission, User, Vanity
 from podium.urls import Urls
+from podium.usage import UsageRecorder
 
 _CONTENT_TTL = 2.0
 _USER_TTL = 5.0
@@ -133,10 +134,12 @@ class ContentRouter:
         handoff: Handoff,
         layout: DataLayout | None = None,
         files: FileCache | None = None,
+        usage: UsageRecorder | None = None,
     ) -> None:
         self.store = store
         self.layout = layout
         self.files = files if files is not None else FileCache()
+        self.usage = usage  # records what content serves (podium.usage); None: nothing
         self.session_lifetime_seconds = session_lifetime_seconds
         self.app_target = app_target
         self.scheduler = scheduler
@@ -411,13 +414,19 @@ class ContentRouter:
         upstream = rest if lease.strip_prefix else path
         if query:
             upstream += b"?" + query
+        on_done = lease.release
+        if self.usage is not None:
+            ended = self.usage.hit(method, target, headers, guid, viewer.guid if viewer else None, bundle_id,
+                                   websocket=any(n == b"upgrade" and v.lower() == b"websocket" for n, v in headers))
+            if ended is not None:
+                on_done = _then(lease.release, ended)
         return Forward(
             host=lease.address[0],
             port=lease.address[1],
             target=upstream,
             set_headers=_identity_headers(headers, viewer),
             remove_headers=_REMOVE,
-            on_done=lease.release,
+            on_done=on_done,
             read_timeout_seconds=app.limits.read_timeout or None,
             connection_timeout_seconds=app.limits.connection_timeout or None,
             unix_path=lease.unix_path,
@@ -491,6 +500,14 @@ class OriginRouter:
         client: tuple[str, int] | None,
     ) -> Forward | Respond | PassToApp | ServeFile:
         return await self._router.route(method, target, headers, client, self._content_origin)
+
+
+def _then(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        first()
+        second()
+
+    return both
 
 
 def api_key(headers: list[tuple[bytes, bytes]]) -> str | None:

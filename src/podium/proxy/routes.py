@@ -39,6 +39,7 @@ from podium.render import RENDERED_MODES, latest_rendering
 from podium.store import Store
 from podium.store.models import Bundle, Content, Rendering
 from podium.urls import Urls
+from podium.usage import UsageRecorder
 
 router = APIRouter()
 _DRAFT = re.compile(r"^_bundle(\d+)(/.*)?$")
@@ -117,6 +118,10 @@ def serve_content(
         refused.headers.update(exc.headers)
         return refused
     response = _serve(request, guid, path, who, layout, urls, session)
+    usage: UsageRecorder | None = getattr(request.app.state, "usage", None)
+    if usage is not None and response.status_code < 400:  # served by content: a hit
+        usage.hit(request.method.encode(), _target(request).encode(), request.scope["headers"],
+                  guid.lower(), who.user.guid if who.user else None, None)
     if not content_origin:
         response.headers["content-security-policy"] = "sandbox"
     return response

@@ -615,3 +615,38 @@ class LeaseRow(Base):
     holder: Mapped[str] = mapped_column(String(64))
     expires_time: Mapped[datetime] = mapped_column(UTCDateTime)
     acquired_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ContentHit(Base):
+    """One request served by content (:mod:`podium.usage`); ``visit`` marks a page load
+    (a browser document), the rows of ``v1/instrumentation/content/visits``."""
+
+    __tablename__ = "content_hits"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    content_guid: Mapped[str] = mapped_column(String(36), index=True)
+    user_guid: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    bundle_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    time: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    path: Mapped[str] = mapped_column(Text)
+    query: Mapped[str | None] = mapped_column(Text, nullable=True)
+    user_agent: Mapped[str] = mapped_column(Text, default="")
+    sec_fetch_dest: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    sec_fetch_site: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    visit: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AppSession(Base):
+    """One WebSocket session of an interactive app (``v1/instrumentation/shiny/usage``):
+    ``ended`` None while it lasts. ``key`` is made by the recorder so the end can be
+    written in a later batch than the start."""
+
+    __tablename__ = "app_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(36), unique=True)
+    content_guid: Mapped[str] = mapped_column(String(36), index=True)
+    user_guid: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    bundle_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    started: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    ended: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

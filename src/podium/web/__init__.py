@@ -23,6 +23,7 @@ from podium.web import (
     pages,
     profile,
     publish,
+    usage_view,
 )
 from podium.web.templating import STATIC_PREFIX, WEB_DIR, make_environment
 
@@ -72,5 +73,5 @@ def install(app: FastAPI) -> None:
     app.add_middleware(PageHeaders, headers=page_headers(app.state.urls))
     pages.install_handlers(app)
     app.mount(STATIC_PREFIX, StaticFiles(directory=WEB_DIR / "static"), name="static")
-    for module in (login, content_pages, publish, profile, admin, admin_tags, admin_inventory, groups):
+    for module in (login, content_pages, publish, profile, admin, admin_tags, admin_inventory, usage_view, groups):
         app.include_router(module.router, include_in_schema=False)

@@ -31,7 +31,7 @@ router = APIRouter()
 RUNTIMES = (("python", "Python"), ("r", "R"), ("quarto", "Quarto"))
 TABS = (
     ("users", "Users"), ("processes", "Processes"), ("environments", "Environments"), ("tags", "Tags"),
-    ("packages", "Packages"), ("caches", "Runtime caches"), ("oauth", "OAuth integrations"),
+    ("usage", "Usage"), ("packages", "Packages"), ("caches", "Runtime caches"), ("oauth", "OAuth integrations"),
     ("git", "Git credentials"), ("audit", "Audit log"),
 )
 AUDIT_PAGE_SIZE = 50

@@ -35,7 +35,7 @@ from podium.scheduler import Scheduler
 from podium.settings import Settings
 from podium.store.models import Bundle, Content, Tag, User, Vanity
 from podium.urls import Urls
-from podium.web import settings_view
+from podium.web import settings_view, usage_view
 from podium.web.pages import PageError, as_page_errors, current_user, signed_in
 from podium.web.templating import app_mode_label, render
 
@@ -51,6 +51,7 @@ PANES: tuple[tuple[str, str, bool], ...] = (
     ("service-account", "Service account", True),
     ("variables", "Environment variables", True),
     ("bundles", "Bundles", True),
+    ("usage", "Usage", True),
     ("packages", "Packages", False),
     ("integrations", "OAuth integrations", True),
     ("repository", "Repository", True),
@@ -239,6 +240,8 @@ def _pane_context(
             "schedule": settings_view.schedule_view(schedules[0]) if schedules else None,
             "schedule_types": settings_view.SCHEDULE_TYPES,
         }
+    if pane == "usage":
+        return usage_view.usage_context(session, content.guid)
     if pane == "packages":
         environments = packages_api.active_environments(session, content)
         return {

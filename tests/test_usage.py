@@ -1,0 +1,207 @@
+"""Recorded usage (hits, visits, app sessions) through posit-sdk against a real server:
+every request content serves is recorded off the request path, in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+from posit import connect
+from posit.connect.errors import ClientError
+from tests.conftest import RunningServer, start_server
+from tests.helpers import deploy, static_bundle, tar_gz
+
+from podium.store import Store
+from podium.store.models import ContentHit
+from podium.usage import UsageRecorder
+
+_WS_APP = (
+    "from fastapi import FastAPI, WebSocket\napp = FastAPI()\n"
+    "@app.get('/')\ndef root():\n    return {'ok': True}\n"
+    "@app.websocket('/ws')\nasync def ws(socket: WebSocket):\n    await socket.accept()\n"
+    "    text = await socket.receive_text()\n    await socket.send_text(text.upper())\n    await socket.close()\n"
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(tmp_path_factory.mktemp("podium") / "data",
+                           extra_env={"PODIUM_USAGE_FLUSH_SECONDS": "0.2"})
+    yield running
+    running.stop()
+
+
+def _api(server: RunningServer, path: str) -> str:
+    return f"{server.url}/__api__/{path}"
+
+
+def _ws_bundle() -> bytes:
+    manifest = {"version": 1, "metadata": {"appmode": "python-fastapi", "entrypoint": "app"},
+                "python": {"version": "3.11.7", "package_manager": {"name": "pip", "package_file": "requirements.txt"}},
+                "files": {"requirements.txt": {}, "app.py": {}}}
+    return tar_gz({"manifest.json": json.dumps(manifest), "requirements.txt": "fastapi\n", "app.py": _WS_APP})
+
+
+def _eventually(check: Any, seconds: float = 10) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return check()
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_hits_visits_and_sessions_recorded_and_read_through_posit_sdk(server: RunningServer) -> None:
+    key = server.user_key("use_pub", "publisher")
+    viewer_key = server.user_key("use_viewer", "viewer")
+    owner = connect.Client(server.url, key)
+    site = owner.content.create(name="usage-site", access_type="logged_in")
+    deploy(server, key, site["guid"], static_bundle())
+    app = owner.content.create(name="usage-app", access_type="logged_in")
+    _, task = deploy(server, key, app["guid"], _ws_bundle())
+    assert task["code"] == 0, task["all_output"]
+    base = f"{server.content_url}/content/{site['guid']}/"
+    as_viewer = {"Authorization": f"Key {viewer_key}", "User-Agent": "usage-test/1"}
+    assert requests.get(base, headers={**as_viewer, "Sec-Fetch-Dest": "document"}).status_code == 200
+    assert requests.get(base + "style.css?v=2", headers={**as_viewer, "Sec-Fetch-Dest": "style"}).status_code == 200
+    assert requests.get(base + "missing.html", headers=as_viewer).status_code == 404  # not served: no hit
+    assert requests.get(f"{server.content_url}/content/{app['guid']}/", headers=as_viewer).status_code == 200
+
+    async def talk() -> str:
+        import websockets
+
+        url = f"{server.content_url}/content/{app['guid']}/ws".replace("http://", "ws://")
+        async with websockets.connect(url, additional_headers={"Authorization": f"Key {viewer_key}"}) as ws:
+            await ws.send("hi")
+            return str(await ws.recv())
+
+    assert asyncio.run(talk()) == "HI"
+    viewer_guid = connect.Client(server.url, viewer_key).me["guid"]
+    admin = connect.Client(server.url, server.admin_key)
+
+    def site_hits() -> list[Any]:
+        found = list(admin.metrics.hits.fetch(content_guid=site["guid"]))
+        assert len(found) == 2, found
+        return found
+
+    hits = _eventually(site_hits)
+    assert [h["data"]["path"] for h in hits] == [f"/content/{site['guid']}/", f"/content/{site['guid']}/style.css"]
+    assert hits[1]["data"]["query"] == "v=2" and hits[0]["data"]["user_agent"] == "usage-test/1"
+    assert {h["user_guid"] for h in hits} == {viewer_guid} and hits[0]["timestamp"].endswith("Z")
+    def both() -> None:  # the app's page and its websocket too
+        found = list(owner.metrics.hits.fetch(content_guid=[site["guid"], app["guid"]]))
+        assert [h["data"]["path"] for h in found if h["content_guid"] == app["guid"]] == [
+            f"/content/{app['guid']}/", f"/content/{app['guid']}/ws"], found
+
+    _eventually(both)
+    # Visits are page loads; the app's WebSocket is one session with a start and an end.
+    # (posit-sdk's metrics.usage merges visits and shiny usage: visits carry a path.)
+    visits = admin.metrics.usage.find(content_guid=site["guid"])
+    assert [v["path"] for v in visits] == [f"/content/{site['guid']}/"]
+    assert visits[0]["user_guid"] == viewer_guid and visits[0]["data_version"] == 1
+
+    def sessions() -> list[Any]:
+        found = [u for u in owner.metrics.usage.find(content_guid=app["guid"]) if u["path"] is None]
+        assert len(found) == 1 and found[0]["ended"] is not None, found
+        return found
+
+    session = _eventually(sessions)[0]
+    assert session["user_guid"] == viewer_guid and session["started"] <= session["ended"]
+    raw = server.api().get(_api(server, "v1/instrumentation/shiny/usage"), params={"content_guid": app["guid"]})
+    assert [(u["started"], u["ended"]) for u in raw.json()["results"]] == [(session["started"], session["ended"])]
+    # from/to bound by time.
+    later = (datetime.now(UTC) + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert list(admin.metrics.hits.fetch(content_guid=site["guid"], start=later)) == []
+    assert len(list(admin.metrics.hits.fetch(content_guid=site["guid"], end=later))) == 2
+
+
+def test_visits_cursor_pages_follow_to_the_end(server: RunningServer) -> None:
+    key = server.user_key("page_pub", "publisher")
+    owner = connect.Client(server.url, key)
+    site = owner.content.create(name="paged-site")
+    deploy(server, key, site["guid"], static_bundle())
+    for n in range(5):
+        page = requests.get(f"{server.content_url}/content/{site['guid']}/?n={n}",
+                            headers={"Authorization": f"Key {key}", "Sec-Fetch-Dest": "document"})
+        assert page.status_code == 200
+    _eventually(lambda: _assert_count(owner, site["guid"], 5))
+    seen, cursor, pages = [], None, 0
+    while True:
+        params = {"content_guid": site["guid"], "limit": "2", **({"next": cursor} if cursor else {})}
+        body = server.api(key).get(_api(server, "v1/instrumentation/content/visits"), params=params).json()
+        assert set(body) == {"paging", "results"} and set(body["paging"]) == {"cursors", "first", "previous", "next", "last"}
+        seen += [v["time"] for v in body["results"]]
+        pages += 1
+        cursor = body["paging"]["cursors"]["next"]
+        if not cursor:
+            break
+    assert pages == 3 and len(seen) == 5 and seen == sorted(seen)
+    newest_first = server.api(key).get(_api(server, "v1/instrumentation/content/visits"),
+                                       params={"content_guid": site["guid"], "asc_order": "false"}).json()
+    assert [v["time"] for v in newest_first["results"]] == seen[::-1]
+
+
+def _assert_count(client: connect.Client, guid: str, n: int) -> None:
+    assert len(client.metrics.usage.find(content_guid=guid)) == n
+
+
+def test_usage_refusals(server: RunningServer) -> None:
+    key = server.user_key("use_pub", "publisher")
+    other = server.api(server.user_key("use_other", "publisher"))
+    mine = server.api(key).post(_api(server, "v1/content"), json={"name": "refusals-usage"}).json()
+    for path in ("content/hits", "content/visits", "shiny/usage"):
+        url = _api(server, f"v1/instrumentation/{path}")
+        assert other.get(url, params={"content_guid": mine["guid"]}).status_code == 403
+        for bad in ({"from": "yesterday"}, {"to": "2026-13-01T00:00:00Z"}, {"content_guid": "abc"},
+                    {"content_guid": f"{mine['guid']}|nope"}):
+            answer = server.api().get(url, params=bad)
+            assert answer.status_code == 400, (path, bad, answer.text)
+            assert set(answer.json()) == {"code", "error", "payload"}
+        assert server.api(server.user_key("use_viewer", "viewer")).get(url).status_code == 403
+    # A publisher without a filter sees only their own content's hits.
+    assert all(h["content_guid"] != mine["guid"] for h in other.get(_api(server, "v1/instrumentation/content/hits")).json())
+    sdk = connect.Client(server.url, server.user_key("use_other", "publisher"))
+    with pytest.raises(ClientError) as refused:
+        sdk.metrics.hits.fetch(content_guid=mine["guid"])
+    assert refused.value.http_status == 403
+
+
+def test_buffered_hits_written_on_a_normal_stop(tmp_path: Any) -> None:
+    data = tmp_path / "data"
+    first = start_server(data, extra_env={"PODIUM_USAGE_FLUSH_SECONDS": "3600"})
+    try:
+        site = first.api().post(_api(first, "v1/content"), json={"name": "stop-site"}).json()
+        deploy(first, first.admin_key, site["guid"], static_bundle())
+        for _ in range(3):
+            served = requests.get(f"{first.content_url}/content/{site['guid']}/",
+                                  headers={"Authorization": f"Key {first.admin_key}"})
+            assert served.status_code == 200
+        assert first.api().get(_api(first, "v1/instrumentation/content/hits")).json() == []  # still buffered
+    finally:
+        first.stop()  # SIGTERM: a normal stop
+    second = start_server(data, bootstrap=False)
+    try:
+        hits = second.api(first.admin_key).get(_api(second, "v1/instrumentation/content/hits")).json()
+        assert len(hits) == 3 and {h["content_guid"] for h in hits} == {site["guid"]}
+    finally:
+        second.stop()
+
+
+def test_usage_pruned_past_the_retention(store: Store) -> None:
+    recorder = UsageRecorder(store, 1.0, retention_days=30)
+    guid = "0b6b1a4e-8d8f-4a57-9a55-9e1f3d6f2f10"
+    recorder.hit(b"GET", b"/content/x/", [(b"user-agent", b"t")], guid, None, None)
+    assert recorder.flush() == 1
+    assert recorder.prune(datetime.now(UTC) + timedelta(days=29)) == 0
+    assert recorder.prune(datetime.now(UTC) + timedelta(days=31)) == 1
+    with store.session() as session:
+        assert session.query(ContentHit).count() == 0
+    assert UsageRecorder(store, 1.0, retention_days=0).prune(datetime.now(UTC) + timedelta(days=9999)) == 0
