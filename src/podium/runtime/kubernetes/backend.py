@@ -181,6 +181,7 @@ class KubernetesBackend:
             job = await client.create_job(namespace, manifest)
         except KubeApiError as error:
             if error.status != 409:
+                self._drop_tokens(spec.key)  # a half-failed launch leaves no token behind
                 raise _backend_error(error, f"Job {spec.key} could not be created") from error
             job = jobs.objects.get(name) or await self._wrap(client.get_job(namespace, name))
             log.info("job %s (content %s): adopted the existing Job %s", spec.key, spec.content_guid, name)
