@@ -59,6 +59,7 @@ from podium.runtime.kubernetes.manifests import (
     job_name,
     job_secret_values,
     label_selector,
+    scratch,
     secret_data,
     secret_key,
     selector_labels,
@@ -204,7 +205,8 @@ class KubernetesBackend:
                                "transfer tokens (set kubernetes_transfer_url).")
         config = self.config
         tokens = {fetch_token_key(spec): self.tokens.issue(
-            spec.key, spec.content_guid, "fetch", [path for path, _ in paths], config.transfer_token_ttl_seconds)}
+            spec.key, spec.content_guid, "fetch", [None if scratch(path, config) else path for path, _ in paths],
+            config.transfer_token_ttl_seconds)}
         for index, path in enumerate(uploads):
             tokens[upload_token_key(spec, index)] = self.tokens.issue(
                 spec.key, spec.content_guid, "upload", [path], config.transfer_upload_ttl_seconds)
