@@ -20,9 +20,10 @@ from tests import test_kubernetes_backend as base
 from tests.test_kubernetes_backend import GUID, PY, SLEEP, Env, ended, pending_with, sim_only, spec
 
 from k8s_sim import SimCluster
-from podium.runtime import JobState, JobStatus, Placement, Resources
+from podium.runtime import BackendError, JobState, JobStatus, Placement, Resources
 from podium.runtime.base import Sandbox
 from podium.runtime.kubernetes.backend import KubernetesBackend
+from podium.runtime.transfer import TransferTokens
 
 pytestmark = sim_only
 cluster = base.cluster  # the fixtures of the backend tests, one simulated cluster per module
@@ -227,3 +228,27 @@ def test_isolation_for_pods_gives_every_job_the_pod_uid_and_never_the_data_dir(
     other = isolation.sandbox(10001, read_only=[], writable=[data / "outputs/1/10"])
     assert other is not None and (data / "outputs/1/10").is_dir()
     assert (data / "outputs/1/10").stat().st_uid == os.geteuid()
+
+
+def test_kubernetes_no_shared_volume_needs_tokens_and_a_failed_fetch_fails_the_job(
+    env: Env, cluster: SimCluster | None, tmp_path: Path
+) -> None:
+    sim = require_enforcing(cluster)
+    data = data_dir(tmp_path)
+    bundle = str(data / "apps/1/2")
+    job = spec([PY, "-c", "print('never')"], workdir=bundle, sandbox=Sandbox(10001, 10001, read_only=(bundle,)))
+
+    async def scenario(backend: KubernetesBackend) -> tuple[JobStatus, int]:
+        with pytest.raises(BackendError) as caught:  # no tokens issued by this backend
+            await backend.launch(job)
+        assert caught.value.reason == "TransferUnavailable" and "kubernetes_transfer_url" in caught.value.message
+        backend.tokens = TransferTokens(data)
+        handle = await backend.launch(job)
+        status = await ended(backend, handle, 15)
+        return status, len(backend.tokens)
+
+    # the transfer URL answers 404 (the simulated API server): the init container fails
+    status, left = env.run(scenario, shared_volume=False, transfer_url=sim.url, data_mount_path=str(data))
+    assert (status.state, status.reason) == (JobState.FAILED, "InitFailed"), status
+    assert "init container fetch exited with code 1" in (status.message or "")
+    assert left == 0  # the job's tokens were revoked when it ended

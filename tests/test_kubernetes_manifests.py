@@ -457,3 +457,14 @@ def test_job_manifest_without_a_shared_volume_uploads_a_renders_output() -> None
     uploads = sorted(p for p in RENDER_SANDBOX.writable)
     assert [env[f"PODIUM_UPLOAD_{i}_PATH"]["value"] for i in range(2)] == uploads
     assert env["PODIUM_UPLOAD_1_TOKEN"]["valueFrom"]["secretKeyRef"]["key"] == "transfer.run-42-1.upload-1"
+
+
+def test_job_manifest_without_a_shared_volume_never_uploads_scratch_folders() -> None:
+    cache = "/var/lib/podium/cache"
+    build = spec("build", port=None, sandbox=Sandbox(10001, 10001, read_only=("/var/lib/podium/apps/1/2",),
+                                                     writable=("/var/lib/podium/envs/.abc.build-1", cache)))
+    config = KubernetesJobConfig(shared_volume=False, transfer_url="http://podium/", transfer_scratch=(cache,))
+    container = job_manifest(build, config)["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["PODIUM_UPLOAD_0_PATH"] == "/var/lib/podium/envs/.abc.build-1" and "PODIUM_UPLOAD_1_PATH" not in env
+    assert cache in [m["mountPath"] for m in container["volumeMounts"]]  # there, empty, writable

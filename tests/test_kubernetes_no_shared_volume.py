@@ -187,3 +187,25 @@ def test_no_shared_volume_token_fetches_only_its_jobs_files_once_and_expires(
         server.api().patch(f"{server.url}/__api__/v1/content/{hostile}", json={"kubernetes_placement": None})
     # Content still serves once it may be placed again (a new job, new tokens).
     assert server.api().get(content_url(server, plain)).status_code == 200
+
+
+def test_no_shared_volume_notebook_render_uploads_its_output(
+    server: RunningServer, cluster: SimCluster, home: Path, tmp_path: Path
+) -> None:
+    import re
+
+    from tests.test_rendered_content import write_notebook
+
+    directory = write_notebook(tmp_path, "nsv_report", [("print('computed', 6 * 7, 'without a shared volume')", [])])
+    done = rsconnect(home, "deploy", "notebook", "-n", "podium", str(directory / "report.ipynb"))
+    assert done.returncode == 0, done.stdout + done.stderr + server.log()[-3000:]
+    found = re.search(r"/content/([0-9a-f-]{36})/", done.stdout + done.stderr)
+    assert found, done.stdout + done.stderr
+    guid = found.group(1)
+    # The render job wrote into its emptyDir; what Podium serves came back by upload.
+    page = server.api(server.user_key("nsv_pub", "publisher")).get(content_url(server, guid))
+    assert page.status_code == 200 and "computed 42 without a shared volume" in page.text, page.text[:500]
+    renders = [job for job in jobs_of(cluster, guid) if job["metadata"]["labels"]["podium.dev/job-kind"] == "render"]
+    assert renders
+    container = renders[0]["spec"]["template"]["spec"]["containers"][0]
+    assert any(item["name"] == "PODIUM_UPLOAD_0_TOKEN" for item in container["env"])

@@ -81,9 +81,9 @@ def test_transfer_pack_names_paths_by_index_and_keeps_links(tmp_path: Path) -> N
     (tmp_path / "a" / "f").write_text("x")
     (tmp_path / "a" / "link").symlink_to("/etc/passwd")
     out = io.BytesIO()
-    pack((str(tmp_path / "a"), str(tmp_path / "missing")), out)
+    pack((str(tmp_path / "a"), str(tmp_path / "missing"), None), out)
     out.seek(0)
     with tarfile.open(fileobj=out) as tar:
         members = {m.name: m for m in tar.getmembers()}
-    assert set(members) == {"0", "0/f", "0/link", "1"}
-    assert members["0/link"].issym() and members["1"].isdir()
+    assert set(members) == {"0", "0/f", "0/link", "1", "2"}
+    assert members["0/link"].issym() and members["1"].isdir() and members["2"].isdir()

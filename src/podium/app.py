@@ -161,6 +161,7 @@ def make_backend(
         transfer_url=settings.kubernetes_transfer_url or (urls.public if urls is not None else ""),
         transfer_token_ttl_seconds=settings.kubernetes_transfer_token_ttl_seconds,
         transfer_upload_ttl_seconds=settings.kubernetes_transfer_upload_ttl_seconds,
+        transfer_scratch=(str(layout.cache),),  # a build pod starts with an empty uv cache
     )
     kubeconfig = str(settings.kubernetes_kubeconfig) if settings.kubernetes_kubeconfig else None
     days = settings.kubernetes_job_log_retention_days

@@ -2,9 +2,9 @@
 
 Pods of the Kubernetes backend with ``kubernetes_shared_volume = false`` call it with
 a token of their own (``Authorization: Bearer ...``), and nothing else: the token
-alone says which paths (:mod:`podium.runtime.transfer`). ``GET`` answers a gzipped
-tar of the paths a fetch token names; ``PUT`` replaces the folder an upload token
-names with the folder of the tar sent. A token works once, until it expires; any
+alone says which paths (:mod:`podium.runtime.transfer`). ``GET`` answers a tar of the
+paths a fetch token names; ``PUT`` replaces the folder an upload token names with the
+folder of the tar sent. A token works once, until it expires; any
 other token is refused with 403 and the same message, whatever the reason.
 """
 
@@ -43,13 +43,13 @@ def _redeem(request: Request, tokens: TransferTokens, action: Action) -> Grant:
 @router.get(PATH, include_in_schema=False)
 async def fetch(request: Request, tokens: TransferTokens = Depends(deps.transfer_tokens)) -> Response:
     grant = _redeem(request, tokens, "fetch")
-    archive = tempfile.NamedTemporaryFile(prefix="podium-transfer-", suffix=".tar.gz", delete=False)  # noqa: SIM115
+    archive = tempfile.NamedTemporaryFile(prefix="podium-transfer-", suffix=".tar", delete=False)  # noqa: SIM115
     try:
         await asyncio.to_thread(pack, grant.paths, archive)
     finally:
         archive.close()
     log.info("transfer: job %s (content %s) fetched %d paths", grant.job_key, grant.content_guid, len(grant.paths))
-    return FileResponse(archive.name, media_type="application/gzip",
+    return FileResponse(archive.name, media_type="application/x-tar",
                         background=BackgroundTask(Path(archive.name).unlink, missing_ok=True))
 
 
@@ -61,7 +61,7 @@ async def upload(request: Request, tokens: TransferTokens = Depends(deps.transfe
             archive.write(chunk)
         archive.seek(0)
         try:
-            await asyncio.to_thread(unpack_upload, archive, Path(grant.paths[0]), tokens.root)
+            await asyncio.to_thread(unpack_upload, archive, Path(str(grant.paths[0])), tokens.root)
         except (OSError, ValueError, tarfile.TarError) as error:
             log.warning("transfer: job %s (content %s): upload refused: %s", grant.job_key, grant.content_guid, error)
             raise errors.bad_request(f"The upload could not be unpacked: {error}") from None

@@ -228,9 +228,9 @@ class JobSpec:
     (on Kubernetes: seeing nothing of the data volume).
     ``secret_env`` is more of the environment whose values a backend must keep out of
     any stored object (the content's variables, credentials of the build's index): the
-    local backend adds them to ``env``; Kubernetes puts them in a Secret of the job's
-    own and references them from the pod. ``placement`` says where the job may run
-    (Kubernetes only).
+    local backend adds them to ``env``; Kubernetes puts them in the content's own Secret
+    (one per content item) and references them from the pod. ``placement`` says where
+    the job may run (Kubernetes only).
     """
 
     key: str

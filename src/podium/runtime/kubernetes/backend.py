@@ -60,6 +60,7 @@ from podium.runtime.kubernetes.manifests import (
     job_name,
     job_secret_values,
     label_selector,
+    scratch,
     secret_data,
     secret_key,
     selector_labels,
@@ -182,6 +183,7 @@ class KubernetesBackend:
             job = await client.create_job(namespace, manifest)
         except KubeApiError as error:
             if error.status != 409:
+                self._drop_tokens(spec.key)  # a half-failed launch leaves no token behind
                 raise _backend_error(error, f"Job {spec.key} could not be created") from error
             job = jobs.objects.get(name) or await self._wrap(client.get_job(namespace, name))
             log.info("job %s (content %s): adopted the existing Job %s", spec.key, spec.content_guid, name)
@@ -204,7 +206,8 @@ class KubernetesBackend:
                                "transfer tokens (set kubernetes_transfer_url).")
         config = self.config
         tokens = {fetch_token_key(spec): self.tokens.issue(
-            spec.key, spec.content_guid, "fetch", [path for path, _ in paths], config.transfer_token_ttl_seconds)}
+            spec.key, spec.content_guid, "fetch", [None if scratch(path, config) else path for path, _ in paths],
+            config.transfer_token_ttl_seconds)}
         for index, path in enumerate(uploads):
             tokens[upload_token_key(spec, index)] = self.tokens.issue(
                 spec.key, spec.content_guid, "upload", [path], config.transfer_upload_ttl_seconds)

@@ -98,6 +98,8 @@ class KubernetesJobConfig:
     transfer_upload_ttl_seconds: float = 86400.0  # upload: covers the job's whole run
     # this server node: labels its Jobs, so each replica lists only its own (None: no label)
     node: str | None = None
+    # data paths a pod gets as empty folders, never fetched nor uploaded (uv's cache)
+    transfer_scratch: tuple[str, ...] = ()
 
 
 def job_name(key: str) -> str:
@@ -268,14 +270,20 @@ def data_mounts(spec: JobSpec, config: KubernetesJobConfig) -> list[dict[str, An
 
 
 def transfers(spec: JobSpec, config: KubernetesJobConfig) -> tuple[list[tuple[str, bool]], list[str]]:
-    """Without a shared volume: the paths the job's init container fetches (all its data
-    paths) and those its container uploads once its command succeeded (the writable
-    ones of builds and renders; a run job's home stays in its pod)."""
+    """Without a shared volume: the paths the job's pod gets in its ``emptyDir`` (all its
+    data paths), and those its container uploads once its command succeeded (the
+    writable ones of builds and renders; a run job's home stays in its pod). Scratch
+    paths (``transfer_scratch``: uv's cache) are neither fetched nor uploaded."""
     if config.shared_volume or spec.sandbox is None:
         return [], []
     paths = data_paths(spec, config)
-    uploads = [path for path, read_only in paths if not read_only] if spec.kind != "run" else []
+    uploads = [path for path, read_only in paths if not read_only and not scratch(path, config)] \
+        if spec.kind != "run" else []
     return paths, uploads
+
+
+def scratch(path: str, config: KubernetesJobConfig) -> bool:
+    return any(_below(path, posixpath.normpath(folder)) for folder in config.transfer_scratch)
 
 
 def fetch_token_key(spec: JobSpec) -> str:
