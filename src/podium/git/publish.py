@@ -126,6 +126,11 @@ class GitPublisher:
             url = repository or repo.repository
             ref = ref or repo.branch
             directory = directory if directory is not None else repo.directory
+        loop = asyncio.get_running_loop()
+
+        def say_soon(text: str) -> None:  # git runs in a worker thread; the task output is the loop's
+            loop.call_soon_threadsafe(say, text)
+
         scratch = self.layout.tmp() / f"git-{uuid.uuid4().hex}"
         scratch.mkdir(mode=0o700)
         try:
@@ -136,7 +141,7 @@ class GitPublisher:
                 auth = await asyncio.to_thread(self.auth_for, url)
                 commit = await asyncio.to_thread(
                     self.runner.fetch_tree, url, ref, directory, auth, scratch, archive,
-                    limits.max_bytes, say,
+                    limits.max_bytes, say_soon, limits.max_unpacked_bytes,
                 )
                 manifest = await asyncio.to_thread(unpack_bundle, archive, unpacked, limits)
             except (GitError, BundleError) as exc:
