@@ -118,6 +118,16 @@ def test_repository_api_fields_codes_and_permissions(
     assert client.delete(url).status_code == 204
     assert_error(client.get(url), 404, 4)
     assert sdk.content.get(item["guid"]).repository is None
+    # posit-sdk's own calls: create, update (PATCH, read back), destroy.
+    made = sdk.content.get(item["guid"]).create_repository(
+        repository="https://example.org/team/app.git", branch="main", directory=".", polling=False
+    )
+    assert made["repository"] == "https://example.org/team/app.git" and made["last_known_commit"] == ""
+    made.update(branch="release")
+    assert made["branch"] == "release" and made["repository"] == "https://example.org/team/app.git"
+    assert client.get(url).json()["branch"] == "release"
+    made.destroy()
+    assert sdk.content.get(item["guid"]).repository is None
     assert_error(client.post(api(server, f"v1/content/{item['guid']}/repository/bundle"), json={}), 400, 143)
 
 
@@ -355,3 +365,25 @@ def test_push_webhook_checks_signatures_and_redeploys(
     assert lab.status_code == 202, lab.text
     assert wait_task(server, pub, lab.json()["task_id"])["code"] == 0
     assert page(server, pub, guid) == "<h1>gitlab</h1>"
+
+
+def test_git_disabled_answers_404_code_145(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", {"PODIUM_GIT_ENABLED": "false"})
+    try:
+        key = server.user_key("nogit")
+        guid = new_content(server, key)["guid"]
+        where = api(server, f"v1/content/{guid}/repository")
+        assert_error(server.api(key).put(where, json={"repository": "https://example.org/x.git"}), 404, 145)
+        assert_error(server.api(key).get(where), 404, 145)
+        assert_error(requests.post(api(server, f"v1/git/webhooks/{guid}"), data=b"{}"), 404, 145)
+        # rsconnect says so in its own words.
+        from tests.test_clients import rsconnect
+
+        home = tmp_path / "home"
+        home.mkdir()
+        rsconnect(home, "add", "-n", "podium", "-s", server.url, "-k", key)
+        refused = rsconnect(home, "deploy", "git", "-n", "podium", "-r", "https://example.org/x.git")
+        assert refused.returncode != 0
+        assert "not enabled" in (refused.stdout + refused.stderr).lower(), refused.stdout + refused.stderr
+    finally:
+        server.stop()

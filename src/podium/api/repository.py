@@ -31,6 +31,7 @@ from podium.urls import Urls
 
 router = APIRouter()
 FIELDS = ("repository", "branch", "directory", "polling")
+_MAX_PUSH_BYTES = 25 << 20  # GitHub caps its payloads at 25 MB
 
 
 def location_json(repo: GitRepository) -> dict[str, Any]:
@@ -262,18 +263,22 @@ async def receive_push(
     """A push delivery from GitHub, Gitea or GitLab: checked against the content's secret
     (401 and nothing deployed when it does not match), then the same redeploy as polling."""
     _enabled(settings)
-    body = await request.body()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_PUSH_BYTES:
+            raise errors.ApiError(413, 3, f"A webhook delivery may be at most {_MAX_PUSH_BYTES} bytes.")
     refused = errors.ApiError(401, 30, "The webhook signature or token does not match this content's secret.")
     content = session.scalar(select(Content).where(Content.guid == guid))
     repo = repository_of(session, content) if content is not None else None
     if content is None or repo is None or repo.webhook_secret_encrypted is None:
         raise refused
     secret = git.box.decrypt(repo.webhook_secret_encrypted)
-    if not signature_ok(secret, body, request.headers):
+    if not signature_ok(secret, bytes(body), request.headers):
         raise refused
     event = request.headers.get("x-github-event") or request.headers.get("x-gitea-event") \
         or request.headers.get("x-gitlab-event") or ""
-    ref = pushed_ref(body)
+    ref = pushed_ref(bytes(body))
     if event.lower() == "ping" or ref is None:
         return _json({"deployed": False, "reason": "not a push"}, 200)
     if not ref_matches(ref, repo.branch):
