@@ -387,3 +387,51 @@ def test_git_disabled_answers_404_code_145(tmp_path: Path) -> None:
         assert "not enabled" in (refused.stdout + refused.stderr).lower(), refused.stdout + refused.stderr
     finally:
         server.stop()
+
+
+@pytest.mark.postgres
+def test_two_nodes_sharing_a_database_deploy_each_new_commit_once(tmp_path: Path) -> None:
+    """Two servers on one PostgreSQL database, both polling every second: each new commit
+    becomes exactly one bundle (one node holds the item's lease while it checks)."""
+    from tests.conftest import POSTGRES_URL, require_postgres, reset_postgres
+
+    require_postgres()
+    reset_postgres(POSTGRES_URL)
+    root = tmp_path / "repos"
+    root.mkdir()
+    served = GitHttpServer(root)
+    env = {"PODIUM_DATABASE_URL": POSTGRES_URL, "PODIUM_GIT_POLLING_INTERVAL_SECONDS": "1"}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = start_server(tmp_path / "a" / "data", env)
+    try:
+        second = start_server(tmp_path / "b" / "data", env, bootstrap=False)
+    except BaseException:
+        first.stop()
+        served.close()
+        raise
+    try:
+        repo = Repo(root, "shared")
+        repo.commit(static_site("<h1>one</h1>"))
+        key = first.user_key("twonodes")
+        guid = new_content(first, key)["guid"]
+        first.api(key).put(api(first, f"v1/content/{guid}/repository"),
+                           json={"repository": served.url("shared"), "polling": True})
+
+        def bundles() -> list[dict[str, Any]]:
+            return list(first.api(key).get(api(first, f"v1/content/{guid}/bundles")).json())
+
+        _wait_for(lambda: len(bundles()) == 1)
+        repo.commit(static_site("<h1>two</h1>"))
+        _wait_for(lambda: len(bundles()) == 2)
+        time.sleep(5)  # several more polls on each node
+        made = bundles()
+        assert len(made) == 2, made
+        assert len({b["metadata"]["source_commit"] for b in made}) == 2
+        checks = [line for server in (first, second) for line in server.log().splitlines()
+                  if "moved to" in line and "deploying" in line]
+        assert len(checks) == 2, checks
+    finally:
+        second.stop()
+        first.stop()
+        served.close()
