@@ -164,3 +164,20 @@ def test_git_runner_stops_a_fetch_past_the_size_limit_and_an_oversized_archive(t
         assert f"Commit {commit}" in lines
     finally:
         served.close()
+
+
+def test_poll_lease_renewed_only_by_its_holder(store: Store, settings: Settings) -> None:
+    item = _item(store, "renewed", None)
+    a, b = _publisher(store, settings, "node-a"), _publisher(store, settings, "node-b")
+    assert a.claim_due(datetime.now(UTC)) == [item]
+    with store.session() as session:
+        session.query(GitRepository).update({"lease_expires": datetime.now(UTC) + timedelta(seconds=5)})
+    b._renew(item)  # not b's lease: no change
+    with store.session() as session:
+        expires = session.query(GitRepository).one().lease_expires
+    assert expires is not None and expires < datetime.now(UTC) + timedelta(seconds=10)
+    a._renew(item)
+    with store.session() as session:
+        expires = session.query(GitRepository).one().lease_expires
+    assert expires is not None and expires > datetime.now(UTC) + timedelta(seconds=a._lease_seconds() - 10)
+    assert b.claim_due(datetime.now(UTC) + timedelta(seconds=60)) == []

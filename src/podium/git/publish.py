@@ -17,6 +17,8 @@ Polling (:meth:`GitPublisher.poll_once`): an item is due when its last check is 
 than ``git_polling_interval_seconds``. A node claims a due item with one conditional
 ``UPDATE`` of its lease columns (only an unleased or expired row matches), so with
 several nodes sharing a database exactly one checks it, on SQLite and PostgreSQL alike.
+The lease lasts ``2 * git_timeout_seconds + 60`` s and is renewed while a deploy it
+started runs; the items of a node that dies are free again when their leases expire.
 """
 
 from __future__ import annotations
@@ -260,7 +262,17 @@ class GitPublisher:
 
     # --- polling -------------------------------------------------------------------------
     def _lease_seconds(self) -> float:
-        return 3 * self.settings.git_timeout_seconds + self.settings.build_timeout_seconds + 60
+        """How long a claim lasts unless renewed: a check's remote query fits in it; a deploy
+        it starts renews it (:meth:`_renew`), so a node that dies frees its items this soon."""
+        return 2 * self.settings.git_timeout_seconds + 60
+
+    def _renew(self, content_id: int) -> None:
+        with self.store.session() as session:
+            session.execute(
+                update(GitRepository)
+                .where(GitRepository.content_id == content_id, GitRepository.lease_node == self.node)
+                .values(lease_expires=_now() + timedelta(seconds=self._lease_seconds()))
+            )
 
     def claim_due(self, now: datetime | None = None) -> list[int]:
         """Claim every polling item whose last check is older than the interval and whose
@@ -333,7 +345,12 @@ class GitPublisher:
         task_id = self.start_deploy(
             content_id, owner_id, why=f"Branch {branch!r} of {url} is now at {commit}.", on_end=done.set
         )
-        await done.wait()
+        while True:  # hold the lease while the deploy runs
+            try:
+                await asyncio.wait_for(done.wait(), self._lease_seconds() / 3)
+                break
+            except TimeoutError:
+                await asyncio.to_thread(self._renew, content_id)
         await asyncio.to_thread(self._release, content_id, True)
         return task_id
 
