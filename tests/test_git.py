@@ -365,6 +365,10 @@ def test_push_webhook_checks_signatures_and_redeploys(
     assert lab.status_code == 202, lab.text
     assert wait_task(server, pub, lab.json()["task_id"])["code"] == 0
     assert page(server, pub, guid) == "<h1>gitlab</h1>"
+    entries = server.api().get(api(server, "v1/audit_logs"), params={
+        "limit": 500, "ascOrder": "false", "action": "deploy_content"}).json()["results"]
+    pushes = [e for e in entries if e["user_description"] == "a git push webhook" and guid in e["event_description"]]
+    assert len(pushes) == 2, pushes
 
 
 def test_git_disabled_answers_404_code_145(tmp_path: Path) -> None:

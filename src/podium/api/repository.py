@@ -21,7 +21,7 @@ from podium.api import deps
 from podium.api.body import json_object
 from podium.api.content import describe, managed_content, visible_content
 from podium.api.serialize import iso
-from podium.git.publish import GitPublisher
+from podium.git.publish import WEBHOOK, GitPublisher
 from podium.git.remote import GitError, host_of, normalise_directory, url_problem
 from podium.git.webhook import pushed_ref, ref_matches, signature_ok
 from podium.settings import Settings
@@ -284,6 +284,9 @@ async def receive_push(
     if not ref_matches(ref, repo.branch):
         return _json({"deployed": False, "reason": f"push to {ref}, following {repo.branch}"}, 200)
     content_id, owner_id = content.id, content.owner_id
+    audit.record(session, WEBHOOK, "deploy_content",
+                 f"Started deploying content {describe(content)} from git: a push to {ref}.")
+    session.commit()
     session.close()
     task_id = git.start_deploy(content_id, owner_id, why=f"Push webhook: {ref} changed.")
     return _json({"deployed": True, "task_id": task_id}, 202)

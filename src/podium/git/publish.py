@@ -38,6 +38,7 @@ from typing import Any
 
 from sqlalchemy import or_, select, update
 
+from podium import audit
 from podium.bundles import BundleError, BundleLimits, unpack_bundle
 from podium.deploy import Deployer, DeployRequest
 from podium.git.remote import GitAuth, GitError, GitRunner, host_of
@@ -63,6 +64,8 @@ class Made:
 
 
 _REMOTE_QUERIES_AT_ONCE = 2
+POLLER = audit.Actor(None, None, "the git poller")
+WEBHOOK = audit.Actor(None, None, "a git push webhook")
 
 
 def _now() -> datetime:
@@ -324,7 +327,10 @@ class GitPublisher:
             if repo is None:
                 return None
             url, branch, known = repo.repository, repo.branch, repo.last_known_commit
-            owner_id = session.scalar(select(Content.owner_id).where(Content.id == content_id))
+            content = session.get(Content, content_id)
+            if content is None:
+                return None
+            owner_id, described = content.owner_id, f"{content.name!r} ({content.guid})"
         scratch = self.layout.tmp() / f"git-ls-{uuid.uuid4().hex}"
         try:
             async with self._remote_slots:
@@ -337,10 +343,14 @@ class GitPublisher:
             return None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        if commit == known:
+        if commit == known or content_id in self._in_flight:  # unchanged, or a deploy is under way
             await asyncio.to_thread(self._release, content_id, True)
             return None
         log.info("content %s: %s moved to %s; deploying", content_id, branch, commit[:12])
+        await asyncio.to_thread(
+            audit.record_now, self.store, POLLER, "deploy_content",
+            f"Started deploying content {described} from git: {branch!r} of {url} moved to {commit[:12]}.",
+        )
         done = asyncio.Event()
         task_id = self.start_deploy(
             content_id, owner_id, why=f"Branch {branch!r} of {url} is now at {commit}.", on_end=done.set
