@@ -177,6 +177,11 @@ def test_deploy_from_git_serves_the_commit_and_records_its_source(
     assert task_log["code"] == 0 and any(first in line for line in task_log["all_output"])
     history = client.get(api(server, f"v1/content/{guid}/bundles")).json()
     assert [b["metadata"]["source_commit"] for b in history] == [first, second, first]
+    # A ref that does not exist: the answer and the task say so; no bundle is made.
+    refused = assert_error(client.post(api(server, f"v1/content/{guid}/repository/bundle"),
+                                       json={"ref": "no-such-ref"}), 400, 3)
+    assert "no such branch, tag or commit" in refused["error"]
+    assert len(client.get(api(server, f"v1/content/{guid}/bundles")).json()) == 3
 
 
 def _fails_with(server: RunningServer, key: str, guid: str, expected: str) -> None:

@@ -202,7 +202,7 @@ async def bundle_from_repository(
         )
     except TaskFailed as exc:
         git.finish_task(task_id, lines, exc.message)
-        raise errors.ApiError(400, 2, exc.message) from None
+        raise errors.bad_request(exc.message) from None
     git.finish_task(task_id, lines, "")
     return {
         "bundle_id": str(made.bundle_id),
