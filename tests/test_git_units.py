@@ -181,3 +181,31 @@ def test_poll_lease_renewed_only_by_its_holder(store: Store, settings: Settings)
         expires = session.query(GitRepository).one().lease_expires
     assert expires is not None and expires > datetime.now(UTC) + timedelta(seconds=a._lease_seconds() - 10)
     assert b.claim_due(datetime.now(UTC) + timedelta(seconds=60)) == []
+
+
+@pytest.mark.parametrize("protocol_v2", [True, False])
+def test_git_runner_fetches_an_older_commit_by_id(tmp_path: Path, protocol_v2: bool) -> None:
+    root = tmp_path / "repos"
+    root.mkdir()
+    served = GitHttpServer(root, protocol_v2=protocol_v2)
+    try:
+        repo = Repo(root, "history")
+        old = repo.commit(static_site("old"))
+        repo.commit(static_site("new"))
+        runner = GitRunner(60, allow_local=False)
+        lines: list[str] = []
+        (tmp_path / "s").mkdir()
+        archive = tmp_path / "s" / "b.tgz"
+        assert runner.fetch_tree(served.url("history"), old, ".", None, tmp_path / "s", archive,
+                                 10_000_000, lines.append) == old
+        import tarfile
+
+        with tarfile.open(archive) as tar:
+            member = tar.extractfile("index.html")
+            assert member is not None and member.read() == b"old"
+        assert any("fetching its branches" in line for line in lines) == (not protocol_v2)
+        with pytest.raises(GitError, match="has no commit f{40} on any branch"):
+            runner.fetch_tree(served.url("history"), "f" * 40, ".", None, tmp_path / "t", tmp_path / "t.tgz",
+                              10_000_000, lines.append)
+    finally:
+        served.close()

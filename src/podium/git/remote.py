@@ -184,11 +184,30 @@ class GitRunner:
         env = self._env(url, auth, scratch)
         self._run(["init", "--quiet", "--bare", "."], repo, env, "Preparing the fetch")
         say(f"Fetching {ref!r} from {url}")
-        self._run(
-            ["fetch", "--quiet", "--depth", "1", "--no-tags", "--", url, ref],
-            repo, env, f"Fetching {ref!r} from {url}", max_bytes=max_fetch_bytes,
-        )
-        commit = self._run(["rev-parse", "--verify", "FETCH_HEAD^{commit}"], repo, env, "Reading the commit").strip()
+        target = "FETCH_HEAD"
+        try:
+            self._run(
+                ["fetch", "--quiet", "--depth", "1", "--no-tags", "--", url, ref],
+                repo, env, f"Fetching {ref!r} from {url}", max_bytes=max_fetch_bytes,
+            )
+        except GitError:
+            if not is_commit(ref):
+                raise
+            # Servers that do not hand out single commits (git's protocol v0 without
+            # uploadpack.allowReachableSHA1InWant): fetch the branches and look for it there.
+            say("The server does not serve single commits; fetching its branches to find it")
+            self._run(
+                ["fetch", "--quiet", "--no-tags", "--", url, "+refs/heads/*:refs/remotes/origin/*"],
+                repo, env, f"Fetching the branches of {url}", max_bytes=max_fetch_bytes,
+            )
+            target = ref
+        try:
+            commit = self._run(
+                ["rev-parse", "--verify", "--end-of-options", f"{target}^{{commit}}"], repo, env,
+                f"Finding commit {ref}",
+            ).strip()
+        except GitError:
+            raise GitError(f"The repository {url} has no commit {ref} on any branch.") from None
         say(f"Commit {commit}")
         tree = f"{commit}:{subdir}" if subdir else commit
         kind = subprocess.run(
