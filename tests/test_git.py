@@ -175,6 +175,8 @@ def test_deploy_from_git_serves_the_commit_and_records_its_source(
     assert made.json()["location"] == {"repository": url, "ref": first, "directory": "site", "commit": first}
     task_log = wait_task(server, pub, made.json()["task_id"])
     assert task_log["code"] == 0 and any(first in line for line in task_log["all_output"])
+    # Another ref than the followed branch is not what the poller has seen.
+    assert client.get(api(server, f"v1/content/{guid}/repository")).json()["last_known_commit"] == second
     history = client.get(api(server, f"v1/content/{guid}/bundles")).json()
     assert [b["metadata"]["source_commit"] for b in history] == [first, second, first]
     # A ref that does not exist: the answer and the task say so; no bundle is made.

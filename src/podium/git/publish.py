@@ -131,6 +131,8 @@ class GitPublisher:
             url = repository or repo.repository
             ref = ref or repo.branch
             directory = directory if directory is not None else repo.directory
+            # Only a fetch of the followed location says what the poller has seen.
+            followed = (url, ref, directory) == (repo.repository, repo.branch, repo.directory)
         loop = asyncio.get_running_loop()
 
         def say_soon(text: str) -> None:  # git runs in a worker thread; the task output is the loop's
@@ -158,7 +160,7 @@ class GitPublisher:
                 self._store_bundle, content_id, user_id, archive, unpacked, manifest.metadata.appmode,
                 manifest.model_dump(mode="json", exclude_none=True),
                 {"source": "git", "source_repo": url, "source_branch": ref, "source_commit": commit},
-                commit,
+                commit if followed else None,
             )
             say(f"Made bundle {bundle_id} from commit {commit[:12]}")
             return Made(bundle_id, commit, url, ref, directory)
@@ -167,8 +169,9 @@ class GitPublisher:
 
     def _store_bundle(
         self, content_id: int, user_id: int | None, archive: Path, unpacked: Path, app_mode: str,
-        manifest: dict[str, Any], metadata: dict[str, str], commit: str,
+        manifest: dict[str, Any], metadata: dict[str, str], commit: str | None,
     ) -> int:
+        """Record the bundle; with ``commit``, also as the repository's last known commit."""
         md5 = hashlib.md5(usedforsecurity=False)
         sha1 = hashlib.sha1(usedforsecurity=False)
         with open(archive, "rb") as handle:
@@ -190,7 +193,7 @@ class GitPublisher:
             os.replace(archive, archive_path)
             os.rename(unpacked, bundle_path)
             repo = session.scalar(select(GitRepository).where(GitRepository.content_id == content_id))
-            if repo is not None:
+            if repo is not None and commit is not None:
                 repo.last_known_commit = commit
                 repo.last_error = ""
                 repo.last_fetched_time = _now()
