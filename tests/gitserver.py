@@ -37,10 +37,12 @@ def git(*args: str, cwd: Path) -> str:
 
 class GitHttpServer:
     """``git http-backend`` for every repository under ``root``; ``auth`` = (user, password)
-    makes it answer 401 to requests without them. ``requests`` counts what it served."""
+    makes it answer 401 to requests without them; ``protocol_v2=False`` speaks only git's
+    protocol v0 (which refuses to fetch a commit by its id). ``requests`` counts what it served."""
 
-    def __init__(self, root: Path, auth: tuple[str, str] | None = None) -> None:
+    def __init__(self, root: Path, auth: tuple[str, str] | None = None, protocol_v2: bool = True) -> None:
         self.root = root
+        self.protocol_v2 = protocol_v2
         self.auth = auth
         self.requests: list[str] = []
         self.auth_headers: list[str] = []
@@ -94,7 +96,7 @@ class GitHttpServer:
                     "CONTENT_LENGTH": str(len(body)),
                     "REMOTE_ADDR": "127.0.0.1",
                     "REMOTE_USER": outer.auth[0] if outer.auth else "",
-                    "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+                    "GIT_PROTOCOL": self.headers.get("Git-Protocol", "") if outer.protocol_v2 else "",
                     "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
                 }
                 done = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True, timeout=60)

@@ -118,6 +118,16 @@ def test_repository_api_fields_codes_and_permissions(
     assert client.delete(url).status_code == 204
     assert_error(client.get(url), 404, 4)
     assert sdk.content.get(item["guid"]).repository is None
+    # posit-sdk's own calls: create, update (PATCH, read back), destroy.
+    made = sdk.content.get(item["guid"]).create_repository(
+        repository="https://example.org/team/app.git", branch="main", directory=".", polling=False
+    )
+    assert made["repository"] == "https://example.org/team/app.git" and made["last_known_commit"] == ""
+    made.update(branch="release")
+    assert made["branch"] == "release" and made["repository"] == "https://example.org/team/app.git"
+    assert client.get(url).json()["branch"] == "release"
+    made.destroy()
+    assert sdk.content.get(item["guid"]).repository is None
     assert_error(client.post(api(server, f"v1/content/{item['guid']}/repository/bundle"), json={}), 400, 143)
 
 
@@ -165,8 +175,15 @@ def test_deploy_from_git_serves_the_commit_and_records_its_source(
     assert made.json()["location"] == {"repository": url, "ref": first, "directory": "site", "commit": first}
     task_log = wait_task(server, pub, made.json()["task_id"])
     assert task_log["code"] == 0 and any(first in line for line in task_log["all_output"])
+    # Another ref than the followed branch is not what the poller has seen.
+    assert client.get(api(server, f"v1/content/{guid}/repository")).json()["last_known_commit"] == second
     history = client.get(api(server, f"v1/content/{guid}/bundles")).json()
     assert [b["metadata"]["source_commit"] for b in history] == [first, second, first]
+    # A ref that does not exist: the answer and the task say so; no bundle is made.
+    refused = assert_error(client.post(api(server, f"v1/content/{guid}/repository/bundle"),
+                                       json={"ref": "no-such-ref"}), 400, 3)
+    assert "no such branch, tag or commit" in refused["error"]
+    assert len(client.get(api(server, f"v1/content/{guid}/bundles")).json()) == 3
 
 
 def _fails_with(server: RunningServer, key: str, guid: str, expected: str) -> None:
@@ -355,3 +372,77 @@ def test_push_webhook_checks_signatures_and_redeploys(
     assert lab.status_code == 202, lab.text
     assert wait_task(server, pub, lab.json()["task_id"])["code"] == 0
     assert page(server, pub, guid) == "<h1>gitlab</h1>"
+    entries = server.api().get(api(server, "v1/audit_logs"), params={
+        "limit": 500, "ascOrder": "false", "action": "deploy_content"}).json()["results"]
+    pushes = [e for e in entries if e["user_description"] == "a git push webhook" and guid in e["event_description"]]
+    assert len(pushes) == 2, pushes
+
+
+def test_git_disabled_answers_404_code_145(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", {"PODIUM_GIT_ENABLED": "false"})
+    try:
+        key = server.user_key("nogit")
+        guid = new_content(server, key)["guid"]
+        where = api(server, f"v1/content/{guid}/repository")
+        assert_error(server.api(key).put(where, json={"repository": "https://example.org/x.git"}), 404, 145)
+        assert_error(server.api(key).get(where), 404, 145)
+        assert_error(requests.post(api(server, f"v1/git/webhooks/{guid}"), data=b"{}"), 404, 145)
+        # rsconnect says so in its own words.
+        from tests.test_clients import rsconnect
+
+        home = tmp_path / "home"
+        home.mkdir()
+        rsconnect(home, "add", "-n", "podium", "-s", server.url, "-k", key)
+        refused = rsconnect(home, "deploy", "git", "-n", "podium", "-r", "https://example.org/x.git")
+        assert refused.returncode != 0
+        assert "not enabled" in (refused.stdout + refused.stderr).lower(), refused.stdout + refused.stderr
+    finally:
+        server.stop()
+
+
+@pytest.mark.postgres
+def test_two_nodes_sharing_a_database_deploy_each_new_commit_once(tmp_path: Path) -> None:
+    """Two servers on one PostgreSQL database, both polling every second: each new commit
+    becomes exactly one bundle (one node holds the item's lease while it checks)."""
+    from tests.conftest import POSTGRES_URL, require_postgres, reset_postgres
+
+    require_postgres()
+    reset_postgres(POSTGRES_URL)
+    root = tmp_path / "repos"
+    root.mkdir()
+    served = GitHttpServer(root)
+    env = {"PODIUM_DATABASE_URL": POSTGRES_URL, "PODIUM_GIT_POLLING_INTERVAL_SECONDS": "1"}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = start_server(tmp_path / "a" / "data", env)
+    try:
+        second = start_server(tmp_path / "b" / "data", env, bootstrap=False)
+    except BaseException:
+        first.stop()
+        served.close()
+        raise
+    try:
+        repo = Repo(root, "shared")
+        repo.commit(static_site("<h1>one</h1>"))
+        key = first.user_key("twonodes")
+        guid = new_content(first, key)["guid"]
+        first.api(key).put(api(first, f"v1/content/{guid}/repository"),
+                           json={"repository": served.url("shared"), "polling": True})
+
+        def bundles() -> list[dict[str, Any]]:
+            return list(first.api(key).get(api(first, f"v1/content/{guid}/bundles")).json())
+
+        _wait_for(lambda: len(bundles()) == 1)
+        repo.commit(static_site("<h1>two</h1>"))
+        _wait_for(lambda: len(bundles()) == 2)
+        time.sleep(5)  # several more polls on each node
+        made = bundles()
+        assert len(made) == 2, made
+        assert len({b["metadata"]["source_commit"] for b in made}) == 2
+        checks = [line for server in (first, second) for line in server.log().splitlines()
+                  if "moved to" in line and "deploying" in line]
+        assert len(checks) == 2, checks
+    finally:
+        second.stop()
+        first.stop()
+        served.close()

@@ -114,22 +114,22 @@ def test_git_runner_credentials_not_on_command_line_and_local_urls_need_the_sett
         commit = repo.commit(static_site("hi"))
         runner = GitRunner(30, allow_local=False)
         seen: list[list[str]] = []
-        real = subprocess.run
+        real = subprocess.Popen
 
-        def spy(args: Any, *rest: Any, **kw: Any) -> Any:
-            if "http-backend" in args:  # the test's own git server
-                return real(args, *rest, **kw)
-            seen.append(list(args))
-            assert kw["env"]["GIT_TERMINAL_PROMPT"] == "0"
-            return real(args, *rest, **kw)
+        class Spy(real):  # type: ignore[misc, valid-type]
+            def __init__(self, args: Any, *rest: Any, **kw: Any) -> None:
+                if "http-backend" not in args:  # not the test's own git server
+                    seen.append(list(args))
+                    assert kw["env"]["GIT_TERMINAL_PROMPT"] == "0"
+                super().__init__(args, *rest, **kw)
 
-        subprocess.run = spy  # type: ignore[assignment]
+        subprocess.Popen = Spy  # type: ignore[misc]
         try:
             with pytest.raises(GitError, match="refused access"):
                 runner.ls_remote(served.url("r"), "main", None, tmp_path / "s1")
             assert runner.ls_remote(served.url("r"), "main", GitAuth("u", "tok-123"), tmp_path / "s2") == commit
         finally:
-            subprocess.run = real  # type: ignore[assignment]
+            subprocess.Popen = real  # type: ignore[misc]
         assert seen and not any("tok-123" in arg for args in seen for arg in args)
         assert served.auth_headers[-1].startswith("Basic ")
         with pytest.raises(GitError, match="git_allow_local_repositories"):
@@ -137,5 +137,75 @@ def test_git_runner_credentials_not_on_command_line_and_local_urls_need_the_sett
         local = GitRunner(30, allow_local=True)
         assert local.ls_remote(f"file://{repo.bare}", "main", None, tmp_path / "s4") == commit
         assert os.listdir(tmp_path / "s4") == []
+    finally:
+        served.close()
+
+
+def test_git_runner_stops_a_fetch_past_the_size_limit_and_an_oversized_archive(tmp_path: Path) -> None:
+    root = tmp_path / "repos"
+    root.mkdir()
+    served = GitHttpServer(root)
+    try:
+        repo = Repo(root, "big")
+        (repo.work / "blob.bin").write_bytes(os.urandom(2_000_000))  # incompressible
+        repo.commit(static_site("big"))
+        runner = GitRunner(60, allow_local=False)
+        lines: list[str] = []
+        with pytest.raises(GitError, match="larger than the server's limit of 500000 bytes for a fetch"):
+            runner.fetch_tree(served.url("big"), "main", ".", None, tmp_path / "s1", tmp_path / "s1.tgz",
+                              10_000_000, lines.append, max_fetch_bytes=500_000)
+        (tmp_path / "s2").mkdir()
+        with pytest.raises(GitError, match="larger than the server's limit of 1000000 bytes"):
+            runner.fetch_tree(served.url("big"), "main", ".", None, tmp_path / "s2", tmp_path / "s2" / "b.tgz",
+                              1_000_000, lines.append, max_fetch_bytes=50_000_000)
+        (tmp_path / "s3").mkdir()
+        commit = runner.fetch_tree(served.url("big"), "main", ".", None, tmp_path / "s3", tmp_path / "s3" / "b.tgz",
+                                   10_000_000, lines.append, max_fetch_bytes=50_000_000)
+        assert f"Commit {commit}" in lines
+    finally:
+        served.close()
+
+
+def test_poll_lease_renewed_only_by_its_holder(store: Store, settings: Settings) -> None:
+    item = _item(store, "renewed", None)
+    a, b = _publisher(store, settings, "node-a"), _publisher(store, settings, "node-b")
+    assert a.claim_due(datetime.now(UTC)) == [item]
+    with store.session() as session:
+        session.query(GitRepository).update({"lease_expires": datetime.now(UTC) + timedelta(seconds=5)})
+    b._renew(item)  # not b's lease: no change
+    with store.session() as session:
+        expires = session.query(GitRepository).one().lease_expires
+    assert expires is not None and expires < datetime.now(UTC) + timedelta(seconds=10)
+    a._renew(item)
+    with store.session() as session:
+        expires = session.query(GitRepository).one().lease_expires
+    assert expires is not None and expires > datetime.now(UTC) + timedelta(seconds=a._lease_seconds() - 10)
+    assert b.claim_due(datetime.now(UTC) + timedelta(seconds=60)) == []
+
+
+@pytest.mark.parametrize("protocol_v2", [True, False])
+def test_git_runner_fetches_an_older_commit_by_id(tmp_path: Path, protocol_v2: bool) -> None:
+    root = tmp_path / "repos"
+    root.mkdir()
+    served = GitHttpServer(root, protocol_v2=protocol_v2)
+    try:
+        repo = Repo(root, "history")
+        old = repo.commit(static_site("old"))
+        repo.commit(static_site("new"))
+        runner = GitRunner(60, allow_local=False)
+        lines: list[str] = []
+        (tmp_path / "s").mkdir()
+        archive = tmp_path / "s" / "b.tgz"
+        assert runner.fetch_tree(served.url("history"), old, ".", None, tmp_path / "s", archive,
+                                 10_000_000, lines.append) == old
+        import tarfile
+
+        with tarfile.open(archive) as tar:
+            member = tar.extractfile("index.html")
+            assert member is not None and member.read() == b"old"
+        assert any("fetching its branches" in line for line in lines) == (not protocol_v2)
+        with pytest.raises(GitError, match="has no commit f{40} on any branch"):
+            runner.fetch_tree(served.url("history"), "f" * 40, ".", None, tmp_path / "t", tmp_path / "t.tgz",
+                              10_000_000, lines.append)
     finally:
         served.close()

@@ -257,10 +257,10 @@ def build(settings: Settings) -> Node:
     changes.on_content(router.invalidate)
     changes.on_users(router.forget_users)
     deployer = Deployer(store, settings, layout, builder, renderer, scheduler, changes, locks, urls)
-    git = GitPublisher(
-        store, settings, layout, box,
-        GitRunner(settings.git_timeout_seconds, settings.git_allow_local_repositories), deployer, tasks,
-    )
+    runner = GitRunner(settings.git_timeout_seconds, settings.git_allow_local_repositories)
+    if settings.git_enabled and not runner.available:
+        log.warning("git is not installed on this server: deploys from git repositories will fail")
+    git = GitPublisher(store, settings, layout, box, runner, deployer, tasks)
     return Node(
         settings=settings,
         store=store,

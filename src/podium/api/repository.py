@@ -21,7 +21,7 @@ from podium.api import deps
 from podium.api.body import json_object
 from podium.api.content import describe, managed_content, visible_content
 from podium.api.serialize import iso
-from podium.git.publish import GitPublisher
+from podium.git.publish import WEBHOOK, GitPublisher
 from podium.git.remote import GitError, host_of, normalise_directory, url_problem
 from podium.git.webhook import pushed_ref, ref_matches, signature_ok
 from podium.settings import Settings
@@ -31,6 +31,7 @@ from podium.urls import Urls
 
 router = APIRouter()
 FIELDS = ("repository", "branch", "directory", "polling")
+_MAX_PUSH_BYTES = 25 << 20  # GitHub caps its payloads at 25 MB
 
 
 def location_json(repo: GitRepository) -> dict[str, Any]:
@@ -201,7 +202,7 @@ async def bundle_from_repository(
         )
     except TaskFailed as exc:
         git.finish_task(task_id, lines, exc.message)
-        raise errors.ApiError(400, 2, exc.message) from None
+        raise errors.bad_request(exc.message) from None
     git.finish_task(task_id, lines, "")
     return {
         "bundle_id": str(made.bundle_id),
@@ -262,23 +263,30 @@ async def receive_push(
     """A push delivery from GitHub, Gitea or GitLab: checked against the content's secret
     (401 and nothing deployed when it does not match), then the same redeploy as polling."""
     _enabled(settings)
-    body = await request.body()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_PUSH_BYTES:
+            raise errors.ApiError(413, 3, f"A webhook delivery may be at most {_MAX_PUSH_BYTES} bytes.")
     refused = errors.ApiError(401, 30, "The webhook signature or token does not match this content's secret.")
     content = session.scalar(select(Content).where(Content.guid == guid))
     repo = repository_of(session, content) if content is not None else None
     if content is None or repo is None or repo.webhook_secret_encrypted is None:
         raise refused
     secret = git.box.decrypt(repo.webhook_secret_encrypted)
-    if not signature_ok(secret, body, request.headers):
+    if not signature_ok(secret, bytes(body), request.headers):
         raise refused
     event = request.headers.get("x-github-event") or request.headers.get("x-gitea-event") \
         or request.headers.get("x-gitlab-event") or ""
-    ref = pushed_ref(body)
+    ref = pushed_ref(bytes(body))
     if event.lower() == "ping" or ref is None:
         return _json({"deployed": False, "reason": "not a push"}, 200)
     if not ref_matches(ref, repo.branch):
         return _json({"deployed": False, "reason": f"push to {ref}, following {repo.branch}"}, 200)
     content_id, owner_id = content.id, content.owner_id
+    audit.record(session, WEBHOOK, "deploy_content",
+                 f"Started deploying content {describe(content)} from git: a push to {ref}.")
+    session.commit()
     session.close()
     task_id = git.start_deploy(content_id, owner_id, why=f"Push webhook: {ref} changed.")
     return _json({"deployed": True, "task_id": task_id}, 202)

@@ -17,6 +17,8 @@ Polling (:meth:`GitPublisher.poll_once`): an item is due when its last check is 
 than ``git_polling_interval_seconds``. A node claims a due item with one conditional
 ``UPDATE`` of its lease columns (only an unleased or expired row matches), so with
 several nodes sharing a database exactly one checks it, on SQLite and PostgreSQL alike.
+The lease lasts ``2 * git_timeout_seconds + 60`` s and is renewed while a deploy it
+started runs; the items of a node that dies are free again when their leases expire.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 
 from sqlalchemy import or_, select, update
 
+from podium import audit
 from podium.bundles import BundleError, BundleLimits, unpack_bundle
 from podium.deploy import Deployer, DeployRequest
 from podium.git.remote import GitAuth, GitError, GitRunner, host_of
@@ -61,6 +64,8 @@ class Made:
 
 
 _REMOTE_QUERIES_AT_ONCE = 2
+POLLER = audit.Actor(None, None, "the git poller")
+WEBHOOK = audit.Actor(None, None, "a git push webhook")
 
 
 def _now() -> datetime:
@@ -126,6 +131,13 @@ class GitPublisher:
             url = repository or repo.repository
             ref = ref or repo.branch
             directory = directory if directory is not None else repo.directory
+            # Only a fetch of the followed location says what the poller has seen.
+            followed = (url, ref, directory) == (repo.repository, repo.branch, repo.directory)
+        loop = asyncio.get_running_loop()
+
+        def say_soon(text: str) -> None:  # git runs in a worker thread; the task output is the loop's
+            loop.call_soon_threadsafe(say, text)
+
         scratch = self.layout.tmp() / f"git-{uuid.uuid4().hex}"
         scratch.mkdir(mode=0o700)
         try:
@@ -136,7 +148,7 @@ class GitPublisher:
                 auth = await asyncio.to_thread(self.auth_for, url)
                 commit = await asyncio.to_thread(
                     self.runner.fetch_tree, url, ref, directory, auth, scratch, archive,
-                    limits.max_bytes, say,
+                    limits.max_bytes, say_soon, limits.max_unpacked_bytes,
                 )
                 manifest = await asyncio.to_thread(unpack_bundle, archive, unpacked, limits)
             except (GitError, BundleError) as exc:
@@ -148,7 +160,7 @@ class GitPublisher:
                 self._store_bundle, content_id, user_id, archive, unpacked, manifest.metadata.appmode,
                 manifest.model_dump(mode="json", exclude_none=True),
                 {"source": "git", "source_repo": url, "source_branch": ref, "source_commit": commit},
-                commit,
+                commit if followed else None,
             )
             say(f"Made bundle {bundle_id} from commit {commit[:12]}")
             return Made(bundle_id, commit, url, ref, directory)
@@ -157,8 +169,9 @@ class GitPublisher:
 
     def _store_bundle(
         self, content_id: int, user_id: int | None, archive: Path, unpacked: Path, app_mode: str,
-        manifest: dict[str, Any], metadata: dict[str, str], commit: str,
+        manifest: dict[str, Any], metadata: dict[str, str], commit: str | None,
     ) -> int:
+        """Record the bundle; with ``commit``, also as the repository's last known commit."""
         md5 = hashlib.md5(usedforsecurity=False)
         sha1 = hashlib.sha1(usedforsecurity=False)
         with open(archive, "rb") as handle:
@@ -180,7 +193,7 @@ class GitPublisher:
             os.replace(archive, archive_path)
             os.rename(unpacked, bundle_path)
             repo = session.scalar(select(GitRepository).where(GitRepository.content_id == content_id))
-            if repo is not None:
+            if repo is not None and commit is not None:
                 repo.last_known_commit = commit
                 repo.last_error = ""
                 repo.last_fetched_time = _now()
@@ -255,7 +268,17 @@ class GitPublisher:
 
     # --- polling -------------------------------------------------------------------------
     def _lease_seconds(self) -> float:
-        return 3 * self.settings.git_timeout_seconds + self.settings.build_timeout_seconds + 60
+        """How long a claim lasts unless renewed: a check's remote query fits in it; a deploy
+        it starts renews it (:meth:`_renew`), so a node that dies frees its items this soon."""
+        return 2 * self.settings.git_timeout_seconds + 60
+
+    def _renew(self, content_id: int) -> None:
+        with self.store.session() as session:
+            session.execute(
+                update(GitRepository)
+                .where(GitRepository.content_id == content_id, GitRepository.lease_node == self.node)
+                .values(lease_expires=_now() + timedelta(seconds=self._lease_seconds()))
+            )
 
     def claim_due(self, now: datetime | None = None) -> list[int]:
         """Claim every polling item whose last check is older than the interval and whose
@@ -307,7 +330,10 @@ class GitPublisher:
             if repo is None:
                 return None
             url, branch, known = repo.repository, repo.branch, repo.last_known_commit
-            owner_id = session.scalar(select(Content.owner_id).where(Content.id == content_id))
+            content = session.get(Content, content_id)
+            if content is None:
+                return None
+            owner_id, described = content.owner_id, f"{content.name!r} ({content.guid})"
         scratch = self.layout.tmp() / f"git-ls-{uuid.uuid4().hex}"
         try:
             async with self._remote_slots:
@@ -320,15 +346,24 @@ class GitPublisher:
             return None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        if commit == known:
+        if commit == known or content_id in self._in_flight:  # unchanged, or a deploy is under way
             await asyncio.to_thread(self._release, content_id, True)
             return None
         log.info("content %s: %s moved to %s; deploying", content_id, branch, commit[:12])
+        await asyncio.to_thread(
+            audit.record_now, self.store, POLLER, "deploy_content",
+            f"Started deploying content {described} from git: {branch!r} of {url} moved to {commit[:12]}.",
+        )
         done = asyncio.Event()
         task_id = self.start_deploy(
             content_id, owner_id, why=f"Branch {branch!r} of {url} is now at {commit}.", on_end=done.set
         )
-        await done.wait()
+        while True:  # hold the lease while the deploy runs
+            try:
+                await asyncio.wait_for(done.wait(), self._lease_seconds() / 3)
+                break
+            except TimeoutError:
+                await asyncio.to_thread(self._renew, content_id)
         await asyncio.to_thread(self._release, content_id, True)
         return task_id
 

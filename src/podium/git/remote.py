@@ -16,7 +16,9 @@ import base64
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,22 +110,39 @@ class GitRunner:
             })
         return env
 
-    def _run(self, args: list[str], cwd: Path, env: dict[str, str], what: str) -> str:
+    def _run(
+        self, args: list[str], cwd: Path, env: dict[str, str], what: str, max_bytes: int | None = None
+    ) -> str:
+        """Run git in its own session; on the timeout, or when ``cwd`` grows past
+        ``max_bytes``, the whole process group (git and its helpers) is killed."""
         try:
-            done = subprocess.run(
-                [self.git, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                timeout=self.timeout_seconds, start_new_session=True, stdin=subprocess.DEVNULL,
+            process = subprocess.Popen(
+                [self.git, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL, start_new_session=True, text=True,
             )
-        except subprocess.TimeoutExpired:
-            raise GitError(
-                f"{what} took longer than {self.timeout_seconds:g} s and was stopped "
-                "(setting git_timeout_seconds)."
-            ) from None
         except OSError as exc:
             raise GitError(f"git could not be started on the server: {exc.strerror}.") from None
-        if done.returncode != 0:
-            raise GitError(f"{what} failed: {_explain(scrub(done.stderr))}")
-        return done.stdout
+        deadline = time.monotonic() + self.timeout_seconds
+        problem = None
+        while True:
+            try:
+                out, err = process.communicate(timeout=_WATCH_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    problem = (f"{what} took longer than {self.timeout_seconds:g} s and was stopped "
+                               "(setting git_timeout_seconds).")
+                elif max_bytes is not None and _size(cwd) > max_bytes:
+                    problem = _too_large(max_bytes)
+                if problem:
+                    _kill_group(process)
+                    process.communicate()
+                    raise GitError(problem) from None
+        if process.returncode != 0:
+            raise GitError(f"{what} failed: {_explain(scrub(err))}")
+        if max_bytes is not None and _size(cwd) > max_bytes:
+            raise GitError(_too_large(max_bytes))
+        return out
 
     def check_url(self, url: str) -> None:
         problem = url_problem(url, self.allow_local)
@@ -153,10 +172,11 @@ class GitRunner:
 
     def fetch_tree(
         self, url: str, ref: str, directory: str, auth: GitAuth | None, scratch: Path,
-        archive: Path, max_bytes: int, say: Callable[[str], None],
+        archive: Path, max_bytes: int, say: Callable[[str], None], max_fetch_bytes: int | None = None,
     ) -> str:
         """Fetch ``ref`` shallowly into ``scratch`` and write ``directory`` at that commit as a
-        gzip tar (its contents at the root) to ``archive``; returns the commit."""
+        gzip tar (its contents at the root, at most ``max_bytes``) to ``archive``; returns the
+        commit. A fetch that grows past ``max_fetch_bytes`` on disk is stopped."""
         self.check_url(url)
         subdir = normalise_directory(directory)
         repo = scratch / "repo"
@@ -164,11 +184,30 @@ class GitRunner:
         env = self._env(url, auth, scratch)
         self._run(["init", "--quiet", "--bare", "."], repo, env, "Preparing the fetch")
         say(f"Fetching {ref!r} from {url}")
-        self._run(
-            ["fetch", "--quiet", "--depth", "1", "--no-tags", "--", url, ref],
-            repo, env, f"Fetching {ref!r} from {url}",
-        )
-        commit = self._run(["rev-parse", "--verify", "FETCH_HEAD^{commit}"], repo, env, "Reading the commit").strip()
+        target = "FETCH_HEAD"
+        try:
+            self._run(
+                ["fetch", "--quiet", "--depth", "1", "--no-tags", "--", url, ref],
+                repo, env, f"Fetching {ref!r} from {url}", max_bytes=max_fetch_bytes,
+            )
+        except GitError:
+            if not is_commit(ref):
+                raise
+            # Servers that do not hand out single commits (git's protocol v0 without
+            # uploadpack.allowReachableSHA1InWant): fetch the branches and look for it there.
+            say("The server does not serve single commits; fetching its branches to find it")
+            self._run(
+                ["fetch", "--quiet", "--no-tags", "--", url, "+refs/heads/*:refs/remotes/origin/*"],
+                repo, env, f"Fetching the branches of {url}", max_bytes=max_fetch_bytes,
+            )
+            target = ref
+        try:
+            commit = self._run(
+                ["rev-parse", "--verify", "--end-of-options", f"{target}^{{commit}}"], repo, env,
+                f"Finding commit {ref}",
+            ).strip()
+        except GitError:
+            raise GitError(f"The repository {url} has no commit {ref} on any branch.") from None
         say(f"Commit {commit}")
         tree = f"{commit}:{subdir}" if subdir else commit
         kind = subprocess.run(
@@ -192,37 +231,57 @@ class GitRunner:
         return commit
 
     def _archive(self, repo: Path, env: dict[str, str], tree: str, archive: Path, max_bytes: int) -> None:
-        with open(archive, "wb") as sink:
-            process = subprocess.Popen(
-                [self.git, "archive", "--format=tar.gz", tree], cwd=repo, env=env,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            )
-            assert process.stdout is not None
+        """``git archive`` of ``tree`` into ``archive``, stopped past ``max_bytes``."""
+        with open(archive, "wb") as sink, subprocess.Popen(
+            [self.git, "archive", "--format=tar.gz", tree], cwd=repo, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True,
+        ) as process:
+            assert process.stdout is not None and process.stderr is not None
             size = 0
             try:
                 while chunk := process.stdout.read(1 << 16):
                     size += len(chunk)
                     if size > max_bytes:
-                        process.kill()
                         raise GitError(
                             f"The bundle made from the repository is larger than the server's limit "
                             f"of {max_bytes} bytes (setting bundle_max_bytes)."
                         )
                     sink.write(chunk)
+                err = process.stderr.read().decode(errors="replace")
                 process.wait(self.timeout_seconds)
             except subprocess.TimeoutExpired:
-                process.kill()
                 raise GitError("Making the bundle took too long (setting git_timeout_seconds).") from None
             finally:
-                process.stdout.close()
                 if process.poll() is None:
-                    process.kill()
-                    process.wait()
+                    _kill_group(process)
             if process.returncode != 0:
-                err = process.stderr.read().decode(errors="replace") if process.stderr else ""
                 raise GitError(f"Making the bundle failed: {scrub(err).strip()}")
-            if process.stderr:
-                process.stderr.close()
+
+
+_WATCH_SECONDS = 0.25
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _too_large(limit: int) -> str:
+    return (f"The repository is larger than the server's limit of {limit} bytes for a fetch "
+            "(setting bundle_max_unpacked_bytes); deploy from a smaller repository.")
+
+
+def _kill_group(process: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def normalise_directory(directory: str) -> str:
