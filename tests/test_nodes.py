@@ -237,3 +237,20 @@ def test_nodes_recover_when_the_database_drops_their_connections(cluster: Cluste
     wait_until(beating, seconds=NODE_TIMEOUT_SECONDS)
     holders = {row.holder for row in cluster.rows("SELECT holder FROM leases WHERE expires_time > now()")}
     assert holders and holders <= set(before)
+
+
+def test_nodes_a_change_on_one_node_reaches_the_others_cache_at_once(cluster: Cluster) -> None:
+    """Access opened through A applies on B before B's cached access facts (kept for 2 s)
+    expire: the change feed told B's router to forget them."""
+    a = cluster.start(first=True)
+    b = cluster.start()
+    guid = new_app(a)
+    url = f"{b.content_url}/content/{guid}/"
+    assert content(b, guid)  # B runs a process of it
+    time.sleep(2.1)  # nothing of it cached on B any more ...
+    filled = time.monotonic()
+    assert requests.get(url, allow_redirects=False, timeout=10).status_code != 200  # ... till now
+    opened = a.api().patch(f"{a.url}/__api__/v1/content/{guid}", json={"access_type": "all"}, timeout=10)
+    assert opened.status_code == 200, opened.text
+    wait_until(lambda: requests.get(url, allow_redirects=False, timeout=10).status_code == 200, seconds=5, every=0.02)
+    assert time.monotonic() - filled < 1.5  # the cached entry would have lasted until filled + 2 s

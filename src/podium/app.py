@@ -42,6 +42,7 @@ from podium.api import (
 )
 from podium.apps import write_runner
 from podium.build import Builder
+from podium.changefeed import ChangeFeed
 from podium.changes import Changes
 from podium.deploy import Deployer
 from podium.environments.catalogue import sync_catalogue
@@ -86,6 +87,7 @@ class Node:
     layout: DataLayout
     dirs: NodeDirs
     heartbeat: NodeHeartbeat
+    feed: ChangeFeed
     urls: Urls
     changes: Changes
     env_vars: EnvVars
@@ -229,12 +231,15 @@ def build(settings: Settings) -> Node:
     )
     changes.on_content(router.invalidate)
     changes.on_users(router.forget_users)
+    feed = ChangeFeed(settings.effective_database_url, node_id, changes.apply)
+    changes.publish_to(feed.publish)
     return Node(
         settings=settings,
         store=store,
         layout=layout,
         dirs=dirs,
         heartbeat=heartbeat,
+        feed=feed,
         urls=urls,
         changes=changes,
         env_vars=env_vars,
@@ -289,6 +294,7 @@ def create_app(node: Node) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         node.heartbeat.register()
+        node.feed.start()  # other nodes' changes reach this node's caches
         node.tasks.fail_interrupted()
         fail_interrupted_renderings(node.store, node.heartbeat.node_id)
         await node.scheduler.adopt(node.targets.wanted_target)
@@ -304,6 +310,7 @@ def create_app(node: Node) -> FastAPI:
         log.info("Podium %s serving on %s", __version__, settings.listen)
         yield
         await node.heartbeat.close()  # first: its duties move to another node at once
+        await node.feed.close()
         await node.throttle.close()
         await render_schedules.close()
         await node.tasks.shutdown()
