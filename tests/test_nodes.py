@@ -254,3 +254,76 @@ def test_nodes_a_change_on_one_node_reaches_the_others_cache_at_once(cluster: Cl
     assert opened.status_code == 200, opened.text
     wait_until(lambda: requests.get(url, allow_redirects=False, timeout=10).status_code == 200, seconds=5, every=0.02)
     assert time.monotonic() - filled < 1.5  # the cached entry would have lasted until filled + 2 s
+
+
+class StalledIndex:
+    """A package index that accepts requests and never answers them (until closed): a
+    build asking it for packages hangs, as a deploy in progress."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/simple"
+        self.asked = threading.Event()
+        self.held: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+            self.asked.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_nodes_kill_mid_deploy_fails_the_task_and_the_previous_bundle_serves(cluster: Cluster) -> None:
+    import json
+
+    from tests.helpers import tar_gz
+
+    a = cluster.start(first=True)
+    b = cluster.start()
+    guid = new_app(a)
+    before = content(b, guid)
+    active = a.api().get(f"{a.url}/__api__/v1/content/{guid}").json()["bundle_id"]
+    index = StalledIndex()
+    try:
+        manifest = {"version": 1, "metadata": {"appmode": "python-fastapi", "entrypoint": "app"},
+                    "python": {"version": "3.11.7", "package_manager": {"name": "pip", "package_file": "requirements.txt"}},
+                    "files": {}}
+        archive = tar_gz({"manifest.json": json.dumps(manifest), "app.py": APP,
+                          "requirements.txt": f"--extra-index-url {index.url}\nfastapi\nhttpx\n"})
+        client = a.api()
+        bundle = client.post(f"{a.url}/__api__/v1/content/{guid}/bundles", data=archive).json()
+        task = client.post(f"{a.url}/__api__/v1/content/{guid}/deploy", json={"bundle_id": bundle["id"]}).json()
+        assert index.asked.wait(60), "the build never asked the index"
+        build = wait_until(lambda: cluster.rows(
+            "SELECT key, pid, node_id FROM jobs WHERE kind = 'build' AND status = 0 AND pid IS NOT NULL"))[0]
+        a.process.send_signal(signal.SIGKILL)  # A dies mid-deploy
+        a.process.wait()
+
+        def finished() -> dict[str, Any] | None:
+            body = b.api().get(f"{b.url}/__api__/v1/tasks/{task['task_id']}", timeout=10).json()
+            return body if body["finished"] else None
+
+        done = wait_until(finished, seconds=NODE_TIMEOUT_SECONDS * 4)
+        assert done["code"] != 0 and "stopped responding" in done["error"], done
+        wait_until(lambda: not alive(build.pid), seconds=NODE_TIMEOUT_SECONDS * 2)  # B stopped A's build
+        ended = cluster.rows("SELECT status, error FROM jobs WHERE key = :k", k=build.key)
+        assert ended[0].status == 1 and "stopped responding" in ended[0].error
+    finally:
+        index.close()
+    # The previous bundle is still the active one and keeps serving, through B.
+    assert b.api().get(f"{b.url}/__api__/v1/content/{guid}").json()["bundle_id"] == active
+    assert content(b, guid)["process"] == before["process"]
