@@ -110,8 +110,14 @@ class Cluster:
             return list(conn.execute(text(sql), params))
 
     def close(self) -> None:
+        import re
+        import shutil
+
         for node in self.nodes:
             node.stop()
+            # a killed node leaves its runtime dir (its socket) behind: remove it
+            for found in re.findall(r"node \S+: runtime dir (\S+)", node.log()):
+                shutil.rmtree(found, ignore_errors=True)
         self.engine.dispose()
 
 
@@ -327,3 +333,14 @@ def test_nodes_kill_mid_deploy_fails_the_task_and_the_previous_bundle_serves(clu
     # The previous bundle is still the active one and keeps serving, through B.
     assert b.api().get(f"{b.url}/__api__/v1/content/{guid}").json()["bundle_id"] == active
     assert content(b, guid)["process"] == before["process"]
+
+
+def test_nodes_a_deploy_through_one_node_retires_the_old_bundle_on_the_others(cluster: Cluster) -> None:
+    a = cluster.start(first=True)
+    b = cluster.start()
+    guid = new_app(a)
+    old = content(b, guid)  # B serves the first bundle from a process of its own
+    _, task = deploy(a, a.admin_key, guid, fastapi_bundle(APP + "\nVERSION = 2\n"))
+    assert task["code"] == 0, task["all_output"]
+    assert content(b, guid)["process"] != old["process"]  # B serves the new bundle ...
+    wait_until(lambda: not alive(old["pid"]), seconds=10)  # ... and stops the old one's process

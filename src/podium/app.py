@@ -215,7 +215,7 @@ def build(settings: Settings) -> Node:
     scheduler = Scheduler(
         jobs, str(write_runner(layout.runtime)), targets.content_env, settings.stop_grace_seconds,
         allocate_port, socket_dir, listen_host, warm_targets=targets.warm_targets,
-        keeps_minimums=lambda: leases.held(DUTY_MINIMUMS),
+        keeps_minimums=lambda: leases.held(DUTY_MINIMUMS), active_bundles=targets.active_bundles,
     )
 
     async def clean_dead(dead: DeadNode) -> None:
@@ -230,6 +230,7 @@ def build(settings: Settings) -> Node:
         store, settings.session_lifetime_seconds, targets.app_target, scheduler, urls, handoff
     )
     changes.on_content(router.invalidate)
+    changes.on_content(scheduler.content_changed)
     changes.on_users(router.forget_users)
     feed = ChangeFeed(settings.effective_database_url, node_id, changes.apply)
     changes.publish_to(feed.publish)

@@ -175,6 +175,7 @@ class Scheduler:
         listen_host: str = "127.0.0.1",
         warm_targets: Callable[[], list[AppTarget]] | None = None,
         keeps_minimums: Callable[[], bool] | None = None,
+        active_bundles: Callable[[set[int]], dict[int, int | None]] | None = None,
     ) -> None:
         """``env_factory``: the environment of a new process of a target. ``socket_dir``:
         where processes on this host also listen on unix sockets (the local backend; None
@@ -184,7 +185,9 @@ class Scheduler:
         ``keeps_minimums``: whether this node keeps them now (the node holding the
         ``scheduler-minimums`` lease, so one node of several does; None: always). Idle
         extras and crashed processes are each node's own business: a node only ever
-        reaps the processes it launched, so that needs no lease."""
+        reaps the processes it launched, so that needs no lease. ``active_bundles``: the
+        active bundle of content ids (None: no check); after :meth:`content_changed`
+        (a change on any node), pools of bundles no longer active retire."""
         self.jobs = jobs
         self.socket_dir = socket_dir
         self.listen_host = listen_host
@@ -197,6 +200,8 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self.warm_targets = warm_targets
         self.keeps_minimums = keeps_minimums
+        self.active_bundles = active_bundles
+        self._recheck = False  # set from any thread; read by the housekeeping loop
 
     # --- requests -----------------------------------------------------------------------
 
@@ -401,6 +406,9 @@ class Scheduler:
         warm_every, last_warm = 2.0, 0.0
         while True:
             try:
+                if self._recheck:
+                    self._recheck = False
+                    await self._retire_replaced()
                 await self.tick()
                 on_duty = self.keeps_minimums is None or self.keeps_minimums()
                 if self.warm_targets is not None and on_duty and time.monotonic() - last_warm > warm_every:
@@ -444,6 +452,25 @@ class Scheduler:
                     await self._stop(pool, process, "retired" if pool.retired else "idle")
             if not pool.processes and (pool.retired or now - pool.last_request > 60):
                 del self.pools[key]
+
+    def content_changed(self, _guid: str | None = None) -> None:
+        """A content item changed, here or on another node (:class:`podium.changes.Changes`):
+        look again at which bundles are active at the next housekeeping round."""
+        self._recheck = True
+
+    async def _retire_replaced(self) -> None:
+        """Retire pools of bundles that are no longer their content's active one (a deploy
+        or deletion through another node; this node's own retire at once)."""
+        if self.active_bundles is None:
+            return
+        serving = {p.target.content_id for p in self.pools.values() if not p.target.draft and not p.retired}
+        active = await asyncio.to_thread(self.active_bundles, serving)
+        for pool in self.pools.values():
+            target = pool.target
+            if not target.draft and not pool.retired and active.get(target.content_id) != target.bundle_id:
+                log.info("content %s: bundle %s is no longer active; retiring its processes",
+                         target.content_guid, target.bundle_id)
+                pool.retired = True
 
     def retire(self, content_id: int, keep_bundle_id: int | None, keep_base_path: str | None) -> None:
         """Stop serving other bundles of a content (after an activation or deletion):
