@@ -218,12 +218,11 @@ def build(settings: Settings) -> Node:
         keeps_minimums=lambda: leases.held(DUTY_MINIMUMS), active_bundles=targets.active_bundles,
     )
 
-    async def clean_dead(dead: DeadNode) -> None:
-        why = f"its server node {dead.node_id} stopped responding"
-        await jobs.clean(dead.job_keys, why, settings.stop_grace_seconds)
+    async def take_over(dead: DeadNode) -> None:
+        await scheduler.take_over(dead.job_keys, dead.node_id, dead.hostname, targets.wanted_target)
 
     heartbeat = NodeHeartbeat(
-        store, node_id, leases, settings.node_heartbeat_seconds, settings.node_timeout_seconds, clean_dead
+        store, node_id, leases, settings.node_heartbeat_seconds, settings.node_timeout_seconds, take_over
     )
     renderer = Renderer(store, settings, layout, jobs, env_vars, urls, isolation)
     router = ContentRouter(

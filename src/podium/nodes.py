@@ -7,7 +7,7 @@ conditional ``UPDATE`` (``claimed_by`` still empty and the heartbeat still old),
 exactly one node claims each death; in the same transaction the claimer takes over the
 dead node's active job rows (they become its own, so a claimer that dies in turn hands
 them on), fails its unfinished tasks and renderings, and is then told which jobs to
-clean (:attr:`NodeHeartbeat.on_dead`). A node that starts again under its id takes its
+adopt or end (:attr:`NodeHeartbeat.on_dead`). A node that starts again under its id takes its
 row back (the claim is cleared) and adopts what is still its own.
 
 The heartbeat also renews this node's wanted duty leases (:class:`podium.leases.Leases`)
