@@ -81,6 +81,11 @@ class NodeHeartbeat:
 
     def beat(self) -> None:
         with self.store.session() as session:
+            taken_by = session.scalar(select(ServerNode.claimed_by).where(ServerNode.node_id == self.node_id))
+            if taken_by:  # this node stalled past the timeout: its jobs are the claimer's now
+                log.error("node %s was taken for dead by node %s (no heartbeat for %g s), which took "
+                          "over its jobs; restart this node if its content misbehaves",
+                          self.node_id, taken_by, self.timeout_seconds)
             done = session.execute(
                 update(ServerNode).where(ServerNode.node_id == self.node_id)
                 .values(heartbeat_time=utcnow(), claimed_by=None, claimed_time=None)
