@@ -49,6 +49,7 @@ from podium.api import (
 from podium.apps import write_runner
 from podium.build import Builder
 from podium.caches import RuntimeCaches
+from podium.changefeed import ChangeFeed
 from podium.changes import Changes
 from podium.deploy import Deployer
 from podium.environments.catalogue import sync_catalogue
@@ -97,6 +98,7 @@ class Node:
     layout: DataLayout
     dirs: NodeDirs
     heartbeat: NodeHeartbeat
+    feed: ChangeFeed
     urls: Urls
     changes: Changes
     env_vars: EnvVars
@@ -237,15 +239,14 @@ def build(settings: Settings) -> Node:
     scheduler = Scheduler(
         jobs, str(write_runner(layout.runtime)), targets.content_env, settings.stop_grace_seconds,
         allocate_port, socket_dir, listen_host, warm_targets=targets.warm_targets,
-        keeps_minimums=lambda: leases.held(DUTY_MINIMUMS),
+        keeps_minimums=lambda: leases.held(DUTY_MINIMUMS), active_bundles=targets.active_bundles,
     )
 
-    async def clean_dead(dead: DeadNode) -> None:
-        why = f"its server node {dead.node_id} stopped responding"
-        await jobs.clean(dead.job_keys, why, settings.stop_grace_seconds)
+    async def take_over(dead: DeadNode) -> None:
+        await scheduler.take_over(dead.job_keys, dead.node_id, dead.hostname, targets.wanted_target)
 
     heartbeat = NodeHeartbeat(
-        store, node_id, leases, settings.node_heartbeat_seconds, settings.node_timeout_seconds, clean_dead
+        store, node_id, leases, settings.node_heartbeat_seconds, settings.node_timeout_seconds, take_over
     )
     renderer = Renderer(store, settings, layout, jobs, env_vars, urls, isolation, changes)
     usage = (UsageRecorder(store, settings.usage_flush_seconds, settings.usage_retention_days)
@@ -255,18 +256,22 @@ def build(settings: Settings) -> Node:
         usage=usage,
     )
     changes.on_content(router.invalidate)
+    changes.on_content(scheduler.content_changed)
     changes.on_users(router.forget_users)
     deployer = Deployer(store, settings, layout, builder, renderer, scheduler, changes, locks, urls)
     runner = GitRunner(settings.git_timeout_seconds, settings.git_allow_local_repositories)
     if settings.git_enabled and not runner.available:
         log.warning("git is not installed on this server: deploys from git repositories will fail")
     git = GitPublisher(store, settings, layout, box, runner, deployer, tasks)
+    feed = ChangeFeed(settings.effective_database_url, node_id, changes.apply)
+    changes.publish_to(feed.publish)
     return Node(
         settings=settings,
         store=store,
         layout=layout,
         dirs=dirs,
         heartbeat=heartbeat,
+        feed=feed,
         urls=urls,
         changes=changes,
         env_vars=env_vars,
@@ -326,6 +331,7 @@ def create_app(node: Node) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         node.heartbeat.register()
+        node.feed.start()  # other nodes' changes reach this node's caches
         node.tasks.fail_interrupted()
         fail_interrupted_renderings(node.store, node.heartbeat.node_id)
         await node.scheduler.adopt(node.targets.wanted_target)
@@ -346,6 +352,7 @@ def create_app(node: Node) -> FastAPI:
         yield
         await node.heartbeat.close()  # first: its duties move to another node at once
         await node.git.close()
+        await node.feed.close()
         await node.throttle.close()
         if node.usage is not None:
             await node.usage.close()  # what is buffered is written

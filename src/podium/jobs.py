@@ -145,21 +145,10 @@ class JobRunner:
         with self.store.session() as session:
             return set(session.scalars(select(Job.key).where(Job.status == 0)))
 
-    async def clean(self, keys: tuple[str, ...], why: str, grace_seconds: float) -> None:
-        """End the jobs ``keys`` taken over from a dead node: stopped where this node can
-        reach them (Kubernetes; local processes on this host), else recorded as lost."""
+    def rows(self, keys: tuple[str, ...]) -> list[Job]:
+        """The active jobs among ``keys``."""
         with self.store.session() as session:
-            rows = list(session.scalars(select(Job).where(Job.key.in_(keys), Job.status == 0)))
-        for row in rows:
-            handle = handle_of(row)
-            reachable = row.backend != "local" or row.hostname == self.hostname
-            try:
-                if handle is not None and reachable:
-                    await self.backend.stop(handle, grace_seconds)
-            except Exception:
-                log.exception("job %s of content %s: could not stop it", row.key, row.content_id)
-            self.record_end(row.key, JobStatus(JobState.FAILED, reason="Lost", message=why))
-            log.info("job %s of content %s cleaned up: %s", row.key, row.content_id, why)
+            return list(session.scalars(select(Job).where(Job.key.in_(keys), Job.status == 0)))
 
 
 def handle_of(job: Job) -> JobHandle | None:

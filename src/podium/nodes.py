@@ -7,7 +7,7 @@ conditional ``UPDATE`` (``claimed_by`` still empty and the heartbeat still old),
 exactly one node claims each death; in the same transaction the claimer takes over the
 dead node's active job rows (they become its own, so a claimer that dies in turn hands
 them on), fails its unfinished tasks and renderings, and is then told which jobs to
-clean (:attr:`NodeHeartbeat.on_dead`). A node that starts again under its id takes its
+adopt or end (:attr:`NodeHeartbeat.on_dead`). A node that starts again under its id takes its
 row back (the claim is cleared) and adopts what is still its own.
 
 The heartbeat also renews this node's wanted duty leases (:class:`podium.leases.Leases`)
@@ -81,6 +81,11 @@ class NodeHeartbeat:
 
     def beat(self) -> None:
         with self.store.session() as session:
+            taken_by = session.scalar(select(ServerNode.claimed_by).where(ServerNode.node_id == self.node_id))
+            if taken_by:  # this node stalled past the timeout: its jobs are the claimer's now
+                log.error("node %s was taken for dead by node %s (no heartbeat for %g s), which took "
+                          "over its jobs; restart this node if its content misbehaves",
+                          self.node_id, taken_by, self.timeout_seconds)
             done = session.execute(
                 update(ServerNode).where(ServerNode.node_id == self.node_id)
                 .values(heartbeat_time=utcnow(), claimed_by=None, claimed_time=None)

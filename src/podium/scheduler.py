@@ -32,6 +32,7 @@ from podium.jobs import JobRunner, handle_of, new_job_key, not_started_message
 from podium.runtime import JobHandle, JobSpec, JobState, JobStatus, Placement, Resources
 from podium.runtime.base import Sandbox
 from podium.runtime.sandbox import prepare_writable
+from podium.store.models import Job
 
 log = logging.getLogger(__name__)
 _TICK_SECONDS = 0.5
@@ -159,6 +160,8 @@ class Unavailable(Exception):
 
 
 PoolKey = tuple[int, int, str]
+# (content id, bundle id, public path) -> the target a job should serve, or None
+Want = Callable[[int, int | None, str], AppTarget | None]
 # sun_path holds 108 bytes with its terminating NUL on Linux
 _MAX_UNIX_PATH = 108
 
@@ -175,6 +178,7 @@ class Scheduler:
         listen_host: str = "127.0.0.1",
         warm_targets: Callable[[], list[AppTarget]] | None = None,
         keeps_minimums: Callable[[], bool] | None = None,
+        active_bundles: Callable[[set[int]], dict[int, int | None]] | None = None,
     ) -> None:
         """``env_factory``: the environment of a new process of a target. ``socket_dir``:
         where processes on this host also listen on unix sockets (the local backend; None
@@ -184,7 +188,9 @@ class Scheduler:
         ``keeps_minimums``: whether this node keeps them now (the node holding the
         ``scheduler-minimums`` lease, so one node of several does; None: always). Idle
         extras and crashed processes are each node's own business: a node only ever
-        reaps the processes it launched, so that needs no lease."""
+        reaps the processes it launched, so that needs no lease. ``active_bundles``: the
+        active bundle of content ids (None: no check); after :meth:`content_changed`
+        (a change on any node), pools of bundles no longer active retire."""
         self.jobs = jobs
         self.socket_dir = socket_dir
         self.listen_host = listen_host
@@ -197,6 +203,8 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self.warm_targets = warm_targets
         self.keeps_minimums = keeps_minimums
+        self.active_bundles = active_bundles
+        self._recheck = False  # set from any thread; read by the housekeeping loop
 
     # --- requests -----------------------------------------------------------------------
 
@@ -401,6 +409,9 @@ class Scheduler:
         warm_every, last_warm = 2.0, 0.0
         while True:
             try:
+                if self._recheck:
+                    self._recheck = False
+                    await self._retire_replaced()
                 await self.tick()
                 on_duty = self.keeps_minimums is None or self.keeps_minimums()
                 if self.warm_targets is not None and on_duty and time.monotonic() - last_warm > warm_every:
@@ -445,6 +456,25 @@ class Scheduler:
             if not pool.processes and (pool.retired or now - pool.last_request > 60):
                 del self.pools[key]
 
+    def content_changed(self, _guid: str | None = None) -> None:
+        """A content item changed, here or on another node (:class:`podium.changes.Changes`):
+        look again at which bundles are active at the next housekeeping round."""
+        self._recheck = True
+
+    async def _retire_replaced(self) -> None:
+        """Retire pools of bundles that are no longer their content's active one (a deploy
+        or deletion through another node; this node's own retire at once)."""
+        if self.active_bundles is None:
+            return
+        serving = {p.target.content_id for p in self.pools.values() if not p.target.draft and not p.retired}
+        active = await asyncio.to_thread(self.active_bundles, serving)
+        for pool in self.pools.values():
+            target = pool.target
+            if not target.draft and not pool.retired and active.get(target.content_id) != target.bundle_id:
+                log.info("content %s: bundle %s is no longer active; retiring its processes",
+                         target.content_guid, target.bundle_id)
+                pool.retired = True
+
     def retire(self, content_id: int, keep_bundle_id: int | None, keep_base_path: str | None) -> None:
         """Stop serving other bundles of a content (after an activation or deletion):
         their processes stop as soon as their connections end."""
@@ -452,7 +482,7 @@ class Scheduler:
             if cid == content_id and (bid, base) != (keep_bundle_id, keep_base_path):
                 pool.retired = True
 
-    async def adopt(self, want: Callable[[int, int | None, str], AppTarget | None]) -> None:
+    async def adopt(self, want: Want) -> None:
         """After a restart: adopt this node's run jobs that still run and are wanted, stop
         the rest of its jobs, and jobs of this node's backend that no node recorded.
 
@@ -462,38 +492,56 @@ class Scheduler:
         known: set[str] = set()
         for row in await asyncio.to_thread(self.jobs.active_rows):
             known.add(row.key)
-            handle = handle_of(row)
-            if handle is None:
-                self.jobs.record_end(row.key, JobStatus(JobState.FAILED, reason="Lost", message="the server stopped while launching it"))
-                continue
-            status = await self.jobs.backend.status(handle)
-            if not status.state.active:
-                self.jobs.record_end(row.key, status)
-                continue
-            target = (
-                await asyncio.to_thread(want, row.content_id, row.bundle_id, str(row.meta.get("base_path", "")))
-                if row.kind == "run"
-                else None
-            )
-            if target is None:
-                log.info("stopping job %s left by an earlier server", row.key)
-                await self.jobs.stop(handle, self.stop_grace_seconds)
-                continue
-            pool = self._pool(target)
-            unix = row.meta.get("unix_socket")
-            process = Process(
-                row.key, handle=handle, strip_prefix=bool(row.meta.get("strip_prefix", True)),
-                unix_path=unix if isinstance(unix, str) else None,
-            )
-            process.address = await self.jobs.backend.address(handle)
-            pool.processes.append(process)
-            log.info("adopted process %s of content %s", row.key, target.content_guid)
-            self._background(self._wait_ready(pool, process))
+            await self._adopt_row(row, want, "the server stopped while launching it", None)
         known |= await asyncio.to_thread(self.jobs.active_keys)
         for handle in await self.jobs.backend.list_jobs():
             if handle.key not in known:
                 log.warning("stopping unknown job %s found running", handle.key)
                 await self.jobs.backend.stop(handle, self.stop_grace_seconds)
+
+    async def take_over(self, keys: tuple[str, ...], dead_node: str, dead_hostname: str, want: Want) -> None:
+        """Adopt or end the active jobs ``keys`` of a dead node, already made this node's
+        (:mod:`podium.nodes`): wanted run jobs this node can reach (Kubernetes; local
+        processes on this host) serve from its pools, the rest are stopped, and those it
+        cannot reach (local processes of another host) are recorded as lost."""
+        why = f"its server node {dead_node} stopped responding"
+        rows = await asyncio.to_thread(self.jobs.rows, keys)
+        for row in rows:
+            if row.backend == "local" and row.hostname != self.jobs.hostname:
+                self.jobs.record_end(row.key, JobStatus(JobState.FAILED, reason="Lost", message=why))
+                continue
+            await self._adopt_row(row, want, why, why)
+
+    async def _adopt_row(self, row: Job, want: Want, lost: str, stopped_why: str | None) -> None:
+        handle = handle_of(row)
+        if handle is None:
+            self.jobs.record_end(row.key, JobStatus(JobState.FAILED, reason="Lost", message=lost))
+            return
+        status = await self.jobs.backend.status(handle)
+        if not status.state.active:
+            self.jobs.record_end(row.key, status)
+            return
+        target = (
+            await asyncio.to_thread(want, row.content_id, row.bundle_id, str(row.meta.get("base_path", "")))
+            if row.kind == "run"
+            else None
+        )
+        if target is None:
+            log.info("stopping job %s left by an earlier server", row.key)
+            if stopped_why is not None:  # recorded first: the stop would record a plain "stopped"
+                self.jobs.record_end(row.key, JobStatus(JobState.FAILED, reason="Lost", message=stopped_why))
+            await self.jobs.stop(handle, self.stop_grace_seconds)
+            return
+        pool = self._pool(target)
+        unix = row.meta.get("unix_socket")
+        process = Process(
+            row.key, handle=handle, strip_prefix=bool(row.meta.get("strip_prefix", True)),
+            unix_path=unix if isinstance(unix, str) and os.path.exists(unix) else None,
+        )
+        process.address = await self.jobs.backend.address(handle)
+        pool.processes.append(process)
+        log.info("adopted process %s of content %s", row.key, target.content_guid)
+        self._background(self._wait_ready(pool, process))
 
     def processes_of(self, content_id: int) -> list[tuple[Pool, Process]]:
         return [

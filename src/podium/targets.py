@@ -107,6 +107,14 @@ class AppTargets:
         target = self.app_target(content_id, bundle_id, draft)
         return target if target is not None and target.base_path == base_path else None
 
+    def active_bundles(self, content_ids: set[int]) -> dict[int, int | None]:
+        """The active bundle of each of ``content_ids`` that still exists."""
+        if not content_ids:
+            return {}
+        with self.store.session() as session:
+            rows = session.execute(select(Content.id, Content.bundle_id).where(Content.id.in_(content_ids)))
+            return {content_id: bundle_id for content_id, bundle_id in rows}
+
     def warm_targets(self) -> list[AppTarget]:
         """Active bundles whose content keeps processes warm (``min_processes`` > 0)."""
         with self.store.session() as session:
