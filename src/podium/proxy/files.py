@@ -174,7 +174,7 @@ class FileCache:
             self._entries.clear()
             self.used_bytes = 0
             return
-        for key in [key for key in self._entries if roots(key[0])]:
+        for key in [key for key in list(self._entries) if roots(key[0])]:
             self._drop(key)
 
     def _charge(self, size: int) -> None:
@@ -189,8 +189,9 @@ class FileCache:
             self._drop(next(iter(self._entries)))
 
     def _drop(self, key: tuple[str, str]) -> None:
-        entry = self._entries.pop(key)
-        self.used_bytes -= len(entry.body or b"") + len(entry.gz or b"")
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.used_bytes -= len(entry.body or b"") + len(entry.gz or b"")
 
 
 def accepts_gzip(headers: list[tuple[bytes, bytes]]) -> bool:

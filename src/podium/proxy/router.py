@@ -146,6 +146,9 @@ class ContentRouter:
         self.content = OriginRouter(self, content_origin=True)
         self.dashboard = OriginRouter(self, content_origin=False)
         self._content: dict[str, ContentInfo] = {}
+        # The loop requests are routed on (known from the first request): changes noticed
+        # on other threads (the API's sync endpoints run in a thread pool) are applied there.
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Reads of a content record in progress: requests arriving meanwhile share them.
         self._loading: dict[str, asyncio.Future[ContentInfo | None]] = {}
         self._users: dict[str, tuple[float, Viewer | None]] = {}
@@ -157,6 +160,21 @@ class ContentRouter:
     # --- caches -------------------------------------------------------------------------
 
     def invalidate(self, guid: str | None = None) -> None:
+        """Forget ``guid`` (every item: None) now. Called from another thread, the change is
+        handed to the routing loop, ahead of the caller's own answer (which the loop sends
+        once the thread is done), so no later request sees the old state."""
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not loop:
+                loop.call_soon_threadsafe(self._invalidate, guid)
+                return
+        self._invalidate(guid)
+
+    def _invalidate(self, guid: str | None) -> None:
         if guid is None:
             self._content.clear()
             self._loading.clear()
@@ -344,6 +362,8 @@ class ContentRouter:
         client: tuple[str, int] | None,
         content_origin: bool,
     ) -> Forward | Respond | PassToApp | ServeFile:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         path, _, query = target.partition(b"?")
         match = _PATH.match(path)
         to_app: PassToApp = PASS_TO_APP
