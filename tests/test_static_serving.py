@@ -16,6 +16,8 @@ import requests
 from tests.conftest import RunningServer
 from tests.helpers import deploy, static_bundle, tar_gz
 
+from podium.proxy.files import BODY_MAX_BYTES
+
 _PAGE = "<!doctype html><h1>Quarterly report</h1>" + "<p>numbers and more numbers</p>" * 100
 
 
@@ -205,3 +207,21 @@ def test_static_serving_pipelined_requests_and_a_slow_reader_get_every_byte(serv
         sock.sendall(request.format("data.bin").encode())
         sock.recv(1000)
     assert requests.get(f"{server.content_url}{base}data.bin").content == large
+
+
+def test_static_serving_refuses_a_served_file_replaced_by_a_symlink(server: RunningServer) -> None:
+    key = server.user_key("static_publisher", "publisher")
+    large = os.urandom(BODY_MAX_BYTES + 1)  # not kept in memory: opened for each request
+    item = _item(server, key, "swapped-report", "all", tar_gz({
+        "index.html": "home", "data.bin": large,
+        "manifest.json": '{"version": 1, "metadata": {"appmode": "static", "primary_html": "index.html"}}',
+    }))
+    url = f"{server.content_url}/content/{item['guid']}/data.bin"
+    assert requests.get(url).content == large  # resolved and cached
+    secret = server.data_dir.parent / "swapped-secret.txt"
+    secret.write_text("not for viewers")
+    served = next((server.data_dir / "apps").glob(f"*/{_bundle_id(server, key, item)}")) / "data.bin"
+    served.unlink()
+    served.symlink_to(secret)
+    answer = requests.get(url)
+    assert answer.status_code == 404 and b"not for viewers" not in answer.content
