@@ -2,7 +2,9 @@
 
 One run measures, on this machine:
 
-1. ``uv venv && uv pip install -r requirements.txt`` run directly (fresh uv cache);
+1. ``uv venv && uv pip install -r requirements.txt`` run directly (fresh uv cache),
+   and again with ``UV_COMPILE_BYTECODE=1``, which Podium's builds set (content runs
+   with its environment read-only, so it could not write ``__pycache__`` itself);
 2. a first deploy of a FastAPI bundle with the same requirements to a fresh Podium
    (fresh uv cache): upload to task finished, and upload to first 200 through
    ``/content/<guid>/``;
@@ -61,7 +63,7 @@ def bundle(version: int, requirements: str) -> bytes:
     return buffer.getvalue()
 
 
-def direct_build(requirements: str, work: Path) -> float:
+def direct_build(requirements: str, work: Path, compile_bytecode: bool = False) -> float:
     from uv import find_uv_bin
 
     uv = find_uv_bin()
@@ -69,6 +71,8 @@ def direct_build(requirements: str, work: Path) -> float:
     req = work / "requirements.txt"
     req.write_text(requirements)
     env = {**os.environ, "UV_CACHE_DIR": str(work / "cache"), "UV_LINK_MODE": "hardlink"}
+    if compile_bytecode:  # as Podium's builds do (sandboxed content cannot write __pycache__)
+        env["UV_COMPILE_BYTECODE"] = "1"
     started = time.perf_counter()
     subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(work / "venv")], check=True, env=env)
     subprocess.run([uv, "pip", "install", "-q", "--python", str(work / "venv" / "bin" / "python"),
@@ -110,6 +114,7 @@ def main() -> None:
 
         extra = "".join(f"{r}\n" for r in RUNTIME_REQUIREMENTS["python-fastapi"])
         direct = direct_build(requirements + extra, work / "direct")
+        compiled = direct_build(requirements + extra, work / "compiled", compile_bytecode=True)
         server = start_server(work / "podium" / "data")
         try:
             key = server.admin_key
@@ -122,7 +127,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(f"requirements: {args.requirements} (+ Podium's runtime packages for FastAPI, in both)")
     print(f"direct  uv venv + uv pip install (cold cache):   {direct:6.2f} s")
-    print(f"podium  first deploy, upload -> task finished:   {first_built:6.2f} s  ({first_built / direct:.2f}x direct)")
+    print(f"direct  the same, with --compile-bytecode:       {compiled:6.2f} s  (as Podium builds)")
+    print(f"podium  first deploy, upload -> task finished:   {first_built:6.2f} s  ({first_built / direct:.2f}x direct, {first_built / compiled:.2f}x with bytecode)")
     print(f"podium  first deploy, upload -> first 200:       {first_serving:6.2f} s")
     print(f"podium  redeploy, same requirements -> finished: {again_built:6.2f} s  (no install)")
     print(f"podium  redeploy, same requirements -> serving:  {again_serving:6.2f} s")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,6 +15,8 @@ from urllib.parse import urlsplit
 import requests
 from tests.conftest import RunningServer
 from tests.helpers import deploy, static_bundle, tar_gz
+
+from podium.proxy.files import BODY_MAX_BYTES
 
 _PAGE = "<!doctype html><h1>Quarterly report</h1>" + "<p>numbers and more numbers</p>" * 100
 
@@ -153,3 +157,71 @@ def test_static_serving_keeps_a_symlink_inside_the_bundle(server: RunningServer)
     bundle_dir = next((server.data_dir / "apps").glob(f"*/{_bundle_id(server, key, item)}"))
     (bundle_dir / "b.html").symlink_to(Path("a.html"))
     assert requests.get(f"{server.content_url}/content/{item['guid']}/b.html").text == "page a"
+
+
+def _read_response(sock: socket.socket, buffer: bytes) -> tuple[bytes, bytes, bytes]:
+    """One response (head, body by Content-Length) from ``sock``; returns it and what follows."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before a head"
+        buffer += chunk
+    head, _, buffer = buffer.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")))
+    while len(buffer) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before the end of a body"
+        buffer += chunk
+    return head, buffer[:length], buffer[length:]
+
+
+def test_static_serving_pipelined_requests_and_a_slow_reader_get_every_byte(server: RunningServer) -> None:
+    key = server.user_key("static_publisher", "publisher")
+    large = os.urandom(4 * 1024 * 1024 + 5)
+    archive = tar_gz({
+        "index.html": _PAGE,
+        "data.bin": large,
+        "manifest.json": '{"version": 1, "metadata": {"appmode": "static", "primary_html": "index.html"}}',
+    })
+    item = _item(server, key, "pipelined-report", "all", archive)
+    parts = urlsplit(server.content_url)
+    assert parts.hostname is not None and parts.port is not None
+    base = f"/content/{item['guid']}/"
+    request = f"GET {base}{{}} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n"
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        # A small receive buffer and slow reads: the server must wait for the reader
+        # (sendfile meets a full socket, then the write buffer's back-pressure).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.sendall("".join(request.format(p) for p in ("data.bin", "", "data.bin", "missing.html")).encode())
+        time.sleep(1.0)
+        head, body, rest = _read_response(sock, b"")
+        assert head.startswith(b"HTTP/1.1 200") and body == large
+        head, body, rest = _read_response(sock, rest)
+        assert head.startswith(b"HTTP/1.1 200") and body == _PAGE.encode()
+        head, body, rest = _read_response(sock, rest)
+        assert head.startswith(b"HTTP/1.1 200") and body == large
+        head, body, rest = _read_response(sock, rest)
+        assert head.startswith(b"HTTP/1.1 404")
+    # A reader that goes away mid-file leaves the server serving the next one.
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.sendall(request.format("data.bin").encode())
+        sock.recv(1000)
+    assert requests.get(f"{server.content_url}{base}data.bin").content == large
+
+
+def test_static_serving_refuses_a_served_file_replaced_by_a_symlink(server: RunningServer) -> None:
+    key = server.user_key("static_publisher", "publisher")
+    large = os.urandom(BODY_MAX_BYTES + 1)  # not kept in memory: opened for each request
+    item = _item(server, key, "swapped-report", "all", tar_gz({
+        "index.html": "home", "data.bin": large,
+        "manifest.json": '{"version": 1, "metadata": {"appmode": "static", "primary_html": "index.html"}}',
+    }))
+    url = f"{server.content_url}/content/{item['guid']}/data.bin"
+    assert requests.get(url).content == large  # resolved and cached
+    secret = server.data_dir.parent / "swapped-secret.txt"
+    secret.write_text("not for viewers")
+    served = next((server.data_dir / "apps").glob(f"*/{_bundle_id(server, key, item)}")) / "data.bin"
+    served.unlink()
+    served.symlink_to(secret)
+    answer = requests.get(url)
+    assert answer.status_code == 404 and b"not for viewers" not in answer.content

@@ -131,9 +131,12 @@ class TaskManager:
             total = session.scalar(
                 select(func.count()).select_from(TaskLine).where(TaskLine.task_id == task_id)
             )
+            # Lines written between the two reads are not in ``lines``: ``last`` must not
+            # count them, or the client's next ``first`` would skip them (lines are numbered
+            # from 0 without gaps, so the lines read end at first + len(lines)).
+            last = first + len(lines) if lines else min(first, int(total or 0))
             return TaskSnapshot(
-                task.id, list(lines), int(total or 0), task.finished, task.code, task.error,
-                task.result,
+                task.id, list(lines), last, task.finished, task.code, task.error, task.result,
             )
 
     async def wait(self, task_id: str, first: int, wait_seconds: float) -> TaskSnapshot | None:

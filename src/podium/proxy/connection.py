@@ -590,7 +590,7 @@ class ClientConnection(asyncio.Protocol):
             self._end(False, keep_alive)
             return
         try:  # a large file: from disk
-            fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = files.open_file(entry.path)
         except OSError:
             self._answer_error(req, 404)
             return

@@ -65,6 +65,21 @@ def safe_file(root: Path, relative: str) -> Path | None:
     return target if target.is_file() else None
 
 
+def open_file(path: str) -> int:
+    """A read-only descriptor of ``path`` as resolved earlier: ``O_NOFOLLOW`` refuses it if
+    it has become a symlink since (the resolution checked where links pointed then)."""
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+
+
+def _read(path: str, limit: int) -> bytes:
+    fd = open_file(path)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read(limit)
+    finally:
+        os.close(fd)
+
+
 def etag_for(tag: str, target: Path) -> str:
     """The ETag value (quoted) of ``target`` served from the bundle or rendering ``tag``
     (``"{bundle id}"`` or ``"r{rendering id}"``): the same the app's routes send."""
@@ -138,8 +153,7 @@ class FileCache:
         """The file's bytes when small enough to keep (read once), else None."""
         if entry.body is None and entry.size <= BODY_MAX_BYTES:
             try:
-                with open(entry.path, "rb") as handle:
-                    data = handle.read(BODY_MAX_BYTES + 1)
+                data = _read(entry.path, BODY_MAX_BYTES + 1)
             except OSError:
                 return None
             if len(data) != entry.size:
@@ -154,8 +168,7 @@ class FileCache:
             data = self.body(entry)
             if data is None:
                 try:
-                    with open(entry.path, "rb") as handle:
-                        data = handle.read(GZIP_MAX_BYTES + 1)
+                    data = _read(entry.path, GZIP_MAX_BYTES + 1)
                 except OSError:
                     return None
                 if len(data) != entry.size:
@@ -174,7 +187,7 @@ class FileCache:
             self._entries.clear()
             self.used_bytes = 0
             return
-        for key in [key for key in self._entries if roots(key[0])]:
+        for key in [key for key in list(self._entries) if roots(key[0])]:
             self._drop(key)
 
     def _charge(self, size: int) -> None:
@@ -189,8 +202,9 @@ class FileCache:
             self._drop(next(iter(self._entries)))
 
     def _drop(self, key: tuple[str, str]) -> None:
-        entry = self._entries.pop(key)
-        self.used_bytes -= len(entry.body or b"") + len(entry.gz or b"")
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.used_bytes -= len(entry.body or b"") + len(entry.gz or b"")
 
 
 def accepts_gzip(headers: list[tuple[bytes, bytes]]) -> bool:

@@ -17,8 +17,9 @@ for both origins (:attr:`ContentRouter.content` and :attr:`ContentRouter.dashboa
   Every other request is redirected to the same path on the content origin.
 
 Content records (with where their files are) and callers are cached briefly so the
-hot path rarely touches the database (one read per item every couple of seconds, shared
-by the requests that wait for it); changes invalidate the content cache at once on this
+hot path rarely touches the database (a record is read again in the background once
+it is two seconds old, which is how changes made on other nodes arrive; requests go on
+with the old record meanwhile); changes invalidate the content cache at once on this
 node, and with it the item's cached files.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 import urllib.parse
@@ -47,7 +49,11 @@ from podium.store.models import Bundle, Content, Group, GroupMember, Permission,
 from podium.urls import Urls
 from podium.usage import UsageRecorder
 
+log = logging.getLogger(__name__)
+
 _CONTENT_TTL = 2.0
+# How long past its lifetime a content record still answers while it is read again.
+_STALE_SECONDS = 30.0
 _USER_TTL = 5.0
 _PATH = re.compile(rb"^/content/([0-9a-fA-F-]{36})(/.*)?$")
 _DRAFT = re.compile(rb"^/_bundle(\d+)(/.*)?$")
@@ -149,6 +155,9 @@ class ContentRouter:
         self.content = OriginRouter(self, content_origin=True)
         self.dashboard = OriginRouter(self, content_origin=False)
         self._content: dict[str, ContentInfo] = {}
+        # The loop requests are routed on (known from the first request): changes noticed
+        # on other threads (the API's sync endpoints run in a thread pool) are applied there.
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Reads of a content record in progress: requests arriving meanwhile share them.
         self._loading: dict[str, asyncio.Future[ContentInfo | None]] = {}
         self._users: dict[str, tuple[float, Viewer | None]] = {}
@@ -160,6 +169,21 @@ class ContentRouter:
     # --- caches -------------------------------------------------------------------------
 
     def invalidate(self, guid: str | None = None) -> None:
+        """Forget ``guid`` (every item: None) now. Called from another thread, the change is
+        handed to the routing loop, ahead of the caller's own answer (which the loop sends
+        once the thread is done), so no later request sees the old state."""
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not loop:
+                loop.call_soon_threadsafe(self._invalidate, guid)
+                return
+        self._invalidate(guid)
+
+    def _invalidate(self, guid: str | None) -> None:
         if guid is None:
             self._content.clear()
             self._loading.clear()
@@ -179,28 +203,41 @@ class ContentRouter:
         self._users.clear()
 
     async def _info(self, guid: str) -> ContentInfo | None:
+        """The content record, from the cache while it is fresh. Past its lifetime (which
+        only matters for changes made on other nodes: this node's own invalidate at once)
+        it is still used, up to :data:`_STALE_SECONDS`, while one read refreshes it in the
+        background, so requests do not queue behind the database."""
         info = self._content.get(guid)
-        if info is not None and time.monotonic() - info.fetched < _CONTENT_TTL:
-            return info
+        if info is not None:
+            age = time.monotonic() - info.fetched
+            if age < _CONTENT_TTL:
+                return info
+            if age < _STALE_SECONDS:
+                self._reload(guid)
+                return info
+        return await asyncio.shield(self._reload(guid))
+
+    def _reload(self, guid: str) -> asyncio.Future[ContentInfo | None]:
+        """The read of ``guid``'s record in progress, started if none is (one at a time)."""
         loading = self._loading.get(guid)
-        if loading is not None:
-            return await asyncio.shield(loading)
-        loading = self._loading[guid] = asyncio.get_running_loop().create_future()
+        if loading is None:
+            loading = self._loading[guid] = asyncio.ensure_future(self._read(guid))
+            loading.add_done_callback(_log_failure)
+        return loading
+
+    async def _read(self, guid: str) -> ContentInfo | None:
+        me = asyncio.current_task()
         try:
             info = await asyncio.to_thread(self._load, guid)
-        except BaseException as exc:
-            if self._loading.get(guid) is loading:
+        finally:
+            current = self._loading.get(guid) is me
+            if current:
                 del self._loading[guid]
-            loading.set_exception(exc)
-            loading.exception()  # retrieved: the waiters (if any) raise it themselves
-            raise
-        if self._loading.get(guid) is loading:  # not invalidated while reading
-            del self._loading[guid]
+        if current:  # not invalidated while reading: what was read is still true
             if info is None:
                 self._content.pop(guid, None)
             else:
                 self._content[guid] = info
-        loading.set_result(info)
         return info
 
     def _load(self, guid: str) -> ContentInfo | None:
@@ -347,6 +384,8 @@ class ContentRouter:
         client: tuple[str, int] | None,
         content_origin: bool,
     ) -> Forward | Respond | PassToApp | ServeFile:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
         path, _, query = target.partition(b"?")
         match = _PATH.match(path)
         to_app: PassToApp = PASS_TO_APP
@@ -508,6 +547,11 @@ def _then(first: Callable[[], None], second: Callable[[], None]) -> Callable[[],
         second()
 
     return both
+
+
+def _log_failure(read: asyncio.Future[ContentInfo | None]) -> None:
+    if not read.cancelled() and read.exception() is not None:
+        log.error("cannot read a content record", exc_info=read.exception())
 
 
 def api_key(headers: list[tuple[bytes, bytes]]) -> str | None:

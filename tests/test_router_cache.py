@@ -1,0 +1,64 @@
+"""The content router's record cache: one database read however many requests want the
+record at once, and an expired record answers while it is read again (podium.proxy.router)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import event
+
+from podium import auth
+from podium.handoff import Handoff
+from podium.proxy.router import ContentRouter
+from podium.store import Store
+from podium.store.models import Content
+from podium.urls import Urls
+
+
+def _router(store: Store) -> ContentRouter:
+    return ContentRouter(
+        store, 3600, lambda *_: None, None,  # type: ignore[arg-type]
+        Urls("http://127.0.0.1:1/", "http://localhost:2"), Handoff(b"k" * 32, 60),
+    )
+
+
+def test_router_cache_reads_a_record_once_for_many_requests_and_refreshes_in_the_background(
+    store: Store,
+) -> None:
+    with store.session() as session:
+        owner = auth.create_user(session, "owner", "publisher", email="owner@example.org")
+        content = Content(name="report", owner_id=owner.id, access_type="all")
+        session.add(content)
+        session.flush()
+        guid = content.guid
+    router = _router(store)
+    reads: list[str] = []
+    event.listen(
+        store.engine, "before_cursor_execute",
+        lambda *a: reads.append(a[2]) if "FROM content" in a[2] and "permission" not in a[2] else None,
+    )
+
+    async def scenario() -> None:
+        infos = await asyncio.gather(*(router._info(guid) for _ in range(200)))
+        assert len(reads) == 1 and all(info is infos[0] and info is not None for info in infos)
+        # Past its lifetime the record still answers at once, and one read refreshes it.
+        old = infos[0]
+        assert old is not None
+        old.fetched -= 3.0
+        again = await asyncio.gather(*(router._info(guid) for _ in range(50)))
+        assert all(info is old for info in again)
+        await asyncio.sleep(0)
+        for _ in range(200):
+            if router._content[guid] is not old:
+                break
+            await asyncio.sleep(0.01)
+        assert router._content[guid] is not old and len(reads) == 2
+        # A change on this node is never answered from the old record.
+        with store.session() as session:
+            session.get(Content, old.id).access_type = "acl"  # type: ignore[union-attr]
+        reads.clear()
+        router.invalidate(guid)
+        fresh = await router._info(guid)
+        assert fresh is not None and fresh.access_type == "acl" and len(reads) == 1
+
+    asyncio.run(scenario())
