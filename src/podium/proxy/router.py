@@ -429,7 +429,7 @@ class ContentRouter:
         elif info.bundle_id is None:
             return to_app
         elif info.files is not None:
-            return await self._serve_file(info, info.files, method, rest, headers, content_origin, to_app)
+            return await self._serve_file(info, info.files, method, target, rest, headers, content_origin, to_app)
         else:
             bundle_id = info.bundle_id
             base = f"/content/{guid}/"
@@ -471,12 +471,12 @@ class ContentRouter:
             unix_path=lease.unix_path,
         )
 
-
     async def _serve_file(
         self,
         info: ContentInfo,
         files: Files,
         method: bytes,
+        target: bytes,
         rest: bytes,
         headers: list[tuple[bytes, bytes]],
         content_origin: bool,
@@ -504,6 +504,8 @@ class ContentRouter:
             return to_app
         if entry is None:
             return to_app
+        if self.usage is not None:  # a hit, as when the app serves the file
+            self.usage.hit(method, target, headers, info.guid, viewer.guid if viewer else None, info.bundle_id)
         return ServeFile(entry, self.files, b"" if content_origin else _SANDBOX)
 
     def _to_content_origin(self, guid: str, target: bytes) -> Respond:
