@@ -60,8 +60,11 @@ def test_transfer_upload_replaces_the_folder_and_refuses_links_to_the_data_dir(t
     target.mkdir(parents=True)
     (target / "old.html").write_text("old")
     (root / "secret.key").write_text("KEY")
-    unpack_upload(_upload([("0/index.html", None, "new"), ("0/bin/python", "/usr/bin/python3", ""),
-                           ("0/bin/python3", "python", "")]), target, root)
+    venv = [("0/index.html", None, "new"), ("0/bin/python", "/usr/bin/python3", ""), ("0/bin/python3", "python", "")]
+    with pytest.raises(tarfile.TarError):  # a render's output is served: no link out at all
+        unpack_upload(_upload(venv), target, root)
+    assert (target / "old.html").read_text() == "old"
+    unpack_upload(_upload(venv), target, root, absolute_links=True)  # a build's venv
     assert sorted(p.name for p in target.iterdir()) == ["bin", "index.html"]
     assert (target / "index.html").read_text() == "new"
     for hostile in (
@@ -72,7 +75,7 @@ def test_transfer_upload_replaces_the_folder_and_refuses_links_to_the_data_dir(t
         [("1/other", None, "x")],
     ):
         with pytest.raises(tarfile.TarError):
-            unpack_upload(_upload(hostile), target, root)
+            unpack_upload(_upload(hostile), target, root, absolute_links=True)
         assert (target / "index.html").read_text() == "new"  # unchanged by a refused upload
 
 
@@ -87,3 +90,26 @@ def test_transfer_pack_names_paths_by_index_and_keeps_links(tmp_path: Path) -> N
         members = {m.name: m for m in tar.getmembers()}
     assert set(members) == {"0", "0/f", "0/link", "1", "2"}
     assert members["0/link"].issym() and members["1"].isdir() and members["2"].isdir()
+
+
+def test_build_ready_marker_is_never_written_through_a_link_the_build_left(tmp_path: Path) -> None:
+    from podium.build import READY_MARKER, _mark_ready
+    from podium.tasks import TaskFailed
+
+    outside = tmp_path / "secret.key"
+    outside.write_text("KEY")
+    work = tmp_path / "envs" / ".fp.build-1"
+    (work / "env").mkdir(parents=True)
+    (work / "env" / READY_MARKER).symlink_to(outside)
+    with pytest.raises(TaskFailed):
+        _mark_ready(work / "env", work, "3.11.7")
+    (work / "env" / READY_MARKER).unlink()
+    (work / "env").rename(work / "real")
+    (work / "env").symlink_to(tmp_path)  # the environment folder itself a link
+    with pytest.raises(TaskFailed):
+        _mark_ready(work / "env", work, "3.11.7")
+    assert outside.read_text() == "KEY" and not (tmp_path / READY_MARKER).exists()
+    (work / "env").unlink()
+    (work / "real").rename(work / "env")
+    _mark_ready(work / "env", work, "3.11.7")
+    assert (work / "env" / READY_MARKER).read_text() == "3.11.7\n"

@@ -460,8 +460,9 @@ class Workloads:
                 continue  # /tmp is the sandbox's own
             if mount["name"] in empty:
                 host = self.root / "emptydir" / pod["metadata"]["uid"] / mount["name"] / mount.get("subPath", "")
-                host.mkdir(parents=True, exist_ok=True)  # the kubelet creates a missing subPath
-                host.chmod(0o777)
+                if not host.exists():  # the kubelet creates a missing subPath (a file stays one)
+                    host.mkdir(parents=True)
+                    host.chmod(0o777)
                 sources[mount["mountPath"]] = str(host)
                 (read_only if mount.get("readOnly") else writable).append(mount["mountPath"])
                 continue

@@ -61,7 +61,8 @@ async def upload(request: Request, tokens: TransferTokens = Depends(deps.transfe
             archive.write(chunk)
         archive.seek(0)
         try:
-            await asyncio.to_thread(unpack_upload, archive, Path(str(grant.paths[0])), tokens.root)
+            await asyncio.to_thread(unpack_upload, archive, Path(str(grant.paths[0])), tokens.root,
+                                    grant.absolute_links)
         except (OSError, ValueError, tarfile.TarError) as error:
             log.warning("transfer: job %s (content %s): upload refused: %s", grant.job_key, grant.content_guid, error)
             raise errors.bad_request(f"The upload could not be unpacked: {error}") from None

@@ -81,6 +81,21 @@ class BuiltEnvironment:
     path: Path | None = None  # the environment's folder; None when not managed
 
 
+def _mark_ready(staging: Path, work: Path, version: str) -> None:
+    """Write the ready marker into ``staging``, which the build job wrote (or, without a
+    shared volume, uploaded): never through a link it left there, so a build cannot
+    lead the server to write elsewhere."""
+    if staging.is_symlink() or not staging.is_dir() or staging.resolve().parent != work.resolve():
+        raise TaskFailed("The build left no package environment folder.")
+    try:
+        fd = os.open(staging / READY_MARKER, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    except OSError as error:
+        raise TaskFailed(f"The build left {READY_MARKER} as something else than a file ({error.strerror}).") \
+            from None
+    with os.fdopen(fd, "w") as marker:
+        marker.write(version + "\n")
+
+
 def _requirements_file(bundle_dir: Path, manifest: dict[str, Any]) -> Path | None:
     python = manifest.get("python") or {}
     name = (python.get("package_manager") or {}).get("package_file") or "requirements.txt"
@@ -225,7 +240,7 @@ class Builder:
                 out.line(f"  requirement: {line.strip()}")
         await self._run(spec, request.content_id, request.bundle_id, "python_restore", work, out,
                         "Building the package environment")
-        (staging / READY_MARKER).write_text(chosen.version_text + "\n")
+        _mark_ready(staging, work, chosen.version_text)
         final = self._publish(staging, fp, key, work)
         out.line(f"Package environment {fp} is ready.")
         return final
@@ -369,7 +384,7 @@ class Builder:
         )
         await self._run(spec, request.content_id, request.bundle_id, "packrat_restore", work, out,
                         "Restoring the R packages")
-        (staging / READY_MARKER).write_text(request.r.version_text + "\n")
+        _mark_ready(staging, work, request.r.version_text)
         final = self._publish(staging, fp, key, work)
         out.line(f"R package library {fp} is ready.")
         return final

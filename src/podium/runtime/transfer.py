@@ -50,6 +50,7 @@ class Grant:
     action: Action
     paths: tuple[str | None, ...]
     expires: float
+    absolute_links: bool = False  # upload: links to absolute paths outside the data dir
 
 
 class TransferTokens:
@@ -62,7 +63,10 @@ class TransferTokens:
         self._lock = threading.Lock()
 
     def issue(self, job_key: str, content_guid: str, action: Action, paths: Iterable[str | None],
-              ttl_seconds: float) -> str:
+              ttl_seconds: float, absolute_links: bool = False) -> str:
+        """A token for ``action`` on ``paths``; an upload token with ``absolute_links``
+        accepts links to absolute paths outside the data dir (a build's venv links its
+        interpreter), else only links inside the folder (a render's output is served)."""
         wanted = tuple(paths)
         for path in wanted:
             if path is None and action == "fetch":
@@ -74,7 +78,8 @@ class TransferTokens:
         token = secrets.token_urlsafe(32)
         with self._lock:
             self._prune()
-            self._grants[_digest(token)] = Grant(job_key, content_guid, action, wanted, self._clock() + ttl_seconds)
+            self._grants[_digest(token)] = Grant(job_key, content_guid, action, wanted, self._clock() + ttl_seconds,
+                                                 absolute_links)
         return token
 
     def redeem(self, token: str, action: Action) -> Grant:
@@ -124,12 +129,13 @@ def pack(paths: tuple[str | None, ...], out: IO[bytes]) -> None:
                 tar.addfile(info)
 
 
-def unpack_upload(archive: IO[bytes], target: Path, root: Path) -> None:
+def unpack_upload(archive: IO[bytes], target: Path, root: Path, absolute_links: bool = False) -> None:
     """Replace folder ``target`` with the folder ``0`` of ``archive`` (from a pod: not
     trusted). Members must stay inside; a relative symbolic link must stay inside the
-    folder, an absolute one may point only where the data dir ``root`` is not (a venv's
-    ``bin/python``): neither into it nor at a parent of it, so no later write or read by
-    the server follows a link (or a chain of them) to its key or database."""
+    folder; an absolute one is refused unless ``absolute_links``, and then may point only
+    where the data dir ``root`` is not (a venv's ``bin/python``): neither into it nor at
+    a parent of it, so no later write or read by the server follows a link (or a chain
+    of them) to its key or database."""
     root = root.resolve()
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.upload-", dir=target.parent))
     try:
@@ -140,6 +146,8 @@ def unpack_upload(archive: IO[bytes], target: Path, root: Path) -> None:
                     raise tarfile.FilterError(f"unexpected member {member.name!r}")
                 if member.issym():  # judged by its text: the folder's own links are not followed
                     if member.linkname.startswith("/"):  # nothing under it may be the data dir's
+                        if not absolute_links:
+                            raise tarfile.FilterError(f"link {member.name!r} points to an absolute path")
                         real = os.path.realpath(member.linkname)
                         if _below(real, str(root)) or _below(str(root), real):
                             raise tarfile.FilterError(f"link {member.name!r} points into the data dir")

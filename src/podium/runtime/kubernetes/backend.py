@@ -209,8 +209,9 @@ class KubernetesBackend:
             spec.key, spec.content_guid, "fetch", [None if scratch(path, config) else path for path, _ in paths],
             config.transfer_token_ttl_seconds)}
         for index, path in enumerate(uploads):
-            tokens[upload_token_key(spec, index)] = self.tokens.issue(
-                spec.key, spec.content_guid, "upload", [path], config.transfer_upload_ttl_seconds)
+            tokens[upload_token_key(spec, index)] = self.tokens.issue(  # a venv links its interpreter
+                spec.key, spec.content_guid, "upload", [path], config.transfer_upload_ttl_seconds,
+                absolute_links=spec.kind == "build")
         self._token_keys[spec.key] = (spec.content_guid, list(tokens))
         return tokens
 
