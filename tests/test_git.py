@@ -440,7 +440,7 @@ def test_two_nodes_sharing_a_database_deploy_each_new_commit_once(tmp_path: Path
         assert len(made) == 2, made
         assert len({b["metadata"]["source_commit"] for b in made}) == 2
         checks = [line for server in (first, second) for line in server.log().splitlines()
-                  if "moved to" in line and "deploying" in line]
+                  if "podium.git.publish" in line and "moved to" in line]
         assert len(checks) == 2, checks
     finally:
         second.stop()
