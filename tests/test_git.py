@@ -400,18 +400,54 @@ def test_git_disabled_answers_404_code_145(tmp_path: Path) -> None:
         server.stop()
 
 
+def _own_postgres_database(name: str) -> str:
+    """A fresh database of its own on the test PostgreSQL server (so tests running beside
+    this one on the shared ``test`` database disturb nothing), else the shared one, reset."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+    from tests.conftest import POSTGRES_URL, reset_postgres
+
+    engine = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    except SQLAlchemyError:
+        reset_postgres(POSTGRES_URL)
+        return POSTGRES_URL
+    finally:
+        engine.dispose()
+
+
+def _drop_postgres_database(name: str) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+    from tests.conftest import POSTGRES_URL
+
+    engine = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    except SQLAlchemyError:
+        pass
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.postgres
 def test_two_nodes_sharing_a_database_deploy_each_new_commit_once(tmp_path: Path) -> None:
     """Two servers on one PostgreSQL database, both polling every second: each new commit
     becomes exactly one bundle (one node holds the item's lease while it checks)."""
-    from tests.conftest import POSTGRES_URL, require_postgres, reset_postgres
+    from tests.conftest import require_postgres
 
     require_postgres()
-    reset_postgres(POSTGRES_URL)
+    database = _own_postgres_database("podium_test_git_nodes")
     root = tmp_path / "repos"
     root.mkdir()
     served = GitHttpServer(root)
-    env = {"PODIUM_DATABASE_URL": POSTGRES_URL, "PODIUM_GIT_POLLING_INTERVAL_SECONDS": "1"}
+    env = {"PODIUM_DATABASE_URL": database, "PODIUM_GIT_POLLING_INTERVAL_SECONDS": "1"}
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first = start_server(tmp_path / "a" / "data", env)
@@ -440,9 +476,10 @@ def test_two_nodes_sharing_a_database_deploy_each_new_commit_once(tmp_path: Path
         assert len(made) == 2, made
         assert len({b["metadata"]["source_commit"] for b in made}) == 2
         checks = [line for server in (first, second) for line in server.log().splitlines()
-                  if "moved to" in line and "deploying" in line]
+                  if "podium.git.publish" in line and "moved to" in line]
         assert len(checks) == 2, checks
     finally:
         second.stop()
         first.stop()
         served.close()
+        _drop_postgres_database("podium_test_git_nodes")
