@@ -51,7 +51,7 @@ PANES: tuple[tuple[str, str, bool], ...] = (
     ("variables", "Environment variables", True),
     ("bundles", "Bundles", True),
     ("usage", "Usage", True),
-    ("packages", "Packages", False),
+    ("packages", "Packages", True),
     ("integrations", "OAuth integrations", True),
     ("renderings", "Renderings", False),
     ("logs", "Logs", True),
