@@ -205,3 +205,25 @@ def test_usage_pruned_past_the_retention(store: Store) -> None:
     with store.session() as session:
         assert session.query(ContentHit).count() == 0
     assert UsageRecorder(store, 1.0, retention_days=0).prune(datetime.now(UTC) + timedelta(days=9999)) == 0
+
+
+def test_hits_by_vanity_path_and_bundle_preview(server: RunningServer) -> None:
+    key = server.user_key("use_pub", "publisher")
+    owner = server.api(key)
+    site = owner.post(_api(server, "v1/content"), json={"name": "usage-vanity"}).json()
+    bundle_id, _ = deploy(server, key, site["guid"], static_bundle())
+    made = owner.put(_api(server, f"v1/content/{site['guid']}/vanity"), json={"path": "/usage-sales/"})
+    assert made.status_code == 200, made.text
+    for path in ("/usage-sales/", f"/content/{site['guid']}/_bundle{bundle_id}/"):
+        served = owner.get(f"{server.content_url}{path}")
+        assert served.status_code == 200, (path, served.text)
+
+    def recorded() -> list[str]:
+        paths = [h["data"]["path"] for h in owner.get(_api(server, "v1/instrumentation/content/hits"),
+                                                      params={"content_guid": site["guid"]}).json()]
+        assert len(paths) == 2, paths
+        return paths
+
+    paths = _eventually(recorded)
+    assert paths[1] == f"/content/{site['guid']}/_bundle{bundle_id}/"
+    assert paths[0] == "/usage-sales/"  # the address the viewer asked for

@@ -52,7 +52,7 @@ PANES: tuple[tuple[str, str, bool], ...] = (
     ("variables", "Environment variables", True),
     ("bundles", "Bundles", True),
     ("usage", "Usage", True),
-    ("packages", "Packages", False),
+    ("packages", "Packages", True),
     ("integrations", "OAuth integrations", True),
     ("repository", "Repository", True),
     ("renderings", "Renderings", False),
