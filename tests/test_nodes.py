@@ -391,3 +391,22 @@ def test_nodes_on_kubernetes_each_replica_keeps_to_its_own_jobs(tmp_path: Path) 
         problems = list(sim.problems)
         sim.stop()
     assert problems == []
+
+
+def test_nodes_a_job_is_stopped_through_any_node_of_its_host(cluster: Cluster) -> None:
+    a = cluster.start(first=True)
+    b = cluster.start()
+    guid = new_app(a)
+    first = content(a, guid)
+    (job,) = run_jobs(cluster, guid)
+    stopped = b.api().delete(f"{b.url}/__api__/v1/content/{guid}/jobs/{job.key}", timeout=30)
+    assert stopped.status_code == 200, stopped.text  # through B, a job of A on this host
+    wait_until(lambda: not alive(first["pid"]), seconds=15)
+    assert content(a, guid)["pid"] != first["pid"]  # A noticed, and serves from a new one
+    # A process on another host cannot be signalled from here: refused, nothing touched.
+    (job,) = wait_until(lambda: [j for j in run_jobs(cluster, guid) if j.pid is not None])
+    with cluster.engine.begin() as conn:
+        conn.execute(text("UPDATE jobs SET hostname = 'elsewhere.example' WHERE key = :k"), {"k": job.key})
+    refused = b.api().delete(f"{b.url}/__api__/v1/content/{guid}/jobs/{job.key}", timeout=30)
+    assert refused.status_code == 409 and "elsewhere.example" in refused.json()["error"], refused.text
+    assert alive(job.pid)
