@@ -204,8 +204,10 @@ def test_nodes_kill_moves_duties_and_jobs_to_the_live_node(cluster: Cluster) -> 
     took = time.monotonic() - killed
     # B claimed A once and adopted A's process: it keeps the minimum warm with it, and
     # serves from it; nothing was started twice.
-    claimed = cluster.rows("SELECT claimed_by FROM nodes WHERE node_id = :n", n=a_node)
-    assert claimed and claimed[0].claimed_by not in (None, a_node)
+    # (the claim and the lease's expiry come within a heartbeat of each other, either first)
+    claimed = wait_until(lambda: [row for row in cluster.rows(
+        "SELECT claimed_by FROM nodes WHERE node_id = :n", n=a_node) if row.claimed_by], seconds=NODE_TIMEOUT_SECONDS)
+    assert claimed[0].claimed_by != a_node
     wait_until(lambda: [j.node_id for j in run_jobs(cluster, guid)] == [claimed[0].claimed_by], seconds=10)
     assert content(b, guid)["pid"] == first.pid
     time.sleep(1)  # a few housekeeping rounds of B's
