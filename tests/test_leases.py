@@ -126,3 +126,38 @@ def test_nodes_heartbeat_renews_leases_and_a_clean_stop_releases_them(store: Sto
         assert Leases(store, "node-b", 1.0).acquire("duty")
 
     asyncio.run(scenario())
+
+
+def test_store_nodes_migrating_at_once_on_postgresql() -> None:
+    """Several nodes starting together on an empty PostgreSQL database: one migrates, the
+    others wait for it and find nothing left to do."""
+    from tests.conftest import POSTGRES_URL, require_postgres, reset_postgres
+
+    require_postgres()
+    reset_postgres(POSTGRES_URL)
+    errors: list[BaseException] = []
+    start = threading.Barrier(3)
+
+    def migrate() -> None:
+        store = Store(POSTGRES_URL)
+        try:
+            start.wait()
+            store.migrate()
+        except BaseException as exc:  # collected for the assertion
+            errors.append(exc)
+        finally:
+            store.dispose()
+
+    threads = [threading.Thread(target=migrate, daemon=True) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "the migrations deadlocked"
+    assert errors == []
+    store = Store(POSTGRES_URL)
+    try:
+        with store.session() as session:
+            assert session.scalars(select(ServerNode)).all() == []  # the schema is whole
+    finally:
+        store.dispose()

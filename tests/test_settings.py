@@ -113,3 +113,25 @@ def test_settings_runtime_dir_inside_the_data_dir_is_refused(tmp_path: Path) -> 
     )
     assert done.returncode == 2, done.stderr
     assert "runtime_dir" in done.stderr and "inside data_dir" in done.stderr
+
+
+def test_node_dirs_are_private_and_refused_where_others_could_swap_them(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from podium.layout import NodeDirs
+
+    dirs = NodeDirs(tmp_path / "node").create()
+    assert stat.S_IMODE(os.stat(dirs.root).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(dirs.sockets).st_mode) == 0o700
+    assert dirs.app_socket.parent == dirs.root
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone may rename what is in it
+    with pytest.raises(RuntimeError, match="set runtime_dir"):
+        NodeDirs(shared / "node").create()
+    shared.chmod(0o1777)  # sticky, as /tmp: only the owner may
+    assert NodeDirs(shared / "node").create().root.is_dir()
+    (tmp_path / "link").symlink_to(tmp_path / "node")
+    with pytest.raises(RuntimeError, match="not a directory owned by this user"):
+        NodeDirs(tmp_path / "link").create()

@@ -89,11 +89,17 @@ class NodeDirs:
         """Make the runtime dir (mode 0700) and check that it is a directory of this user's
         alone, not a link: in a shared temp dir another user could have made it first."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        info = os.lstat(self.root)
+        info, parent = os.lstat(self.root), os.lstat(self.root.parent)
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
             raise RuntimeError(
                 f"the runtime dir {self.root} is not a directory owned by this user (uid "
                 f"{os.geteuid()}); remove it or set runtime_dir"
+            )
+        if parent.st_uid not in (0, os.geteuid()) or parent.st_mode & stat.S_IWOTH and not parent.st_mode & stat.S_ISVTX:
+            # whoever owns the folder above could swap this one for their own
+            raise RuntimeError(
+                f"the runtime dir's parent {self.root.parent} belongs to another user or anyone "
+                "may replace what is in it; set runtime_dir"
             )
         self.root.chmod(0o700)
         self.sockets.mkdir(exist_ok=True, mode=0o700)

@@ -135,12 +135,17 @@ class NodeHeartbeat:
         return claimed
 
     async def round(self) -> None:
-        """One heartbeat: write the row, renew leases, claim and clean up dead nodes."""
+        """One heartbeat: write the row, claim and take over dead nodes, renew leases.
+
+        Claims come before leases: a dead node's leases expire just after its heartbeat
+        does (it renews them after beating), so its jobs are this node's (its processes
+        adopted) before this node may take its duties, and, for one, keeping
+        ``min_processes`` warm counts the adopted processes instead of starting more."""
         await asyncio.to_thread(self.beat)
-        await asyncio.to_thread(self.leases.renew)
         for dead in await asyncio.to_thread(self.claim_dead):
             if self.on_dead is not None:
                 await self.on_dead(dead)
+        await asyncio.to_thread(self.leases.renew)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())

@@ -141,6 +141,11 @@ async def kill_job(
     job = _job(session, content, key)
     if job.status != 0:
         raise errors.ApiError(409, 163, f"Job {key} is not active; there is nothing to stop.")
+    if job.backend == "local" and job.hostname and job.hostname != jobs.hostname:
+        # a process of another host: only the node there can signal it
+        raise errors.ApiError(
+            409, 163, f"Job {key} runs on host {job.hostname}; stop it through a server node there."
+        )
     handle = handle_of(job)
     result = {"guid": content.guid, "app_id": str(content.id), "app_guid": content.guid,
               "job_id": str(job.id), "job_key": key, "result": "Order to kill job registered"}

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,6 +37,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+_MIGRATION_LOCK = 0x706F6469756D  # "podium": the advisory lock key migrations hold on PostgreSQL
 
 
 class Store:
@@ -70,6 +72,10 @@ class Store:
         config = Config()
         config.set_main_option("script_location", "podium:migrations")
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Several nodes may start at once: one migrates, the others wait, then find
+                # nothing to do. Released when this transaction ends.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
             config.attributes["connection"] = connection
             command.upgrade(config, "heads")
 
