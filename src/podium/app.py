@@ -63,6 +63,7 @@ from podium.jobs import JobRunner
 from podium.layout import DataLayout, NodeDirs
 from podium.leases import Leases
 from podium.nodes import DeadNode, NodeHeartbeat
+from podium.oauth import Signer, UserSessionTokens
 from podium.proxy import routes as content_routes
 from podium.proxy.router import ContentRouter
 from podium.render import Renderer, fail_interrupted_renderings
@@ -103,6 +104,7 @@ class Node:
     changes: Changes
     env_vars: EnvVars
     handoff: Handoff
+    oauth_signer: Signer
     isolation: Isolation
     backend: ExecutionBackend
     jobs: JobRunner
@@ -214,6 +216,7 @@ def build(settings: Settings) -> Node:
     box = SecretBox.from_file(settings.effective_secret_key_file)
     env_vars = EnvVars(box)
     handoff = Handoff(box.derive("content-pass"), settings.content_session_lifetime_seconds)
+    oauth_signer = Signer(box.derive("oauth"))
     tokens = TransferTokens(layout.root)
     backend = make_backend(settings, layout, urls, tokens)
     jobs = JobRunner(store, backend, node_id)
@@ -253,7 +256,7 @@ def build(settings: Settings) -> Node:
              if settings.usage_recording else None)
     router = ContentRouter(
         store, settings.session_lifetime_seconds, targets.app_target, scheduler, urls, handoff, layout,
-        usage=usage,
+        usage=usage, oauth_sessions=UserSessionTokens(oauth_signer),
     )
     changes.on_content(router.invalidate)
     changes.on_content(scheduler.content_changed)
@@ -276,6 +279,7 @@ def build(settings: Settings) -> Node:
         changes=changes,
         env_vars=env_vars,
         handoff=handoff,
+        oauth_signer=oauth_signer,
         isolation=isolation,
         backend=backend,
         jobs=jobs,
@@ -372,7 +376,7 @@ def create_app(node: Node) -> FastAPI:
         lifespan=lifespan,
     )
     # What endpoints may ask for (podium.api.deps), one attribute per part.
-    for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "handoff", "isolation",
+    for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "handoff", "oauth_signer", "isolation",
                  "backend", "tasks", "jobs", "scheduler", "deployer", "render_tasks", "throttle", "caches",
                  "secret_box", "transfer_tokens", "git", "usage"):
         setattr(app.state, name, getattr(node, name))
