@@ -38,7 +38,8 @@ USER_SESSION_SECONDS = 3600
 # How long a viewer has to finish signing in with the provider.
 STATE_SECONDS = 600
 TOKEN_TIMEOUT_SECONDS = 20
-# Templates whose provider Podium signs viewers in with (standard authorization code).
+# Templates whose provider Podium signs viewers in with (standard authorization code):
+# their config names authorization_uri and token_uri. Other templates' flows are not done.
 FLOW_TEMPLATES = ("custom",)
 AUTH_TYPES = ("Viewer", "Service Account", "Visitor API Key")
 
