@@ -67,6 +67,10 @@ class Provider:
                 challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
                 if found is None or found["redirect_uri"] != form.get("redirect_uri") or found["challenge"] != challenge:
                     return JSONResponse({"error": "invalid_grant"}, status_code=400)
+            elif grant == "client_credentials":
+                access = f"sa-{secrets.token_hex(12)}"
+                self.issued.append(access)
+                return JSONResponse({"access_token": access, "token_type": "Bearer", "expires_in": 3600})
             elif grant == "refresh_token":
                 if str(form.get("refresh_token")) not in self.refresh_tokens:
                     return JSONResponse({"error": "invalid_grant"}, status_code=400)
@@ -119,6 +123,14 @@ def credentials(request: Request, audience: str = ""):
     client = connect.Client(os.environ["CONNECT_SERVER"], "content-has-no-key")
     try:
         return {"credentials": dict(client.oauth.get_credentials(token, audience=audience or None))}
+    except Exception as exc:
+        return {"error": str(exc)}
+
+@app.get("/content-credentials")
+def content_credentials():
+    client = connect.Client(os.environ["CONNECT_SERVER"], "content-has-no-key")
+    try:
+        return {"credentials": dict(client.oauth.get_content_credentials() or {})}
     except Exception as exc:
         return {"error": str(exc)}
 
@@ -336,3 +348,32 @@ def test_a_callback_from_another_session_is_refused(server: RunningServer, provi
     # Someone who may not view the content cannot start a sign-in for it.
     assert victim.get(f"{server.url}/__oauth__/connect/{integration['guid']}?content={item['guid']}",
                       allow_redirects=False).status_code == 404
+
+
+def test_service_account_credentials_with_the_content_session_token(
+    server: RunningServer, provider: Provider
+) -> None:
+    made = server.api().post(_api(server, "v1/oauth/integrations"), json={
+        "name": "Robot", "template": "custom",
+        "config": {"auth_type": "Service Account", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+                   "token_uri": f"{provider.url}/token", "scopes": "read"}})
+    assert made.status_code == 200, made.text
+    publisher = server.user_key("oauth_sa_publisher", "publisher")
+    viewer = server.api().post(_api(server, "v1/users"), json={
+        "username": "oauth_sa_viewer", "user_role": "viewer", "password": "oauth-sa-viewer-pass-1"}).json()
+    item = _content(server, publisher, "robot-app", viewer["guid"])
+    url = f"{server.url}/content/{item['guid']}/content-credentials"
+    # Not associated: the exchange is refused.
+    assert "no associated Service Account" in server.api(publisher).get(url).json()["error"]
+    _associate(server, publisher, item["guid"], [made.json()["guid"]])
+    given = server.api(publisher).get(url).json()["credentials"]
+    assert given == {"access_token": provider.issued[-1], "token_type": "Bearer",
+                     "issued_token_type": "urn:ietf:params:oauth:token-type:access_token"}
+    assert given["access_token"].startswith("sa-") and provider.grants[-1] == "client_credentials"
+    # A forged content session token buys nothing.
+    refused = requests.post(_api(server, "v1/oauth/integrations/credentials"), data={
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": "x.y",
+        "subject_token_type": "urn:posit:connect:content-session-token"})
+    assert refused.status_code == 400 and "invalid" in refused.json()["error"]
+    log = server.log()
+    assert given["access_token"] not in log and CLIENT_SECRET not in log

@@ -63,7 +63,7 @@ from podium.jobs import JobRunner
 from podium.layout import DataLayout, NodeDirs
 from podium.leases import Leases
 from podium.nodes import DeadNode, NodeHeartbeat
-from podium.oauth import Signer, UserSessionTokens
+from podium.oauth import ContentSessionTokens, Signer, UserSessionTokens
 from podium.proxy import routes as content_routes
 from podium.proxy.router import ContentRouter
 from podium.render import Renderer, fail_interrupted_renderings
@@ -235,7 +235,7 @@ def build(settings: Settings) -> Node:
         settings.build_timeout_seconds, settings.r_repository_url, isolation,
         start_timeout_seconds=settings.init_timeout_seconds,
     )
-    targets = AppTargets(store, settings, layout, env_vars, urls, isolation)
+    targets = AppTargets(store, settings, layout, env_vars, urls, isolation, ContentSessionTokens(oauth_signer))
     socket_dir, listen_host = None, "$(POD_IP)"  # pods: bind the pod IP, as the kubelet expands it
     if not settings.kubernetes_enabled:  # processes on this host: reach them by unix socket
         socket_dir, listen_host = dirs.sockets, "127.0.0.1"
@@ -251,7 +251,8 @@ def build(settings: Settings) -> Node:
     heartbeat = NodeHeartbeat(
         store, node_id, leases, settings.node_heartbeat_seconds, settings.node_timeout_seconds, take_over
     )
-    renderer = Renderer(store, settings, layout, jobs, env_vars, urls, isolation, changes)
+    renderer = Renderer(store, settings, layout, jobs, env_vars, urls, isolation, changes,
+                        ContentSessionTokens(oauth_signer))
     usage = (UsageRecorder(store, settings.usage_flush_seconds, settings.usage_retention_days)
              if settings.usage_recording else None)
     router = ContentRouter(

@@ -35,6 +35,11 @@ ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 SESSION_HEADER = "Posit-Connect-User-Session-Token"
 # How long a user-session token is good for: the proxy mints one per request.
 USER_SESSION_SECONDS = 3600
+# How long the content session token a content process starts with is good for (it lives
+# as long as the process, which may run for months; removing the content's Service
+# Account associations takes its use away at once).
+CONTENT_SESSION_SECONDS = 365 * 24 * 3600
+CONTENT_SESSION_VARIABLE = "CONNECT_CONTENT_SESSION_TOKEN"
 # How long a viewer has to finish signing in with the provider.
 STATE_SECONDS = 600
 TOKEN_TIMEOUT_SECONDS = 20
@@ -152,6 +157,22 @@ class UserSessionTokens:
         """(user guid, content guid) of a valid token, or None."""
         opened = self._signer.open("user-session", token, 2)
         return None if opened is None else (opened[0], opened[1])
+
+
+class ContentSessionTokens:
+    """The content session tokens content processes start with (``CONNECT_CONTENT_SESSION_TOKEN``),
+    naming the content item: they buy the access token of its Service Account integrations."""
+
+    def __init__(self, signer: Signer) -> None:
+        self._signer = signer
+
+    def issue(self, content_guid: str) -> str:
+        return self._signer.sign("content-session", (content_guid,), CONTENT_SESSION_SECONDS)
+
+    def open(self, token: str) -> str | None:
+        """The content guid of a valid token, or None."""
+        opened = self._signer.open("content-session", token, 1)
+        return None if opened is None else opened[0]
 
 
 class FlowError(RuntimeError):

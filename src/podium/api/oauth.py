@@ -124,19 +124,34 @@ def sign_in_url(urls: Urls, integration: OAuthIntegration, content_guid: str) ->
             f"{urllib.parse.urlencode({'content': content_guid})}")
 
 
-def _viewer_integration(session: Session, content: Content, audience: str | None) -> OAuthIntegration:
-    viewer = [a.integration for a in content_associations(session, content)
-              if a.integration.auth_type == "Viewer"]
+def _associated(session: Session, content: Content, auth_type: str, audience: str | None) -> OAuthIntegration:
+    """The content's one associated integration of ``auth_type`` (``audience``: that guid)."""
+    found = [a.integration for a in content_associations(session, content)
+             if a.integration.auth_type == auth_type]
     if audience:
-        viewer = [i for i in viewer if i.guid == audience]
-    if not viewer:
+        found = [i for i in found if i.guid == audience]
+    if not found:
         raise errors.bad_request(
-            "The content has no associated Viewer OAuth integration"
+            f"The content has no associated {auth_type} OAuth integration"
             + (f" with guid {audience!r}." if audience else "."), code=25)
-    if len(viewer) > 1:
-        raise errors.bad_request("The content has several Viewer OAuth integrations: "
+    if len(found) > 1:
+        raise errors.bad_request(f"The content has several {auth_type} OAuth integrations: "
                                  "give the one wanted as audience.", code=25)
-    return viewer[0]
+    return found[0]
+
+
+def _service_account_token(box: SecretBox, integration: OAuthIntegration) -> oauth.Tokens:
+    """An access token for the integration's own account (client credentials grant)."""
+    if integration.template not in oauth.FLOW_TEMPLATES:
+        raise errors.bad_request(f"Service Account credentials from {integration.template!r} integrations "
+                                 "are not supported yet.", code=25)
+    secret = (box.decrypt(integration.client_secret_encrypted)
+              if integration.client_secret_encrypted is not None else None)
+    try:
+        return oauth.client_credentials(integration.config, secret)
+    except oauth.FlowError as exc:
+        log.warning("OAuth integration %s: client credentials grant failed: %s", integration.guid, exc)
+        raise errors.bad_request(f"The provider of {integration.name!r} refused: {exc}", code=25) from None
 
 
 def viewer_access_token(session: Session, box: SecretBox, integration: OAuthIntegration, user: User,
@@ -196,21 +211,29 @@ async def exchange_credentials(
 ) -> dict[str, Any]:
     """Connect's credentials exchange (RFC 8693 form): a user-session token, which the
     proxy gave the content for one viewer, buys that viewer's access token from the
-    content's Viewer integration. The signed token is the credential; an API key is
-    not needed (content may send its own)."""
+    content's Viewer integration; a content session token (the content process's
+    ``CONNECT_CONTENT_SESSION_TOKEN``) buys an access token of the content's Service
+    Account integration (client credentials grant, asked of the provider each time).
+    The signed token is the credential; an API key is not needed."""
     form = await request.form()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     if fields.get("grant_type") != oauth.GRANT_TYPE:
         raise errors.bad_request(f"grant_type must be {oauth.GRANT_TYPE}.", code=25)
     token_type = fields.get("subject_token_type")
-    if token_type == oauth.CONTENT_SESSION_TOKEN:
-        raise errors.bad_request("Content session tokens (Service Account integrations) are not supported "
-                                 "by this server yet.", code=25)
-    if token_type != oauth.USER_SESSION_TOKEN:
-        raise errors.bad_request(f"subject_token_type must be {oauth.USER_SESSION_TOKEN}.", code=25)
+    if token_type not in (oauth.USER_SESSION_TOKEN, oauth.CONTENT_SESSION_TOKEN):
+        raise errors.bad_request(f"subject_token_type must be {oauth.USER_SESSION_TOKEN} or "
+                                 f"{oauth.CONTENT_SESSION_TOKEN}.", code=25)
     wanted = fields.get("requested_token_type")
     if wanted and wanted != oauth.ACCESS_TOKEN:
         raise errors.bad_request(f"requested_token_type must be {oauth.ACCESS_TOKEN}.", code=25)
+    if token_type == oauth.CONTENT_SESSION_TOKEN:
+        guid = oauth.ContentSessionTokens(signer).open(fields.get("subject_token", ""))
+        item = session.scalar(select(Content).where(Content.guid == guid)) if guid else None
+        if item is None:
+            raise errors.bad_request("The content session token is invalid or has expired.", code=25)
+        granted = _service_account_token(box, _associated(session, item, "Service Account", fields.get("audience")))
+        return {"access_token": granted.access_token, "issued_token_type": oauth.ACCESS_TOKEN,
+                "token_type": granted.token_type}
     opened = oauth.UserSessionTokens(signer).open(fields.get("subject_token", ""))
     if opened is None:
         raise errors.bad_request("The user-session token is invalid or has expired.", code=25)
@@ -219,7 +242,7 @@ async def exchange_credentials(
     content = session.scalar(select(Content).where(Content.guid == content_guid))
     if user is None or user.locked or content is None:
         raise errors.bad_request("The user-session token is invalid or has expired.", code=25)
-    integration = _viewer_integration(session, content, fields.get("audience"))
+    integration = _associated(session, content, "Viewer", fields.get("audience"))
     stored = viewer_access_token(session, box, integration, user, sign_in_url(urls, integration, content.guid))
     return {"access_token": box.decrypt(stored.access_token_encrypted),
             "issued_token_type": oauth.ACCESS_TOKEN, "token_type": stored.token_type}
