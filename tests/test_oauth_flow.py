@@ -377,3 +377,18 @@ def test_service_account_credentials_with_the_content_session_token(
     assert refused.status_code == 400 and "invalid" in refused.json()["error"]
     log = server.log()
     assert given["access_token"] not in log and CLIENT_SECRET not in log
+
+
+def test_session_tokens_expire_and_do_not_pass_for_each_other() -> None:
+    from podium import oauth
+
+    now = [1_000_000.0]
+    signer = oauth.Signer(b"k" * 32, clock=lambda: now[0])
+    users, contents = oauth.UserSessionTokens(signer), oauth.ContentSessionTokens(signer)
+    token = users.issue("user-guid", "content-guid")
+    assert users.open(token) == ("user-guid", "content-guid")
+    assert contents.open(token) is None  # a user-session token is not a content session token
+    assert users.open(contents.issue("content-guid")) is None
+    assert oauth.UserSessionTokens(oauth.Signer(b"j" * 32, clock=lambda: now[0])).open(token) is None
+    now[0] += oauth.USER_SESSION_SECONDS + 1
+    assert users.open(token) is None

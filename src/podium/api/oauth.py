@@ -289,6 +289,7 @@ def delete_integration(
 ) -> Response:
     integration = by_guid(session, OAuthIntegration, guid, "OAuth integration")
     session.execute(delete(OAuthAssociation).where(OAuthAssociation.integration_id == integration.id))
+    session.execute(delete(OAuthToken).where(OAuthToken.integration_id == integration.id))  # viewers' tokens
     session.delete(integration)
     audit.record(session, admin, "remove_oauth_integration",
                  f"Deleted OAuth integration {integration.name!r} ({integration.guid}).")
