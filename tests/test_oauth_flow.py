@@ -296,6 +296,15 @@ def test_viewer_signs_in_and_content_gets_the_providers_token(server: RunningSer
     refused = requests.post(credentials_url, data={**exchange, "subject_token": forged})
     assert refused.status_code == 400 and "invalid" in refused.json()["error"]
 
+    # A viewer whose access is taken away cannot use a token minted before.
+    permissions = server.api(publisher).get(_api(server, f"v1/content/{app['guid']}/permissions")).json()
+    mine = next(p for p in permissions if p["principal_guid"] == viewer["guid"])
+    server.api(publisher).delete(_api(server, f"v1/content/{app['guid']}/permissions/{mine['id']}"))
+    assert requests.post(credentials_url, data=exchange).status_code == 403
+    server.api(publisher).post(_api(server, f"v1/content/{app['guid']}/permissions"), json={
+        "principal_guid": viewer["guid"], "principal_type": "user", "role": "viewer"})
+    assert requests.post(credentials_url, data=exchange).status_code == 200
+
     # Content without a Viewer integration gets no session token, and one sent in is stripped.
     _associate(server, publisher, plain["guid"], [])
     assert browser.json(f"{plain_url}token", {"Posit-Connect-User-Session-Token": token}) == {

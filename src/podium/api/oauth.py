@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from podium import audit, errors, oauth
+from podium import audit, auth, errors, oauth
 from podium.api import deps
 from podium.api.body import json_array, json_object
 from podium.api.content import describe, managed_content, visible_content
@@ -242,6 +242,8 @@ async def exchange_credentials(
     content = session.scalar(select(Content).where(Content.guid == content_guid))
     if user is None or user.locked or content is None:
         raise errors.bad_request("The user-session token is invalid or has expired.", code=25)
+    if not auth.can_view(session, user, content):  # access taken away since the token was made
+        raise errors.forbidden(f"{user.username} may no longer view this content.")
     integration = _associated(session, content, "Viewer", fields.get("audience"))
     stored = viewer_access_token(session, box, integration, user, sign_in_url(urls, integration, content.guid))
     return {"access_token": box.decrypt(stored.access_token_encrypted),
