@@ -13,6 +13,7 @@ back to the content. Tokens are never logged or shown.
 from __future__ import annotations
 
 import logging
+import urllib.parse
 import uuid
 from html import escape
 
@@ -51,8 +52,6 @@ def _signed_in(request: Request, session: Session, settings: Settings) -> Sessio
 
 
 def _to_login(request: Request) -> Response:
-    import urllib.parse
-
     here = request.url.path + ("?" + request.url.query if request.url.query else "")
     return RedirectResponse("/__login__?next=" + urllib.parse.quote(here, safe="/"), status_code=303)
 
