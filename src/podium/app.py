@@ -63,6 +63,7 @@ from podium.jobs import JobRunner
 from podium.layout import DataLayout, NodeDirs
 from podium.leases import Leases
 from podium.nodes import DeadNode, NodeHeartbeat
+from podium.oauth import ContentSessionTokens, Signer, UserSessionTokens
 from podium.proxy import routes as content_routes
 from podium.proxy.router import ContentRouter
 from podium.render import Renderer, fail_interrupted_renderings
@@ -103,6 +104,7 @@ class Node:
     changes: Changes
     env_vars: EnvVars
     handoff: Handoff
+    oauth_signer: Signer
     isolation: Isolation
     backend: ExecutionBackend
     jobs: JobRunner
@@ -214,6 +216,7 @@ def build(settings: Settings) -> Node:
     box = SecretBox.from_file(settings.effective_secret_key_file)
     env_vars = EnvVars(box)
     handoff = Handoff(box.derive("content-pass"), settings.content_session_lifetime_seconds)
+    oauth_signer = Signer(box.derive("oauth"))
     tokens = TransferTokens(layout.root)
     backend = make_backend(settings, layout, urls, tokens)
     jobs = JobRunner(store, backend, node_id)
@@ -232,7 +235,7 @@ def build(settings: Settings) -> Node:
         settings.build_timeout_seconds, settings.r_repository_url, isolation,
         start_timeout_seconds=settings.init_timeout_seconds,
     )
-    targets = AppTargets(store, settings, layout, env_vars, urls, isolation)
+    targets = AppTargets(store, settings, layout, env_vars, urls, isolation, ContentSessionTokens(oauth_signer))
     socket_dir, listen_host = None, "$(POD_IP)"  # pods: bind the pod IP, as the kubelet expands it
     if not settings.kubernetes_enabled:  # processes on this host: reach them by unix socket
         socket_dir, listen_host = dirs.sockets, "127.0.0.1"
@@ -248,12 +251,13 @@ def build(settings: Settings) -> Node:
     heartbeat = NodeHeartbeat(
         store, node_id, leases, settings.node_heartbeat_seconds, settings.node_timeout_seconds, take_over
     )
-    renderer = Renderer(store, settings, layout, jobs, env_vars, urls, isolation, changes)
+    renderer = Renderer(store, settings, layout, jobs, env_vars, urls, isolation, changes,
+                        ContentSessionTokens(oauth_signer))
     usage = (UsageRecorder(store, settings.usage_flush_seconds, settings.usage_retention_days)
              if settings.usage_recording else None)
     router = ContentRouter(
         store, settings.session_lifetime_seconds, targets.app_target, scheduler, urls, handoff, layout,
-        usage=usage,
+        usage=usage, oauth_sessions=UserSessionTokens(oauth_signer),
     )
     changes.on_content(router.invalidate)
     changes.on_content(scheduler.content_changed)
@@ -276,6 +280,7 @@ def build(settings: Settings) -> Node:
         changes=changes,
         env_vars=env_vars,
         handoff=handoff,
+        oauth_signer=oauth_signer,
         isolation=isolation,
         backend=backend,
         jobs=jobs,
@@ -372,7 +377,7 @@ def create_app(node: Node) -> FastAPI:
         lifespan=lifespan,
     )
     # What endpoints may ask for (podium.api.deps), one attribute per part.
-    for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "handoff", "isolation",
+    for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "handoff", "oauth_signer", "isolation",
                  "backend", "tasks", "jobs", "scheduler", "deployer", "render_tasks", "throttle", "caches",
                  "secret_box", "transfer_tokens", "git", "usage"):
         setattr(app.state, name, getattr(node, name))

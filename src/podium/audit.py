@@ -65,6 +65,8 @@ ACTIONS: dict[str, str] = {
     "update_oauth_integration": "changed an OAuth integration",
     "remove_oauth_integration": "deleted an OAuth integration",
     "update_oauth_associations": "set which OAuth integrations content may use",
+    "oauth_sign_in": "signed in with an OAuth integration's provider",
+    "oauth_sign_out": "disconnected from an OAuth integration's provider",
     "set_repository": "pointed content at a git repository, or changed where it follows",
     "remove_repository": "stopped content following a git repository",
     "set_repository_webhook": "made a new push-webhook secret for git-backed content",

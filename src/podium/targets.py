@@ -15,6 +15,7 @@ from podium.appmodes import PYTHON_INTERACTIVE, R_INTERACTIVE
 from podium.apps.environment import process_env, split_secret
 from podium.isolation import Isolation, interpreter_paths
 from podium.layout import DataLayout
+from podium.oauth import CONTENT_SESSION_VARIABLE, ContentSessionTokens
 from podium.resources import for_content
 from podium.scheduler import AppTarget, RuntimeLimits
 from podium.secrets import EnvVars
@@ -27,9 +28,11 @@ from podium.urls import Urls
 class AppTargets:
     def __init__(
         self, store: Store, settings: Settings, layout: DataLayout, env_vars: EnvVars, urls: Urls,
-        isolation: Isolation,
+        isolation: Isolation, content_sessions: ContentSessionTokens | None = None,
     ) -> None:
         self.store = store
+        # Gives each process its CONNECT_CONTENT_SESSION_TOKEN (Service Account integrations).
+        self.content_sessions = content_sessions
         self.settings = settings
         self.layout = layout
         self.env_vars = env_vars
@@ -137,7 +140,7 @@ class AppTargets:
         with self.store.session() as session:
             bundle = session.get(Bundle, target.bundle_id)
             content_vars = self.env_vars.decrypted(session, target.content_id)
-            return split_secret(process_env(
+            plain, secret = split_secret(process_env(
                 public_url=self.urls.public,
                 content_guid=target.content_guid,
                 home=self.layout.home(target.content_guid),
@@ -146,3 +149,6 @@ class AppTargets:
                 content_vars=content_vars,
                 extra={"PODIUM_ACCESS_LOG": "1"} if self.settings.content_access_log else None,
             ), content_vars)
+        if self.content_sessions is not None:
+            secret[CONTENT_SESSION_VARIABLE] = self.content_sessions.issue(target.content_guid)
+        return plain, secret

@@ -24,6 +24,7 @@ from podium.git.publish import GitPublisher
 from podium.handoff import Handoff
 from podium.jobs import JobRunner
 from podium.layout import DataLayout
+from podium.oauth import Signer
 from podium.render.tasks import RenderTasks
 from podium.runtime import ExecutionBackend
 from podium.runtime.transfer import TransferTokens
@@ -88,6 +89,10 @@ def deployer(request: Request) -> Deployer:
 
 def caches(request: Request) -> RuntimeCaches:
     return cast(RuntimeCaches, request.app.state.caches)
+
+
+def oauth_signer(request: Request) -> Signer:
+    return cast(Signer, request.app.state.oauth_signer)
 
 
 def secret_box(request: Request) -> SecretBox:

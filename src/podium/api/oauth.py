@@ -5,20 +5,29 @@ Client secrets are encrypted at rest and stripped from every answer (:mod:`podiu
 
 from __future__ import annotations
 
+import logging
+import urllib.parse
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from podium import audit, errors, oauth
+from podium import audit, auth, errors, oauth
 from podium.api import deps
 from podium.api.body import json_array, json_object
 from podium.api.content import describe, managed_content, visible_content
 from podium.api.lookup import by_guid
 from podium.api.serialize import iso
+from podium.changes import Changes
 from podium.secrets import SecretBox
-from podium.store.models import Content, OAuthAssociation, OAuthIntegration, User
+from podium.store.models import Content, OAuthAssociation, OAuthIntegration, OAuthToken, User, utcnow
+from podium.urls import Urls
+
+log = logging.getLogger(__name__)
+# An access token this close to expiring is refreshed before it is handed out.
+REFRESH_MARGIN = timedelta(seconds=30)
 
 router = APIRouter()
 
@@ -109,6 +118,138 @@ async def create_integration(
     return integration_json(integration)
 
 
+def sign_in_url(urls: Urls, integration: OAuthIntegration, content_guid: str) -> str:
+    """Where a viewer signs in with ``integration``'s provider, coming back to the content."""
+    return (f"{urls.public}__oauth__/connect/{integration.guid}?"
+            f"{urllib.parse.urlencode({'content': content_guid})}")
+
+
+def _associated(session: Session, content: Content, auth_type: str, audience: str | None) -> OAuthIntegration:
+    """The content's one associated integration of ``auth_type`` (``audience``: that guid)."""
+    found = [a.integration for a in content_associations(session, content)
+             if a.integration.auth_type == auth_type]
+    if audience:
+        found = [i for i in found if i.guid == audience]
+    if not found:
+        raise errors.bad_request(
+            f"The content has no associated {auth_type} OAuth integration"
+            + (f" with guid {audience!r}." if audience else "."), code=25)
+    if len(found) > 1:
+        raise errors.bad_request(f"The content has several {auth_type} OAuth integrations: "
+                                 "give the one wanted as audience.", code=25)
+    return found[0]
+
+
+def _service_account_token(box: SecretBox, integration: OAuthIntegration) -> oauth.Tokens:
+    """An access token for the integration's own account (client credentials grant)."""
+    if integration.template not in oauth.FLOW_TEMPLATES:
+        raise errors.bad_request(f"Service Account credentials from {integration.template!r} integrations "
+                                 "are not supported yet.", code=25)
+    secret = (box.decrypt(integration.client_secret_encrypted)
+              if integration.client_secret_encrypted is not None else None)
+    try:
+        return oauth.client_credentials(integration.config, secret)
+    except oauth.FlowError as exc:
+        log.warning("OAuth integration %s: client credentials grant failed: %s", integration.guid, exc)
+        raise errors.bad_request(f"The provider of {integration.name!r} refused: {exc}", code=25) from None
+
+
+def viewer_access_token(session: Session, box: SecretBox, integration: OAuthIntegration, user: User,
+                        sign_in: str) -> OAuthToken:
+    """The viewer's stored tokens for ``integration``, refreshed when the access token has
+    expired; 400 naming ``sign_in`` when there are none (or they cannot be refreshed)."""
+    stored = session.scalar(select(OAuthToken).where(
+        OAuthToken.user_id == user.id, OAuthToken.integration_id == integration.id))
+    if stored is None:
+        raise errors.bad_request(
+            f"{user.username} has not signed in with the OAuth integration {integration.name!r}: "
+            f"sign in at {sign_in}", code=25)
+    if stored.expires_time is not None and stored.expires_time <= utcnow() + REFRESH_MARGIN:
+        if stored.refresh_token_encrypted is None:
+            raise errors.bad_request(
+                f"The access token from {integration.name!r} has expired: sign in again at {sign_in}", code=25)
+        secret = (box.decrypt(integration.client_secret_encrypted)
+                  if integration.client_secret_encrypted is not None else None)
+        try:
+            fresh = oauth.refresh(integration.config, secret, box.decrypt(stored.refresh_token_encrypted))
+        except oauth.FlowError as exc:
+            log.warning("OAuth integration %s: refreshing a token of user %s failed: %s",
+                        integration.guid, user.guid, exc)
+            raise errors.bad_request(
+                f"The access token from {integration.name!r} could not be refreshed ({exc}): "
+                f"sign in again at {sign_in}", code=25) from None
+        store_tokens(session, box, integration, user, fresh, stored)
+        session.commit()
+    return stored
+
+
+def store_tokens(session: Session, box: SecretBox, integration: OAuthIntegration, user: User,
+                 tokens: oauth.Tokens, stored: OAuthToken | None = None) -> OAuthToken:
+    """Keep ``tokens`` encrypted as the viewer's for ``integration`` (a refresh that
+    brings no new refresh token keeps the old one); the caller commits."""
+    if stored is None:
+        stored = session.scalar(select(OAuthToken).where(
+            OAuthToken.user_id == user.id, OAuthToken.integration_id == integration.id))
+    if stored is None:
+        stored = OAuthToken(user_id=user.id, integration_id=integration.id)
+        session.add(stored)
+    stored.access_token_encrypted = box.encrypt(tokens.access_token)
+    if tokens.refresh_token is not None:
+        stored.refresh_token_encrypted = box.encrypt(tokens.refresh_token)
+    stored.token_type = tokens.token_type[:64]
+    stored.expires_time = utcnow() + timedelta(seconds=tokens.expires_in) if tokens.expires_in is not None else None
+    return stored
+
+
+@router.post("/v1/oauth/integrations/credentials")
+async def exchange_credentials(
+    request: Request,
+    session: Session = Depends(deps.db),
+    box: SecretBox = Depends(deps.secret_box),
+    signer: oauth.Signer = Depends(deps.oauth_signer),
+    urls: Urls = Depends(deps.urls),
+) -> dict[str, Any]:
+    """Connect's credentials exchange (RFC 8693 form): a user-session token, which the
+    proxy gave the content for one viewer, buys that viewer's access token from the
+    content's Viewer integration; a content session token (the content process's
+    ``CONNECT_CONTENT_SESSION_TOKEN``) buys an access token of the content's Service
+    Account integration (client credentials grant, asked of the provider each time).
+    The signed token is the credential; an API key is not needed."""
+    form = await request.form()
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    if fields.get("grant_type") != oauth.GRANT_TYPE:
+        raise errors.bad_request(f"grant_type must be {oauth.GRANT_TYPE}.", code=25)
+    token_type = fields.get("subject_token_type")
+    if token_type not in (oauth.USER_SESSION_TOKEN, oauth.CONTENT_SESSION_TOKEN):
+        raise errors.bad_request(f"subject_token_type must be {oauth.USER_SESSION_TOKEN} or "
+                                 f"{oauth.CONTENT_SESSION_TOKEN}.", code=25)
+    wanted = fields.get("requested_token_type")
+    if wanted and wanted != oauth.ACCESS_TOKEN:
+        raise errors.bad_request(f"requested_token_type must be {oauth.ACCESS_TOKEN}.", code=25)
+    if token_type == oauth.CONTENT_SESSION_TOKEN:
+        guid = oauth.ContentSessionTokens(signer).open(fields.get("subject_token", ""))
+        item = session.scalar(select(Content).where(Content.guid == guid)) if guid else None
+        if item is None:
+            raise errors.bad_request("The content session token is invalid or has expired.", code=25)
+        granted = _service_account_token(box, _associated(session, item, "Service Account", fields.get("audience")))
+        return {"access_token": granted.access_token, "issued_token_type": oauth.ACCESS_TOKEN,
+                "token_type": granted.token_type}
+    opened = oauth.UserSessionTokens(signer).open(fields.get("subject_token", ""))
+    if opened is None:
+        raise errors.bad_request("The user-session token is invalid or has expired.", code=25)
+    user_guid, content_guid = opened
+    user = session.scalar(select(User).where(User.guid == user_guid))
+    content = session.scalar(select(Content).where(Content.guid == content_guid))
+    if user is None or user.locked or content is None:
+        raise errors.bad_request("The user-session token is invalid or has expired.", code=25)
+    if not auth.can_view(session, user, content):  # access taken away since the token was made
+        raise errors.forbidden(f"{user.username} may no longer view this content.")
+    integration = _associated(session, content, "Viewer", fields.get("audience"))
+    stored = viewer_access_token(session, box, integration, user, sign_in_url(urls, integration, content.guid))
+    return {"access_token": box.decrypt(stored.access_token_encrypted),
+            "issued_token_type": oauth.ACCESS_TOKEN, "token_type": stored.token_type}
+
+
 @router.get("/v1/oauth/integrations/{guid}")
 def get_integration(
     guid: str, session: Session = Depends(deps.db), _user: User = Depends(deps.publisher)
@@ -121,6 +262,7 @@ async def update_integration(
     guid: str,
     request: Request,
     session: Session = Depends(deps.db),
+    changes: Changes = Depends(deps.changes),
     box: SecretBox = Depends(deps.secret_box),
     admin: User = Depends(deps.administrator),
 ) -> dict[str, Any]:
@@ -136,19 +278,25 @@ async def update_integration(
     audit.record(session, admin, "update_oauth_integration",
                  f"Changed OAuth integration {integration.name!r} ({integration.guid}).")
     session.commit()
+    changes.content(None)  # the auth type may have changed
     return integration_json(integration)
 
 
 @router.delete("/v1/oauth/integrations/{guid}", status_code=204)
 def delete_integration(
-    guid: str, session: Session = Depends(deps.db), admin: User = Depends(deps.administrator)
+    guid: str,
+    session: Session = Depends(deps.db),
+    changes: Changes = Depends(deps.changes),
+    admin: User = Depends(deps.administrator),
 ) -> Response:
     integration = by_guid(session, OAuthIntegration, guid, "OAuth integration")
     session.execute(delete(OAuthAssociation).where(OAuthAssociation.integration_id == integration.id))
+    session.execute(delete(OAuthToken).where(OAuthToken.integration_id == integration.id))  # viewers' tokens
     session.delete(integration)
     audit.record(session, admin, "remove_oauth_integration",
                  f"Deleted OAuth integration {integration.name!r} ({integration.guid}).")
     session.commit()
+    changes.content(None)  # content that had it no longer gets user-session tokens
     return Response(status_code=204)
 
 
@@ -206,9 +354,11 @@ async def put_content_associations(
     guid: str,
     request: Request,
     session: Session = Depends(deps.db),
+    changes: Changes = Depends(deps.changes),
     user: User = Depends(deps.user),
 ) -> Response:
     content = managed_content(session, user, guid)
     replace_associations(session, user, content, await json_array(request))
     session.commit()
+    changes.content(content.guid)  # the proxy adds (or stops adding) user-session tokens
     return Response(status_code=204)

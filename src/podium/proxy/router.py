@@ -40,12 +40,23 @@ from sqlalchemy.orm import Session
 from podium import auth, vanity
 from podium.handoff import Handoff
 from podium.layout import DataLayout
+from podium.oauth import SESSION_HEADER, UserSessionTokens
 from podium.proxy.decisions import PASS_TO_APP, Forward, PassToApp, Respond, ServeFile
 from podium.proxy.files import FileCache
 from podium.render import RENDERED_MODES, latest_rendering
 from podium.scheduler import AppTarget, Scheduler, Unavailable
 from podium.store import Store
-from podium.store.models import Bundle, Content, Group, GroupMember, Permission, User, Vanity
+from podium.store.models import (
+    Bundle,
+    Content,
+    Group,
+    GroupMember,
+    OAuthAssociation,
+    OAuthIntegration,
+    Permission,
+    User,
+    Vanity,
+)
 from podium.urls import Urls
 from podium.usage import UsageRecorder
 
@@ -115,6 +126,7 @@ class ContentInfo:
     bundles: dict[int, AppTarget | None] = field(default_factory=dict)
     fetched: float = field(default_factory=time.monotonic)
     files: Files | None = None  # static or rendered content with something to serve
+    oauth: bool = False  # associated with a Viewer OAuth integration: content gets session tokens
 
 
 TargetLookup = Callable[[int, int, bool], AppTarget | None]
@@ -141,8 +153,11 @@ class ContentRouter:
         layout: DataLayout | None = None,
         files: FileCache | None = None,
         usage: UsageRecorder | None = None,
+        oauth_sessions: UserSessionTokens | None = None,
     ) -> None:
         self.store = store
+        # Mints the Posit-Connect-User-Session-Token for content with a Viewer integration.
+        self.oauth_sessions = oauth_sessions
         self.layout = layout
         self.files = files if files is not None else FileCache()
         self.usage = usage  # records what content serves (podium.usage); None: nothing
@@ -252,6 +267,12 @@ class ContentRouter:
             return ContentInfo(
                 content.id, content.guid, content.owner_id, content.access_type, content.bundle_id, roles,
                 files=self._files(session, content),
+                oauth=session.scalar(
+                    select(OAuthAssociation.id)
+                    .join(OAuthIntegration, OAuthIntegration.id == OAuthAssociation.integration_id)
+                    .where(OAuthAssociation.content_id == content.id, OAuthIntegration.auth_type == "Viewer")
+                    .limit(1)
+                ) is not None,
             )
 
     def _files(self, session: Session, content: Content) -> Files | None:
@@ -355,6 +376,12 @@ class ContentRouter:
             return Viewer(user.id, user.guid, user.username, user.user_role, groups)
 
     # --- decisions ----------------------------------------------------------------------
+
+    def _session_token(self, info: ContentInfo, viewer: Viewer | None) -> str | None:
+        """A user-session token for a signed-in viewer of content with a Viewer integration."""
+        if not info.oauth or viewer is None or self.oauth_sessions is None:
+            return None
+        return self.oauth_sessions.issue(viewer.guid, info.guid)
 
     @staticmethod
     def _may_view(info: ContentInfo, viewer: Viewer | None) -> bool:
@@ -463,7 +490,7 @@ class ContentRouter:
             host=lease.address[0],
             port=lease.address[1],
             target=upstream,
-            set_headers=_identity_headers(headers, viewer),
+            set_headers=_identity_headers(headers, viewer, self._session_token(info, viewer)),
             remove_headers=_REMOVE,
             on_done=on_done,
             read_timeout_seconds=app.limits.read_timeout or None,
@@ -567,11 +594,15 @@ def api_key(headers: list[tuple[bytes, bytes]]) -> str | None:
     return key
 
 
-def _identity_headers(headers: list[tuple[bytes, bytes]], viewer: Viewer | None) -> list[tuple[bytes, bytes]]:
+def _identity_headers(
+    headers: list[tuple[bytes, bytes]], viewer: Viewer | None, session_token: str | None = None
+) -> list[tuple[bytes, bytes]]:
     out: list[tuple[bytes, bytes]] = []
     if viewer is not None:
         identity = json.dumps({"user": viewer.username, "groups": sorted(viewer.groups.values())}).encode()
         out.append((b"rstudio-connect-credentials", identity))
+    if session_token is not None:
+        out.append((SESSION_HEADER.lower().encode(), session_token.encode()))
     kept: list[str] = []
     for name, value in headers:
         if name.lower() != b"cookie":

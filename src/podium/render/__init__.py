@@ -29,6 +29,7 @@ from podium.environments.select import missing_runtime
 from podium.isolation import Isolation, interpreter_paths
 from podium.jobs import JobRunner, new_job_key, not_started_message
 from podium.layout import DataLayout
+from podium.oauth import CONTENT_SESSION_VARIABLE, ContentSessionTokens
 from podium.render.commands import (
     KERNEL_REQUIREMENTS,
     TAGS,
@@ -121,8 +122,11 @@ class Renderer:
     def __init__(
         self, store: Store, settings: Settings, layout: DataLayout, jobs: JobRunner, env_vars: EnvVars,
         urls: Urls, isolation: Isolation, changes: Changes | None = None,
+        content_sessions: ContentSessionTokens | None = None,
     ) -> None:
         self.store = store
+        # Gives each render its CONNECT_CONTENT_SESSION_TOKEN (Service Account integrations).
+        self.content_sessions = content_sessions
         # Told when a new rendering is served, so the proxy's file caches move on to it.
         self.changes = changes
         self.settings = settings
@@ -274,7 +278,7 @@ class Renderer:
     ) -> tuple[dict[str, str], dict[str, str]]:
         """The render's environment as (plain, secret): the content's own values are secret."""
         content_vars = self.env_vars.decrypted(session, content.id)
-        return split_secret(process_env(
+        plain, secret = split_secret(process_env(
             public_url=self.urls.public,
             content_guid=content.guid,
             home=self.layout.home(content.guid),
@@ -283,6 +287,9 @@ class Renderer:
             content_vars=content_vars,
             extra=plan.env,
         ), content_vars)
+        if self.content_sessions is not None:
+            secret[CONTENT_SESSION_VARIABLE] = self.content_sessions.issue(content.guid)
+        return plain, secret
 
     def _finish(self, rendering_id: int, error: str, primary: str | None = None) -> None:
         with self.store.session() as session:

@@ -555,6 +555,24 @@ class OAuthAssociation(Base):
     integration: Mapped[OAuthIntegration] = relationship()
 
 
+class OAuthToken(Base):
+    """A viewer's tokens from a Viewer integration's provider (sign-in at
+    ``/__oauth__/connect/``), encrypted with the server key; one row per (user, integration)."""
+
+    __tablename__ = "oauth_tokens"
+    __table_args__ = (UniqueConstraint("user_id", "integration_id", name="uq_oauth_token"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    integration_id: Mapped[int] = mapped_column(ForeignKey("oauth_integrations.id", ondelete="CASCADE"))
+    access_token_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    refresh_token_encrypted: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    token_type: Mapped[str] = mapped_column(String(64), default="Bearer")
+    expires_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
 class GitRepository(Base):
     """Where git-backed content comes from (Connect's GitLocation), what the last fetch
     found, the push-webhook secret, and the poll lease: a node holds ``lease_node`` until

@@ -20,6 +20,7 @@ from podium.web import (
     content_pages,
     groups,
     login,
+    oauth_signin,
     pages,
     profile,
     publish,
@@ -27,7 +28,7 @@ from podium.web import (
 )
 from podium.web.templating import STATIC_PREFIX, WEB_DIR, make_environment
 
-_PAGE_PREFIXES = ("/connect", "/__login__", "/__logout__", STATIC_PREFIX)
+_PAGE_PREFIXES = ("/connect", "/__login__", "/__logout__", "/__oauth__", STATIC_PREFIX)
 
 
 def page_headers(urls: Urls) -> list[tuple[bytes, bytes]]:
@@ -73,5 +74,5 @@ def install(app: FastAPI) -> None:
     app.add_middleware(PageHeaders, headers=page_headers(app.state.urls))
     pages.install_handlers(app)
     app.mount(STATIC_PREFIX, StaticFiles(directory=WEB_DIR / "static"), name="static")
-    for module in (login, content_pages, publish, profile, admin, admin_tags, admin_inventory, usage_view, groups):
+    for module in (login, content_pages, publish, profile, admin, admin_tags, admin_inventory, usage_view, groups, oauth_signin):
         app.include_router(module.router, include_in_schema=False)
