@@ -364,8 +364,10 @@ def test_nodes_on_kubernetes_a_clean_stop_hands_its_jobs_to_the_other_replica_at
     sim.start()
     made = Cluster(tmp_path / "data", nodes_database())
     made.env.update(k8s_env(sim, tmp_path, claim="ha-data", PODIUM_KUBERNETES_INSTANCE="ha"))
-    # Long: only the hand-over of a clean stop can move A's Job to B within the test.
+    # Long: only the hand-over of a clean stop can move A's Job to B within the test, and
+    # only the change feed's notice can wake B for it before its next heartbeat.
     made.env["PODIUM_NODE_TIMEOUT_SECONDS"] = "60"
+    made.env["PODIUM_NODE_HEARTBEAT_SECONDS"] = "20"
 
     def jobs() -> dict[str, tuple[str, str]]:
         """Live run Jobs: name -> (uid, node label)."""
@@ -393,7 +395,7 @@ def test_nodes_on_kubernetes_a_clean_stop_hands_its_jobs_to_the_other_replica_at
                                              "claimed_by IS NOT NULL", n=a_node), seconds=20)
         took = time.monotonic() - stopped
         assert claim[0].claimed_by == b_node  # claimed once, by the live replica
-        assert took < 10, took  # at once, not after the 60 s timeout
+        assert took < 5, took  # at once: not after the 60 s timeout, nor at B's next beat (20 s)
         assert [(j.key, j.node_id) for j in run_jobs(made, on_a_only)] == [(a_job.key, b_node)]
         assert content(b, on_a_only)["process"] == served_by_a["process"]  # the same pod: no cold start
         assert content(b, on_b_only)["process"] == served_by_b["process"]
