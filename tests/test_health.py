@@ -44,3 +44,33 @@ def test_health_ready_then_not_ready_but_serving_through_the_shutdown_delay(tmp_
         assert "serving 3 s more" in node.log()
     finally:
         node.stop()
+
+
+def test_health_not_ready_while_the_cluster_cannot_be_watched(tmp_path: Path) -> None:
+    from tests.test_kubernetes_e2e import IMAGE, k8s_env
+
+    from k8s_sim import SimCluster
+
+    sim = SimCluster(tmp_path / "k8s", images={IMAGE})
+    sim.start()
+    running = True
+    node = start_server(tmp_path / "data", k8s_env(sim, tmp_path))
+    try:
+        ready = requests.get(f"{node.url}/__ready__", timeout=10)
+        assert ready.status_code == 200 and ready.json() == {"ready": True}, ready.text
+        sim.stop()  # the API server goes away: the watches fail
+        running = False
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            seen = requests.get(f"{node.url}/__ready__", timeout=10)
+            if seen.status_code == 503:
+                break
+            time.sleep(0.2)
+        assert seen.status_code == 503, seen.text
+        [problem] = seen.json()["problems"]
+        assert "Kubernetes" in problem, problem
+        assert requests.get(f"{node.url}/__ping__", timeout=5).ok  # alive all the same: no restart
+    finally:
+        node.stop()
+        if running:
+            sim.stop()
