@@ -17,7 +17,7 @@ import yaml
 from kubernetes_validate.utils import latest_version
 
 from k8s_sim.podsecurity import restricted_violations
-from podium.settings import load_settings
+from podium.settings import Settings, load_settings
 
 DEPLOY = Path(__file__).parent.parent / "deploy" / "kubernetes"
 OVERLAYS = sorted(path.name for path in (DEPLOY / "overlays").iterdir() if path.is_dir())
@@ -123,3 +123,36 @@ def test_install_config_loads(overlay: str, tmp_path: Path, monkeypatch: pytest.
         assert settings.kubernetes_transfer_url == "http://podium.podium.svc"
     else:
         assert settings.kubernetes_shared_volume and settings.kubernetes_data_pvc == "podium-data"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_install_replicas_roll_with_probes_a_budget_and_time_to_hand_over(overlay: str) -> None:
+    documents = render(overlay)
+    [deployment] = of_kind(documents, "Deployment")
+    spec, pod = deployment["spec"], deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/__ready__"  # database and cluster watch
+    assert container["livenessProbe"]["httpGet"]["path"] == "/__ping__"
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    delay = float(env["PODIUM_SHUTDOWN_DELAY_SECONDS"])
+    assert delay >= container["readinessProbe"]["periodSeconds"]  # taken out of the Service first
+    defaults = Settings.model_fields
+    stop = delay + defaults["shutdown_grace_seconds"].default + defaults["stop_grace_seconds"].default
+    assert pod["terminationGracePeriodSeconds"] >= stop + 10  # and the hand-over, with room
+    budgets = of_kind(documents, "PodDisruptionBudget")
+    claims = {(doc["metadata"]["namespace"], doc["metadata"]["name"]): doc["spec"]["accessModes"]
+              for doc in of_kind(documents, "PersistentVolumeClaim")}
+    if overlay == "shared-volume":  # two server nodes on one ReadWriteMany volume
+        assert spec["replicas"] == 2
+        assert claims[("podium", "podium-data")] == ["ReadWriteMany"]
+        [budget] = budgets
+        assert budget["spec"]["minAvailable"] == 1
+        assert budget["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+        assert budget["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    else:  # one server: a budget of 1 would forbid every drain
+        assert spec["replicas"] == 1 and budgets == []
+    if overlay == "no-shared-volume":  # tokens in one server's memory, a ReadWriteOnce claim
+        assert spec["strategy"] == {"type": "Recreate"}
+    else:  # the new server is ready before the old one stops and hands its Jobs over
+        assert spec["strategy"] == {"type": "RollingUpdate",
+                                    "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}

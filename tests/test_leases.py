@@ -103,6 +103,45 @@ def test_nodes_dead_node_is_claimed_once_and_its_work_taken_over(store: Store) -
         assert session.get(ServerNode, "node-dead").claimed_by is None  # type: ignore[union-attr]
 
 
+def test_nodes_a_node_that_leaves_is_claimed_at_once_and_once(store: Store) -> None:
+    """A clean stop that leaves its jobs running (Kubernetes): no waiting for the timeout."""
+    leaving = NodeHeartbeat(store, "node-leaving", Leases(store, "node-leaving", 60.0), 0.1, 60.0)
+    leaving.register()
+    _content_with_work(store, "node-leaving")
+    live = [NodeHeartbeat(store, f"node-{i}", Leases(store, f"node-{i}", 60.0), 0.1, 60.0) for i in range(3)]
+    for node in live:
+        node.register()
+    assert all(node.claim_dead() == [] for node in live)  # beating (60 s timeout)
+    leaving.leave()
+    claims = [node.claim_dead() for node in live]
+    assert sorted(len(c) for c in claims) == [0, 0, 1]  # at once, by one node
+    claimer = next(node for node, c in zip(live, claims, strict=True) if c)
+    with store.session() as session:
+        assert session.scalar(select(Job.node_id).where(Job.key == "run-alive")) == claimer.node_id
+    assert all(node.claim_dead() == [] for node in live)
+    leaving.register()  # started again under its id: its row, unclaimed and beating
+    assert all(node.claim_dead() == [] for node in live)
+
+
+def test_nodes_wake_beats_before_the_interval(store: Store) -> None:
+    async def scenario() -> None:
+        heartbeat = NodeHeartbeat(store, "node-a", Leases(store, "node-a", 120.0), 60.0, 120.0)
+        heartbeat.register()
+        heartbeat.start()
+        await asyncio.sleep(0.3)  # its first round
+        with store.session() as session:
+            session.execute(update(ServerNode).where(ServerNode.node_id == "node-a")
+                            .values(heartbeat_time=utcnow() - timedelta(seconds=30)))
+        heartbeat.wake()
+        await asyncio.sleep(0.3)
+        with store.session() as session:
+            beat = session.scalar(select(ServerNode.heartbeat_time).where(ServerNode.node_id == "node-a"))
+        assert beat is not None and beat > utcnow() - timedelta(seconds=5)  # not 60 s later
+        await heartbeat.close()
+
+    asyncio.run(scenario())
+
+
 def test_nodes_register_takes_rows_without_a_node(store: Store) -> None:
     _content_with_work(store, None)  # type: ignore[arg-type]
     NodeHeartbeat(store, "node-a", Leases(store, "node-a", 1.0), 0.1, 1.0).register()

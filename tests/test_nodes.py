@@ -351,10 +351,11 @@ def test_nodes_a_deploy_through_one_node_retires_the_old_bundle_on_the_others(cl
     wait_until(lambda: not alive(old["pid"]), seconds=10)  # ... and stops the old one's process
 
 
-def test_nodes_on_kubernetes_each_replica_keeps_to_its_own_jobs(tmp_path: Path) -> None:
-    """Two replicas of one installation (one instance label) on the simulated cluster: a
-    clean stop of A keeps its Jobs (keep_processes_on_shutdown on Kubernetes) and B's
-    untouched; A started again adopts its own and never deletes B's."""
+def test_nodes_on_kubernetes_a_clean_stop_hands_its_jobs_to_the_other_replica_at_once(tmp_path: Path) -> None:
+    """Two replicas of one installation (one instance label) on the simulated cluster, as
+    in a rolling update: a clean stop of A keeps its Job running (keep_processes_on_shutdown
+    on Kubernetes) and hands it to B at once, long before the node timeout; B serves from
+    that very Job (no cold start) and leaves its own alone; A started again deletes nothing."""
     from tests.test_kubernetes_e2e import IMAGE, NAMESPACE, cluster_get, k8s_env
 
     from k8s_sim import SimCluster
@@ -363,31 +364,53 @@ def test_nodes_on_kubernetes_each_replica_keeps_to_its_own_jobs(tmp_path: Path) 
     sim.start()
     made = Cluster(tmp_path / "data", nodes_database())
     made.env.update(k8s_env(sim, tmp_path, claim="ha-data", PODIUM_KUBERNETES_INSTANCE="ha"))
-    # A comes back well within the timeout, as a replica in a rolling update does (past it,
-    # B would take A's Jobs over: the kill test shows that).
+    # Long: only the hand-over of a clean stop can move A's Job to B within the test, and
+    # only the change feed's notice can wake B for it before its next heartbeat.
     made.env["PODIUM_NODE_TIMEOUT_SECONDS"] = "60"
+    made.env["PODIUM_NODE_HEARTBEAT_SECONDS"] = "20"
 
-    def jobs(guid: str) -> dict[str, tuple[str, str]]:
-        """Live run Jobs of ``guid``: name -> (uid, node label)."""
-        selector = f"podium.dev/job-kind%3Drun,podium.dev/content-guid%3D{guid}"
-        items = cluster_get(sim, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs?labelSelector={selector}")["items"]
+    def jobs() -> dict[str, tuple[str, str]]:
+        """Live run Jobs: name -> (uid, node label)."""
+        items = cluster_get(sim, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs?labelSelector="
+                                 "podium.dev/job-kind%3Drun")["items"]
         return {j["metadata"]["name"]: (j["metadata"]["uid"], j["metadata"]["labels"].get("podium.dev/node", ""))
                 for j in items if not j["status"].get("conditions") and not j["metadata"].get("deletionTimestamp")}
 
     try:
         a = made.start(first=True)
         b = made.start()
-        guid = new_app(a)
-        on_a, on_b = content(a, guid), content(b, guid)
-        before = jobs(guid)
-        assert len(before) == 2 and len({node for _, node in before.values()}) == 2, before
+        assert requests.get(f"{a.url}/__ready__", timeout=10).json() == {"ready": True}
+        on_a_only, on_b_only = new_app(a), new_app(a)
+        served_by_a = content(a, on_a_only)  # a Job of A's ...
+        served_by_b = content(b, on_b_only)  # ... and one of B's
+        before = jobs()
+        (a_job,) = run_jobs(made, on_a_only)
+        (b_job,) = run_jobs(made, on_b_only)
+        a_node, b_node = a_job.node_id, b_job.node_id
+        assert len(before) == 2 and {node for _, node in before.values()} == {a_node, b_node}, before
+
         a.stop()  # a clean stop, as in a rolling update
-        assert jobs(guid) == before  # A's Job kept for A, B's untouched
-        assert content(b, guid)["process"] == on_b["process"]
-        a = made.start(again=a)
-        assert content(a, guid)["process"] == on_a["process"]  # adopted its own
-        assert content(b, guid)["process"] == on_b["process"]
-        assert jobs(guid) == before  # nothing deleted, nothing duplicated
+        stopped = time.monotonic()
+        claim = wait_until(lambda: made.rows("SELECT claimed_by FROM nodes WHERE node_id = :n AND "
+                                             "claimed_by IS NOT NULL", n=a_node), seconds=20)
+        took = time.monotonic() - stopped
+        assert claim[0].claimed_by == b_node  # claimed once, by the live replica
+        assert took < 5, took  # at once: not after the 60 s timeout, nor at B's next beat (20 s)
+        assert [(j.key, j.node_id) for j in run_jobs(made, on_a_only)] == [(a_job.key, b_node)]
+        assert content(b, on_a_only)["process"] == served_by_a["process"]  # the same pod: no cold start
+        assert content(b, on_b_only)["process"] == served_by_b["process"]
+        assert jobs() == before  # nothing deleted, nothing started
+        assert "claimed node" in b.log() and "left its 1 active jobs" in b.log()
+
+        a = made.start(again=a)  # A's replacement (here with A's id: its Job's label is its own)
+        assert requests.get(f"{a.url}/__ready__", timeout=10).json() == {"ready": True}
+        time.sleep(1)  # a few housekeeping rounds of both
+        assert jobs() == before  # A deleted nothing of B's, not even the Job labelled A
+        assert content(b, on_a_only)["process"] == served_by_a["process"]
+        assert content(a, on_b_only)["process"] not in (served_by_a["process"], served_by_b["process"])
+        after = jobs()
+        assert len(after) == 3 and all(after[name] == before[name] for name in before), after
+        assert not made.rows("SELECT node_id FROM nodes WHERE claimed_by IS NOT NULL")  # A took its row back
     finally:
         made.close()
         problems = list(sim.problems)

@@ -10,6 +10,7 @@ before it. ``docs/architecture.md`` draws the layers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from podium import __version__, errors, web
@@ -268,6 +270,7 @@ def build(settings: Settings) -> Node:
         log.warning("git is not installed on this server: deploys from git repositories will fail")
     git = GitPublisher(store, settings, layout, box, runner, deployer, tasks)
     feed = ChangeFeed(settings.effective_database_url, node_id, changes.apply)
+    changes.on_nodes(heartbeat.wake)  # another node left its jobs: claim them now
     changes.publish_to(feed.publish)
     return Node(
         settings=settings,
@@ -328,10 +331,49 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error_response(errors.internal())
 
 
+def _install_health(app: FastAPI, node: Node) -> None:
+    """Probes for a load balancer or Kubernetes, unauthenticated and saying nothing secret:
+    ``/__ping__`` answers while the process does (liveness; Connect has it too);
+    ``/__ready__`` answers 200 only while this node can serve: its database answers and,
+    with the Kubernetes backend, its watches of the cluster's Jobs and Pods are up."""
+
+    def database() -> None:
+        with node.store.session() as session:
+            session.execute(text("SELECT 1"))
+
+    @app.get("/__ping__", include_in_schema=False)
+    async def ping() -> dict[str, str]:
+        return {}
+
+    @app.get("/__ready__", include_in_schema=False)
+    async def ready() -> JSONResponse:
+        if getattr(app.state, "stopping", False):
+            return JSONResponse({"ready": False, "problems": ["the server is stopping"]}, status_code=503)
+        problems = []
+        try:
+            await asyncio.wait_for(asyncio.to_thread(database), 5.0)
+        except Exception as exc:
+            log.warning("readiness: the database does not answer (%s)", exc.__class__.__name__)
+            problems.append("the database does not answer")
+        if node.settings.kubernetes_enabled:
+            from podium.runtime.kubernetes.backend import KubernetesBackend
+
+            if isinstance(node.backend, KubernetesBackend):
+                problem = await node.backend.watching()
+                if problem:
+                    problems.append(problem)
+        if problems:
+            return JSONResponse({"ready": False, "problems": problems}, status_code=503)
+        return JSONResponse({"ready": True})
+
+
 def create_app(node: Node) -> FastAPI:
     """The FastAPI app of ``node``: API, dashboard and content routes, and the node's
     background duties (process adoption, scaling, render schedules) in its lifespan."""
     settings = node.settings
+    # A clean stop that leaves its content running hands it to the other nodes at once
+    # when they can reach it: Kubernetes Jobs, as in a rolling update (podium.nodes).
+    hand_over = settings.kubernetes_enabled and settings.effective_keep_processes_on_shutdown
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -364,6 +406,14 @@ def create_app(node: Node) -> FastAPI:
         await render_schedules.close()
         await node.tasks.shutdown()
         await node.scheduler.close(stop_processes=not settings.effective_keep_processes_on_shutdown)
+        if hand_over:
+            try:
+                await asyncio.to_thread(node.heartbeat.leave)
+            except Exception:
+                log.exception("node %s: could not hand its jobs over (another node takes them after "
+                              "node_timeout_seconds)", node.heartbeat.node_id)
+            else:
+                await node.feed.announce("nodes")  # live nodes claim them now, not at their next beat
         await node.backend.close()
         node.store.dispose()
 
@@ -382,6 +432,7 @@ def create_app(node: Node) -> FastAPI:
                  "secret_box", "transfer_tokens", "git", "usage"):
         setattr(app.state, name, getattr(node, name))
     _install_error_handlers(app)
+    _install_health(app, node)
     for module in (
         server, users, keys, content, bundles, deploy, env_vars, permissions, jobs, environments,
         renderings, schedules, audit_logs, groups, tags, vanities, packages, caches, oauth, transfer,

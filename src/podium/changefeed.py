@@ -70,6 +70,22 @@ class ChangeFeed:
             pass
         self._loop.call_soon_threadsafe(outbox.put_nowait, payload)
 
+    async def announce(self, kind: str, timeout: float = 5.0) -> None:
+        """Send one notice now, on a connection of its own, and return once it is sent (or
+        could not be): for a node's last word as it stops, after :meth:`close`."""
+        if not self.enabled:
+            return
+        import psycopg
+
+        assert self.conninfo is not None
+        payload = json.dumps({"node": self.node_id, "kind": kind, "guid": None})
+        try:
+            async with asyncio.timeout(timeout):
+                async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True) as conn:
+                    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+        except Exception as exc:
+            log.warning("change feed: the %s notice was not sent (%s)", kind, exc)
+
     def start(self) -> None:
         if not self.enabled:
             return
@@ -91,7 +107,7 @@ class ChangeFeed:
         except (ValueError, KeyError, TypeError):
             log.warning("change feed: ignored a malformed notice %r", payload[:200])
             return
-        if node != self.node_id and kind in ("content", "users"):
+        if node != self.node_id and kind in ("content", "users", "nodes"):
             self.deliver(str(kind), str(guid) if guid is not None else None)
 
     async def _listen(self) -> None:

@@ -24,6 +24,7 @@ class Changes:
     def __init__(self) -> None:
         self._content: list[ContentListener] = []
         self._users: list[UsersListener] = []
+        self._nodes: list[UsersListener] = []
         self._publish: Publisher | None = None
 
     def publish_to(self, publisher: Publisher) -> None:
@@ -36,6 +37,9 @@ class Changes:
             self._tell_content(guid)
         elif kind == "users":
             self._tell_users()
+        elif kind == "nodes":  # a node left its jobs to the others (podium.nodes)
+            for listener in self._nodes:
+                listener()
 
     def on_content(self, listener: ContentListener) -> None:
         """Call ``listener(guid)`` when a content item changes (``None``: every item)."""
@@ -44,6 +48,10 @@ class Changes:
     def on_users(self, listener: UsersListener) -> None:
         """Call ``listener()`` when users, their roles or their credentials change."""
         self._users.append(listener)
+
+    def on_nodes(self, listener: UsersListener) -> None:
+        """Call ``listener()`` when another node stops and leaves its jobs to the others."""
+        self._nodes.append(listener)
 
     def content(self, guid: str | None = None) -> None:
         self._tell_content(guid)

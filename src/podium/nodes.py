@@ -12,6 +12,12 @@ row back (the claim is cleared) and adopts what is still its own.
 
 The heartbeat also renews this node's wanted duty leases (:class:`podium.leases.Leases`)
 and, on a clean stop, releases them so another node takes its duties at its next beat.
+
+A node that stops cleanly but leaves its content running (Kubernetes Jobs, which every
+node reaches) hands them over at once: :meth:`NodeHeartbeat.leave` sets its heartbeat
+to :data:`LEFT`, long past any timeout, so the next claim of a live node (woken by
+:meth:`NodeHeartbeat.wake` when the change feed says so) takes them over, by the same
+conditional ``UPDATE``, so exactly once, without waiting for the timeout.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +37,8 @@ from podium.store import Store
 from podium.store.models import Job, Rendering, ServerNode, Task, utcnow
 
 log = logging.getLogger(__name__)
+# The heartbeat of a node that stopped cleanly and left its jobs to the others.
+LEFT = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ class NodeHeartbeat:
         self.timeout_seconds = timeout_seconds
         self.on_dead = on_dead
         self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
 
     def register(self) -> None:
         """Write this node's row (taking it back after a restart) and claim the job,
@@ -116,7 +125,9 @@ class NodeHeartbeat:
                 )
                 if not getattr(won, "rowcount", 0):
                     continue  # another node was first, or the node came back
-                hostname = session.scalar(select(ServerNode.hostname).where(ServerNode.node_id == dead)) or ""
+                hostname, beat = session.execute(
+                    select(ServerNode.hostname, ServerNode.heartbeat_time).where(ServerNode.node_id == dead)
+                ).one()
                 keys = tuple(session.scalars(select(Job.key).where(Job.node_id == dead, Job.status == 0)))
                 session.execute(update(Job).where(Job.node_id == dead, Job.status == 0)
                                 .values(node_id=self.node_id))
@@ -129,9 +140,13 @@ class NodeHeartbeat:
                     update(Rendering).where(Rendering.node_id == dead, Rendering.status == "running")
                     .values(status="failed", error=why, end_time=utcnow())
                 )
-            log.warning("node %s claimed dead node %s (no heartbeat for %g s); taking over its %d active "
-                        "jobs", self.node_id, dead, self.timeout_seconds, len(keys))
-            claimed.append(DeadNode(dead, hostname, keys))
+            if beat is not None and beat <= LEFT:
+                log.info("node %s claimed node %s, which stopped and left its %d active jobs to the "
+                         "others; taking them over", self.node_id, dead, len(keys))
+            else:
+                log.warning("node %s claimed dead node %s (no heartbeat for %g s); taking over its %d "
+                            "active jobs", self.node_id, dead, self.timeout_seconds, len(keys))
+            claimed.append(DeadNode(dead, hostname or "", keys))
         return claimed
 
     async def round(self) -> None:
@@ -148,15 +163,36 @@ class NodeHeartbeat:
         await asyncio.to_thread(self.leases.renew)
 
     def start(self) -> None:
+        self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
+    def wake(self) -> None:
+        """Beat now rather than at the next interval (another node left: claim it at once).
+        Call from the event loop's thread."""
+        if self._wake is not None:
+            self._wake.set()
+
     async def _run(self) -> None:
+        assert self._wake is not None
         while True:
+            self._wake.clear()
             try:
                 await self.round()
             except Exception:  # the database may be away for a while: keep beating
                 log.exception("node %s: heartbeat failed; retrying", self.node_id)
-            await asyncio.sleep(self.heartbeat_seconds)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.heartbeat_seconds)
+            except TimeoutError:
+                pass
+
+    def leave(self) -> None:
+        """After a clean stop that leaves this node's jobs running: give them to the live
+        nodes now (the first to claim this node takes them), not after the timeout. This
+        node's row is taken back if it starts again under the same id."""
+        with self.store.session() as session:
+            session.execute(update(ServerNode).where(ServerNode.node_id == self.node_id)
+                            .values(heartbeat_time=LEFT, claimed_by=None, claimed_time=None))
+        log.info("node %s: left its active jobs to the other nodes", self.node_id)
 
     async def close(self) -> None:
         """Stop beating and give up this node's leases (a clean stop)."""

@@ -3,8 +3,10 @@
 The front (``podium.proxy.front``) owns the public port: it forwards content
 traffic straight to content processes and everything else to the FastAPI app,
 which uvicorn serves on a unix socket in the same event loop. SIGTERM or
-SIGINT stops the front from accepting, lets open exchanges finish, then shuts
-the app down (stopping content processes unless told to keep them).
+SIGINT first marks the node not ready (``/__ready__`` answers 503) and keeps serving
+for ``shutdown_delay_seconds``, then stops the front from accepting, lets open
+exchanges finish, and shuts the app down (stopping content processes unless told to
+keep them, or handing them to another node, see ``podium.nodes``).
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ async def serve(node: Node) -> None:
     # This node's own socket, in its own runtime dir: another node's is never touched.
     socket_path = node.dirs.app_socket
     socket_path.unlink(missing_ok=True)
+    app = create_app(node)
     app_server = _AppServer(
         uvicorn.Config(
-            create_app(node),
+            app,
             uds=str(socket_path),
             proxy_headers=True,
             forwarded_allow_ips="*",
@@ -78,6 +81,12 @@ async def serve(node: Node) -> None:
     waiter = asyncio.create_task(stopping.wait())
     await asyncio.wait({app_task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     log.info("Podium stopping")
+    if stopping.is_set() and settings.shutdown_delay_seconds > 0:
+        # Not ready any more, still serving: a load balancer (a Kubernetes Service) stops
+        # sending requests here before the front stops taking them.
+        app.state.stopping = True
+        log.info("serving %g s more while load balancers take this node out", settings.shutdown_delay_seconds)
+        await asyncio.wait({app_task}, timeout=settings.shutdown_delay_seconds)
     await front.close(settings.shutdown_grace_seconds)
     app_server.should_exit = True
     await app_task

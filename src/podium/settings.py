@@ -99,6 +99,14 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = setting(
         10.0, "server", "On SIGTERM, how long open requests may finish before the server stops."
     )
+    shutdown_delay_seconds: float = setting(
+        0.0,
+        "server",
+        "On SIGTERM, how long the server keeps serving, answering 503 at /__ready__, before "
+        "it stops taking requests: time for a load balancer (a Kubernetes Service) to stop "
+        "sending it any. The Kubernetes manifests set 5.",
+        ge=0,
+    )
 
     node_id: str = setting(
         "",

@@ -455,6 +455,18 @@ class KubernetesBackend:
                 handles.append(handle)
         return handles
 
+    async def watching(self, timeout: float = 5.0) -> str | None:
+        """Whether the Jobs and Pods watches are up: ``None``, or what is wrong (for a
+        readiness probe: a node that cannot see the cluster should get no traffic)."""
+        try:
+            _, jobs, pods = await asyncio.wait_for(self._ready(), timeout)
+        except (TimeoutError, BackendError) as exc:
+            return f"the Kubernetes API server is not reachable ({exc.__class__.__name__})"
+        for reflector in (jobs, pods):
+            if reflector.error is not None:
+                return f"the Kubernetes {reflector.kind} watch is failing (HTTP {reflector.error.status})"
+        return None
+
     async def close(self) -> None:
         """Stop watching and close the connection pool; Jobs keep running."""
         if self._loop is asyncio.get_running_loop():
