@@ -569,3 +569,59 @@ def test_nodes_a_schedule_due_while_its_node_is_dead_runs_once_on_the_other(
     assert [(r.status, r.node_id) for r in scheduled()] == [("succeeded", b_node)], scheduled()
     following = cluster.rows("SELECT next_run FROM schedules WHERE id = :i", i=int(made.json()["id"]))[0].next_run
     assert following.replace(tzinfo=UTC) > datetime.now(UTC) + timedelta(hours=23)
+
+
+def test_nodes_on_kubernetes_a_killed_replica_s_jobs_are_adopted_after_the_timeout(tmp_path: Path) -> None:
+    """Two replicas on the simulated cluster; kill -9 of A (no hand-over): B claims A once
+    the node timeout has passed, adopts A's Job and serves from that very pod; no Job is
+    deleted or started."""
+    from tests.test_kubernetes_e2e import IMAGE, NAMESPACE, cluster_get, k8s_env
+
+    from k8s_sim import SimCluster
+
+    sim = SimCluster(tmp_path / "k8s", images={IMAGE})
+    sim.start()
+    made = Cluster(tmp_path / "data", nodes_database())
+    made.env.update(k8s_env(sim, tmp_path, claim="ha-data", PODIUM_KUBERNETES_INSTANCE="ha"))
+
+    def jobs() -> dict[str, tuple[str, str]]:
+        """Live run Jobs: name -> (uid, node label)."""
+        items = cluster_get(sim, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs?labelSelector="
+                                 "podium.dev/job-kind%3Drun")["items"]
+        return {j["metadata"]["name"]: (j["metadata"]["uid"], j["metadata"]["labels"].get("podium.dev/node", ""))
+                for j in items if not j["status"].get("conditions") and not j["metadata"].get("deletionTimestamp")}
+
+    try:
+        a = made.start(first=True)
+        b = made.start()
+        assert requests.get(f"{a.url}/__ready__", timeout=10).json() == {"ready": True}
+        on_a_only, on_b_only = new_app(a), new_app(a)
+        served_by_a = content(a, on_a_only)
+        served_by_b = content(b, on_b_only)
+        before = jobs()
+        (a_job,) = run_jobs(made, on_a_only)
+        (b_job,) = run_jobs(made, on_b_only)
+        a_node, b_node = a_job.node_id, b_job.node_id
+        assert len(before) == 2 and {node for _, node in before.values()} == {a_node, b_node}, before
+
+        a.process.send_signal(signal.SIGKILL)  # A dies: no hand-over, only the timeout tells
+        a.process.wait()
+        killed = time.monotonic()
+        assert not made.rows("SELECT node_id FROM nodes WHERE claimed_by IS NOT NULL")
+        claim = wait_until(lambda: made.rows("SELECT claimed_by FROM nodes WHERE node_id = :n AND "
+                                             "claimed_by IS NOT NULL", n=a_node), seconds=NODE_TIMEOUT_SECONDS * 4)
+        took = time.monotonic() - killed
+        assert claim[0].claimed_by == b_node
+        assert NODE_TIMEOUT_SECONDS - 1 < took < NODE_TIMEOUT_SECONDS * 2 + 1, took  # after the timeout
+        assert [(j.key, j.node_id) for j in run_jobs(made, on_a_only)] == [(a_job.key, b_node)]
+        assert content(b, on_a_only)["process"] == served_by_a["process"]  # the same pod: no cold start
+        assert content(b, on_b_only)["process"] == served_by_b["process"]
+        time.sleep(1)  # a few housekeeping rounds of B's
+        assert jobs() == before  # nothing deleted, nothing started
+        assert [(j.key, j.node_id) for j in run_jobs(made, on_a_only)] == [(a_job.key, b_node)]
+        assert "claimed dead node" in b.log()
+    finally:
+        made.close()
+        problems = list(sim.problems)
+        sim.stop()
+    assert problems == []
