@@ -442,3 +442,186 @@ def test_nodes_a_job_is_stopped_through_any_node_of_its_host(cluster: Cluster) -
     refused = b.api().delete(f"{b.url}/__api__/v1/content/{guid}/jobs/{job.key}", timeout=30)
     assert refused.status_code == 409 and "elsewhere.example" in refused.json()["error"], refused.text
     assert alive(job.pid)
+
+
+def notebook_bundle(flag: Path) -> bytes:
+    """A notebook printing a fresh token; its render waits while ``flag`` exists (a render
+    in progress that lasts as long as the test wants)."""
+    from tests.helpers import tar_gz
+
+    source = (f"import os, time, uuid\nwhile os.path.exists({str(flag)!r}):\n    time.sleep(0.2)\n"
+              "print('token-' + uuid.uuid4().hex)")
+    notebook = {
+        "cells": [{"cell_type": "code", "execution_count": None, "id": "c0", "metadata": {}, "outputs": [],
+                   "source": [source]}],
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                     "language_info": {"name": "python"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }
+    manifest = {"version": 1, "metadata": {"appmode": "jupyter-static", "entrypoint": "report.ipynb"},
+                "python": {"version": "3.11.7", "package_manager": {"name": "pip", "package_file": "requirements.txt"}},
+                "files": {"report.ipynb": {}, "requirements.txt": {}}}
+    return tar_gz({"manifest.json": json.dumps(manifest), "report.ipynb": json.dumps(notebook), "requirements.txt": "\n"})
+
+
+def new_notebook(node: RunningServer, flag: Path) -> str:
+    made = node.api().post(f"{node.url}/__api__/v1/content", json={"name": f"nb-{uuid.uuid4().hex[:8]}"})
+    assert made.status_code == 200, made.text
+    guid = str(made.json()["guid"])
+    _, task = deploy(node, node.admin_key, guid, notebook_bundle(flag))
+    assert task["code"] == 0, task["all_output"]
+    return guid
+
+
+def token(node: RunningServer, guid: str) -> str:
+    import re
+
+    page = node.api().get(f"{node.url}/content/{guid}/", timeout=30)
+    assert page.status_code == 200, page.text[:500]
+    found = re.search(r"token-([0-9a-f]{32})", page.text)
+    assert found, page.text[:500]
+    return found.group(1)
+
+
+def renderings(node: RunningServer, guid: str) -> list[dict[str, Any]]:
+    listed = node.api().get(f"{node.url}/__api__/v1/content/{guid}/renderings", timeout=10)
+    assert listed.status_code == 200, listed.text
+    return list(listed.json())
+
+
+def test_nodes_kill_mid_render_fails_the_render_and_the_previous_rendering_serves(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    flag = tmp_path / "hold-the-render"
+    a = cluster.start(first=True)
+    b = cluster.start()
+    guid = new_notebook(a, flag)
+    served = token(b, guid)  # the first rendering, served through B
+    flag.touch()  # the next render waits ...
+    try:
+        started = a.api().post(f"{a.url}/__api__/v1/content/{guid}/render", timeout=30)
+        assert started.status_code == 200, started.text
+        task_id = started.json()["task_id"]
+        render = wait_until(lambda: cluster.rows(
+            "SELECT key, pid, node_id FROM jobs WHERE kind = 'render' AND status = 0 AND pid IS NOT NULL"),
+            seconds=60)[0]
+        assert [r["status"] for r in renderings(a, guid)][0] == "running"
+        a.process.send_signal(signal.SIGKILL)  # ... and A dies in the middle of it
+        a.process.wait()
+
+        def finished() -> dict[str, Any] | None:
+            body = b.api().get(f"{b.url}/__api__/v1/tasks/{task_id}", timeout=10).json()
+            return body if body["finished"] else None
+
+        done = wait_until(finished, seconds=NODE_TIMEOUT_SECONDS * 4)
+        assert done["code"] != 0 and "stopped responding" in done["error"], done
+        wait_until(lambda: not alive(render.pid), seconds=NODE_TIMEOUT_SECONDS * 2)  # B stopped A's render
+        ended = cluster.rows("SELECT status, error FROM jobs WHERE key = :k", k=render.key)
+        assert ended[0].status == 1 and "stopped responding" in ended[0].error, ended
+    finally:
+        flag.unlink()
+    history = renderings(b, guid)
+    assert [r["status"] for r in history] == ["failed", "succeeded"], history
+    assert "stopped responding" in history[0]["error"] and history[1]["active"], history
+    # failed once, by B's claim: one claim of A, and the rendering's row was not touched again
+    claims = cluster.rows("SELECT claimed_by FROM nodes WHERE claimed_by IS NOT NULL")
+    assert len(claims) == 1, claims
+    assert token(b, guid) == served  # the previous rendering keeps serving, through B
+
+
+def test_nodes_a_schedule_due_while_its_node_is_dead_runs_once_on_the_other(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A dies holding the ``render-schedules`` duty; a schedule falls due while it is dead.
+    B takes the duty and renders it once; A started again does not render it again."""
+    from datetime import UTC, datetime, timedelta
+
+    cluster.env["PODIUM_SCHEDULE_POLL_SECONDS"] = "0.2"
+    a = cluster.start(first=True)
+    b = cluster.start()
+    guid = new_notebook(a, tmp_path / "never")
+    a_node = wait_until(lambda: cluster.rows(
+        "SELECT holder FROM leases WHERE name = 'render-schedules' AND expires_time > now()"))[0].holder
+    b_node = cluster.rows("SELECT node_id FROM nodes WHERE node_id <> :a", a=a_node)[0].node_id
+    assert a_node in a.log()  # the first node holds the duty
+    a.process.send_signal(signal.SIGKILL)
+    a.process.wait()
+    api = b.api()
+    variant = api.get(f"{b.url}/__api__/applications/{guid}/variants", timeout=10).json()[0]
+    due = datetime.now(UTC) + timedelta(seconds=1)  # before B may take A's duty
+    made = api.post(f"{b.url}/__api__/schedules", json={
+        "app_id": variant["app_id"], "variant_id": variant["id"], "type": "day", "schedule": '{"N": 1}',
+        "start_time": due.strftime("%Y-%m-%dT%H:%M:%SZ"), "timezone": "UTC",
+    }, timeout=10)
+    assert made.status_code == 200, made.text
+
+    def scheduled() -> list[Any]:
+        return cluster.rows(
+            "SELECT r.status, r.node_id FROM renderings r JOIN content c ON c.id = r.content_id "
+            "WHERE c.guid = :g AND r.reason = 'schedule'", g=guid)
+
+    runs = wait_until(lambda: [r for r in scheduled() if r.status != "running"], seconds=60)
+    assert [(r.status, r.node_id) for r in runs] == [("succeeded", b_node)], runs
+    holder = cluster.rows("SELECT holder FROM leases WHERE name = 'render-schedules'")[0].holder
+    assert holder == b_node
+    a = cluster.start(again=a)  # A again: the run it missed is not run a second time
+    time.sleep(2)  # many passes (every 0.2 s) of both nodes
+    assert [(r.status, r.node_id) for r in scheduled()] == [("succeeded", b_node)], scheduled()
+    following = cluster.rows("SELECT next_run FROM schedules WHERE id = :i", i=int(made.json()["id"]))[0].next_run
+    assert following.replace(tzinfo=UTC) > datetime.now(UTC) + timedelta(hours=23)
+
+
+def test_nodes_on_kubernetes_a_killed_replica_s_jobs_are_adopted_after_the_timeout(tmp_path: Path) -> None:
+    """Two replicas on the simulated cluster; kill -9 of A (no hand-over): B claims A once
+    the node timeout has passed, adopts A's Job and serves from that very pod; no Job is
+    deleted or started."""
+    from tests.test_kubernetes_e2e import IMAGE, NAMESPACE, cluster_get, k8s_env
+
+    from k8s_sim import SimCluster
+
+    sim = SimCluster(tmp_path / "k8s", images={IMAGE})
+    sim.start()
+    made = Cluster(tmp_path / "data", nodes_database())
+    made.env.update(k8s_env(sim, tmp_path, claim="ha-data", PODIUM_KUBERNETES_INSTANCE="ha"))
+
+    def jobs() -> dict[str, tuple[str, str]]:
+        """Live run Jobs: name -> (uid, node label)."""
+        items = cluster_get(sim, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs?labelSelector="
+                                 "podium.dev/job-kind%3Drun")["items"]
+        return {j["metadata"]["name"]: (j["metadata"]["uid"], j["metadata"]["labels"].get("podium.dev/node", ""))
+                for j in items if not j["status"].get("conditions") and not j["metadata"].get("deletionTimestamp")}
+
+    try:
+        a = made.start(first=True)
+        b = made.start()
+        assert requests.get(f"{a.url}/__ready__", timeout=10).json() == {"ready": True}
+        on_a_only, on_b_only = new_app(a), new_app(a)
+        served_by_a = content(a, on_a_only)
+        served_by_b = content(b, on_b_only)
+        before = jobs()
+        (a_job,) = run_jobs(made, on_a_only)
+        (b_job,) = run_jobs(made, on_b_only)
+        a_node, b_node = a_job.node_id, b_job.node_id
+        assert len(before) == 2 and {node for _, node in before.values()} == {a_node, b_node}, before
+
+        a.process.send_signal(signal.SIGKILL)  # A dies: no hand-over, only the timeout tells
+        a.process.wait()
+        killed = time.monotonic()
+        assert not made.rows("SELECT node_id FROM nodes WHERE claimed_by IS NOT NULL")
+        claim = wait_until(lambda: made.rows("SELECT claimed_by FROM nodes WHERE node_id = :n AND "
+                                             "claimed_by IS NOT NULL", n=a_node), seconds=NODE_TIMEOUT_SECONDS * 4)
+        took = time.monotonic() - killed
+        assert claim[0].claimed_by == b_node
+        assert NODE_TIMEOUT_SECONDS - 1 < took < NODE_TIMEOUT_SECONDS * 2 + 1, took  # after the timeout
+        assert [(j.key, j.node_id) for j in run_jobs(made, on_a_only)] == [(a_job.key, b_node)]
+        assert content(b, on_a_only)["process"] == served_by_a["process"]  # the same pod: no cold start
+        assert content(b, on_b_only)["process"] == served_by_b["process"]
+        time.sleep(1)  # a few housekeeping rounds of B's
+        assert jobs() == before  # nothing deleted, nothing started
+        assert [(j.key, j.node_id) for j in run_jobs(made, on_a_only)] == [(a_job.key, b_node)]
+        assert "claimed dead node" in b.log()
+    finally:
+        made.close()
+        problems = list(sim.problems)
+        sim.stop()
+    assert problems == []
