@@ -418,7 +418,9 @@ def test_kubernetes_hostile_content_sees_only_its_own_files_and_secret_stays_in_
     secrets = [s for s in cluster.objects("secrets", NAMESPACE)
                if s["metadata"]["labels"].get("podium.dev/content-guid") == guid]
     assert [s["metadata"]["name"] for s in secrets] == [name]  # one per content, whatever its jobs
-    assert not secrets[0]["metadata"].get("ownerReferences") and list(secrets[0]["data"]) == ["API_TOKEN"]
+    # The content's variables, and the content session token each process starts with (OAuth).
+    assert not secrets[0]["metadata"].get("ownerReferences")
+    assert sorted(secrets[0]["data"]) == ["API_TOKEN", "CONNECT_CONTENT_SESSION_TOKEN"]
     env = [item for obj in mine if obj["kind"] == "Pod" for item in obj["spec"]["containers"][0]["env"]
            if item["name"] == "API_TOKEN"]
     assert env and all(item["valueFrom"]["secretKeyRef"] == {"name": name, "key": "API_TOKEN"} for item in env)
@@ -431,7 +433,8 @@ def test_kubernetes_hostile_content_sees_only_its_own_files_and_secret_stays_in_
 
     def secret_data() -> dict[str, str]:
         [secret] = [s for s in cluster.objects("secrets", NAMESPACE) if s["metadata"]["name"] == name]
-        return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()
+                if k != "CONNECT_CONTENT_SESSION_TOKEN"}
 
     assert secret_data() == {"API_TOKEN": TOKEN + "-2", "EXTRA": "x"}
     removed = server.api(key).put(variables, json=[{"name": "EXTRA", "value": "y"}])
