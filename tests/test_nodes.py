@@ -351,12 +351,21 @@ def test_nodes_a_deploy_through_one_node_retires_the_old_bundle_on_the_others(cl
     wait_until(lambda: not alive(old["pid"]), seconds=10)  # ... and stops the old one's process
 
 
+def live_run_jobs(sim: Any) -> dict[str, tuple[str, str]]:
+    """The simulated cluster's live run Jobs: name -> (uid, node label)."""
+    from tests.test_kubernetes_e2e import NAMESPACE, cluster_get
+
+    items = cluster_get(sim, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs?labelSelector="
+                             "podium.dev/job-kind%3Drun")["items"]
+    return {j["metadata"]["name"]: (j["metadata"]["uid"], j["metadata"]["labels"].get("podium.dev/node", ""))
+            for j in items if not j["status"].get("conditions") and not j["metadata"].get("deletionTimestamp")}
+
 def test_nodes_on_kubernetes_a_clean_stop_hands_its_jobs_to_the_other_replica_at_once(tmp_path: Path) -> None:
     """Two replicas of one installation (one instance label) on the simulated cluster, as
     in a rolling update: a clean stop of A keeps its Job running (keep_processes_on_shutdown
     on Kubernetes) and hands it to B at once, long before the node timeout; B serves from
     that very Job (no cold start) and leaves its own alone; A started again deletes nothing."""
-    from tests.test_kubernetes_e2e import IMAGE, NAMESPACE, cluster_get, k8s_env
+    from tests.test_kubernetes_e2e import IMAGE, k8s_env
 
     from k8s_sim import SimCluster
 
@@ -369,13 +378,6 @@ def test_nodes_on_kubernetes_a_clean_stop_hands_its_jobs_to_the_other_replica_at
     made.env["PODIUM_NODE_TIMEOUT_SECONDS"] = "60"
     made.env["PODIUM_NODE_HEARTBEAT_SECONDS"] = "20"
 
-    def jobs() -> dict[str, tuple[str, str]]:
-        """Live run Jobs: name -> (uid, node label)."""
-        items = cluster_get(sim, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs?labelSelector="
-                                 "podium.dev/job-kind%3Drun")["items"]
-        return {j["metadata"]["name"]: (j["metadata"]["uid"], j["metadata"]["labels"].get("podium.dev/node", ""))
-                for j in items if not j["status"].get("conditions") and not j["metadata"].get("deletionTimestamp")}
-
     try:
         a = made.start(first=True)
         b = made.start()
@@ -383,7 +385,7 @@ def test_nodes_on_kubernetes_a_clean_stop_hands_its_jobs_to_the_other_replica_at
         on_a_only, on_b_only = new_app(a), new_app(a)
         served_by_a = content(a, on_a_only)  # a Job of A's ...
         served_by_b = content(b, on_b_only)  # ... and one of B's
-        before = jobs()
+        before = live_run_jobs(sim)
         (a_job,) = run_jobs(made, on_a_only)
         (b_job,) = run_jobs(made, on_b_only)
         a_node, b_node = a_job.node_id, b_job.node_id
@@ -399,16 +401,16 @@ def test_nodes_on_kubernetes_a_clean_stop_hands_its_jobs_to_the_other_replica_at
         assert [(j.key, j.node_id) for j in run_jobs(made, on_a_only)] == [(a_job.key, b_node)]
         assert content(b, on_a_only)["process"] == served_by_a["process"]  # the same pod: no cold start
         assert content(b, on_b_only)["process"] == served_by_b["process"]
-        assert jobs() == before  # nothing deleted, nothing started
+        assert live_run_jobs(sim) == before  # nothing deleted, nothing started
         assert "claimed node" in b.log() and "left its 1 active jobs" in b.log()
 
         a = made.start(again=a)  # A's replacement (here with A's id: its Job's label is its own)
         assert requests.get(f"{a.url}/__ready__", timeout=10).json() == {"ready": True}
         time.sleep(1)  # a few housekeeping rounds of both
-        assert jobs() == before  # A deleted nothing of B's, not even the Job labelled A
+        assert live_run_jobs(sim) == before  # A deleted nothing of B's, not even the Job labelled A
         assert content(b, on_a_only)["process"] == served_by_a["process"]
         assert content(a, on_b_only)["process"] not in (served_by_a["process"], served_by_b["process"])
-        after = jobs()
+        after = live_run_jobs(sim)
         assert len(after) == 3 and all(after[name] == before[name] for name in before), after
         assert not made.rows("SELECT node_id FROM nodes WHERE claimed_by IS NOT NULL")  # A took its row back
     finally:
@@ -575,7 +577,7 @@ def test_nodes_on_kubernetes_a_killed_replica_s_jobs_are_adopted_after_the_timeo
     """Two replicas on the simulated cluster; kill -9 of A (no hand-over): B claims A once
     the node timeout has passed, adopts A's Job and serves from that very pod; no Job is
     deleted or started."""
-    from tests.test_kubernetes_e2e import IMAGE, NAMESPACE, cluster_get, k8s_env
+    from tests.test_kubernetes_e2e import IMAGE, k8s_env
 
     from k8s_sim import SimCluster
 
@@ -584,13 +586,6 @@ def test_nodes_on_kubernetes_a_killed_replica_s_jobs_are_adopted_after_the_timeo
     made = Cluster(tmp_path / "data", nodes_database())
     made.env.update(k8s_env(sim, tmp_path, claim="ha-data", PODIUM_KUBERNETES_INSTANCE="ha"))
 
-    def jobs() -> dict[str, tuple[str, str]]:
-        """Live run Jobs: name -> (uid, node label)."""
-        items = cluster_get(sim, f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs?labelSelector="
-                                 "podium.dev/job-kind%3Drun")["items"]
-        return {j["metadata"]["name"]: (j["metadata"]["uid"], j["metadata"]["labels"].get("podium.dev/node", ""))
-                for j in items if not j["status"].get("conditions") and not j["metadata"].get("deletionTimestamp")}
-
     try:
         a = made.start(first=True)
         b = made.start()
@@ -598,7 +593,7 @@ def test_nodes_on_kubernetes_a_killed_replica_s_jobs_are_adopted_after_the_timeo
         on_a_only, on_b_only = new_app(a), new_app(a)
         served_by_a = content(a, on_a_only)
         served_by_b = content(b, on_b_only)
-        before = jobs()
+        before = live_run_jobs(sim)
         (a_job,) = run_jobs(made, on_a_only)
         (b_job,) = run_jobs(made, on_b_only)
         a_node, b_node = a_job.node_id, b_job.node_id
@@ -617,7 +612,7 @@ def test_nodes_on_kubernetes_a_killed_replica_s_jobs_are_adopted_after_the_timeo
         assert content(b, on_a_only)["process"] == served_by_a["process"]  # the same pod: no cold start
         assert content(b, on_b_only)["process"] == served_by_b["process"]
         time.sleep(1)  # a few housekeeping rounds of B's
-        assert jobs() == before  # nothing deleted, nothing started
+        assert live_run_jobs(sim) == before  # nothing deleted, nothing started
         assert [(j.key, j.node_id) for j in run_jobs(made, on_a_only)] == [(a_job.key, b_node)]
         assert "claimed dead node" in b.log()
     finally:
