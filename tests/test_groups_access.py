@@ -46,6 +46,36 @@ def test_group_roles_reach_app_role_can_view_and_mail_recipients(store: Store) -
         ]
 
 
+
+def test_app_roles_of_a_list_match_app_role_with_one_permission_query(store: Store) -> None:
+    from sqlalchemy import event
+
+    with store.session() as session:
+        owner, reader = _user(session, "owner", "publisher"), _user(session, "reader", "publisher")
+        items = [Content(name=f"item-{n}", owner_id=owner.id, access_type="acl") for n in range(4)]
+        mine = Content(name="mine", owner_id=reader.id, access_type="acl")
+        group = Group(name="Readers", owner_id=owner.id)
+        session.add_all([*items, mine, group])
+        session.flush()
+        session.add_all([
+            GroupMember(group_id=group.id, user_id=reader.id),
+            Permission(content_id=items[0].id, principal_guid=reader.guid, principal_type="user", role="viewer"),
+            Permission(content_id=items[1].id, principal_guid=group.guid, principal_type="group", role="owner"),
+            Permission(content_id=items[2].id, principal_guid=group.guid, principal_type="group", role="viewer"),
+            Permission(content_id=items[2].id, principal_guid=reader.guid, principal_type="user", role="owner"),
+        ])
+        session.flush()
+        everything = [*items, mine]
+        queries: list[str] = []
+        event.listen(store.engine, "before_cursor_execute",
+                     lambda *a: queries.append(a[2]) if "FROM permission" in a[2] else None)
+        roles = auth.app_roles(session, reader, everything)
+        assert len(queries) == 1
+        assert roles == {items[0].id: "viewer", items[1].id: "editor", items[2].id: "editor",
+                         items[3].id: "none", mine.id: "owner"}
+        assert roles == {item.id: auth.app_role(session, reader, item) for item in everything}
+        assert auth.app_roles(session, None, everything) == {item.id: "none" for item in everything}
+
 def test_vanity_match_finds_the_one_vanity_a_path_is_under() -> None:
     paths = {"/sales/": "g1", "/team/reports/": "g2"}
     assert vanity.match(paths, "/sales/") == ("/sales/", "g1")

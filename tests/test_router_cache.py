@@ -62,3 +62,64 @@ def test_router_cache_reads_a_record_once_for_many_requests_and_refreshes_in_the
         assert fresh is not None and fresh.access_type == "acl" and len(reads) == 1
 
     asyncio.run(scenario())
+
+
+def test_router_cache_reads_many_records_together_and_refreshes_them_together(store: Store) -> None:
+    with store.session() as session:
+        owner = auth.create_user(session, "owner", "publisher", email="owner@example.org")
+        items = [Content(name=f"report-{n}", owner_id=owner.id, access_type="all") for n in range(30)]
+        session.add_all(items)
+        session.flush()
+        guids = [item.guid for item in items]
+    router = _router(store)
+    reads: list[str] = []
+    event.listen(
+        store.engine, "before_cursor_execute",
+        lambda *a: reads.append(a[2]) if "FROM content" in a[2] and "permission" not in a[2] else None,
+    )
+
+    async def scenario() -> None:
+        infos = await asyncio.gather(*(router._info(guid) for guid in guids))
+        assert [info.guid for info in infos if info is not None] == guids
+        assert len(reads) == 1
+        # All expired at once: they answer at once, and one read refreshes them all.
+        for info in infos:
+            assert info is not None
+            info.fetched -= 3.0
+        again = await asyncio.gather(*(router._info(guid) for guid in guids))
+        assert again == infos
+        for _ in range(200):
+            if all(router._content[guid] is not old for guid, old in zip(guids, infos, strict=True)):
+                break
+            await asyncio.sleep(0.01)
+        assert all(router._content[guid] is not old for guid, old in zip(guids, infos, strict=True))
+        assert len(reads) == 2
+        # Unknown guids are answered too (None), in the same batch as known ones.
+        missing = "00000000-0000-0000-0000-000000000000"
+        router.invalidate()
+        both = await asyncio.gather(router._info(missing), router._info(guids[0]))
+        assert both[0] is None and both[1] is not None and both[1].guid == guids[0]
+
+    asyncio.run(scenario())
+
+
+def test_router_cache_forgetting_everything_before_a_queued_read_still_answers(store: Store) -> None:
+    with store.session() as session:
+        owner = auth.create_user(session, "owner", "publisher", email="owner@example.org")
+        content = Content(name="report", owner_id=owner.id, access_type="all")
+        session.add(content)
+        session.flush()
+        guid = content.guid
+    router = _router(store)
+
+    async def scenario() -> None:
+        first = asyncio.ensure_future(router._info(guid))
+        await asyncio.sleep(0)  # the read is queued, not started
+        with store.session() as session:
+            session.get(Content, content.id).access_type = "acl"  # type: ignore[union-attr]
+        router.invalidate()
+        second = await router._info(guid)
+        assert (await first) is not None
+        assert second is not None and second.access_type == "acl"
+
+    asyncio.run(scenario())

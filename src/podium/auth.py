@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
@@ -198,20 +199,32 @@ def app_role(
     """The caller's relationship to ``content``: Connect's ``app_role``. A permission of one
     of the user's groups counts as the user's own; the strongest role wins. ``principals``
     (from :func:`principal_guids`) saves looking the groups up again for each item."""
+    return app_roles(session, user, [content], principals)[content.id]
+
+
+def app_roles(
+    session: Session, user: User | None, items: Sequence[Content], principals: list[str] | None = None
+) -> dict[int, AppRole]:
+    """:func:`app_role` of each of ``items``, by content id, with one query for them all."""
     if user is None:
-        return "none"
-    if content.owner_id == user.id:
-        return "owner"
-    roles = set(
-        session.scalars(
-            select(Permission.role).where(
-                Permission.content_id == content.id,
+        return {item.id: "none" for item in items}
+    granted: dict[int, set[str]] = {}
+    others = [item.id for item in items if item.owner_id != user.id]
+    if others:
+        rows = session.execute(
+            select(Permission.content_id, Permission.role).where(
+                Permission.content_id.in_(others),
                 Permission.principal_guid.in_(
                     principals if principals is not None else principal_guids(session, user)
                 ),
             )
         )
-    )
+        for content_id, role in rows:
+            granted.setdefault(content_id, set()).add(role)
+    return {item.id: "owner" if item.owner_id == user.id else _strongest(granted.get(item.id)) for item in items}
+
+
+def _strongest(roles: set[str] | None) -> AppRole:
     if not roles:
         return "none"
     # A permission role "owner" makes a collaborator, which Connect reports as "editor".

@@ -10,7 +10,7 @@ import anyio.from_thread
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from podium import audit, auth, errors
 from podium.api import deps
@@ -101,12 +101,9 @@ def content_views(
         ).all()
         for content_id, tag in rows:
             tags.setdefault(content_id, []).append(tag)
-    principals = auth.principal_guids(session, user) if user is not None else None
+    roles = auth.app_roles(session, user, items)
     return [
-        content_json(
-            urls, item, auth.app_role(session, user, item, principals), includes,
-            vanities.get(item.id), tags.get(item.id, []),
-        )
+        content_json(urls, item, roles[item.id], includes, vanities.get(item.id), tags.get(item.id, []))
         for item in items
     ]
 
@@ -120,7 +117,8 @@ def content_view(
 def visible_query(session: Session, user: User | None) -> Any:
     """Content the caller may see, in creation order: administrators all; others what is
     public, for signed-in users, theirs, or shared with them or one of their groups."""
-    query = select(Content).order_by(Content.id)
+    # The owner is in every item's JSON: loaded with the list, not one item at a time.
+    query = select(Content).options(selectinload(Content.owner)).order_by(Content.id)
     if auth.at_least(user, "administrator"):
         return query
     visible = [Content.access_type == "all"]

@@ -66,6 +66,8 @@ _CONTENT_TTL = 2.0
 # How long past its lifetime a content record still answers while it is read again.
 _STALE_SECONDS = 30.0
 _USER_TTL = 5.0
+# Most content records read with one set of queries (SQLite allows 32,766 parameters).
+_BATCH = 500
 _PATH = re.compile(rb"^/content/([0-9a-fA-F-]{36})(/.*)?$")
 _DRAFT = re.compile(rb"^/_bundle(\d+)(/.*)?$")
 # Earlier renderings (/_rendering{id}/) are the app's to serve, as are ranges.
@@ -175,6 +177,9 @@ class ContentRouter:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Reads of a content record in progress: requests arriving meanwhile share them.
         self._loading: dict[str, asyncio.Future[ContentInfo | None]] = {}
+        # Reads asked for and not started yet, and the task reading them in batches.
+        self._pending: dict[str, asyncio.Future[ContentInfo | None]] = {}
+        self._reader: asyncio.Task[None] | None = None
         self._users: dict[str, tuple[float, Viewer | None]] = {}
         # Vanity path -> content guid, and when it was read (None: read it again).
         self._vanities: dict[str, str] = {}
@@ -201,7 +206,7 @@ class ContentRouter:
     def _invalidate(self, guid: str | None) -> None:
         if guid is None:
             self._content.clear()
-            self._loading.clear()
+            self._loading.clear()  # reads not started yet (_pending) will see the change
             self.files.forget()
         else:
             info = self._content.pop(guid, None)
@@ -233,47 +238,72 @@ class ContentRouter:
         return await asyncio.shield(self._reload(guid))
 
     def _reload(self, guid: str) -> asyncio.Future[ContentInfo | None]:
-        """The read of ``guid``'s record in progress, started if none is (one at a time)."""
+        """The read of ``guid``'s record in progress, started if none is (one at a time).
+
+        Reads are made in batches: every record asked for while a batch is being read
+        is read by the next one, with a few queries for the whole batch. With many items
+        in use, the records expiring each second then cost a few queries, not a few
+        each (1,000 static items read at once expire at 500 a second)."""
         loading = self._loading.get(guid)
         if loading is None:
-            loading = self._loading[guid] = asyncio.ensure_future(self._read(guid))
-            loading.add_done_callback(_log_failure)
+            # A read not started yet sees every change made so far: it can be shared.
+            loading = self._pending.get(guid)
+            if loading is None:
+                loading = self._pending[guid] = asyncio.get_running_loop().create_future()
+                loading.add_done_callback(_log_failure)
+            self._loading[guid] = loading
+            if self._reader is None or self._reader.done():
+                self._reader = asyncio.ensure_future(self._read_pending())
         return loading
 
-    async def _read(self, guid: str) -> ContentInfo | None:
-        me = asyncio.current_task()
-        try:
-            info = await asyncio.to_thread(self._load, guid)
-        finally:
-            current = self._loading.get(guid) is me
-            if current:
-                del self._loading[guid]
-        if current:  # not invalidated while reading: what was read is still true
-            if info is None:
-                self._content.pop(guid, None)
-            else:
-                self._content[guid] = info
-        return info
+    async def _read_pending(self) -> None:
+        while self._pending:
+            batch = dict(list(self._pending.items())[:_BATCH])
+            for guid in batch:
+                del self._pending[guid]
+            try:
+                infos = await asyncio.to_thread(self._load_many, list(batch))
+            except Exception as error:
+                for guid, future in batch.items():
+                    if self._loading.get(guid) is future:
+                        del self._loading[guid]
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for guid, future in batch.items():
+                info = infos.get(guid)
+                if self._loading.get(guid) is future:  # not invalidated while reading
+                    del self._loading[guid]
+                    if info is None:
+                        self._content.pop(guid, None)
+                    else:
+                        self._content[guid] = info
+                if not future.done():
+                    future.set_result(info)
 
-    def _load(self, guid: str) -> ContentInfo | None:
+    def _load_many(self, guids: list[str]) -> dict[str, ContentInfo]:
+        """The records of ``guids`` that exist, read together."""
         with self.store.session() as session:
-            content = session.scalar(select(Content).where(Content.guid == guid))
-            if content is None:
-                return None
-            roles = {
-                p.principal_guid: p.role
-                for p in session.scalars(select(Permission).where(Permission.content_id == content.id))
+            contents = list(session.scalars(select(Content).where(Content.guid.in_(guids))))
+            ids = [content.id for content in contents]
+            roles: dict[int, dict[str, str]] = {content_id: {} for content_id in ids}
+            for permission in session.scalars(select(Permission).where(Permission.content_id.in_(ids))):
+                roles[permission.content_id][permission.principal_guid] = permission.role
+            oauth = set(session.scalars(
+                select(OAuthAssociation.content_id)
+                .join(OAuthIntegration, OAuthIntegration.id == OAuthAssociation.integration_id)
+                .where(OAuthAssociation.content_id.in_(ids), OAuthIntegration.auth_type == "Viewer")
+            ))
+            # Into the session's identity map, where _files finds each by id.
+            bundle_ids = [content.bundle_id for content in contents if content.bundle_id is not None]
+            list(session.scalars(select(Bundle).where(Bundle.id.in_(bundle_ids))))
+            return {
+                content.guid: ContentInfo(
+                    content.id, content.guid, content.owner_id, content.access_type, content.bundle_id,
+                    roles[content.id], files=self._files(session, content), oauth=content.id in oauth,
+                )
+                for content in contents
             }
-            return ContentInfo(
-                content.id, content.guid, content.owner_id, content.access_type, content.bundle_id, roles,
-                files=self._files(session, content),
-                oauth=session.scalar(
-                    select(OAuthAssociation.id)
-                    .join(OAuthIntegration, OAuthIntegration.id == OAuthAssociation.integration_id)
-                    .where(OAuthAssociation.content_id == content.id, OAuthIntegration.auth_type == "Viewer")
-                    .limit(1)
-                ) is not None,
-            )
 
     def _files(self, session: Session, content: Content) -> Files | None:
         """Where the active bundle's files are, when the front serves them (as the app's
