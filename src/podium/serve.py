@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Iterator
 
@@ -97,7 +98,25 @@ async def serve(node: Node) -> None:
             folder.rmdir()
 
 
+def raise_open_files_limit() -> int:
+    """Raises this process's soft limit of open files to its hard limit, and returns it.
+
+    Every proxied connection holds two descriptors (the viewer's and the content
+    process's), so 2,000 websocket sessions need more than the 1,024 many systems give a
+    process by default; the hard limit is the administrator's to set."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as error:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, target, error)
+    return soft
+
+
 def run(node: Node) -> None:
+    log.info("open files limit: %d", raise_open_files_limit())
     try:
         import uvloop
 
