@@ -86,6 +86,13 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used (its own, not its children's)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (content processes and their supervisors)."""
     found: list[int] = []
@@ -225,6 +232,7 @@ class Load:
     peak_rss: float = 0.0
     peak_fds: int = 0
     wrk_out: str = ""
+    server_cpu: float = 0.0  # the server's CPU seconds per second while measuring
 
 
 async def run_load(server: Server, guids: list[str], statics: list[str], sessions: int, seconds: float,
@@ -243,7 +251,9 @@ async def run_load(server: Server, guids: list[str], statics: list[str], session
         url = f"ws://localhost:{server.content_port}/content/{guids[index % len(guids)]}/ws"
         try:
             async with connect_gate:
-                ws = await http.ws_connect(url, compress=0, autoping=False, timeout=aiohttp.ClientWSTimeout(ws_close=5))
+                # autoping: pongs answer the app's pings, as a browser's would
+                ws = await http.ws_connect(url, compress=0, autoping=True,
+                                           timeout=aiohttp.ClientWSTimeout(ws_close=5))
         except Exception as exc:
             load.connect_errors += 1
             error("connect", repr(exc))
@@ -293,6 +303,8 @@ async def run_load(server: Server, guids: list[str], statics: list[str], session
             while load.connected + load.connect_errors < sessions:
                 await asyncio.sleep(0.1)
             deadline[0] = time.monotonic() + seconds + 1
+            print(f"  {load.connected} sessions connected; measuring for {seconds:g} s", flush=True)
+            cpu_before = cpu_seconds(server.pid)
             wrk = await asyncio.create_subprocess_exec(
                 "wrk", "-t1", f"-c{http_clients}", f"-d{int(seconds)}s", "-s", script,
                 f"http://localhost:{server.content_port}",
@@ -300,6 +312,7 @@ async def run_load(server: Server, guids: list[str], statics: list[str], session
             )
             ramp_done.set()
             load.wrk_out = (await wrk.communicate())[0].decode()
+            load.server_cpu = (cpu_seconds(server.pid) - cpu_before) / seconds
             await asyncio.gather(*tasks)
     finally:
         sampler.cancel()
@@ -407,6 +420,7 @@ def main(argv: list[str] | None = None) -> None:
             row("server RSS before / peak / after the load",
                 f"{before_rss:.0f} / {load.peak_rss:.0f} / {after_rss:.0f} MB", "(goal <= 400 MB)")
             row("server open files before / peak / after the load", f"{before_fds} / {load.peak_fds} / {after_fds}")
+            row("server CPU while measuring (1.0 = one core)", f"{load.server_cpu:.2f}")
             row("load average during the load", load_during)
             errors = server.log_errors()
             row("server log: tracebacks / pool timeouts", str(len(errors)))

@@ -294,24 +294,21 @@ class ContentRouter:
                 .join(OAuthIntegration, OAuthIntegration.id == OAuthAssociation.integration_id)
                 .where(OAuthAssociation.content_id.in_(ids), OAuthIntegration.auth_type == "Viewer")
             ))
-            # Into the session's identity map, where _files finds each by id.
             bundle_ids = [content.bundle_id for content in contents if content.bundle_id is not None]
-            list(session.scalars(select(Bundle).where(Bundle.id.in_(bundle_ids))))
+            bundles = {bundle.id: bundle for bundle in session.scalars(select(Bundle).where(Bundle.id.in_(bundle_ids)))}
             return {
                 content.guid: ContentInfo(
                     content.id, content.guid, content.owner_id, content.access_type, content.bundle_id,
-                    roles[content.id], files=self._files(session, content), oauth=content.id in oauth,
+                    roles[content.id], oauth=content.id in oauth,
+                    files=self._files(session, content, bundles.get(content.bundle_id or 0)),
                 )
                 for content in contents
             }
 
-    def _files(self, session: Session, content: Content) -> Files | None:
-        """Where the active bundle's files are, when the front serves them (as the app's
+    def _files(self, session: Session, content: Content, bundle: Bundle | None) -> Files | None:
+        """Where the active ``bundle``'s files are, when the front serves them (as the app's
         ``podium.proxy.routes`` would: a static bundle, or the latest rendering)."""
-        if self.layout is None or content.bundle_id is None:
-            return None
-        bundle = session.get(Bundle, content.bundle_id)
-        if bundle is None:
+        if self.layout is None or bundle is None:
             return None
         if bundle.app_mode in RENDERED_MODES:
             rendering = latest_rendering(session, content.id, bundle.id)
