@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import resource
 import signal
@@ -74,6 +75,12 @@ async def serve(node: Node) -> None:
         await front.start_content(host.strip("[]"), int(port))
         log.info("Podium serving content on http://%s:%d/ (origin %s)", host, front.content_port,
                  node.urls.content_origin)
+
+    # What start-up made lives as long as the server: frozen out of the collector's sight,
+    # it is no longer walked by every full collection, which requests that make many
+    # objects (a list of 1,000 content items) set off (bench/README.md, "scale.py").
+    gc.collect()
+    gc.freeze()
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
