@@ -24,15 +24,11 @@ Needs ``wrk`` (Debian: ``apt-get install -y wrk``) and ``taskset`` (util-linux).
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,86 +37,39 @@ from typing import Any
 import requests
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from proxy import BIG_CHUNKS, app, free_port, wait_for_port
-
-
-def app_source() -> str:
-    import inspect
-
-    return "\n".join(["from typing import Any", "BIG_CHUNK = b'x' * (64 * 1024)",
-                      f"BIG_CHUNKS = {BIG_CHUNKS}", inspect.getsource(app)])
-
-
-def _bundle() -> bytes:
-    manifest = {"version": 1, "metadata": {"appmode": "python-fastapi", "entrypoint": "app:app"},
-                "python": {"version": ".".join(map(str, sys.version_info[:3])),
-                           "package_manager": {"name": "pip", "package_file": "requirements.txt"}},
-                "files": {}}
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, text in (("manifest.json", json.dumps(manifest)), ("app.py", app_source()),
-                           ("requirements.txt", "uvicorn[standard]\n")):
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+from podium_server import PODIUM, app_source, bundle, podium_server, python_manifest
 
 
 @contextmanager
 def podium() -> Iterator[dict[str, Any]]:
     """A Podium on core 0 with the app deployed as private content, and the keys."""
-    work = tempfile.mkdtemp(prefix="podium-bench-groups-")
-    data_dir = os.path.join(work, "data")
-    cmd = [sys.executable, "-m", "podium"]
-    admin_key = subprocess.run([*cmd, "admin", "bootstrap", "--data-dir", data_dir], check=True,
-                               capture_output=True, text=True).stdout.strip()
-    port, content_port = free_port(), free_port()
-    env = {**os.environ, "PODIUM_BOOTSTRAP_ADMIN_ON_FIRST_START": "false",
-           "PODIUM_CONTENT_LISTEN": f"127.0.0.1:{content_port}"}
-    server = subprocess.Popen(
-        ["taskset", "-c", "0", *cmd, "serve", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, 60)
-        base = f"http://127.0.0.1:{port}/__api__"
-        admin = requests.Session()
-        admin.headers["Authorization"] = f"Key {admin_key}"
+    with podium_server(core=0, prefix="podium-bench-groups-") as server:
+        base, admin = server.base, server.api
         keys: dict[str, str] = {}
         guids: dict[str, str] = {}
         for name, role in (("owner", "publisher"), ("member", "viewer"), ("named", "viewer")):
             guids[name] = admin.post(f"{base}/v1/users", json={
                 "username": name, "user_role": role, "password": f"{name}-password"}).json()["guid"]
-            keys[name] = subprocess.run([*cmd, "admin", "create-api-key", name, "--data-dir", data_dir],
-                                        check=True, capture_output=True, text=True, env=env).stdout.strip()
-        owner = requests.Session()
-        owner.headers["Authorization"] = f"Key {keys['owner']}"
-        guid = owner.post(f"{base}/v1/content", json={
+            keys[name] = subprocess.run([*PODIUM, "admin", "create-api-key", name, "--data-dir", server.data_dir],
+                                        check=True, capture_output=True, text=True).stdout.strip()
+        owner = server.session(keys["owner"])
+        guid = server.create({
             "name": "bench", "access_type": "acl", "max_processes": 1, "min_processes": 1,
-            "max_conns_per_process": 1000, "load_factor": 1.0}).json()["guid"]
-        bundle_id = owner.post(f"{base}/v1/content/{guid}/bundles", data=_bundle()).json()["id"]
-        task = owner.post(f"{base}/v1/content/{guid}/deploy", json={"bundle_id": bundle_id}).json()["task_id"]
-        while not (state := owner.get(f"{base}/v1/tasks/{task}", params={"wait": 1}).json())["finished"]:
-            pass
-        if state["code"] != 0:
-            raise RuntimeError(f"deploy failed: {state['error']}")
+            "max_conns_per_process": 1000, "load_factor": 1.0}, owner)
+        server.deploy(guid, bundle({"app.py": app_source(), "requirements.txt": "uvicorn[standard]\n"},
+                                   python_manifest()), owner)
         group = owner.post(f"{base}/v1/groups", json={"name": "readers"}).json()["guid"]
         owner.post(f"{base}/v1/groups/{group}/members", json={"user_guid": guids["member"]})
         for principal, kind in ((group, "group"), (guids["named"], "user")):
             owner.post(f"{base}/v1/content/{guid}/permissions",
                        json={"principal_guid": principal, "principal_type": kind, "role": "viewer"})
-        url = f"http://127.0.0.1:{content_port}/content/{guid}/"
+        url = f"http://127.0.0.1:{server.content_port}/content/{guid}/"
         for name in keys:
             answer = requests.get(url, headers={"Authorization": f"Key {keys[name]}"}, timeout=60)
             if answer.text != "ok":
                 raise RuntimeError(f"{name} does not get in: {answer.status_code} {answer.text[:200]}")
         yield {"url": url, "keys": keys, "owner": owner, "base": base, "group": group,
                "member": guids["member"]}
-    finally:
-        server.terminate()
-        server.wait(30)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def wrk(url: str, key: str, seconds: float) -> float:

@@ -23,20 +23,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from collections.abc import Iterator
 
 HERE = os.path.abspath(__file__)
 sys.path.insert(0, os.path.dirname(HERE))
 
+from podium_server import bundle, podium_server, static_manifest  # noqa: E402
 from proxy import free_port, wait_for_port  # noqa: E402
 
 PAGE = ("<!doctype html><html><head><title>Report</title></head><body>"
@@ -106,64 +104,23 @@ def wrk(url: str, connections: int, seconds: float) -> tuple[float, float, int, 
             int(count.group(1)) if count else 0)
 
 
-def bundle() -> bytes:
-    manifest = {"version": 1, "metadata": {"appmode": "static", "primary_html": "index.html"}, "files": {}}
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in (("manifest.json", json.dumps(manifest).encode()), ("index.html", PAGE.encode()),
-                           ("big.bin", BIG)):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 @contextlib.contextmanager
 def podium_static() -> Iterator[tuple[str, str, int]]:
     """A real Podium on core 0 serving the bundle as public static content: yields the
     content URL on the content origin, the bundle's directory on disk and the server's pid."""
     import requests
 
-    work = tempfile.mkdtemp(prefix="podium-bench-static-")
-    data_dir = os.path.join(work, "data")
-    podium = [sys.executable, "-m", "podium"]
-    key = subprocess.run([*podium, "admin", "bootstrap", "--data-dir", data_dir], check=True,
-                         capture_output=True, text=True).stdout.strip()
-    port, content_port = free_port(), free_port()
-    env = {**os.environ, "PODIUM_BOOTSTRAP_ADMIN_ON_FIRST_START": "false",
-           "PODIUM_CONTENT_LISTEN": f"127.0.0.1:{content_port}"}
-    log = open(os.path.join(work, "server.log"), "wb")  # noqa: SIM115 - the server's lifetime
-    server = subprocess.Popen(
-        ["taskset", "-c", "0", *podium, "serve", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for_port(port, 60)
-        api = requests.Session()
-        api.headers["Authorization"] = f"Key {key}"
-        base = f"http://127.0.0.1:{port}/__api__"
-        content = api.post(f"{base}/v1/content", json={"name": "static-bench", "access_type": "all"}).json()
-        bundle_id = api.post(f"{base}/v1/content/{content['guid']}/bundles", data=bundle()).json()["id"]
-        task = api.post(f"{base}/v1/content/{content['guid']}/deploy", json={"bundle_id": bundle_id}).json()
-        while not (state := api.get(f"{base}/v1/tasks/{task['task_id']}", params={"wait": 1}).json())["finished"]:
-            pass
-        if state["code"] != 0:
-            raise RuntimeError(f"deploy failed: {state['error']}")
-        url = f"http://localhost:{content_port}/content/{content['guid']}/"
+    with podium_server(core=0, prefix="podium-bench-static-") as server:
+        guid = server.create({"name": "static-bench", "access_type": "all"})
+        bundle_id = server.deploy(guid, bundle({"index.html": PAGE, "big.bin": BIG}, static_manifest()))
+        url = server.content_url(guid)
         if requests.get(url).text != PAGE:
             raise RuntimeError("the static page does not come back through Podium")
-        yield url, os.path.join(data_dir, "apps", str(content["id"]), str(bundle_id)), server.pid
-        log.flush()
-        with open(os.path.join(work, "server.log"), errors="replace") as text:
-            found = [line for line in text if "Traceback" in line or "TimeoutError" in line]
+        content_id = server.api.get(f"{server.base}/v1/content/{guid}").json()["id"]
+        yield url, os.path.join(server.data_dir, "apps", str(content_id), str(bundle_id)), server.pid
+        found = server.log_errors()
         if found:
-            print(f"server log has {len(found)} error lines, e.g. {found[0].strip()}")
-    finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
-        shutil.rmtree(work, ignore_errors=True)
+            print(f"server log has {len(found)} error lines, e.g. {found[0]}")
 
 
 @contextlib.contextmanager
