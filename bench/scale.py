@@ -240,6 +240,7 @@ class Load:
     peak_fds: int = 0
     wrk_out: str = ""
     server_cpu: float = 0.0  # the server's CPU seconds per second while measuring
+    client_cpu: float = 0.0  # this benchmark's own (the websocket client's)
 
 
 async def run_load(server: Server, guids: list[str], statics: list[str], sessions: int, seconds: float,
@@ -312,14 +313,21 @@ async def run_load(server: Server, guids: list[str], statics: list[str], session
             deadline[0] = time.monotonic() + seconds + 1
             print(f"  {load.connected} sessions connected; measuring for {seconds:g} s", flush=True)
             cpu_before = cpu_seconds(server.pid)
-            wrk = await asyncio.create_subprocess_exec(
-                "wrk", "-t1", f"-c{http_clients}", f"-d{int(seconds)}s", "-s", script,
-                f"http://localhost:{server.content_port}",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            )
+            client_before = resource.getrusage(resource.RUSAGE_SELF)
             ramp_done.set()
-            load.wrk_out = (await wrk.communicate())[0].decode()
+            if http_clients:
+                wrk = await asyncio.create_subprocess_exec(
+                    "wrk", "-t1", f"-c{http_clients}", f"-d{int(seconds)}s", "-s", script,
+                    f"http://localhost:{server.content_port}",
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                )
+                load.wrk_out = (await wrk.communicate())[0].decode()
+            else:
+                await asyncio.sleep(seconds)
             load.server_cpu = (cpu_seconds(server.pid) - cpu_before) / seconds
+            client_after = resource.getrusage(resource.RUSAGE_SELF)
+            load.client_cpu = (client_after.ru_utime + client_after.ru_stime
+                               - client_before.ru_utime - client_before.ru_stime) / seconds
             await asyncio.gather(*tasks)
     finally:
         sampler.cancel()
@@ -345,7 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sessions", type=int, default=2000, help="concurrent websocket sessions")
     parser.add_argument("--ws-items", type=int, default=20, help="interactive items the sessions spread over")
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the sessions and readers run")
-    parser.add_argument("--http-clients", type=int, default=64, help="wrk connections reading static items")
+    parser.add_argument("--http-clients", type=int, default=64,
+                        help="wrk connections reading static items (0: none, websockets alone)")
     parser.add_argument("--deploy-workers", type=int, default=4, help="API clients deploying at once")
     parser.add_argument("--samples", type=int, default=30, help="requests per list latency figure")
     args = parser.parse_args(argv)
@@ -422,13 +431,15 @@ def main(argv: list[str] | None = None) -> None:
                 f"{load.echo_errors} / {load.dropped}", "(goal 0 / 0)")
             if load.first_error:
                 print(f"    first: {load.first_error}")
-            rps, http_errors = wrk_figures(load.wrk_out)
-            row(f"static reads ({args.http_clients} connections)", f"{rps:.0f} req/s, {http_errors} errors",
-                "(goal 0 errors)")
+            if args.http_clients:
+                rps, http_errors = wrk_figures(load.wrk_out)
+                row(f"static reads ({args.http_clients} connections)", f"{rps:.0f} req/s, {http_errors} errors",
+                    "(goal 0 errors)")
             row("server RSS before / peak / after the load",
                 f"{before_rss:.0f} / {load.peak_rss:.0f} / {after_rss:.0f} MB", "(goal <= 400 MB)")
             row("server open files before / peak / after the load", f"{before_fds} / {load.peak_fds} / {after_fds}")
-            row("server CPU while measuring (1.0 = one core)", f"{load.server_cpu:.2f}")
+            row("server / websocket client CPU while measuring (1.0 = one core)",
+                f"{load.server_cpu:.2f} / {load.client_cpu:.2f}")
             row("load average during the load", load_during)
             errors = server.log_errors()
             row("server log: tracebacks / pool timeouts", str(len(errors)))
