@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from sqlalchemy import event
 
 from podium import auth
 from podium.handoff import Handoff
+from podium.proxy import router as router_module
 from podium.proxy.router import ContentRouter
 from podium.store import Store
 from podium.store.models import Content
@@ -121,5 +123,27 @@ def test_router_cache_forgetting_everything_before_a_queued_read_still_answers(s
         second = await router._info(guid)
         assert (await first) is not None
         assert second is not None and second.access_type == "acl"
+
+    asyncio.run(scenario())
+
+
+def test_router_cache_of_callers_stays_bounded(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(router_module, "_USERS_MAX", 10)
+    router = _router(store)
+
+    async def scenario() -> None:
+        for n in range(25):  # wrong keys: each remembered as nobody
+            assert await router._viewer([(b"authorization", f"Key wrong-{n}".encode())], None) is False
+            assert len(router._users) <= 10
+        # Full again: a sweep drops what has expired, and keeps what is fresh.
+        n = 0
+        while len(router._users) < 10:
+            n += 1
+            await router._viewer([(b"authorization", f"Key more-{n}".encode())], None)
+        for entry in list(router._users)[:9]:
+            stamp, viewer = router._users[entry]
+            router._users[entry] = (stamp - 10.0, viewer)
+        assert await router._viewer([(b"authorization", b"Key another")], None) is False
+        assert list(router._users) == [f"k:more-{n}", "k:another"]
 
     asyncio.run(scenario())

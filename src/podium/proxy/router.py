@@ -66,6 +66,8 @@ _CONTENT_TTL = 2.0
 # How long past its lifetime a content record still answers while it is read again.
 _STALE_SECONDS = 30.0
 _USER_TTL = 5.0
+# Most callers (API keys and sessions, wrong ones included) the router remembers at once.
+_USERS_MAX = 10_000
 # Most content records read with one set of queries (SQLite allows 32,766 parameters).
 _BATCH = 500
 _PATH = re.compile(rb"^/content/([0-9a-fA-F-]{36})(/.*)?$")
@@ -365,7 +367,13 @@ class ContentRouter:
         if hit is not None and time.monotonic() - hit[0] < _USER_TTL:
             return hit[1] if hit[1] is not None else (False if key else None)
         viewer = await asyncio.to_thread(self._load_viewer, key, session_id)
-        self._users[cache_key] = (time.monotonic(), viewer)
+        now = time.monotonic()
+        if len(self._users) >= _USERS_MAX:
+            # Every key and session seen would stay for good: keep the fresh ones only.
+            self._users = {k: v for k, v in self._users.items() if now - v[0] < _USER_TTL}
+            if len(self._users) >= _USERS_MAX:
+                self._users.clear()
+        self._users[cache_key] = (now, viewer)
         if viewer is None and key is not None:
             return False
         return viewer
