@@ -18,9 +18,10 @@ for both origins (:attr:`ContentRouter.content` and :attr:`ContentRouter.dashboa
 
 Content records (with where their files are) and callers are cached briefly so the
 hot path rarely touches the database (a record is read again in the background once
-it is two seconds old, which is how changes made on other nodes arrive; requests go on
-with the old record meanwhile); changes invalidate the content cache at once on this
-node, and with it the item's cached files.
+it is two seconds old, which is how changes made on other nodes arrive if their notice
+is lost; requests go on with the old record meanwhile, and records due are read in
+batches, a few queries for many items); changes invalidate the content cache at once on
+this node, and with it the item's cached files. The callers' cache is bounded.
 """
 
 from __future__ import annotations
