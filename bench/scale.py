@@ -420,7 +420,6 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(run_load(server, ws_guids, deployed.static, args.sessions, args.seconds,
                                  args.http_clients, load))
             load_during = loadavg()
-            after_fds = open_fds(server.pid)
             after_rss = settle(server.pid, 5)
             after_fds = open_fds(server.pid)
             row("websocket round trip", f"p50 {pct(load.round_trips, 50) * 1000:.1f} ms, "
