@@ -147,3 +147,32 @@ def test_router_cache_of_callers_stays_bounded(store: Store, monkeypatch: pytest
         assert list(router._users) == [f"k:more-{n}", "k:another"]
 
     asyncio.run(scenario())
+
+
+def test_router_cache_failed_batch_read_fails_its_waiters_once_and_is_tried_again(
+    store: Store, caplog: pytest.LogCaptureFixture,
+) -> None:
+    with store.session() as session:
+        owner = auth.create_user(session, "owner", "publisher", email="owner@example.org")
+        items = [Content(name=f"report-{n}", owner_id=owner.id, access_type="all") for n in range(3)]
+        session.add_all(items)
+        session.flush()
+        guids = [item.guid for item in items]
+    router = _router(store)
+    real = router._load_many
+
+    def broken(_guids: list[str]) -> dict[str, object]:
+        raise RuntimeError("the database is away")
+
+    async def scenario() -> None:
+        router._load_many = broken  # type: ignore[method-assign,assignment]
+        answers = await asyncio.gather(*(router._info(guid) for guid in guids), return_exceptions=True)
+        assert all(isinstance(answer, RuntimeError) for answer in answers)
+        assert not router._loading and not router._content
+        router._load_many = real  # type: ignore[method-assign]
+        again = await asyncio.gather(*(router._info(guid) for guid in guids))
+        assert [info.guid for info in again if info is not None] == guids
+
+    with caplog.at_level("ERROR", logger="podium.proxy.router"):
+        asyncio.run(scenario())
+    assert [record.getMessage() for record in caplog.records] == ["cannot read 3 content records"]

@@ -253,7 +253,7 @@ class ContentRouter:
             loading = self._pending.get(guid)
             if loading is None:
                 loading = self._pending[guid] = asyncio.get_running_loop().create_future()
-                loading.add_done_callback(_log_failure)
+                loading.add_done_callback(_retrieved)
             self._loading[guid] = loading
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.ensure_future(self._read_pending())
@@ -267,6 +267,7 @@ class ContentRouter:
             try:
                 infos = await asyncio.to_thread(self._load_many, list(batch))
             except Exception as error:
+                log.error("cannot read %d content records", len(batch), exc_info=error)
                 for guid, future in batch.items():
                     if self._loading.get(guid) is future:
                         del self._loading[guid]
@@ -614,9 +615,10 @@ def _then(first: Callable[[], None], second: Callable[[], None]) -> Callable[[],
     return both
 
 
-def _log_failure(read: asyncio.Future[ContentInfo | None]) -> None:
-    if not read.cancelled() and read.exception() is not None:
-        log.error("cannot read a content record", exc_info=read.exception())
+def _retrieved(read: asyncio.Future[ContentInfo | None]) -> None:
+    # A failed read is logged once for its batch; a refresh nobody waits for is no error.
+    if not read.cancelled():
+        read.exception()
 
 
 def api_key(headers: list[tuple[bytes, bytes]]) -> str | None:
