@@ -102,6 +102,19 @@ def app_socket_path(port: int) -> str:
     return f"/tmp/podium-bench-app-{port}.sock"
 
 
+def app_handoff_path(port: int) -> str:
+    """Where the app takes WebSocket connections the front hands over."""
+    return f"/tmp/podium-bench-app-{port}.handoff.sock"
+
+
+def serve_app_runner(port: int) -> None:
+    """The app as Podium runs ASGI content (``podium.apps.runner``): on 127.0.0.1:``port``
+    (direct), on a unix socket (the front's upstream) and on a hand-off socket."""
+    from podium.apps import runner
+
+    runner.serve_asgi("__main__:app", port, "", app_socket_path(port), app_handoff_path(port))
+
+
 def serve_app(port: int) -> None:
     """The app on 127.0.0.1:``port`` (direct) and on a unix socket (for the front)."""
     import uvicorn
@@ -129,9 +142,10 @@ class FixedRouter:
 
     prefix = b"/content/x"
 
-    def __init__(self, port: int, unix: bool) -> None:
+    def __init__(self, port: int, unix: bool, handoff: bool = False) -> None:
         self.port = port
         self.unix_path = app_socket_path(port) if unix else None
+        self.handoff_path = app_handoff_path(port) if handoff else None
 
     async def route(
         self,
@@ -142,17 +156,18 @@ class FixedRouter:
     ) -> Any:
         if target.startswith(self.prefix):
             rest = target[len(self.prefix) :] or b"/"
-            return Forward("127.0.0.1", self.port, rest, unix_path=self.unix_path)
+            return Forward("127.0.0.1", self.port, rest, unix_path=self.unix_path,
+                           handoff_path=self.handoff_path)
         return Respond(404, [], b"not found")
 
 
-def serve_front(port: int, upstream_port: int, unix: bool) -> None:
+def serve_front(port: int, upstream_port: int, unix: bool, handoff: bool = False) -> None:
     import uvloop
 
     from podium.proxy.front import Front
 
     async def main() -> None:
-        front = Front(FixedRouter(upstream_port, unix), "/nonexistent/podium-bench.sock")
+        front = Front(FixedRouter(upstream_port, unix, handoff), "/nonexistent/podium-bench.sock")
         await front.start("127.0.0.1", port)
         await asyncio.Event().wait()
 
@@ -576,6 +591,10 @@ def main(argv: list[str] | None = None) -> None:
         "--nginx", action="store_true",
         help="also measure nginx (Debian's, one worker) in front of the same app",
     )
+    parser.add_argument(
+        "--tunnel", action="store_true",
+        help="the front tunnels websockets (no hand-off; the app under plain uvicorn, as before)",
+    )
     parser.add_argument("--podium", action="store_true",
                         help="measure a real podium serve with the app deployed as content")
     parser.add_argument("--sandbox", action="store_true",
@@ -607,13 +626,14 @@ def main(argv: list[str] | None = None) -> None:
     front_port = free_port()
     with contextlib.ExitStack() as stack:
         if not args.app_port:
-            stack.enter_context(pinned(0, "serve-app", str(app_port)))
+            stack.enter_context(pinned(0, "serve-app" if args.tunnel else "serve-app-runner", str(app_port)))
         wait_for_port(app_port)
         if args.through:
             through_url = args.through
         else:
             upstream = "tcp" if args.tcp_upstream or args.app_port else "unix"
-            stack.enter_context(pinned(0, "serve-front", str(front_port), str(app_port), upstream))
+            handoff = [] if args.tunnel or args.app_port else ["handoff"]
+            stack.enter_context(pinned(0, "serve-front", str(front_port), str(app_port), upstream, *handoff))
             wait_for_port(front_port)
             through_url = f"http://127.0.0.1:{front_port}/content/x"
         direct_url = f"http://127.0.0.1:{app_port}"
@@ -634,7 +654,9 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "serve-app":
         serve_app(int(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "serve-front":
-        serve_front(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "unix")
+        serve_front(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "unix", sys.argv[5:] == ["handoff"])
+    elif len(sys.argv) > 1 and sys.argv[1] == "serve-app-runner":
+        serve_app_runner(int(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "ws-client":
         ws_client(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
     else:

@@ -30,6 +30,7 @@ from typing import Any
 from podium.proxy.connection import ClientConnection, HostMatcher
 from podium.proxy.decisions import Router
 from podium.proxy.pool import Key, Pool
+from podium.proxy.socket_handoff import HandedSession
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Front:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.clients: set[ClientConnection] = set()
         self.tasks: set[asyncio.Future[Any]] = set()
+        self.handed: set[HandedSession] = set()
         self.closing = False
         self._server: asyncio.Server | None = None
         self._content_server: asyncio.Server | None = None
@@ -140,6 +142,8 @@ class Front:
                     client.abort()
         for task in list(self.tasks):
             task.cancel()
+        for session in list(self.handed):  # sessions handed over live on in their processes
+            session.end()
         self.pool.close()
         # Let the transports report connection_lost (and call on_done) before returning.
         for _ in range(3):
