@@ -65,6 +65,11 @@ async def ws(socket: WebSocket):
         if text == "bye":
             await socket.close(code=4001)
             return
+        if text == "where":
+            await socket.send_json({"server": socket.scope.get("server"),
+                                    "identity": socket.headers.get("rstudio-connect-credentials"),
+                                    "authorization": socket.headers.get("authorization")})
+            continue
         await socket.send_text(text.upper())
 """
 
@@ -195,6 +200,14 @@ def test_fastapi_websocket_both_ways_with_close_code(server: RunningServer, fast
 
     async def talk() -> tuple[list[str], int | None]:
         async with websockets.connect(url, additional_headers={"Authorization": f"Key {key}"}) as ws:
+            # Handed over to the (sandboxed) content process: its socket is the viewer's,
+            # whose server address is Podium's listener; the head is the one the proxy
+            # forwards (identity added, the viewer's key removed).
+            await ws.send("where")
+            where = json.loads(await ws.recv())
+            assert where["server"] == ["127.0.0.1", int(server.url.rsplit(":", 1)[1])]
+            assert json.loads(where["identity"])["user"] == "py_publisher"
+            assert where["authorization"] is None
             replies = []
             for word in ("hello", "podium"):
                 await ws.send(word)

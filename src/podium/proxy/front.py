@@ -13,7 +13,9 @@ a client's own ``X-Podium-Origin`` is removed from it, so the app can tell them
 apart. There is no framework on this path: request heads are
 parsed with ``httptools``, bodies stream through as they arrive, responses are
 forwarded as raw bytes over pooled keep-alive upstream connections (see
-``podium.proxy.pool``), and a websocket becomes a byte tunnel after its 101.
+``podium.proxy.pool``), and a websocket becomes a byte tunnel after its 101, or, when
+the router names the content process's hand-off socket, is handed over to that process
+whole (``podium.proxy.socket_handoff``).
 
 Per client connection, requests are handled one at a time in order; a
 pipelined request waits (and reading pauses) until the previous response is
