@@ -264,17 +264,62 @@ def ws_rate(url: str, seconds: float) -> float:
     return float(out.strip().splitlines()[-1])
 
 
-def measure(base_url: str, seconds: float) -> Figures:
+# CPU time (user + system) of the servers on core 0 per operation, from /proc: unlike
+# the rates, it hardly moves with other load on the machine, so it says what each path
+# costs the core the app shares (through / direct cost = the ratio a quiet machine shows
+# when core 0 is the bottleneck).
+CPU_PIDS: list[int] = []
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (nginx's worker, Podium's content processes)."""
+    found = [pid]
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as children:
+                for child in children.read().split():
+                    found += _tree(int(child))
+    return found
+
+
+def cpu_seconds() -> float:
+    total = 0
+    for root in CPU_PIDS:
+        for pid in _tree(root):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
+
+
+@dataclass
+class Cpu:
+    small_us: float  # per request
+    big_ms: float  # per 10 MiB response
+    ws_us: float  # per round trip
+
+
+def measure(base_url: str, seconds: float, cpu: list[Cpu] | None = None) -> Figures:
     """Small requests/s, /big MiB/s and websocket round trips/s against ``base_url``.
 
     ``base_url`` is where the app's root is reached: ``http://127.0.0.1:PORT`` for the
     app itself, or a proxy URL whose path prefix maps to the app's root (a real
-    Podium server: ``http://127.0.0.1:3939/content/<guid>``).
+    Podium server: ``http://127.0.0.1:3939/content/<guid>``). With ``cpu``, the core-0
+    servers' CPU time per operation (``CPU_PIDS``) is appended to it.
     """
     base = base_url.rstrip("/")
+    used = [cpu_seconds()]
     small, _ = wrk(base + "/", 64, seconds)
+    used.append(cpu_seconds())
     _, big = wrk(base + "/big", 8, seconds)
+    used.append(cpu_seconds())
     ws = ws_rate(re.sub(r"^http", "ws", base) + "/ws", seconds)
+    used.append(cpu_seconds())
+    if cpu is not None and CPU_PIDS:
+        spent = [b - a for a, b in zip(used, used[1:], strict=False)]
+        cpu.append(Cpu(spent[0] / (small * seconds) * 1e6, spent[1] / (big * seconds / 10) * 1e3,
+                       spent[2] / (ws * seconds) * 1e6))
     return Figures(small, big, ws)
 
 
@@ -282,25 +327,40 @@ def compare(direct_url: str, through_url: str, seconds: float, rounds: int) -> N
     """Measure both sides ``rounds`` times, interleaved, and report the best of each.
 
     Interleaving and best-of-N keep other load on the machine from deciding the
-    ratios; every round is printed too.
+    ratios; every round is printed too, and (with ``CPU_PIDS``) the median CPU time the
+    core-0 servers spent per operation on each side.
     """
     for url in (direct_url, through_url):
         wrk(url.rstrip("/") + "/", 64, 1)  # warm up: connections, pools, caches
     directs: list[Figures] = []
     throughs: list[Figures] = []
+    cpus: tuple[list[Cpu], list[Cpu]] = ([], [])
     for index in range(rounds):
-        directs.append(measure(direct_url, seconds))
-        throughs.append(measure(through_url, seconds))
+        directs.append(measure(direct_url, seconds, cpus[0]))
+        throughs.append(measure(through_url, seconds, cpus[1]))
         if rounds > 1:
-            print(f"round {index + 1}:", flush=True)
+            print(f"round {index + 1}: (load average {load_average()})", flush=True)
             report(directs[-1], throughs[-1])
     best = [
         Figures(*(max(getattr(f, name) for f in figures) for name in Figures.__dataclass_fields__))
         for figures in (directs, throughs)
     ]
     if rounds > 1:
-        print(f"best of {rounds}:")
+        print(f"best of {rounds}: (load average {load_average()})")
     report(*best)
+    if cpus[0] and cpus[1]:
+        print(f"core-0 servers' CPU per operation, median of {rounds}:")
+        print(f"{'':40} {'direct':>10} {'through':>10} {'d/t':>7}")
+        for name, field, unit in (("small request", "small_us", "µs"), ("10 MiB response", "big_ms", "ms"),
+                                  ("websocket round trip", "ws_us", "µs")):
+            d = sorted(getattr(c, field) for c in cpus[0])[len(cpus[0]) // 2]
+            t = sorted(getattr(c, field) for c in cpus[1])[len(cpus[1]) // 2]
+            print(f"{name + ' (' + unit + ')':40} {d:10.1f} {t:10.1f} {d / t:6.2f}x")
+
+
+def load_average() -> str:
+    with open("/proc/loadavg") as loadavg:
+        return " ".join(loadavg.read().split()[:3])
 
 
 def free_port() -> int:
@@ -412,6 +472,7 @@ class Served:
     api: Any  # a requests session with the admin key
     base: str  # the API's URL
     cold_guid: str  # a second copy of the app, min_processes 0, for cold starts
+    pid: int = 0  # the server's (its content processes are its descendants)
 
 
 @contextlib.contextmanager
@@ -483,7 +544,7 @@ def podium_content(sandbox: str = "required", extra_env: dict[str, str] | None =
         job = next(j for j in api.get(f"{base}/v1/content/{guid}/jobs").json() if j["status"] == 0)
         with open(os.path.join(data_dir, "jobs", job["key"], "job.json")) as record:
             app_port = json.load(record)["port"]
-        yield Served(f"http://127.0.0.1:{app_port}", through, api, base, guids[1])
+        yield Served(f"http://127.0.0.1:{app_port}", through, api, base, guids[1], server.pid)
     finally:
         server.terminate()
         server.wait(30)
@@ -613,6 +674,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.podium:
         with podium_content() as served:
+            CPU_PIDS.append(served.pid)
             print(f"direct {served.direct}, through Podium {served.through}: {seconds:g} s each", flush=True)
             compare(served.direct, served.through, seconds, rounds)
         return
@@ -626,14 +688,17 @@ def main(argv: list[str] | None = None) -> None:
     front_port = free_port()
     with contextlib.ExitStack() as stack:
         if not args.app_port:
-            stack.enter_context(pinned(0, "serve-app" if args.tunnel else "serve-app-runner", str(app_port)))
+            app_proc = stack.enter_context(pinned(0, "serve-app" if args.tunnel else "serve-app-runner", str(app_port)))
+            CPU_PIDS.append(app_proc.pid)
         wait_for_port(app_port)
         if args.through:
             through_url = args.through
         else:
             upstream = "tcp" if args.tcp_upstream or args.app_port else "unix"
             handoff = [] if args.tunnel or args.app_port else ["handoff"]
-            stack.enter_context(pinned(0, "serve-front", str(front_port), str(app_port), upstream, *handoff))
+            front_proc = stack.enter_context(
+                pinned(0, "serve-front", str(front_port), str(app_port), upstream, *handoff))
+            CPU_PIDS.append(front_proc.pid)
             wait_for_port(front_port)
             through_url = f"http://127.0.0.1:{front_port}/content/x"
         direct_url = f"http://127.0.0.1:{app_port}"
@@ -643,7 +708,9 @@ def main(argv: list[str] | None = None) -> None:
             nginx_port = free_port()
             upstream = (f"127.0.0.1:{app_port}" if args.tcp_upstream or args.app_port
                         else f"unix:{app_socket_path(app_port)}")
-            stack.enter_context(nginx(nginx_port, upstream))
+            if not args.through:
+                CPU_PIDS[1:] = []  # the front is idle now
+            CPU_PIDS.append(stack.enter_context(nginx(nginx_port, upstream)).pid)
             wait_for_port(nginx_port)
             nginx_url = f"http://127.0.0.1:{nginx_port}/content/x"
             print(f"\nnginx, for comparison: direct {direct_url}, through {nginx_url}", flush=True)
