@@ -283,6 +283,24 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
+def listening_pids(port: int) -> list[int]:
+    """The processes holding a socket that listens on TCP ``port`` (a content process, which
+    Podium starts in a session of its own: not among the server's descendants)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if int(fields[1].rpartition(":")[2], 16) == port and fields[3] == "0A":
+                    inodes.add(f"socket:[{fields[9]}]")
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{pid}/fd")):
+                pids.append(int(pid))
+    return pids
+
+
 def cpu_seconds() -> float:
     total = 0
     for root in CPU_PIDS:
@@ -675,6 +693,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.podium:
         with podium_content() as served:
             CPU_PIDS.append(served.pid)
+            CPU_PIDS.extend(listening_pids(int(served.direct.rpartition(":")[2])))
             print(f"direct {served.direct}, through Podium {served.through}: {seconds:g} s each", flush=True)
             compare(served.direct, served.through, seconds, rounds)
         return
