@@ -376,6 +376,29 @@ def compare(direct_url: str, through_url: str, seconds: float, rounds: int) -> N
             print(f"{name + ' (' + unit + ')':40} {d:10.1f} {t:10.1f} {d / t:6.2f}x")
 
 
+def ws_at_once(direct_url: str, through_url: str, seconds: float, rounds: int) -> None:
+    """Half the websocket connections direct and half through, at the same time, against
+    the same app: both halves see the same load on the machine, so the ratio of their
+    round trip rates holds steady where separate runs do not. A handed-over session
+    should match a direct one (1.0x); a tunnelled one pays the extra hop's latency."""
+    half = WS_CONNECTIONS // 2
+    ratios = []
+    for _ in range(rounds):
+        procs = [
+            subprocess.Popen(
+                ["taskset", "-c", "1", sys.executable, HERE, "ws-client",
+                 re.sub(r"^http", "ws", url.rstrip("/")) + "/ws", str(half), str(seconds), WS_CLIENT[0]],
+                stdout=subprocess.PIPE, text=True,
+            )
+            for url in (direct_url, through_url)
+        ]
+        direct, through = (float(p.communicate()[0].strip().splitlines()[-1]) for p in procs)
+        ratios.append(through / direct)
+        print(f"websocket round trips/s at once, {half} + {half} conns: direct {direct:.0f}, "
+              f"through {through:.0f}, {through / direct:.2f}x (load average {load_average()})", flush=True)
+    print(f"at once: median {sorted(ratios)[len(ratios) // 2]:.2f}x of {rounds}")
+
+
 def load_average() -> str:
     with open("/proc/loadavg") as loadavg:
         return " ".join(loadavg.read().split()[:3])
@@ -696,6 +719,7 @@ def main(argv: list[str] | None = None) -> None:
             CPU_PIDS.extend(listening_pids(int(served.direct.rpartition(":")[2])))
             print(f"direct {served.direct}, through Podium {served.through}: {seconds:g} s each", flush=True)
             compare(served.direct, served.through, seconds, rounds)
+            ws_at_once(served.direct, served.through, seconds, rounds)
         return
     if args.sandbox:
         compare_sandbox(seconds, rounds)
@@ -723,6 +747,7 @@ def main(argv: list[str] | None = None) -> None:
         direct_url = f"http://127.0.0.1:{app_port}"
         print(f"direct {direct_url}, through {through_url}: {seconds:g} s each", flush=True)
         compare(direct_url, through_url, seconds, rounds)
+        ws_at_once(direct_url, through_url, seconds, rounds)
         if args.nginx:
             nginx_port = free_port()
             upstream = (f"127.0.0.1:{app_port}" if args.tcp_upstream or args.app_port
@@ -734,6 +759,7 @@ def main(argv: list[str] | None = None) -> None:
             nginx_url = f"http://127.0.0.1:{nginx_port}/content/x"
             print(f"\nnginx, for comparison: direct {direct_url}, through {nginx_url}", flush=True)
             compare(direct_url, nginx_url, seconds, rounds)
+            ws_at_once(direct_url, nginx_url, seconds, rounds)
 
 
 if __name__ == "__main__":
