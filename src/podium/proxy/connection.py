@@ -464,7 +464,9 @@ class ClientConnection(asyncio.Protocol):
         if fwd is not None and (fwd.read_timeout_seconds or fwd.connection_timeout_seconds):
             now = self.loop.time()
             self.rx_at = self.io_at = now
-            first = min(t for t in (fwd.read_timeout_seconds, fwd.connection_timeout_seconds) if t)
+            read, idle = fwd.read_timeout_seconds, fwd.connection_timeout_seconds
+            first = min(read, idle) if read and idle else (read or idle)
+            assert first is not None
             self.timer = self.loop.call_at(now + first, self._on_timer)
         conn = self.front.pool.take(key)
         if conn is not None:
