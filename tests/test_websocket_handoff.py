@@ -198,7 +198,7 @@ def test_websocket_is_tunnelled_when_the_content_takes_no_hand_off(content: Cont
     run(main)
 
 
-def test_a_handed_over_connection_serves_the_upgrade_request_only(content: Content) -> None:
+def test_a_refused_upgrade_ends_the_handed_over_connection(content: Content) -> None:
     """A viewer whose upgrade is refused cannot go on to send requests of its own (a forged
     identity header) on the connection the content process now holds."""
 
@@ -233,5 +233,57 @@ def test_a_handed_over_session_keeps_the_read_timeout(content: Content) -> None:
                 with pytest.raises(websockets.ConnectionClosed):
                     await asyncio.wait_for(ws.recv(), 20)  # the content process closes it
             await router.wait_done(1)
+
+    run(main)
+
+
+def test_a_handed_over_connection_that_stays_http_serves_the_upgrade_request_only(tmp_path: Path) -> None:
+    """A server with no WebSocket support answers the upgrade request as plain HTTP and
+    would read the next request from the viewer's socket itself: the runner closes the
+    connection instead, so nothing reaches the content without the proxy's decision."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from podium.apps import runner
+
+    async def page(request: Request) -> JSONResponse:
+        return JSONResponse({"identity": request.headers.get("x-identity")})
+
+    async def main() -> None:
+        app_socket = str(tmp_path / "app.sock")
+        config = uvicorn.Config(Starlette(routes=[Route("/", page)]), uds=app_socket, ws="none",
+                                lifespan="off", log_level="warning")
+        server = uvicorn.Server(config)
+        serving = asyncio.ensure_future(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.01)
+        handoff = runner.Handoff(str(tmp_path / "handoff.sock"), runner.uvicorn_protocol_factory(server))
+        handoff.start()
+        router = Router(Content(0, app_socket, handoff.path), handoff.path)
+        try:
+            async with front(router) as proxy:
+                reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+                writer.write(
+                    b"GET /content/x/ HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                )
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200")  # answered as HTTP, by the content
+                assert not proxy.clients and len(proxy.handed) == 1  # on the handed-over socket
+                writer.write(b"GET /content/x/ HTTP/1.1\r\nHost: t\r\nX-Identity: admin\r\n\r\n")
+                rest = b""
+                with contextlib.suppress(ConnectionError):
+                    while chunk := await reader.read(65536):
+                        rest += chunk
+                assert b"admin" not in rest and rest.count(b"HTTP/1.1") == 0, rest
+                writer.close()
+                await router.wait_done(1)
+        finally:
+            handoff.close()
+            server.should_exit = True
+            await serving
 
     run(main)
