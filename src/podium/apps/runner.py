@@ -302,6 +302,18 @@ class HandedConnection:
         self.timer = _loop().call_later(wait + 0.01, self._check_timeouts)
 
 
+def raise_file_limit() -> None:
+    """Raise this process's open-file limit to its hard limit: a handed-over session holds
+    two descriptors here (the viewer's socket and the proxy's connection), and the usual
+    soft limit of 1024 would cap a process at about 500 sessions."""
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _loop() -> Any:
     import asyncio
 
@@ -320,6 +332,7 @@ class Handoff:
 
     def start(self) -> None:
         self.loop = _loop()
+        raise_file_limit()
         listener = bind_unix_socket(self.path)
         listener.listen(256)
         listener.setblocking(False)
@@ -335,14 +348,24 @@ class Handoff:
                 os.unlink(self.path)
 
     def _accept(self) -> None:
-        assert self.listener is not None
+        listener = self.listener
+        assert listener is not None
         try:
-            conn, _ = self.listener.accept()
+            conn, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # out of file descriptors: try again shortly, do not spin
+            print(f"podium: cannot take a handed-over connection: {exc}", file=sys.stderr, flush=True)
+            self.loop.remove_reader(listener.fileno())
+            self.loop.call_later(0.5, self._listen_again, listener)
             return
         conn.setblocking(False)
         state: dict[str, Any] = {"data": b"", "fds": []}
         self.loop.add_reader(conn.fileno(), self._read, conn, state)
+
+    def _listen_again(self, listener: socket.socket) -> None:
+        if listener is self.listener:
+            self.loop.add_reader(listener.fileno(), self._accept)
 
     def _read(self, conn: socket.socket, state: dict[str, Any]) -> None:
         try:
