@@ -102,6 +102,19 @@ def app_socket_path(port: int) -> str:
     return f"/tmp/podium-bench-app-{port}.sock"
 
 
+def app_handoff_path(port: int) -> str:
+    """Where the app takes WebSocket connections the front hands over."""
+    return f"/tmp/podium-bench-app-{port}.handoff.sock"
+
+
+def serve_app_runner(port: int) -> None:
+    """The app as Podium runs ASGI content (``podium.apps.runner``): on 127.0.0.1:``port``
+    (direct), on a unix socket (the front's upstream) and on a hand-off socket."""
+    from podium.apps import runner
+
+    runner.serve_asgi("__main__:app", port, "", app_socket_path(port), app_handoff_path(port))
+
+
 def serve_app(port: int) -> None:
     """The app on 127.0.0.1:``port`` (direct) and on a unix socket (for the front)."""
     import uvicorn
@@ -129,9 +142,10 @@ class FixedRouter:
 
     prefix = b"/content/x"
 
-    def __init__(self, port: int, unix: bool) -> None:
+    def __init__(self, port: int, unix: bool, handoff: bool = False) -> None:
         self.port = port
         self.unix_path = app_socket_path(port) if unix else None
+        self.handoff_path = app_handoff_path(port) if handoff else None
 
     async def route(
         self,
@@ -142,17 +156,18 @@ class FixedRouter:
     ) -> Any:
         if target.startswith(self.prefix):
             rest = target[len(self.prefix) :] or b"/"
-            return Forward("127.0.0.1", self.port, rest, unix_path=self.unix_path)
+            return Forward("127.0.0.1", self.port, rest, unix_path=self.unix_path,
+                           handoff_path=self.handoff_path)
         return Respond(404, [], b"not found")
 
 
-def serve_front(port: int, upstream_port: int, unix: bool) -> None:
+def serve_front(port: int, upstream_port: int, unix: bool, handoff: bool = False) -> None:
     import uvloop
 
     from podium.proxy.front import Front
 
     async def main() -> None:
-        front = Front(FixedRouter(upstream_port, unix), "/nonexistent/podium-bench.sock")
+        front = Front(FixedRouter(upstream_port, unix, handoff), "/nonexistent/podium-bench.sock")
         await front.start("127.0.0.1", port)
         await asyncio.Event().wait()
 
@@ -249,17 +264,80 @@ def ws_rate(url: str, seconds: float) -> float:
     return float(out.strip().splitlines()[-1])
 
 
-def measure(base_url: str, seconds: float) -> Figures:
+# CPU time (user + system) of the servers on core 0 per operation, from /proc: unlike
+# the rates, it hardly moves with other load on the machine, so it says what each path
+# costs the core the app shares (through / direct cost = the ratio a quiet machine shows
+# when core 0 is the bottleneck).
+CPU_PIDS: list[int] = []
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (nginx's worker, Podium's content processes)."""
+    found = [pid]
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as children:
+                for child in children.read().split():
+                    found += _tree(int(child))
+    return found
+
+
+def listening_pids(port: int) -> list[int]:
+    """The processes holding a socket that listens on TCP ``port`` (a content process, which
+    Podium starts in a session of its own: not among the server's descendants)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if int(fields[1].rpartition(":")[2], 16) == port and fields[3] == "0A":
+                    inodes.add(f"socket:[{fields[9]}]")
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{pid}/fd")):
+                pids.append(int(pid))
+    return pids
+
+
+def cpu_seconds() -> float:
+    total = 0
+    for root in CPU_PIDS:
+        for pid in _tree(root):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
+
+
+@dataclass
+class Cpu:
+    small_us: float  # per request
+    big_ms: float  # per 10 MiB response
+    ws_us: float  # per round trip
+
+
+def measure(base_url: str, seconds: float, cpu: list[Cpu] | None = None) -> Figures:
     """Small requests/s, /big MiB/s and websocket round trips/s against ``base_url``.
 
     ``base_url`` is where the app's root is reached: ``http://127.0.0.1:PORT`` for the
     app itself, or a proxy URL whose path prefix maps to the app's root (a real
-    Podium server: ``http://127.0.0.1:3939/content/<guid>``).
+    Podium server: ``http://127.0.0.1:3939/content/<guid>``). With ``cpu``, the core-0
+    servers' CPU time per operation (``CPU_PIDS``) is appended to it.
     """
     base = base_url.rstrip("/")
+    used = [cpu_seconds()]
     small, _ = wrk(base + "/", 64, seconds)
+    used.append(cpu_seconds())
     _, big = wrk(base + "/big", 8, seconds)
+    used.append(cpu_seconds())
     ws = ws_rate(re.sub(r"^http", "ws", base) + "/ws", seconds)
+    used.append(cpu_seconds())
+    if cpu is not None and CPU_PIDS:
+        spent = [b - a for a, b in zip(used, used[1:], strict=False)]
+        cpu.append(Cpu(spent[0] / (small * seconds) * 1e6, spent[1] / (big * seconds / 10) * 1e3,
+                       spent[2] / (ws * seconds) * 1e6))
     return Figures(small, big, ws)
 
 
@@ -267,25 +345,63 @@ def compare(direct_url: str, through_url: str, seconds: float, rounds: int) -> N
     """Measure both sides ``rounds`` times, interleaved, and report the best of each.
 
     Interleaving and best-of-N keep other load on the machine from deciding the
-    ratios; every round is printed too.
+    ratios; every round is printed too, and (with ``CPU_PIDS``) the median CPU time the
+    core-0 servers spent per operation on each side.
     """
     for url in (direct_url, through_url):
         wrk(url.rstrip("/") + "/", 64, 1)  # warm up: connections, pools, caches
     directs: list[Figures] = []
     throughs: list[Figures] = []
+    cpus: tuple[list[Cpu], list[Cpu]] = ([], [])
     for index in range(rounds):
-        directs.append(measure(direct_url, seconds))
-        throughs.append(measure(through_url, seconds))
+        directs.append(measure(direct_url, seconds, cpus[0]))
+        throughs.append(measure(through_url, seconds, cpus[1]))
         if rounds > 1:
-            print(f"round {index + 1}:", flush=True)
+            print(f"round {index + 1}: (load average {load_average()})", flush=True)
             report(directs[-1], throughs[-1])
     best = [
         Figures(*(max(getattr(f, name) for f in figures) for name in Figures.__dataclass_fields__))
         for figures in (directs, throughs)
     ]
     if rounds > 1:
-        print(f"best of {rounds}:")
+        print(f"best of {rounds}: (load average {load_average()})")
     report(*best)
+    if cpus[0] and cpus[1]:
+        print(f"core-0 servers' CPU per operation, median of {rounds}:")
+        print(f"{'':40} {'direct':>10} {'through':>10} {'d/t':>7}")
+        for name, field, unit in (("small request", "small_us", "µs"), ("10 MiB response", "big_ms", "ms"),
+                                  ("websocket round trip", "ws_us", "µs")):
+            d = sorted(getattr(c, field) for c in cpus[0])[len(cpus[0]) // 2]
+            t = sorted(getattr(c, field) for c in cpus[1])[len(cpus[1]) // 2]
+            print(f"{name + ' (' + unit + ')':40} {d:10.1f} {t:10.1f} {d / t:6.2f}x")
+
+
+def ws_at_once(direct_url: str, through_url: str, seconds: float, rounds: int) -> None:
+    """Half the websocket connections direct and half through, at the same time, against
+    the same app: both halves see the same load on the machine, so the ratio of their
+    round trip rates holds steady where separate runs do not. A handed-over session
+    should match a direct one (1.0x); a tunnelled one pays the extra hop's latency."""
+    half = WS_CONNECTIONS // 2
+    ratios = []
+    for _ in range(rounds):
+        procs = [
+            subprocess.Popen(
+                ["taskset", "-c", "1", sys.executable, HERE, "ws-client",
+                 re.sub(r"^http", "ws", url.rstrip("/")) + "/ws", str(half), str(seconds), WS_CLIENT[0]],
+                stdout=subprocess.PIPE, text=True,
+            )
+            for url in (direct_url, through_url)
+        ]
+        direct, through = (float(p.communicate()[0].strip().splitlines()[-1]) for p in procs)
+        ratios.append(through / direct)
+        print(f"websocket round trips/s at once, {half} + {half} conns: direct {direct:.0f}, "
+              f"through {through:.0f}, {through / direct:.2f}x (load average {load_average()})", flush=True)
+    print(f"at once: median {sorted(ratios)[len(ratios) // 2]:.2f}x of {rounds}")
+
+
+def load_average() -> str:
+    with open("/proc/loadavg") as loadavg:
+        return " ".join(loadavg.read().split()[:3])
 
 
 def free_port() -> int:
@@ -397,6 +513,7 @@ class Served:
     api: Any  # a requests session with the admin key
     base: str  # the API's URL
     cold_guid: str  # a second copy of the app, min_processes 0, for cold starts
+    pid: int = 0  # the server's (its content processes are its descendants)
 
 
 @contextlib.contextmanager
@@ -468,7 +585,7 @@ def podium_content(sandbox: str = "required", extra_env: dict[str, str] | None =
         job = next(j for j in api.get(f"{base}/v1/content/{guid}/jobs").json() if j["status"] == 0)
         with open(os.path.join(data_dir, "jobs", job["key"], "job.json")) as record:
             app_port = json.load(record)["port"]
-        yield Served(f"http://127.0.0.1:{app_port}", through, api, base, guids[1])
+        yield Served(f"http://127.0.0.1:{app_port}", through, api, base, guids[1], server.pid)
     finally:
         server.terminate()
         server.wait(30)
@@ -576,6 +693,10 @@ def main(argv: list[str] | None = None) -> None:
         "--nginx", action="store_true",
         help="also measure nginx (Debian's, one worker) in front of the same app",
     )
+    parser.add_argument(
+        "--tunnel", action="store_true",
+        help="the front tunnels websockets (no hand-off; the app under plain uvicorn, as before)",
+    )
     parser.add_argument("--podium", action="store_true",
                         help="measure a real podium serve with the app deployed as content")
     parser.add_argument("--sandbox", action="store_true",
@@ -594,8 +715,11 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.podium:
         with podium_content() as served:
+            CPU_PIDS.append(served.pid)
+            CPU_PIDS.extend(listening_pids(int(served.direct.rpartition(":")[2])))
             print(f"direct {served.direct}, through Podium {served.through}: {seconds:g} s each", flush=True)
             compare(served.direct, served.through, seconds, rounds)
+            ws_at_once(served.direct, served.through, seconds, rounds)
         return
     if args.sandbox:
         compare_sandbox(seconds, rounds)
@@ -607,34 +731,44 @@ def main(argv: list[str] | None = None) -> None:
     front_port = free_port()
     with contextlib.ExitStack() as stack:
         if not args.app_port:
-            stack.enter_context(pinned(0, "serve-app", str(app_port)))
+            app_proc = stack.enter_context(pinned(0, "serve-app" if args.tunnel else "serve-app-runner", str(app_port)))
+            CPU_PIDS.append(app_proc.pid)
         wait_for_port(app_port)
         if args.through:
             through_url = args.through
         else:
             upstream = "tcp" if args.tcp_upstream or args.app_port else "unix"
-            stack.enter_context(pinned(0, "serve-front", str(front_port), str(app_port), upstream))
+            handoff = [] if args.tunnel or args.app_port else ["handoff"]
+            front_proc = stack.enter_context(
+                pinned(0, "serve-front", str(front_port), str(app_port), upstream, *handoff))
+            CPU_PIDS.append(front_proc.pid)
             wait_for_port(front_port)
             through_url = f"http://127.0.0.1:{front_port}/content/x"
         direct_url = f"http://127.0.0.1:{app_port}"
         print(f"direct {direct_url}, through {through_url}: {seconds:g} s each", flush=True)
         compare(direct_url, through_url, seconds, rounds)
+        ws_at_once(direct_url, through_url, seconds, rounds)
         if args.nginx:
             nginx_port = free_port()
             upstream = (f"127.0.0.1:{app_port}" if args.tcp_upstream or args.app_port
                         else f"unix:{app_socket_path(app_port)}")
-            stack.enter_context(nginx(nginx_port, upstream))
+            if not args.through:
+                CPU_PIDS[1:] = []  # the front is idle now
+            CPU_PIDS.append(stack.enter_context(nginx(nginx_port, upstream)).pid)
             wait_for_port(nginx_port)
             nginx_url = f"http://127.0.0.1:{nginx_port}/content/x"
             print(f"\nnginx, for comparison: direct {direct_url}, through {nginx_url}", flush=True)
             compare(direct_url, nginx_url, seconds, rounds)
+            ws_at_once(direct_url, nginx_url, seconds, rounds)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "serve-app":
         serve_app(int(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "serve-front":
-        serve_front(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "unix")
+        serve_front(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "unix", sys.argv[5:] == ["handoff"])
+    elif len(sys.argv) > 1 and sys.argv[1] == "serve-app-runner":
+        serve_app_runner(int(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "ws-client":
         ws_client(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
     else:

@@ -112,6 +112,19 @@ def test_launch_plan_unix_socket_only_for_servers_that_listen_on_two_sockets() -
         assert the_plan.unix_socket is None and sock not in the_plan.argv
 
 
+def test_launch_plan_handoff_socket_only_for_asgi() -> None:
+    """Only the runner's uvicorn can take a connected socket; every other server is tunnelled."""
+    sock, handoff = "/data/run/sockets/run-x.sock", "/data/run/sockets/run-x.handoff.sock"
+    the_plan = launch_plan("python-fastapi", None, PY, RUNNER, 8123, BASE, sock, handoff_socket=handoff)
+    assert the_plan.handoff_socket == handoff
+    assert the_plan.argv[the_plan.argv.index("--handoff-socket") + 1] == handoff
+    for mode in ("python-api", "python-dash", "python-streamlit", "python-shiny", "python-bokeh",
+                 "python-panel", "python-gradio", "jupyter-voila"):
+        the_plan = launch_plan(mode, None if mode != "jupyter-voila" else "app.ipynb", PY, RUNNER, 8123, BASE,
+                               sock, handoff_socket=handoff)
+        assert the_plan.handoff_socket is None and handoff not in the_plan.argv
+
+
 def test_launch_plan_binds_the_given_host_on_the_command_line() -> None:
     # On Kubernetes the scheduler passes $(POD_IP), which the kubelet expands.
     for mode, expected in (("python-streamlit", ["--server.address", "$(POD_IP)"]),

@@ -65,6 +65,11 @@ async def ws(socket: WebSocket):
         if text == "bye":
             await socket.close(code=4001)
             return
+        if text == "where":
+            await socket.send_json({"server": socket.scope.get("server"),
+                                    "identity": socket.headers.get("rstudio-connect-credentials"),
+                                    "authorization": socket.headers.get("authorization")})
+            continue
         await socket.send_text(text.upper())
 """
 
@@ -195,6 +200,14 @@ def test_fastapi_websocket_both_ways_with_close_code(server: RunningServer, fast
 
     async def talk() -> tuple[list[str], int | None]:
         async with websockets.connect(url, additional_headers={"Authorization": f"Key {key}"}) as ws:
+            # Handed over to the (sandboxed) content process: its socket is the viewer's,
+            # whose server address is Podium's listener; the head is the one the proxy
+            # forwards (identity added, the viewer's key removed).
+            await ws.send("where")
+            where = json.loads(await ws.recv())
+            assert where["server"] == ["127.0.0.1", int(server.url.rsplit(":", 1)[1])]
+            assert json.loads(where["identity"])["user"] == "py_publisher"
+            assert where["authorization"] is None
             replies = []
             for word in ("hello", "podium"):
                 await ws.send(word)
@@ -209,6 +222,33 @@ def test_fastapi_websocket_both_ways_with_close_code(server: RunningServer, fast
     replies, code = asyncio.run(talk())
     assert replies == ["HELLO", "PODIUM"]
     assert code == 4001
+
+
+def test_a_handed_over_websocket_holds_its_process_past_the_idle_timeout(
+    server: RunningServer, fastapi_app: str
+) -> None:
+    """A handed-over session lives in the content process, not in the proxy: its lease is
+    held until the session ends, so idle shutdown does not stop the process under it; once
+    it ends, the lease is released and the idle process stops."""
+    import websockets
+
+    key = server.user_key("py_publisher", "publisher")
+    url = content_url(server, fastapi_app).replace("http://", "ws://") + "ws"
+    patch(server, fastapi_app, idle_timeout=1)
+    try:
+        async def talk() -> str:
+            async with websockets.connect(url, additional_headers={"Authorization": f"Key {key}"}) as ws:
+                await ws.send("where")
+                where = json.loads(await ws.recv())
+                assert where["server"] == ["127.0.0.1", int(server.url.rsplit(":", 1)[1])]  # handed over
+                await asyncio.sleep(4)  # several housekeeping rounds past idle_timeout
+                await ws.send("still here")
+                return str(await ws.recv())
+
+        assert asyncio.run(talk()) == "STILL HERE"
+        wait_until(lambda: not active_run_jobs(server, fastapi_app), seconds=30)
+    finally:
+        patch(server, fastapi_app, idle_timeout=None)
 
 
 def test_jobs_api_lists_build_and_run_with_logs(server: RunningServer, fastapi_app: str) -> None:

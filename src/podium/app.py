@@ -245,6 +245,7 @@ def build(settings: Settings) -> Node:
         jobs, str(write_runner(layout.runtime)), targets.content_env, settings.stop_grace_seconds,
         allocate_port, socket_dir, listen_host, warm_targets=targets.warm_targets,
         keeps_minimums=lambda: leases.held(DUTY_MINIMUMS), active_bundles=targets.active_bundles,
+        websocket_handoff=settings.websocket_handoff,
     )
 
     async def take_over(dead: DeadNode) -> None:

@@ -90,6 +90,8 @@ class Process:
     address: tuple[str, int] | None = None
     # a unix socket the process also listens on (local processes; see podium.apps)
     unix_path: str | None = None
+    # where it takes WebSocket connections handed over (podium.proxy.socket_handoff)
+    handoff_path: str | None = None
     strip_prefix: bool = True
     conns: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -139,6 +141,10 @@ class Lease:
         return self.process.unix_path
 
     @property
+    def handoff_path(self) -> str | None:
+        return self.process.handoff_path
+
+    @property
     def strip_prefix(self) -> bool:
         return self.process.strip_prefix
 
@@ -179,6 +185,7 @@ class Scheduler:
         warm_targets: Callable[[], list[AppTarget]] | None = None,
         keeps_minimums: Callable[[], bool] | None = None,
         active_bundles: Callable[[set[int]], dict[int, int | None]] | None = None,
+        websocket_handoff: bool = True,
     ) -> None:
         """``env_factory``: the environment of a new process of a target. ``socket_dir``:
         where processes on this host also listen on unix sockets (the local backend; None
@@ -190,9 +197,13 @@ class Scheduler:
         extras and crashed processes are each node's own business: a node only ever
         reaps the processes it launched, so that needs no lease. ``active_bundles``: the
         active bundle of content ids (None: no check); after :meth:`content_changed`
-        (a change on any node), pools of bundles no longer active retire."""
+        (a change on any node), pools of bundles no longer active retire.
+        ``websocket_handoff``: processes that can (ASGI content) also get a hand-off socket
+        in ``socket_dir``, where the proxy hands them WebSocket connections
+        (:mod:`podium.proxy.socket_handoff`)."""
         self.jobs = jobs
         self.socket_dir = socket_dir
+        self.websocket_handoff = websocket_handoff
         self.listen_host = listen_host
         self.runner_path = runner_path
         self.env_factory = env_factory
@@ -269,13 +280,16 @@ class Scheduler:
 
     # --- starting -----------------------------------------------------------------------
 
-    def _socket_path(self, key: str, sandboxed: bool) -> str | None:
-        """The unix socket of process ``key``, or None (no socket dir, or a path too
-        long for a unix socket address: the process is then reached over TCP only). A
+    def _socket_path(self, key: str, sandboxed: bool, name: str = "app") -> str | None:
+        """The unix socket ``name`` of process ``key``, or None (no socket dir, or a path
+        too long for a unix socket address: the process is then reached over TCP only). A
         sandboxed process gets a folder of its own, the only one of the socket dir it sees."""
         if self.socket_dir is None:
             return None
-        path = str(self.socket_dir / key / "app.sock" if sandboxed else self.socket_dir / f"{key}.sock")
+        if sandboxed:
+            path = str(self.socket_dir / key / f"{name}.sock")
+        else:
+            path = str(self.socket_dir / (f"{key}.sock" if name == "app" else f"{key}.{name}.sock"))
         return path if len(path.encode()) < _MAX_UNIX_PATH else None
 
     def _spawn(self, pool: Pool) -> Process:
@@ -293,12 +307,16 @@ class Scheduler:
             if sandbox is not None and socket is not None:
                 folder = prepare_writable(os.path.dirname(socket), sandbox.uid, sandbox.gid)
                 sandbox = replace(sandbox, writable=(*sandbox.writable, str(folder)))
+            handoff = None
+            if self.websocket_handoff and socket is not None:
+                handoff = self._socket_path(process.key, sandbox is not None, "handoff")
             plan = launch_plan(
                 target.app_mode, target.entrypoint, target.python, self.runner_path, port,
-                target.base_path, socket, self.listen_host,
+                target.base_path, socket, self.listen_host, handoff,
             )
             process.strip_prefix = plan.strip_prefix
             process.unix_path = plan.unix_socket
+            process.handoff_path = plan.handoff_socket
             plain, secret = await asyncio.to_thread(self.env_factory, target)
             env = {**plain, **plan.env, "PORT": str(port)}
             spec = JobSpec(
@@ -310,7 +328,7 @@ class Scheduler:
             )
             meta: dict[str, object] = {
                 "base_path": target.base_path, "strip_prefix": plan.strip_prefix,
-                "unix_socket": plan.unix_socket,
+                "unix_socket": plan.unix_socket, "handoff_socket": plan.handoff_socket,
             }
             for warning in target.resource_warnings:
                 log.warning("content %s: job %s: %s", target.content_guid, process.key, warning)
@@ -350,6 +368,8 @@ class Scheduler:
             if process.address is not None and await _answers_http(process.address, probe_path):
                 if process.unix_path is not None and not os.path.exists(process.unix_path):
                     process.unix_path = None  # TCP works; the socket did not appear
+                if process.handoff_path is not None and not os.path.exists(process.handoff_path):
+                    process.handoff_path = None  # websockets are tunnelled
                 process.last_active = time.monotonic()
                 process.ready.set()
                 log.info(
@@ -387,9 +407,10 @@ class Scheduler:
     def _remove(self, pool: Pool, process: Process) -> None:
         if process in pool.processes:
             pool.processes.remove(process)
-        if process.unix_path is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(process.unix_path)  # left behind when the process was killed
+        for path in (process.unix_path, process.handoff_path):
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)  # left behind when the process was killed
         if self.socket_dir is not None:  # a sandboxed process's socket folder
             shutil.rmtree(self.socket_dir / process.key, ignore_errors=True)
 
@@ -533,10 +554,11 @@ class Scheduler:
             await self.jobs.stop(handle, self.stop_grace_seconds)
             return
         pool = self._pool(target)
-        unix = row.meta.get("unix_socket")
+        unix, handoff = row.meta.get("unix_socket"), row.meta.get("handoff_socket")
         process = Process(
             row.key, handle=handle, strip_prefix=bool(row.meta.get("strip_prefix", True)),
             unix_path=unix if isinstance(unix, str) and os.path.exists(unix) else None,
+            handoff_path=handoff if isinstance(handoff, str) and os.path.exists(handoff) else None,
         )
         process.address = await self.jobs.backend.address(handle)
         pool.processes.append(process)

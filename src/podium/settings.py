@@ -391,6 +391,18 @@ class Settings(BaseSettings):
         "uvicorn answers about three times as many requests without it). One content item can "
         "ask for it with its own environment variable PODIUM_ACCESS_LOG=1.",
     )
+    websocket_handoff: bool = setting(
+        True,
+        "scheduler",
+        "Hand each WebSocket connection to the local ASGI content process (FastAPI, Quart, "
+        "any app the runner serves with uvicorn) once its viewer is let in, instead of "
+        "tunnelling every message through the server: the process takes the viewer's socket "
+        "itself (over a unix socket beside its app socket), so messages cost what direct "
+        "access costs; usage, idle shutdown and the read and connection timeouts still see "
+        "the whole session. Other servers (gunicorn, Streamlit, Shiny, Bokeh, Gradio, R), "
+        "and content on Kubernetes, are tunnelled either way. false: tunnel everything. "
+        "Applies to processes started after the change.",
+    )
     keep_processes_on_shutdown: bool | None = setting(
         None,
         "scheduler",

@@ -56,7 +56,8 @@ class LaunchPlan:
     (the backend adds ``PORT`` and everything else). ``strip_prefix`` True means the
     proxy forwards ``/content/<guid>/x`` as ``/x``; False means it forwards the path
     unchanged. ``tag`` is Connect's job tag for the mode. ``unix_socket`` is the path
-    the process also listens on (see :func:`launch_plan`), or None.
+    the process also listens on (see :func:`launch_plan`), or None; ``handoff_socket``
+    where it takes WebSocket connections the proxy hands over, or None.
     """
 
     argv: list[str]
@@ -64,6 +65,7 @@ class LaunchPlan:
     strip_prefix: bool
     tag: str
     unix_socket: str | None = None
+    handoff_socket: str | None = None
 
 
 # Packages added to the package environment so the launch works when the bundle's
@@ -173,6 +175,7 @@ def launch_plan(
     base_path: str,
     unix_socket: str | None = None,
     host: str = HOST,
+    handoff_socket: str | None = None,
 ) -> LaunchPlan:
     """The launch plan for one content process.
 
@@ -182,7 +185,11 @@ def launch_plan(
     ``unix_socket``, when given, is a path where the servers that can listen on two
     sockets at once (uvicorn for ASGI, gunicorn for WSGI and Dash) also listen: the
     proxy on the same host reaches them there for fewer cycles per message than
-    loopback TCP costs (``LaunchPlan.unix_socket`` says whether it applies). ``host``
+    loopback TCP costs (``LaunchPlan.unix_socket`` says whether it applies).
+    ``handoff_socket``, when given, is a path where ASGI content (the runner's uvicorn)
+    takes the WebSocket connections the proxy hands over to it instead of tunnelling them
+    (:mod:`podium.proxy.socket_handoff`; ``LaunchPlan.handoff_socket`` says whether it
+    applies: other servers cannot take a connected socket and are tunnelled). ``host``
     is the address that servers started by their own command line (Streamlit, Panel,
     Voila) bind: loopback locally; on Kubernetes ``$(POD_IP)``, which the kubelet
     expands from the container's environment (the runner reads ``$POD_IP`` itself). Raises
@@ -214,6 +221,9 @@ def launch_plan(
         unix = unix_socket if server in _DUAL_SOCKET_SERVERS else None
         if unix is not None:
             args += ["--unix-socket", unix]
+        handoff = handoff_socket if server == "asgi" else None
+        if handoff is not None:
+            args += ["--handoff-socket", handoff]
         if app_mode == "python-dash":
             # Dash builds asset and callback URLs from the requests prefix and routes on
             # the routes prefix: the proxy strips the public prefix, so routes are at /.
@@ -221,7 +231,7 @@ def launch_plan(
         if app_mode == "python-gradio":
             env.update(GRADIO_ANALYTICS_ENABLED="False")
         argv = [python, runner, server, *args, "--prefix", prefix]
-        return LaunchPlan(argv, env, strip_prefix=True, tag=tag, unix_socket=unix)
+        return LaunchPlan(argv, env, strip_prefix=True, tag=tag, unix_socket=unix, handoff_socket=handoff)
 
     if app_mode == "python-streamlit":
         argv = [

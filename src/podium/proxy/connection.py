@@ -26,7 +26,7 @@ from typing import Any, Protocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser
 
-from podium.proxy import files, http
+from podium.proxy import files, http, socket_handoff
 from podium.proxy.decisions import Decision, Forward, PassToApp, Respond, Router, ServeFile
 from podium.proxy.http import BUFFERING, DISCARD, IDEMPOTENT, SENDING, Request
 from podium.proxy.pool import Key, Pool, Upstream, tune
@@ -106,6 +106,7 @@ class Server(Protocol):
     closing: bool
     clients: set[ClientConnection]
     tasks: set[asyncio.Future[Any]]
+    handed: set[socket_handoff.HandedSession]  # websockets handed over to content processes
 
     def forget(self, client: ClientConnection) -> None:
         """``client`` has closed."""
@@ -458,16 +459,43 @@ class ClientConnection(asyncio.Protocol):
         req.head = http.upstream_head(
             req, target, self.client_ip, self.forwarded, fwd, self.front.trust_forwarded_headers
         )
+        if fwd is not None and fwd.handoff_path is not None and req.websocket and self._hand_off(req, fwd):
+            return
         if fwd is not None and (fwd.read_timeout_seconds or fwd.connection_timeout_seconds):
             now = self.loop.time()
             self.rx_at = self.io_at = now
-            first = min(t for t in (fwd.read_timeout_seconds, fwd.connection_timeout_seconds) if t)
+            read, idle = fwd.read_timeout_seconds, fwd.connection_timeout_seconds
+            first = min(read, idle) if read and idle else (read or idle)
+            assert first is not None
             self.timer = self.loop.call_at(now + first, self._on_timer)
         conn = self.front.pool.take(key)
         if conn is not None:
             self._start(conn)
         else:
             self._connect(req, key)
+
+    def _hand_off(self, req: Request, fwd: Forward) -> bool:
+        """Hand this connection over to the content process (see ``socket_handoff``) when
+        the upgrade request is all it carries so far and nothing is waiting to be written
+        to the viewer; False: tunnel it instead."""
+        if (self.rest or self.queue or not req.complete or req.has_body
+                or self.transport.get_write_buffer_size()):
+            return False
+        assert fwd.handoff_path is not None
+        session = socket_handoff.hand_off(
+            self.loop, self.transport, fwd.handoff_path, req.head, fwd.read_timeout_seconds,
+            fwd.connection_timeout_seconds, fwd.on_done, self.front.handed,
+        )
+        if session is None:
+            return False
+        # The connection is the content process's now: close ours without a word.
+        self.fwd = None  # the session reports done
+        self.current = None
+        self.rest = None
+        self.closing = True
+        self.front.forget(self)
+        self.transport.close()
+        return True
 
     def _connect(self, req: Request, key: Key) -> None:
         self._pause(_WAITING)

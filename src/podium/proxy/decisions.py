@@ -45,6 +45,9 @@ class Forward:
     # when set, connect to this unix socket instead of host:port (a local process
     # listening on a unix socket costs the front and the app fewer cycles than loopback TCP)
     unix_path: str | None = None
+    # when set, a WebSocket upgrade hands the viewer's connection itself to the process
+    # listening on this unix socket instead of tunnelling it (podium.proxy.socket_handoff)
+    handoff_path: str | None = None
 
 
 @dataclass(slots=True)

@@ -13,7 +13,9 @@ a client's own ``X-Podium-Origin`` is removed from it, so the app can tell them
 apart. There is no framework on this path: request heads are
 parsed with ``httptools``, bodies stream through as they arrive, responses are
 forwarded as raw bytes over pooled keep-alive upstream connections (see
-``podium.proxy.pool``), and a websocket becomes a byte tunnel after its 101.
+``podium.proxy.pool``), and a websocket becomes a byte tunnel after its 101, or, when
+the router names the content process's hand-off socket, is handed over to that process
+whole (``podium.proxy.socket_handoff``).
 
 Per client connection, requests are handled one at a time in order; a
 pipelined request waits (and reading pauses) until the previous response is
@@ -30,6 +32,7 @@ from typing import Any
 from podium.proxy.connection import ClientConnection, HostMatcher
 from podium.proxy.decisions import Router
 from podium.proxy.pool import Key, Pool
+from podium.proxy.socket_handoff import HandedSession
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,7 @@ class Front:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.clients: set[ClientConnection] = set()
         self.tasks: set[asyncio.Future[Any]] = set()
+        self.handed: set[HandedSession] = set()
         self.closing = False
         self._server: asyncio.Server | None = None
         self._content_server: asyncio.Server | None = None
@@ -140,6 +144,8 @@ class Front:
                     client.abort()
         for task in list(self.tasks):
             task.cancel()
+        for session in list(self.handed):  # sessions handed over live on in their processes
+            session.end()
         self.pool.close()
         # Let the transports report connection_lost (and call on_done) before returning.
         for _ in range(3):

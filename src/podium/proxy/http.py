@@ -39,6 +39,8 @@ _SPECIAL = frozenset(
     }
 )
 _NO_NAMES: frozenset[bytes] = frozenset()
+# _SPECIAL with a forward's dropped names, by those names (a few distinct sets in all)
+_SPECIAL_WITH: dict[frozenset[bytes], frozenset[bytes]] = {}
 _WEBSOCKET_UPGRADE = b"upgrade: websocket\r\nconnection: upgrade"
 _HTTP11 = b" HTTP/1.1"
 _HTTP10 = b" HTTP/1.0"
@@ -127,8 +129,16 @@ def upstream_head(
         added: list[tuple[bytes, bytes]] = []
     else:
         added = forward.set_headers
-        dropped = forward.remove_headers | {name for name, _ in added}
-        special = _SPECIAL | dropped
+        dropped = forward.remove_headers
+        for name, _ in added:
+            if name not in dropped:
+                dropped = dropped | {name}
+        # The content router drops the same names from every request: the union is cached.
+        special = _SPECIAL_WITH.get(dropped)  # type: ignore[assignment]
+        if special is None:
+            special = _SPECIAL | dropped
+            if len(_SPECIAL_WITH) < 64:
+                _SPECIAL_WITH[dropped] = special
     # Lines joined with CRLF at the end; each header is one b": ".join((name, value)).
     lines = [req.method + b" " + target + (_HTTP11 if req.http11 else _HTTP10)]
     append = lines.append

@@ -533,6 +533,7 @@ class ContentRouter:
             read_timeout_seconds=app.limits.read_timeout or None,
             connection_timeout_seconds=app.limits.connection_timeout or None,
             unix_path=lease.unix_path,
+            handoff_path=lease.handoff_path,
         )
 
     async def _serve_file(
