@@ -27,6 +27,10 @@ Lifecycle, in the terms of :class:`~podium.runtime.base.ExecutionBackend`:
   The API merges stdout and stderr: every line comes back as ``stdout``. With
   ``kept_logs``, each job's log is saved when the job ends or is stopped, and served
   from there once the pod is gone (:mod:`.keptlogs`).
+- With ``warm_pool_size`` > 0 (:mod:`.warmpool`, :mod:`.pool`), :meth:`launch` of a
+  run job in the pool's shape first claims a warm pod of its image and hands it the
+  job; its handle names the warm Job, and everything above holds for it unchanged
+  (its pod is found by the Job's name). Without a ready warm pod: a normal Job.
 - :meth:`stop` deletes the Job with ``propagationPolicy=Background`` and its pods with
   ``gracePeriodSeconds`` (rounded up to a whole second, at least 1), then waits until
   they are gone. An ended Job is left for its TTL; 404 means done.
@@ -67,6 +71,8 @@ from podium.runtime.kubernetes.manifests import (
     transfers,
     upload_token_key,
 )
+from podium.runtime.kubernetes.pool import LABEL_JOB_NAME, WarmPool
+from podium.runtime.kubernetes.warmpool import unclaimable
 from podium.runtime.kubernetes.watch import Reflector
 from podium.runtime.transfer import TransferTokens
 
@@ -106,13 +112,15 @@ class KubernetesBackend:
         self._final: dict[str, JobStatus] = {}
         self._events: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
+        self.pool: WarmPool | None = None
+        self._pool_warned = False
 
     # --- plumbing ---------------------------------------------------------------------
 
     async def _ready(self) -> tuple[KubeClient, Reflector, Reflector]:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # first use, or the old event loop is gone
-            self._loop, self._client, self._jobs, self._pods = loop, None, None, None
+            self._loop, self._client, self._jobs, self._pods, self.pool = loop, None, None, None, None
         if self._client is None:
             self._client = await self._wrap(self._connect())
             selector = label_selector(selector_labels(self.config))
@@ -132,7 +140,20 @@ class KubernetesBackend:
                         "The Kubernetes API server could not be reached.",
                         status=503, detail=str(error) if error else "list timed out",
                     ) from None
+        if self.pool is None and self.tokens is not None and self._pooling():
+            self.pool = WarmPool(self._client, self._jobs, self._pods, self.config, self.tokens)
+            self.pool.start()
         return self._client, self._jobs, self._pods
+
+    def _pooling(self) -> bool:
+        """Whether this node runs the warm pool's loop (also with size 0: one cleanup)."""
+        if self.config.warm_pool_size > 0 and not self.config.transfer_url:
+            if not self._pool_warned:
+                self._pool_warned = True
+                log.warning("warm pool off: warm pods fetch their files, and this server issues no transfer "
+                            "tokens (set kubernetes_transfer_url)")
+            return False
+        return True
 
     @staticmethod
     async def _wrap(call: Awaitable[Any]) -> Any:
@@ -161,17 +182,30 @@ class KubernetesBackend:
         uid = handle.data.get("uid")
         if job is not None and uid and job["metadata"].get("uid") != uid:
             job = None  # a newer Job under the same name is not this handle's job
-        pods = [
-            pod for pod in self._pods.objects.values()
-            if pod["metadata"].get("labels", {}).get(LABEL_KEY) == handle.key
-        ]
+        pods = self._pods_of(handle, name)
         pods.sort(key=lambda pod: str(pod["metadata"].get("creationTimestamp", "")))
         return job, (pods[-1] if pods else None)
+
+    def _pods_of(self, handle: JobHandle, name: str | None = None) -> list[dict[str, Any]]:
+        """The job's pods: labelled with its key, or made by its Job (a claimed warm pod)."""
+        assert self._pods is not None
+        name = name or str(handle.data.get("name") or job_name(handle.key))
+        return [pod for pod in self._pods.objects.values()
+                if pod["metadata"].get("labels", {}).get(LABEL_KEY) == handle.key
+                or pod["metadata"].get("labels", {}).get(LABEL_JOB_NAME) == name]
 
     # --- the interface ----------------------------------------------------------------
 
     async def launch(self, spec: JobSpec) -> JobHandle:
         client, jobs, _ = await self._ready()
+        if self.pool is not None and self.config.warm_pool_size > 0 and spec.kind == "run":
+            reason = unclaimable(spec, self.config)
+            if reason is None:
+                claimed = await self._wrap(self.pool.claim(spec))
+                if claimed is not None:
+                    return self._handle(claimed)
+            else:
+                log.info("job %s (content %s): a normal Job, not a warm pod: %s", spec.key, spec.content_guid, reason)
         namespace = self.config.namespace
         manifest = job_manifest(spec, self.config)
         name = manifest["metadata"]["name"]
@@ -419,8 +453,7 @@ class KubernetesBackend:
             with _gone_ok():
                 await client.delete_job(namespace, job["metadata"]["name"])
         grace = max(1, math.ceil(grace_seconds))
-        for candidate in [p for p in pods.objects.values()
-                          if p["metadata"].get("labels", {}).get(LABEL_KEY) == handle.key]:
+        for candidate in self._pods_of(handle):
             with _gone_ok():
                 await client.delete_pod(namespace, candidate["metadata"]["name"], grace)
         deadline = time.monotonic() + grace + STOP_TIMEOUT_SECONDS
@@ -470,6 +503,8 @@ class KubernetesBackend:
     async def close(self) -> None:
         """Stop watching and close the connection pool; Jobs keep running."""
         if self._loop is asyncio.get_running_loop():
+            if self.pool is not None:
+                await self.pool.stop()  # this node's unclaimed warm pods go
             if self._cleanups:
                 await asyncio.gather(*self._cleanups, return_exceptions=True)
             for reflector in (self._jobs, self._pods):
@@ -477,7 +512,7 @@ class KubernetesBackend:
                     await reflector.stop()
             if self._client is not None:
                 await self._client.close()
-        self._loop, self._client, self._jobs, self._pods = None, None, None, None
+        self._loop, self._client, self._jobs, self._pods, self.pool = None, None, None, None, None
 
 
 @contextlib.contextmanager

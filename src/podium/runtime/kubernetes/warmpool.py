@@ -1,0 +1,265 @@
+"""The warm pool (``kubernetes_warm_pool_size``): pure builders and rules.
+
+A cold start on Kubernetes costs scheduling, an image pull and the container runtime's
+setup before the app's own start (Connect adds seconds to minutes copying its runtime
+files into each job). With a warm pool, every image that run jobs use keeps N pods
+started and waiting; the next run job in that image *claims* one, hands it its
+assignment, and the pod starts the app at once: a cold start costs the app's own start
+plus one hand-off. The manager is :mod:`.pool`; this module holds what is pure.
+
+Design (issue 19, item 4):
+
+- **What a warm pod runs while waiting**: :data:`WAITER_SCRIPT`, a small standard-
+  library Python program (the images run ``python3`` already for the transfer script).
+  It listens on the *control port* (:func:`control_port`: the run port + 1) at its
+  pod IP, where the server reaches pods anyway (the proxy talks to pod IPs). The one
+  request it accepts is ``POST /assign`` carrying the pod's own token; the body is the
+  job: command, environment (secret variables included), working directory, and a
+  single-use fetch token (:mod:`podium.runtime.transfer`) for the job's files. It
+  answers 202, closes its socket, fetches the files into its ``emptyDir`` at the data
+  directory's path (each at its own absolute path, as a normal pod sees them), and
+  ``exec``s the command with the job's environment: the container's process *is*
+  the app from then on (its log, its exit code, the readiness probe on the run port).
+- **Tokens**: each warm pod's token is an HMAC of its Job's name and uid under a key
+  every server node derives from the shared secret key, so any node can claim any
+  pod without reading Secrets. The pod reads it from a Secret of its own, owned by
+  its Job (deleted with it); the waiter drops it from the environment the app gets,
+  so content never learns a token that could hand another warm pod a job.
+- **Which claims are allowed**: a pod's spec is fixed when it is created, so a pool
+  holds pods of one shape: per image, with the server's *default* shape (the server
+  default service account, token not mounted; the server's default resources; the
+  server's placement only; no volumes of an execution environment; the configured
+  run port; the pods' uid/gid). A run job of another shape (its own service account,
+  resources or GPUs, its own placement) starts as a normal Job (:func:`unclaimable`
+  says why). Pools keyed by (image, service account, resources) would keep N idle
+  pods per shape, most of them for one content item each, and each pool would be cold
+  the first time anyway; the default shape is what most content runs with.
+- **No state leaks between content items** (the hostile-publisher rule): a claim
+  relabels the Job and its pod as the content's (content guid, job key, node) and
+  takes the pool label away; a claimed pod is never returned to the pool: stopping
+  the job deletes its Job, as for any job. Nothing of one job reaches another pod.
+- **Two server nodes never claim the same pod**: a claim is a merge patch of the
+  Job's labels carrying the ``metadata.resourceVersion`` the claimer saw: the API
+  server applies it only to that version and answers 409 Conflict to the second
+  claimer, who tries another pod (optimistic concurrency).
+- **Refill and cleanup**: each node keeps, in the background, N unclaimed pods per
+  pooled image (counting every node's: pools are per cluster namespace and
+  instance), trimming any excess in the order of their names, so nodes agree which to
+  delete; a trim or a cleanup claims the pod first, so it never deletes a pod another
+  node just claimed. A node deletes its own unclaimed pods when it stops; a node
+  started with the setting at 0 deletes every unclaimed pod of its instance.
+- **Which images**: the default image, and every image a run job of the pool's shape
+  was launched in since the server started (or that has warm pods in the cluster
+  already): the first start in a new execution environment is a normal Job and fills
+  the pool for the next.
+- **Files**: a warm pod mounts no PVC (it cannot know which content's paths to
+  mount), so its files always come through the transfer endpoint; the pool needs a
+  transfer URL (``kubernetes_transfer_url`` or ``public_url``), with or without a
+  shared volume.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from typing import Any
+
+from podium.runtime.base import JobSpec, Placement
+from podium.runtime.kubernetes.manifests import (
+    CONTAINER,
+    FILES_VOLUME,
+    LABEL_KIND,
+    LABEL_NODE,
+    TMP_VOLUME,
+    KubernetesJobConfig,
+    job_image,
+    placement_fields,
+    resource_limits,
+    run_port,
+    security_contexts,
+    selector_labels,
+    server_placement,
+)
+from podium.runtime.kubernetes.patch import merge_patch
+
+LABEL_POOL = "podium.dev/warm-pool"  # on unclaimed warm Jobs and pods: the pool (image hash)
+TOKEN_ENV = "PODIUM_WARM_TOKEN"
+TOKEN_KEY = "token"
+
+
+def pool_label(image: str) -> str:
+    """The label value naming the pool of ``image`` (image names are no label values)."""
+    return hashlib.sha256(image.encode()).hexdigest()[:16]
+
+
+def control_port(config: KubernetesJobConfig) -> int:
+    """Where a warm pod's waiter listens for its assignment: next to the run port."""
+    return config.run_port + 1
+
+
+def pod_token(key: bytes, name: str, uid: str) -> str:
+    """The token of warm Job ``name``/``uid``: any node holding ``key`` computes it."""
+    return hmac.new(key, f"{name}/{uid}".encode(), hashlib.sha256).hexdigest()
+
+
+def unclaimable(spec: JobSpec, config: KubernetesJobConfig) -> str | None:
+    """Why ``spec`` cannot run in a warm pod (``None``: it can): pods are made in the
+    pool's shape before any job is known, so only a run job of that shape fits."""
+    if spec.kind != "run":
+        return f"a {spec.kind} job"
+    if spec.service_account and spec.service_account != config.default_service_account:
+        return "its own service account"
+    if spec.resources != config.warm_pool_resources:
+        return "resources other than the server defaults"
+    if spec.placement is not None and spec.placement != Placement():
+        return "a placement of its own"
+    if spec.volume_mounts:
+        return "volumes of its execution environment"
+    if run_port(spec, config) != config.run_port:
+        return "another port"
+    if spec.sandbox is not None and (spec.sandbox.uid, spec.sandbox.gid) != (config.run_as_user, config.run_as_group):
+        return "another uid"
+    return None
+
+
+def warm_labels(image: str, config: KubernetesJobConfig) -> dict[str, str]:
+    labels = {**selector_labels(config), LABEL_KIND: "run", LABEL_POOL: pool_label(image)}
+    if config.node:
+        labels[LABEL_NODE] = config.node
+    return labels
+
+
+def warm_job_manifest(image: str, name: str, config: KubernetesJobConfig) -> dict[str, Any]:
+    """The ``batch/v1`` Job of one warm pod of ``image``'s pool: the waiter, in the
+    pool's shape (the server's default service account without a token, the default
+    resources, the server's placement), an ``emptyDir`` at the data directory for the
+    job's files, and the readiness probe on the run port, which only the app answers."""
+    labels = warm_labels(image, config)
+    pod_security, container_security = security_contexts(None, config)
+    port = config.run_port
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": job_image(image, config),
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["python3", "-c", WAITER_SCRIPT],
+        "env": [
+            {"name": "PORT", "value": str(port)},
+            {"name": "PODIUM_WARM_PORT", "value": str(control_port(config))},
+            {"name": "PODIUM_DATA_DIR", "value": config.data_mount_path},
+            {"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": name, "key": TOKEN_KEY}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        ],
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"},
+                  {"name": "warm", "containerPort": control_port(config), "protocol": "TCP"}],
+        "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 1, "failureThreshold": 3},
+        "securityContext": container_security,
+        "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"},
+                         {"name": FILES_VOLUME, "mountPath": config.data_mount_path}],
+    }
+    requirements = resource_limits(config.warm_pool_resources)
+    if requirements:
+        container["resources"] = requirements
+    tmp: dict[str, Any] = {"name": TMP_VOLUME, "emptyDir": {}}
+    if config.tmp_size_limit_bytes:
+        tmp["emptyDir"]["sizeLimit"] = str(config.tmp_size_limit_bytes)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never", "enableServiceLinks": False, "securityContext": pod_security,
+        "automountServiceAccountToken": False,
+        "containers": [container], "volumes": [tmp, {"name": FILES_VOLUME, "emptyDir": {}}],
+    }
+    if config.default_service_account:
+        pod_spec["serviceAccountName"] = config.default_service_account
+    pod_spec.update(placement_fields(server_placement(config)))
+    job_spec: dict[str, Any] = {"backoffLimit": 0, "template": {"metadata": {"labels": dict(labels)},
+                                                                "spec": pod_spec}}
+    if config.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = config.ttl_seconds_after_finished
+    manifest = {"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": name, "namespace": config.namespace, "labels": labels}, "spec": job_spec}
+    if config.job_template_patch:
+        manifest = merge_patch(manifest, config.job_template_patch)
+    return manifest
+
+
+def warm_secret_manifest(job: dict[str, Any], token: str, config: KubernetesJobConfig) -> dict[str, Any]:
+    """The ``v1`` Secret holding a warm pod's token, owned by its Job (the garbage
+    collector deletes it with the Job)."""
+    meta = job["metadata"]
+    return {
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {
+            "name": meta["name"], "namespace": config.namespace,
+            "labels": {**selector_labels(config), LABEL_POOL: meta["labels"][LABEL_POOL]},
+            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
+                                 "uid": meta["uid"], "blockOwnerDeletion": True}],
+        },
+        "type": "Opaque",
+        "data": {TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+    }
+
+
+_NAME = re.compile(r"[^a-z0-9-]+")
+
+
+def warm_job_name(image: str, suffix: str) -> str:
+    return f"podium-warm-{pool_label(image)[:8]}-{_NAME.sub('', suffix.lower())}"
+
+
+# Run by a warm pod (any Python 3.8+, standard library only). It waits for one
+# authenticated assignment on PODIUM_WARM_PORT at POD_IP, answers 202, fetches the job's
+# files into the data dir's emptyDir, and execs the job's command with the job's
+# environment ($(VAR) references expanded as the kubelet does).
+WAITER_SCRIPT = r'''
+import hmac, http.server, io, json, os, re, shutil, sys, tarfile, urllib.request
+token = os.environ.pop("PODIUM_WARM_TOKEN", "")
+data_dir = os.environ.pop("PODIUM_DATA_DIR")
+port = int(os.environ.pop("PODIUM_WARM_PORT"))
+job = {}
+class Waiter(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        given = self.headers.get("Authorization", "")
+        if self.path != "/assign" or not token or not hmac.compare_digest(given, "Bearer " + token) or job:
+            self.send_response(403); self.end_headers(); return
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        job.update(body)
+        self.send_response(202); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer((os.environ.get("POD_IP") or "0.0.0.0", port), Waiter)
+print("podium warm pod: waiting for a job on port %d" % port, flush=True)
+while not job:
+    server.handle_request()
+server.server_close()
+print("podium warm pod: assigned job %s" % job["key"], flush=True)
+if job.get("paths"):
+    request = urllib.request.Request(job["transfer_url"].rstrip("/") + "/__api__/internal/transfer",
+                                     headers={"Authorization": "Bearer " + job["fetch_token"]})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as answer:
+            data = answer.read()
+    except OSError as error:
+        sys.exit("podium warm pod: fetching the job's files failed: %s" % error)
+    staging = os.path.join(data_dir, ".warm-fetch")
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r|*") as tar:
+        if hasattr(tarfile, "tar_filter"):
+            tar.extractall(staging, filter="tar")
+        else:
+            tar.extractall(staging)
+    for index, path in enumerate(job["paths"]):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
+        os.rename(os.path.join(staging, str(index)), path)
+    shutil.rmtree(staging, ignore_errors=True)
+    print("podium warm pod: fetched %d bytes" % len(data), flush=True)
+env = dict(os.environ)
+env.update(job["env"])
+def expand(text):
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), text)
+command = [expand(arg) for arg in job["command"]]
+os.makedirs(job["workdir"], exist_ok=True)
+os.chdir(job["workdir"])
+os.execvpe(command[0], command, env)
+'''
