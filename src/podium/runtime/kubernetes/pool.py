@@ -85,7 +85,7 @@ class WarmPool:
                 if pod["metadata"].get("labels", {}).get(LABEL_JOB_NAME) == name]
         return pods[-1] if pods else None
 
-    def _waiting(self, job: dict[str, Any]) -> dict[str, Any] | None:
+    def ready_pod(self, job: dict[str, Any]) -> dict[str, Any] | None:
         """The pod of warm Job ``job`` when its waiter runs (claimable), else None."""
         pod = self.pod_of(job)
         if pod is None or pod["metadata"].get("deletionTimestamp") or not pod.get("status", {}).get("podIP"):
@@ -124,7 +124,7 @@ class WarmPool:
         if image not in self.images:
             self.images.add(image)
             self._wake.set()
-        candidates = [job for job in self.unclaimed(image) if self._waiting(job) is not None]
+        candidates = [job for job in self.unclaimed(image) if self.ready_pod(job) is not None]
         random.shuffle(candidates)  # nodes claiming at once mostly try different pods
         labels: dict[str, str | None] = {LABEL_KEY: spec.key, LABEL_CONTENT: spec.content_guid}
         if self.config.node:
@@ -134,7 +134,7 @@ class WarmPool:
             if claimed is None:
                 continue
             self._wake.set()  # refill
-            pod = self._waiting(claimed)
+            pod = self.ready_pod(claimed)
             if pod is not None and await self._hand_off(spec, claimed, pod):
                 with _quiet(f"job {spec.key}: could not label its pod"):  # kubectl -l finds it
                     await self.client.patch_pod(self.config.namespace, pod["metadata"]["name"],
@@ -200,6 +200,8 @@ class WarmPool:
                 await self.refill()
             except KubeApiError as error:
                 log.warning("warm pool: refill failed: %s", error)
+            except Exception:  # the loop must outlive any one failure; tried again soon
+                log.exception("warm pool: refill failed")
             if self.config.warm_pool_size <= 0:
                 return  # the setting is off: one cleanup was all
             self._wake.clear()
@@ -250,12 +252,14 @@ class WarmPool:
             with _quiet(f"warm pool: could not delete {job['metadata']['name']}"):
                 await self.client.delete_job(self.config.namespace, job["metadata"]["name"])
 
-    async def stop(self) -> None:
-        """End the refill loop; discard this node's unclaimed pods."""
+    async def stop(self, discard: bool = True) -> None:
+        """End the refill loop; discard this node's unclaimed pods (unless not ``discard``)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if not discard:
+            return
         own = [job for job in self.unclaimed()
                if job["metadata"].get("labels", {}).get(LABEL_NODE) == self.config.node]
         for job in own:
