@@ -177,7 +177,11 @@ class ApiServer:
         name = body.get("metadata", {}).get("name", "")
         if self.store.get(kind, ns, name) is not None:
             return status(409, "AlreadyExists", f'{kind} "{name}" already exists')
-        return web.json_response(self.store.create(kind, ns, body), status=201)
+        created = self.store.create(kind, ns, body)
+        owners = {ref.get("uid") for ref in body.get("metadata", {}).get("ownerReferences") or []}
+        if owners and not owners & {job["metadata"]["uid"] for job in self.store.items("jobs", ns)}:
+            self.store.remove(kind, created)  # the garbage collector: its owner is gone (a moment later for real)
+        return web.json_response(created, status=201)
 
     async def create_job(self, request: web.Request) -> web.Response:
         ns = request.match_info["ns"]

@@ -113,7 +113,6 @@ class KubernetesBackend:
         self._events: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
         self.pool: WarmPool | None = None
-        self._pool_warned = False
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -140,20 +139,10 @@ class KubernetesBackend:
                         "The Kubernetes API server could not be reached.",
                         status=503, detail=str(error) if error else "list timed out",
                     ) from None
-        if self.pool is None and self.tokens is not None and self._pooling():
-            self.pool = WarmPool(self._client, self._jobs, self._pods, self.config, self.tokens)
+        if self.pool is None:  # also with the setting at 0: one cleanup of what is left
+            self.pool = WarmPool(self._client, self._jobs, self._pods, self.config)
             self.pool.start()
         return self._client, self._jobs, self._pods
-
-    def _pooling(self) -> bool:
-        """Whether this node runs the warm pool's loop (also with size 0: one cleanup)."""
-        if self.config.warm_pool_size > 0 and not self.config.transfer_url:
-            if not self._pool_warned:
-                self._pool_warned = True
-                log.warning("warm pool off: warm pods fetch their files, and this server issues no transfer "
-                            "tokens (set kubernetes_transfer_url)")
-            return False
-        return True
 
     @staticmethod
     async def _wrap(call: Awaitable[Any]) -> Any:

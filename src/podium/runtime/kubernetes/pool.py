@@ -21,6 +21,7 @@ import json
 import logging
 import random
 import secrets
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,27 +47,28 @@ from podium.runtime.kubernetes.warmpool import (
     warm_secret_manifest,
 )
 from podium.runtime.kubernetes.watch import Reflector
-from podium.runtime.transfer import TransferTokens
+from podium.runtime.transfer import pack
 
 log = logging.getLogger(__name__)
 
 REFILL_SECONDS = 5.0  # a refill runs at every change of the Jobs cache, else this often
-HANDOFF_TIMEOUT_SECONDS = 10.0  # a running waiter answers in milliseconds
+HANDOFF_TIMEOUT_SECONDS = 10.0  # for a running waiter to listen (it does in milliseconds)
+STOP_TIMEOUT_SECONDS = 10.0  # for a refill under way when the node stops
+PUSH_TIMEOUT_SECONDS = 60.0  # for each read or write of one hand-off
 LABEL_JOB_NAME = "job-name"  # set by the Job controller on its pods
 RESERVED_ENV = ("PORT", "POD_IP")
 
 
 class WarmPool:
-    def __init__(self, client: KubeClient, jobs: Reflector, pods: Reflector, config: KubernetesJobConfig,
-                 tokens: TransferTokens) -> None:
+    def __init__(self, client: KubeClient, jobs: Reflector, pods: Reflector, config: KubernetesJobConfig) -> None:
         self.client = client
         self.jobs = jobs
         self.pods = pods
         self.config = config
-        self.tokens = tokens
         self.images: set[str] = {job_image(None, config)}
         self._key = config.warm_pool_key or secrets.token_bytes(32)  # without one: this node's pods only
         self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     # --- what the cache says --------------------------------------------------------
@@ -142,50 +144,41 @@ class WarmPool:
                 log.info("job %s (content %s): claimed warm pod %s (image %s)",
                          spec.key, spec.content_guid, claimed["metadata"]["name"], image)
                 return claimed
-            self.tokens.revoke(spec.key)
             with _quiet(f"job {spec.key}: could not delete the warm Job it failed to hand off"):
                 await self.client.delete_job(self.config.namespace, claimed["metadata"]["name"])
         return None
 
     async def _hand_off(self, spec: JobSpec, job: dict[str, Any], pod: dict[str, Any]) -> bool:
-        """POST the assignment to the pod's waiter; True once it accepted it."""
+        """Push the job and its files to the pod's waiter; True once it took them."""
         config = self.config
         paths = [path for path, _ in data_paths(spec, config)]
-        fetch = self.tokens.issue(spec.key, spec.content_guid, "fetch",
-                                  [None if scratch(path, config) else path for path in paths],
-                                  config.transfer_token_ttl_seconds) if paths else ""
         env = {name: value for name, value in {**spec.env, **spec.secret_env}.items() if name not in RESERVED_ENV}
         env["PORT"] = str(run_port(spec, config))
         body = json.dumps({"key": spec.key, "command": list(spec.command), "env": env, "workdir": spec.workdir,
-                           "paths": paths, "fetch_token": fetch, "transfer_url": config.transfer_url}).encode()
+                           "paths": paths}).encode()
         token = pod_token(self._key, job["metadata"]["name"], job["metadata"]["uid"])
+        files = tuple(None if scratch(path, config) else path for path in paths)
         ip, port = str(pod["status"]["podIP"]), control_port(config)
-        request = (f"POST /assign HTTP/1.1\r\nHost: {ip}:{port}\r\nAuthorization: Bearer {token}\r\n"
-                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                   ).encode() + body
         loop = asyncio.get_running_loop()
         deadline = loop.time() + HANDOFF_TIMEOUT_SECONDS
         while True:
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 2.0)
-                try:
-                    writer.write(request)
-                    await writer.drain()
-                    line = await asyncio.wait_for(reader.readline(), max(0.1, deadline - loop.time()))
-                finally:
-                    writer.close()
-                parts = line.split()
-                accepted = len(parts) > 1 and parts[1] == b"202"
-                if not accepted:
-                    log.warning("job %s: warm pod %s refused its assignment: %r",
-                                spec.key, pod["metadata"]["name"], line[:80])
-                return accepted
-            except (OSError, TimeoutError) as error:  # the waiter not listening yet
+                line = await asyncio.to_thread(_push, ip, port, token, body, files)
+            except ConnectionRefusedError as error:  # the waiter not listening yet
                 if loop.time() > deadline:
                     log.warning("job %s: warm pod %s did not take its assignment: %s",
                                 spec.key, pod["metadata"]["name"], error)
                     return False
                 await asyncio.sleep(0.05)
+                continue
+            except OSError as error:
+                log.warning("job %s: handing off to warm pod %s failed: %s", spec.key, pod["metadata"]["name"], error)
+                return False
+            parts = line.split()
+            if len(parts) > 1 and parts[1] == b"202":
+                return True
+            log.warning("job %s: warm pod %s refused its assignment: %r", spec.key, pod["metadata"]["name"], line[:80])
+            return False
 
     # --- refill and cleanup -----------------------------------------------------------
 
@@ -194,7 +187,7 @@ class WarmPool:
             self._task = asyncio.create_task(self._run(), name="podium-k8s-warm-pool")
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             change = self.jobs.change()
             try:
                 await self.refill()
@@ -205,7 +198,7 @@ class WarmPool:
             if self.config.warm_pool_size <= 0:
                 return  # the setting is off: one cleanup was all
             self._wake.clear()
-            waits = [asyncio.ensure_future(change.wait()), asyncio.ensure_future(self._wake.wait())]
+            waits = [asyncio.ensure_future(event.wait()) for event in (change, self._wake, self._stopping)]
             await asyncio.wait(waits, timeout=REFILL_SECONDS, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waits:
                 waiter.cancel()
@@ -254,9 +247,13 @@ class WarmPool:
 
     async def stop(self, discard: bool = True) -> None:
         """End the refill loop; discard this node's unclaimed pods (unless not ``discard``)."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self._task is not None:  # a refill under way ends first: no pod made half
+            self._stopping.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), STOP_TIMEOUT_SECONDS)
+            except Exception:  # it did not end in time (or failed): cut short
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         if not discard:
             return
@@ -279,3 +276,17 @@ def _quiet(what: str) -> Iterator[None]:
     except KubeApiError as error:
         if error.status != 404:
             log.warning("%s: %s", what, error)
+
+
+def _push(ip: str, port: int, token: str, job: bytes, files: tuple[str | None, ...]) -> bytes:
+    """One hand-off (blocking, in a thread): the request, the job, a tar of its files
+    streamed from the data dir, then the waiter's status line."""
+    with socket.create_connection((ip, port), timeout=PUSH_TIMEOUT_SECONDS) as sock, \
+            sock.makefile("wb") as out, sock.makefile("rb") as reader:
+        out.write(f"POST /assign HTTP/1.1\r\nHost: {ip}:{port}\r\nAuthorization: Bearer {token}\r\n"
+                  "Content-Type: application/x-podium-assignment\r\nConnection: close\r\n\r\n".encode()
+                  + len(job).to_bytes(8, "big") + job)
+        pack(files, out)
+        out.flush()
+        sock.shutdown(socket.SHUT_WR)
+        return reader.readline(4096)

@@ -14,12 +14,15 @@ Design (issue 19, item 4):
   It listens on the *control port* (:func:`control_port`: the run port + 1) at its
   pod IP, where the server reaches pods anyway (the proxy talks to pod IPs). The one
   request it accepts is ``POST /assign`` carrying the pod's own token; the body is the
-  job: command, environment (secret variables included), working directory, and a
-  single-use fetch token (:mod:`podium.runtime.transfer`) for the job's files. It
-  answers 202, closes its socket, fetches the files into its ``emptyDir`` at the data
-  directory's path (each at its own absolute path, as a normal pod sees them), and
-  ``exec``s the command with the job's environment: the container's process *is*
-  the app from then on (its log, its exit code, the readiness probe on the run port).
+  job (command, environment with its secret variables, working directory) followed by
+  a tar of the job's files, which the claiming server packs from its data directory
+  (:func:`podium.runtime.transfer.pack`, the paths of the job's sandbox: what a normal
+  pod would mount or fetch). The waiter unpacks them into its ``emptyDir`` at the data
+  directory's path (each at its own absolute path, as a normal pod sees them), answers
+  202, closes its socket and ``exec``s the command with the job's environment: the
+  container's process *is* the app from then on (its log, its exit code, the
+  readiness probe on the run port). One request, pushed by the node that claimed the
+  pod: no token to redeem at another replica, no transfer URL needed.
 - **Tokens**: each warm pod's token is an HMAC of its Job's name and uid under a key
   every server node derives from the shared secret key, so any node can claim any
   pod without reading Secrets. The pod reads it from a Secret of its own, owned by
@@ -53,9 +56,9 @@ Design (issue 19, item 4):
   already): the first start in a new execution environment is a normal Job and fills
   the pool for the next.
 - **Files**: a warm pod mounts no PVC (it cannot know which content's paths to
-  mount), so its files always come through the transfer endpoint; the pool needs a
-  transfer URL (``kubernetes_transfer_url`` or ``public_url``), with or without a
-  shared volume.
+  mount): its files always come in the hand-off, with or without a shared volume.
+  They are the pod's own copy; the bundle is writable there (a normal pod mounts it
+  read-only), which only the content itself can use, on a copy nobody else sees.
 """
 
 from __future__ import annotations
@@ -207,42 +210,57 @@ def warm_job_name(image: str, suffix: str) -> str:
     return f"podium-warm-{pool_label(image)[:8]}-{_NAME.sub('', suffix.lower())}"
 
 
-# Run by a warm pod (any Python 3.8+, standard library only). It waits for one
-# authenticated assignment on PODIUM_WARM_PORT at POD_IP, answers 202, fetches the job's
-# files into the data dir's emptyDir, and execs the job's command with the job's
-# environment ($(VAR) references expanded as the kubelet does).
-WAITER_SCRIPT = r'''
-import hmac, http.server, io, json, os, re, shutil, sys, tarfile, urllib.request
+# Run by a warm pod (any Python 3.8+, standard library only). It waits on
+# PODIUM_WARM_PORT at POD_IP for one authenticated ``POST /assign`` whose body is the
+# job (8 bytes of length, then JSON) followed by a tar of its files (path i as member
+# folder i) up to the end of the stream; it unpacks them at their own paths in the data
+# dir's emptyDir, answers 202, and execs the job's command with the job's environment
+# ($(VAR) references expanded as the kubelet does). Anything else is answered 403.
+WAITER_SCRIPT = r"""
+import hmac, json, os, re, shutil, socket, sys, tarfile
 token = os.environ.pop("PODIUM_WARM_TOKEN", "")
 data_dir = os.environ.pop("PODIUM_DATA_DIR")
 port = int(os.environ.pop("PODIUM_WARM_PORT"))
-job = {}
-class Waiter(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        given = self.headers.get("Authorization", "")
-        if self.path != "/assign" or not token or not hmac.compare_digest(given, "Bearer " + token) or job:
-            self.send_response(403); self.end_headers(); return
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-        job.update(body)
-        self.send_response(202); self.send_header("Content-Length", "0"); self.end_headers()
-    def log_message(self, *args):
-        pass
-server = http.server.HTTPServer((os.environ.get("POD_IP") or "0.0.0.0", port), Waiter)
+listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind((os.environ.get("POD_IP") or "0.0.0.0", port))
+listener.listen(8)
 print("podium warm pod: waiting for a job on port %d" % port, flush=True)
-while not job:
-    server.handle_request()
-server.server_close()
-print("podium warm pod: assigned job %s" % job["key"], flush=True)
-if job.get("paths"):
-    request = urllib.request.Request(job["transfer_url"].rstrip("/") + "/__api__/internal/transfer",
-                                     headers={"Authorization": "Bearer " + job["fetch_token"]})
+def answer(conn, status):
     try:
-        with urllib.request.urlopen(request, timeout=300) as answer:
-            data = answer.read()
-    except OSError as error:
-        sys.exit("podium warm pod: fetching the job's files failed: %s" % error)
-    staging = os.path.join(data_dir, ".warm-fetch")
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r|*") as tar:
+        conn.sendall(("HTTP/1.1 %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % status).encode())
+    finally:
+        conn.close()
+def assignment(conn):
+    stream = conn.makefile("rb")
+    request = stream.readline(4096).split()
+    headers = {}
+    while True:
+        line = stream.readline(8192)
+        if line in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    given = headers.get("authorization", "")
+    if request[:2] != [b"POST", b"/assign"] or not token or not hmac.compare_digest(given, "Bearer " + token):
+        return None, stream
+    return json.loads(stream.read(int.from_bytes(stream.read(8), "big"))), stream
+while True:
+    conn, _ = listener.accept()
+    conn.settimeout(60)
+    try:
+        job, stream = assignment(conn)
+    except (OSError, ValueError):
+        conn.close()
+        continue
+    if job is None:
+        answer(conn, "403 Forbidden")
+        continue
+    break
+listener.close()
+try:
+    staging = os.path.join(data_dir, ".warm-files")
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
         if hasattr(tarfile, "tar_filter"):
             tar.extractall(staging, filter="tar")
         else:
@@ -252,7 +270,11 @@ if job.get("paths"):
         shutil.rmtree(path, ignore_errors=True)
         os.rename(os.path.join(staging, str(index)), path)
     shutil.rmtree(staging, ignore_errors=True)
-    print("podium warm pod: fetched %d bytes" % len(data), flush=True)
+except Exception as error:
+    answer(conn, "500 Internal Server Error")
+    sys.exit("podium warm pod: the files of job %s did not arrive: %s" % (job.get("key"), error))
+answer(conn, "202 Accepted")
+print("podium warm pod: running job %s" % job["key"], flush=True)
 env = dict(os.environ)
 env.update(job["env"])
 def expand(text):
@@ -262,4 +284,4 @@ command = [expand(arg) for arg in job["command"]]
 os.makedirs(job["workdir"], exist_ok=True)
 os.chdir(job["workdir"])
 os.execvpe(command[0], command, env)
-'''
+"""
