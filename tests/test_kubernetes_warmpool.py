@@ -167,9 +167,14 @@ def test_warm_pool_run_job_claims_a_warm_pod_which_is_never_reused(env: Env) -> 
         labels = claimed["metadata"]["labels"]
         assert LABEL_POOL not in labels and labels["podium.dev/content-guid"] == "content-a"
         assert labels["podium.dev/job-key"] == "run-a-1"
-        pods = [pod for pod in env.cluster.objects("pods", env.namespace)
-                if pod["metadata"]["labels"].get("job-name") == first]
-        assert pods[0]["metadata"]["labels"]["podium.dev/content-guid"] == "content-a"
+        assert labels["podium.dev/warm"] == "claimed"
+        while True:  # its pod is relabelled too (off the start's path)
+            [pod] = [pod for pod in env.cluster.objects("pods", env.namespace)
+                     if pod["metadata"]["labels"].get("job-name") == first]
+            if pod["metadata"]["labels"].get("podium.dev/content-guid") == "content-a":
+                break
+            await asyncio.sleep(0.05)
+        assert LABEL_POOL not in pod["metadata"]["labels"]
         assert [h.key for h in await backend.list_jobs()] == ["run-a-1"]
         # refilled in the background: a new warm pod, not the claimed one
         second = (await warm_ready(backend, IMAGE, 1))[0]

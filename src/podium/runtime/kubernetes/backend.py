@@ -22,7 +22,8 @@ Lifecycle, in the terms of :class:`~podium.runtime.base.ExecutionBackend`:
 - A Job that no longer exists while its handle records a uid was deleted: STOPPED (by
   :meth:`stop`, by another server, or by ``ttlSecondsAfterFinished`` after the DB
   recorded its end). A handle without a uid and no Job is UNKNOWN/``NotFound``.
-- :meth:`address` is the pod IP and container port once the pod is Ready.
+- :meth:`address` is the pod IP and container port once the pod is Ready (a claimed
+  warm pod's once its container runs: the caller judges readiness by HTTP).
 - :meth:`logs` reads the pod log API (``follow`` streams until the container ends).
   The API merges stdout and stderr: every line comes back as ``stdout``. With
   ``kept_logs``, each job's log is saved when the job ends or is stopped, and served
@@ -72,7 +73,7 @@ from podium.runtime.kubernetes.manifests import (
     upload_token_key,
 )
 from podium.runtime.kubernetes.pool import LABEL_JOB_NAME, WarmPool
-from podium.runtime.kubernetes.warmpool import unclaimable
+from podium.runtime.kubernetes.warmpool import LABEL_WARM, unclaimable
 from podium.runtime.kubernetes.watch import Reflector
 from podium.runtime.transfer import TransferTokens
 
@@ -384,12 +385,13 @@ class KubernetesBackend:
         status = await self.status(handle)
         if status.state is not JobState.RUNNING:
             return None
-        _, pod = self._objects(handle)
+        job, pod = self._objects(handle)
         if pod is None or pod["metadata"].get("labels", {}).get(LABEL_KIND) != "run":
             return None
         pod_status = pod.get("status", {})
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                    for c in pod_status.get("conditions") or [])
+        # a claimed warm pod: at once (the scheduler judges HTTP readiness; see .warmpool)
+        ready = (job is not None and job["metadata"].get("labels", {}).get(LABEL_WARM) == "claimed") or any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in pod_status.get("conditions") or [])
         ports = pod["spec"]["containers"][0].get("ports") or []
         if not ready or not pod_status.get("podIP") or not ports or pod["metadata"].get("deletionTimestamp"):
             return None

@@ -22,7 +22,7 @@ import logging
 import random
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from podium.runtime.base import JobSpec
@@ -39,6 +39,7 @@ from podium.runtime.kubernetes.manifests import (
 )
 from podium.runtime.kubernetes.warmpool import (
     LABEL_POOL,
+    LABEL_WARM,
     control_port,
     pod_token,
     pool_label,
@@ -69,6 +70,7 @@ class WarmPool:
         self._key = config.warm_pool_key or secrets.token_bytes(32)  # without one: this node's pods only
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
 
     # --- what the cache says --------------------------------------------------------
@@ -128,25 +130,35 @@ class WarmPool:
             self._wake.set()
         candidates = [job for job in self.unclaimed(image) if self.ready_pod(job) is not None]
         random.shuffle(candidates)  # nodes claiming at once mostly try different pods
-        labels: dict[str, str | None] = {LABEL_KEY: spec.key, LABEL_CONTENT: spec.content_guid}
+        labels: dict[str, str | None] = {LABEL_KEY: spec.key, LABEL_CONTENT: spec.content_guid,
+                                         LABEL_WARM: "claimed"}
         if self.config.node:
             labels[LABEL_NODE] = self.config.node
         for job in candidates:
             claimed = await self._take(job, labels)
             if claimed is None:
                 continue
-            self._wake.set()  # refill
             pod = self.ready_pod(claimed)
-            if pod is not None and await self._hand_off(spec, claimed, pod):
-                with _quiet(f"job {spec.key}: could not label its pod"):  # kubectl -l finds it
-                    await self.client.patch_pod(self.config.namespace, pod["metadata"]["name"],
-                                                {"metadata": {"labels": labels}})
+            handed = pod is not None and await self._hand_off(spec, claimed, pod)
+            self._wake.set()  # refill, once the hand-off no longer competes with it
+            if pod is not None and handed:
+                self._later(self._label_pod(spec, pod, labels))  # kubectl -l finds it; off the start's path
                 log.info("job %s (content %s): claimed warm pod %s (image %s)",
                          spec.key, spec.content_guid, claimed["metadata"]["name"], image)
                 return claimed
             with _quiet(f"job {spec.key}: could not delete the warm Job it failed to hand off"):
                 await self.client.delete_job(self.config.namespace, claimed["metadata"]["name"])
         return None
+
+    async def _label_pod(self, spec: JobSpec, pod: dict[str, Any], labels: dict[str, str | None]) -> None:
+        with _quiet(f"job {spec.key}: could not label its pod"):
+            await self.client.patch_pod(self.config.namespace, pod["metadata"]["name"],
+                                        {"metadata": {"labels": {LABEL_POOL: None, **labels}}})
+
+    def _later(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _hand_off(self, spec: JobSpec, job: dict[str, Any], pod: dict[str, Any]) -> bool:
         """Push the job and its files to the pod's waiter; True once it took them."""
@@ -255,6 +267,8 @@ class WarmPool:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if not discard:
             return
         own = [job for job in self.unclaimed()

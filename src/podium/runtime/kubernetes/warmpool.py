@@ -38,8 +38,8 @@ Design (issue 19, item 4):
   pods per shape, most of them for one content item each, and each pool would be cold
   the first time anyway; the default shape is what most content runs with.
 - **No state leaks between content items** (the hostile-publisher rule): a claim
-  relabels the Job and its pod as the content's (content guid, job key, node) and
-  takes the pool label away; a claimed pod is never returned to the pool: stopping
+  relabels the Job and its pod as the content's (content guid, job key, node,
+  ``podium.dev/warm=claimed``) and takes the pool label away; a claimed pod is never returned to the pool: stopping
   the job deletes its Job, as for any job. Nothing of one job reaches another pod.
 - **Two server nodes never claim the same pod**: a claim is a merge patch of the
   Job's labels carrying the ``metadata.resourceVersion`` the claimer saw: the API
@@ -55,6 +55,10 @@ Design (issue 19, item 4):
   was launched in since the server started (or that has warm pods in the cluster
   already): the first start in a new execution environment is a normal Job and fills
   the pool for the next.
+- **Address**: a claimed pod's address is given as soon as its container runs, not
+  when the kubelet's readiness probe next passes (at least a second apart on a real
+  kubelet): the waiter answers nothing on the run port, and the scheduler judges
+  readiness by HTTP itself, so the app is used the moment it answers.
 - **Files**: a warm pod mounts no PVC (it cannot know which content's paths to
   mount): its files always come in the hand-off, with or without a shared volume.
   They are the pod's own copy; the bundle is writable there (a normal pod mounts it
@@ -88,6 +92,7 @@ from podium.runtime.kubernetes.manifests import (
 from podium.runtime.kubernetes.patch import merge_patch
 
 LABEL_POOL = "podium.dev/warm-pool"  # on unclaimed warm Jobs and pods: the pool (image hash)
+LABEL_WARM = "podium.dev/warm"  # "claimed" on a claimed warm Job and its pod
 TOKEN_ENV = "PODIUM_WARM_TOKEN"
 TOKEN_KEY = "token"
 
