@@ -18,6 +18,7 @@ Rounds are interleaved; between rounds the pool refills (not timed).
 
     .venv/bin/python bench/k8s_warmpool.py                 # 5 rounds, 2 s start delay
     .venv/bin/python bench/k8s_warmpool.py --rounds 3 --delay 5
+    .venv/bin/python bench/k8s_warmpool.py --env          # with a 16 MiB package environment
 
 It prints each round, the medians, and pool on/off against direct. Needs root and
 bubblewrap (the simulated kubelet sandboxes pods), as the Kubernetes tests do.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import socket
 import statistics
@@ -40,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from k8s_transfer import make_env, size_of  # noqa: E402
 from tests.warm_support import (  # noqa: E402
     GID,
     IMAGE,
@@ -106,10 +109,15 @@ def direct(bundle: Path) -> float:
         process.wait()
 
 
-async def cold_start(backend: KubernetesBackend, key: str, bundle: Path, home: Path) -> tuple[float, float, bool]:
+async def cold_start(backend: KubernetesBackend, key: str, bundle: Path, home: Path,
+                     env: Path | None) -> tuple[float, float, bool]:
     """Seconds to the first answer, seconds ``launch`` took, whether a warm pod was claimed."""
+    spec = run_spec(key, "bench-content", bundle, home, resources=DEFAULT)
+    if env is not None and spec.sandbox is not None:  # its package environment: mounted, or pushed
+        spec = dataclasses.replace(spec, sandbox=dataclasses.replace(
+            spec.sandbox, read_only=(*spec.sandbox.read_only, str(env))))
     started = time.perf_counter()
-    handle = await backend.launch(run_spec(key, "bench-content", bundle, home, resources=DEFAULT))
+    handle = await backend.launch(spec)
     launched = time.perf_counter() - started
     seen = await answer(backend, handle, timeout=120)
     elapsed = time.perf_counter() - started
@@ -119,7 +127,7 @@ async def cold_start(backend: KubernetesBackend, key: str, bundle: Path, home: P
     return elapsed, launched, claimed
 
 
-async def bench(kubeconfig: str, data: Path, rounds: int) -> dict[str, list[float]]:
+async def bench(kubeconfig: str, data: Path, rounds: int, env: Path | None) -> dict[str, list[float]]:
     bundle, home = make_bundle(data, "bench-content", "bench")
 
     def backend(instance: str, size: int) -> KubernetesBackend:
@@ -135,12 +143,12 @@ async def bench(kubeconfig: str, data: Path, rounds: int) -> dict[str, list[floa
         await warm_ready(on, IMAGE, 1, timeout=120)
         for index in range(rounds):
             times["direct"].append(await asyncio.to_thread(direct, bundle))
-            elapsed, launched, claimed = await cold_start(off, f"off-{index}", bundle, home)
+            elapsed, launched, claimed = await cold_start(off, f"off-{index}", bundle, home, env)
             assert not claimed
             times["pool off"].append(elapsed)
             times["launch off"].append(launched)
             await warm_ready(on, IMAGE, 1, timeout=120)  # refilled (not timed)
-            elapsed, launched, claimed = await cold_start(on, f"on-{index}", bundle, home)
+            elapsed, launched, claimed = await cold_start(on, f"on-{index}", bundle, home, env)
             assert claimed, "the pool-on start did not claim a warm pod"
             times["pool on"].append(elapsed)
             times["launch on"].append(launched)
@@ -156,17 +164,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--delay", type=float, default=2.0, help="seconds before a pod's container starts")
+    parser.add_argument("--env", action="store_true",
+                        help="give the job a real package environment (FastAPI, uvicorn: 16 MiB) to see")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="podium-bench-warm-") as tmp:
         data = Path(tmp) / "data"
         data.mkdir()
+        env = None
+        if args.env:
+            env = make_env(data)
+            files, size = size_of(env)
+            print(f"package environment: {files} files, {size / 2**20:.1f} MiB")
         kubeconfig = Path(tmp) / "kubeconfig"
         sim = subprocess.Popen([sys.executable, "-c", SIM, str(Path(tmp) / "k8s"), str(data), str(args.delay),
                                 str(kubeconfig), IMAGE, NAMESPACE, str(ROOT), str(ROOT / "tests")], stdout=subprocess.PIPE, text=True)
         try:
             assert sim.stdout is not None and sim.stdout.readline().strip() == "ready", "the cluster did not start"
             print(f"pod start delay {args.delay:g} s, {args.rounds} rounds; load {load()}")
-            times = asyncio.run(bench(str(kubeconfig), data, args.rounds))
+            times = asyncio.run(bench(str(kubeconfig), data, args.rounds, env))
         finally:
             sim.terminate()
             code = sim.wait(60)

@@ -139,12 +139,12 @@ def test_warm_pool_claims_only_the_default_shape(tmp_path: Path) -> None:
     fits = run_spec("j", "g", bundle, home, resources=DEFAULT)
     assert unclaimable(fits, config) is None
     assert unclaimable(run_spec("j", "g", bundle, home, resources=DEFAULT, service_account="runner"), config) is None
+    assert unclaimable(run_spec("j", "g", bundle, home, resources=DEFAULT, port=41234), config) is None  # any port
     for changes, reason in [
         ({"kind": "build"}, "a build job"),
         ({"service_account": "reporting"}, "its own service account"),
         ({"resources": Resources(memory_limit=2**30)}, "resources other than the server defaults"),
         ({"placement": Placement(node_selector={"gpu": "yes"})}, "a placement of its own"),
-        ({"port": 9000}, "another port"),
     ]:
         assert unclaimable(run_spec("j", "g", bundle, home, **{"resources": DEFAULT, **changes}), config) == reason
 
@@ -157,8 +157,10 @@ def test_warm_pool_run_job_claims_a_warm_pod_which_is_never_reused(env: Env) -> 
 
     async def scenario(backend: KubernetesBackend) -> None:
         first = (await warm_ready(backend, IMAGE, 1))[0]
-        handle = await backend.launch(run_spec("run-a-1", "content-a", bundle, home, resources=DEFAULT))
+        handle = await backend.launch(run_spec("run-a-1", "content-a", bundle, home, resources=DEFAULT, port=41234))
         assert handle.data["name"] == first  # the warm Job, relabelled as the content's
+        address = await backend.address(handle)
+        assert address is not None and address[1] == 41234  # the job's own port
         seen = await answer(backend, handle)
         assert seen["file"] == "hello from a" and seen["secret"] == "secret-of-content-a", seen
         assert seen["cwd"] == str(bundle) and "GREETING" in seen["env"]

@@ -23,7 +23,8 @@ Lifecycle, in the terms of :class:`~podium.runtime.base.ExecutionBackend`:
   :meth:`stop`, by another server, or by ``ttlSecondsAfterFinished`` after the DB
   recorded its end). A handle without a uid and no Job is UNKNOWN/``NotFound``.
 - :meth:`address` is the pod IP and container port once the pod is Ready (a claimed
-  warm pod's once its container runs: the caller judges readiness by HTTP).
+  warm pod's: its job's port, once its container runs; the caller judges readiness
+  by HTTP).
 - :meth:`logs` reads the pod log API (``follow`` streams until the container ends).
   The API merges stdout and stderr: every line comes back as ``stdout``. With
   ``kept_logs``, each job's log is saved when the job ends or is stopped, and served
@@ -73,7 +74,7 @@ from podium.runtime.kubernetes.manifests import (
     upload_token_key,
 )
 from podium.runtime.kubernetes.pool import LABEL_JOB_NAME, WarmPool
-from podium.runtime.kubernetes.warmpool import LABEL_WARM, unclaimable
+from podium.runtime.kubernetes.warmpool import ANNOTATION_PORT, LABEL_WARM, unclaimable
 from podium.runtime.kubernetes.watch import Reflector
 from podium.runtime.transfer import TransferTokens
 
@@ -389,13 +390,15 @@ class KubernetesBackend:
         if pod is None or pod["metadata"].get("labels", {}).get(LABEL_KIND) != "run":
             return None
         pod_status = pod.get("status", {})
-        # a claimed warm pod: at once (the scheduler judges HTTP readiness; see .warmpool)
-        ready = (job is not None and job["metadata"].get("labels", {}).get(LABEL_WARM) == "claimed") or any(
-            c.get("type") == "Ready" and c.get("status") == "True" for c in pod_status.get("conditions") or [])
-        ports = pod["spec"]["containers"][0].get("ports") or []
-        if not ready or not pod_status.get("podIP") or not ports or pod["metadata"].get("deletionTimestamp"):
+        ports = [int(port["containerPort"]) for port in pod["spec"]["containers"][0].get("ports") or []]
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in pod_status.get("conditions") or [])
+        meta = job["metadata"] if job is not None else {}
+        if meta.get("labels", {}).get(LABEL_WARM) == "claimed":  # the job's port, at once (see .warmpool)
+            ports, ready = [int(meta.get("annotations", {}).get(ANNOTATION_PORT, 0))], True
+        if not ready or not pod_status.get("podIP") or not ports or not ports[0] \
+                or pod["metadata"].get("deletionTimestamp"):
             return None
-        return (str(pod_status["podIP"]), int(ports[0]["containerPort"]))
+        return (str(pod_status["podIP"]), ports[0])
 
     async def logs(self, handle: JobHandle, follow: bool = False) -> AsyncIterator[LogLine]:
         self._check(handle)

@@ -38,6 +38,7 @@ from podium.runtime.kubernetes.manifests import (
     scratch,
 )
 from podium.runtime.kubernetes.warmpool import (
+    ANNOTATION_PORT,
     LABEL_POOL,
     LABEL_WARM,
     control_port,
@@ -109,18 +110,40 @@ class WarmPool:
 
     # --- claims ---------------------------------------------------------------------
 
-    async def _take(self, job: dict[str, Any], labels: dict[str, str | None]) -> dict[str, Any] | None:
-        """Relabel warm Job ``job`` if nobody changed it since this node saw it."""
+    async def _take(self, job: dict[str, Any], labels: dict[str, str | None],
+                    annotations: dict[str, str] | None = None) -> dict[str, Any] | None:
+        """Relabel unclaimed warm Job ``job`` if nobody changed it since this node saw it;
+        None when another node took it first (or it is gone). A 409 with the Job still
+        unclaimed (the Job controller updated its status meanwhile) tries again with the
+        Job as it is now."""
         meta = job["metadata"]
-        patch = {"metadata": {"resourceVersion": meta["resourceVersion"], "labels": {LABEL_POOL: None, **labels}}}
-        try:
-            taken = await self.client.patch_job(self.config.namespace, meta["name"], patch)
-        except KubeApiError as error:
-            if error.status in (404, 409):  # gone, or another node's claim came first
-                return None
-            raise
-        self.jobs.replace(taken)
-        return taken
+        for _ in range(3):
+            patch: dict[str, Any] = {"metadata": {"resourceVersion": meta["resourceVersion"],
+                                                  "labels": {LABEL_POOL: None, **labels}}}
+            if annotations:
+                patch["metadata"]["annotations"] = annotations
+            try:
+                taken = await self.client.patch_job(self.config.namespace, meta["name"], patch)
+            except KubeApiError as error:
+                if error.status == 404:
+                    return None
+                if error.status != 409:
+                    raise
+                try:
+                    current = await self.client.get_job(self.config.namespace, meta["name"])
+                except KubeApiError as again:
+                    if again.status == 404:
+                        return None
+                    raise
+                fresh = current["metadata"]
+                if fresh.get("uid") != meta.get("uid") or LABEL_POOL not in fresh.get("labels", {}) \
+                        or fresh.get("deletionTimestamp"):
+                    return None  # another node's claim came first
+                meta = fresh
+                continue
+            self.jobs.replace(taken)
+            return taken
+        return None
 
     async def claim(self, spec: JobSpec) -> dict[str, Any] | None:
         """A warm Job now running ``spec`` (its pod has its assignment), or None."""
@@ -135,7 +158,7 @@ class WarmPool:
         if self.config.node:
             labels[LABEL_NODE] = self.config.node
         for job in candidates:
-            claimed = await self._take(job, labels)
+            claimed = await self._take(job, labels, {ANNOTATION_PORT: str(run_port(spec, self.config))})
             if claimed is None:
                 continue
             pod = self.ready_pod(claimed)

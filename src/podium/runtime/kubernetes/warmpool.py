@@ -11,7 +11,7 @@ Design (issue 19, item 4):
 
 - **What a warm pod runs while waiting**: :data:`WAITER_SCRIPT`, a small standard-
   library Python program (the images run ``python3`` already for the transfer script).
-  It listens on the *control port* (:func:`control_port`: the run port + 1) at its
+  It listens on the *control port* (:func:`control_port`) at its
   pod IP, where the server reaches pods anyway (the proxy talks to pod IPs). The one
   request it accepts is ``POST /assign`` carrying the pod's own token; the body is the
   job (command, environment with its secret variables, working directory) followed by
@@ -21,7 +21,7 @@ Design (issue 19, item 4):
   directory's path (each at its own absolute path, as a normal pod sees them), answers
   202, closes its socket and ``exec``s the command with the job's environment: the
   container's process *is* the app from then on (its log, its exit code, the
-  readiness probe on the run port). One request, pushed by the node that claimed the
+  scheduler's HTTP readiness check). One request, pushed by the node that claimed the
   pod: no token to redeem at another replica, no transfer URL needed.
 - **Tokens**: each warm pod's token is an HMAC of its Job's name and uid under a key
   every server node derives from the shared secret key, so any node can claim any
@@ -32,15 +32,15 @@ Design (issue 19, item 4):
   holds pods of one shape: per image, with the server's *default* shape (the server
   default service account, token not mounted; the server's default resources; the
   server's placement only; no volumes of an execution environment; the configured
-  run port; the pods' uid/gid). A run job of another shape (its own service account,
+  uid/gid). A run job of another shape (its own service account,
   resources or GPUs, its own placement) starts as a normal Job (:func:`unclaimable`
   says why). Pools keyed by (image, service account, resources) would keep N idle
   pods per shape, most of them for one content item each, and each pool would be cold
   the first time anyway; the default shape is what most content runs with.
 - **No state leaks between content items** (the hostile-publisher rule): a claim
   relabels the Job and its pod as the content's (content guid, job key, node,
-  ``podium.dev/warm=claimed``) and takes the pool label away; a claimed pod is never returned to the pool: stopping
-  the job deletes its Job, as for any job. Nothing of one job reaches another pod.
+  ``podium.dev/warm=claimed``) and takes the pool label away; a claimed pod is
+  never returned to the pool: stopping the job deletes its Job, as for any job. Nothing of one job reaches another pod.
 - **Two server nodes never claim the same pod**: a claim is a merge patch of the
   Job's labels carrying the ``metadata.resourceVersion`` the claimer saw: the API
   server applies it only to that version and answers 409 Conflict to the second
@@ -55,10 +55,12 @@ Design (issue 19, item 4):
   was launched in since the server started (or that has warm pods in the cluster
   already): the first start in a new execution environment is a normal Job and fills
   the pool for the next.
-- **Address**: a claimed pod's address is given as soon as its container runs, not
-  when the kubelet's readiness probe next passes (at least a second apart on a real
-  kubelet): the waiter answers nothing on the run port, and the scheduler judges
-  readiness by HTTP itself, so the app is used the moment it answers.
+- **Address**: the scheduler gives each run job its port, unknown when a warm pod is
+  made: the claim records it on the Job (annotation ``podium.dev/port``), and a
+  claimed pod's address is its pod IP and that port as soon as its container runs.
+  Warm pods carry no readiness probe (a probe's port is fixed at creation too); the
+  scheduler judges readiness by HTTP itself, so the app is used the moment it
+  answers, without waiting for a kubelet's probe period (a second at least).
 - **Files**: a warm pod mounts no PVC (it cannot know which content's paths to
   mount): its files always come in the hand-off, with or without a shared volume.
   They are the pod's own copy; the bundle is writable there (a normal pod mounts it
@@ -84,7 +86,6 @@ from podium.runtime.kubernetes.manifests import (
     job_image,
     placement_fields,
     resource_limits,
-    run_port,
     security_contexts,
     selector_labels,
     server_placement,
@@ -93,6 +94,7 @@ from podium.runtime.kubernetes.patch import merge_patch
 
 LABEL_POOL = "podium.dev/warm-pool"  # on unclaimed warm Jobs and pods: the pool (image hash)
 LABEL_WARM = "podium.dev/warm"  # "claimed" on a claimed warm Job and its pod
+ANNOTATION_PORT = "podium.dev/port"  # on a claimed warm Job: the port its app listens on
 TOKEN_ENV = "PODIUM_WARM_TOKEN"
 TOKEN_KEY = "token"
 
@@ -103,7 +105,8 @@ def pool_label(image: str) -> str:
 
 
 def control_port(config: KubernetesJobConfig) -> int:
-    """Where a warm pod's waiter listens for its assignment: next to the run port."""
+    """Where a warm pod's waiter listens for its assignment (free again once the app
+    runs: the app may be given the same port)."""
     return config.run_port + 1
 
 
@@ -125,8 +128,6 @@ def unclaimable(spec: JobSpec, config: KubernetesJobConfig) -> str | None:
         return "a placement of its own"
     if spec.volume_mounts:
         return "volumes of its execution environment"
-    if run_port(spec, config) != config.run_port:
-        return "another port"
     if spec.sandbox is not None and (spec.sandbox.uid, spec.sandbox.gid) != (config.run_as_user, config.run_as_group):
         return "another uid"
     return None
@@ -143,25 +144,23 @@ def warm_job_manifest(image: str, name: str, config: KubernetesJobConfig) -> dic
     """The ``batch/v1`` Job of one warm pod of ``image``'s pool: the waiter, in the
     pool's shape (the server's default service account without a token, the default
     resources, the server's placement), an ``emptyDir`` at the data directory for the
-    job's files, and the readiness probe on the run port, which only the app answers."""
+    job's files, and no readiness probe: the app's port is the job's, known only at the
+    claim (the scheduler judges the app's readiness by HTTP)."""
     labels = warm_labels(image, config)
     pod_security, container_security = security_contexts(None, config)
-    port = config.run_port
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": job_image(image, config),
         "imagePullPolicy": config.image_pull_policy,
         "command": ["python3", "-c", WAITER_SCRIPT],
         "env": [
-            {"name": "PORT", "value": str(port)},
             {"name": "PODIUM_WARM_PORT", "value": str(control_port(config))},
             {"name": "PODIUM_DATA_DIR", "value": config.data_mount_path},
             {"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": name, "key": TOKEN_KEY}}},
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         ],
-        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"},
-                  {"name": "warm", "containerPort": control_port(config), "protocol": "TCP"}],
-        "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 1, "failureThreshold": 3},
+        # the app's port is the job's, known at the claim (the Job's podium.dev/port)
+        "ports": [{"name": "warm", "containerPort": control_port(config), "protocol": "TCP"}],
         "securityContext": container_security,
         "volumeMounts": [{"name": TMP_VOLUME, "mountPath": "/tmp"},
                          {"name": FILES_VOLUME, "mountPath": config.data_mount_path}],
