@@ -611,9 +611,10 @@ class Settings(BaseSettings):
         "started in the server's default shape (default service account, default resources, "
         "no placement of its own) claims one and starts at once, skipping scheduling, the "
         "image pull and the container's setup; other content gets a normal Job. The pool of "
-        "an image fills after the first run job in it (the default image's at start). Warm "
-        "pods fetch their files over kubernetes_transfer_url (or public_url); each is used "
-        "once and refilled in the background; a stopping node deletes its unclaimed ones.",
+        "an image fills after the first run job in it (the default image's at start). The "
+        "claiming node pushes the job and its files to the pod in one request; each pod is "
+        "used once and refilled in the background; a stopping node deletes its unclaimed "
+        "ones, and a node started with 0 deletes any left.",
         ge=0,
     )
     kubernetes_image_pull_policy: str = setting(
