@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,9 +26,12 @@ from podium.runtime import Placement, Resources
 from podium.runtime.kubernetes.backend import KubernetesBackend
 from podium.runtime.kubernetes.client import AsyncioKubeClient, KubeApiError
 from podium.runtime.kubernetes.manifests import KubernetesJobConfig, job_name
+from podium.runtime.kubernetes.pool import push_assignment
 from podium.runtime.kubernetes.warmpool import (
     LABEL_POOL,
     TOKEN_ENV,
+    control_port,
+    pod_token,
     pool_label,
     unclaimable,
     warm_job_manifest,
@@ -237,12 +241,12 @@ def test_warm_pool_two_nodes_racing_for_one_pod_never_both_get_it(env: Env) -> N
 
 def test_warm_pool_claim_with_a_stale_resource_version_is_refused(env: Env) -> None:
     async def scenario(backend: KubernetesBackend) -> None:
-        name = (await warm_ready(backend, IMAGE, 1))[0]
         client = await AsyncioKubeClient.connect(env.kubeconfig)
         try:
             for _ in range(5):  # with the version just read (the Job controller may update it meanwhile)
-                stale = (await client.get_job(env.namespace, name))["metadata"]["resourceVersion"]
+                name = (await warm_ready(backend, IMAGE, 1))[0]
                 try:
+                    stale = (await client.get_job(env.namespace, name))["metadata"]["resourceVersion"]
                     await client.patch_job(env.namespace, name, {"metadata": {"resourceVersion": stale, "labels": {
                         "example.com/first": "yes"}}})
                     break
@@ -297,3 +301,32 @@ def test_warm_pool_unclaimed_pods_go_on_stop_and_when_the_setting_drops(env: Env
     # their token Secrets went with them (owned by their Jobs)
     assert [s for s in env.cluster.objects("secrets", env.namespace) if s["metadata"]["name"].startswith(
         "podium-warm-")] == []
+
+
+def test_warm_pool_waiter_refuses_an_assignment_without_its_token(env: Env) -> None:
+    """Whoever reaches a warm pod without its token (content, were a NetworkPolicy
+    missing) cannot hand it a job: refused, and the pod stays claimable."""
+    bundle, home = make_bundle(env.data, "content-d", "hello from d")
+
+    async def scenario(backend: KubernetesBackend) -> None:
+        name = (await warm_ready(backend, IMAGE, 1))[0]
+        assert backend.pool is not None
+        job = next(job for job in backend.pool.unclaimed(IMAGE) if job["metadata"]["name"] == name)
+        pod = backend.pool.ready_pod(job)
+        assert pod is not None
+        ip, port = pod["status"]["podIP"], control_port(backend.config)
+        job_body = json.dumps({"key": "x", "command": ["/bin/sh", "-c", "sleep 60"], "env": {}, "workdir": "/tmp",
+                               "paths": []}).encode()
+        for token in ("", "0" * 64, pod_token(b"another key" * 3, name, job["metadata"]["uid"])):
+            while True:
+                try:
+                    line = await asyncio.to_thread(push_assignment, ip, port, token, job_body, ())
+                    break
+                except ConnectionRefusedError:  # its container runs; the waiter listens a moment later
+                    await asyncio.sleep(0.05)
+            assert line.split()[1] == b"403", line
+        handle = await backend.launch(run_spec("run-d-1", "content-d", bundle, home, resources=DEFAULT))
+        assert handle.data["name"] == name
+        assert (await answer(backend, handle))["file"] == "hello from d"
+
+    env.run(scenario)

@@ -198,7 +198,7 @@ class WarmPool:
         deadline = loop.time() + HANDOFF_TIMEOUT_SECONDS
         while True:
             try:
-                line = await asyncio.to_thread(_push, ip, port, token, body, files)
+                line = await asyncio.to_thread(push_assignment, ip, port, token, body, files)
             except ConnectionRefusedError as error:  # the waiter not listening yet
                 if loop.time() > deadline:
                     log.warning("job %s: warm pod %s did not take its assignment: %s",
@@ -247,13 +247,13 @@ class WarmPool:
             live = []
             for job in self.unclaimed(image):
                 if self._ended(job):
-                    await self.discard(job)
+                    await self.discard(job, "its pod ended")
                 else:
                     live.append(job)
             for _ in range(size - len(live)):
                 await self._create(image)
             for job in live[size:]:
-                await self.discard(job)
+                await self.discard(job, f"more than {size} in the pool")
 
     async def _create(self, image: str) -> None:
         name = warm_job_name(image, secrets.token_hex(3))
@@ -268,15 +268,16 @@ class WarmPool:
             await self.client.create_secret(self.config.namespace, warm_secret_manifest(
                 job, pod_token(self._key, name, job["metadata"]["uid"]), self.config))
         except KubeApiError:
-            await self.discard(job)
+            await self.discard(job, "its token could not be stored")
             raise
         log.info("warm pool: created %s (image %s)", name, image)
 
-    async def discard(self, job: dict[str, Any]) -> None:
+    async def discard(self, job: dict[str, Any], why: str) -> None:
         """Take an unclaimed warm Job out of the pool, then delete it (never one another
         node claimed meanwhile: the take is conditional)."""
         taken = await self._take(job, {})
         if taken is not None:
+            log.info("warm pool: deleting %s: %s", job["metadata"]["name"], why)
             with _quiet(f"warm pool: could not delete {job['metadata']['name']}"):
                 await self.client.delete_job(self.config.namespace, job["metadata"]["name"])
 
@@ -298,7 +299,7 @@ class WarmPool:
                if job["metadata"].get("labels", {}).get(LABEL_NODE) == self.config.node]
         for job in own:
             try:
-                await self.discard(job)
+                await self.discard(job, "this node stops")
             except KubeApiError as error:
                 log.warning("warm pool: could not discard %s: %s", job["metadata"]["name"], error)
         if own:
@@ -315,7 +316,7 @@ def _quiet(what: str) -> Iterator[None]:
             log.warning("%s: %s", what, error)
 
 
-def _push(ip: str, port: int, token: str, job: bytes, files: tuple[str | None, ...]) -> bytes:
+def push_assignment(ip: str, port: int, token: str, job: bytes, files: tuple[str | None, ...]) -> bytes:
     """One hand-off (blocking, in a thread): the request, the job, a tar of its files
     streamed from the data dir, then the waiter's status line."""
     with socket.create_connection((ip, port), timeout=PUSH_TIMEOUT_SECONDS) as sock, \
