@@ -554,3 +554,9 @@ class Workloads:
                 await self.local.stop(run.handle, 0)
         for task in list(self._tasks):
             task.cancel()
+        tasks = [run.task for run in self.runs.values() if run.task is not None] + list(self._tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # a container whose launch was under way has a process but no handle yet: every
+        # process the kubelet started goes, so no test leaves one behind
+        for handle in await self.local.list_jobs():
+            await self.local.stop(handle, 0)
