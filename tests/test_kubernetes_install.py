@@ -86,8 +86,8 @@ def test_install_role_grants_what_the_backend_calls_in_the_content_namespace(ove
     assert role["metadata"]["namespace"] == "podium-content"
     rules = {(group, resource): set(rule["verbs"])
              for rule in role["rules"] for group in rule["apiGroups"] for resource in rule["resources"]}
-    assert rules[("batch", "jobs")] >= {"create", "get", "list", "watch", "delete"}
-    assert rules[("", "pods")] >= {"get", "list", "watch", "delete"}
+    assert rules[("batch", "jobs")] >= {"create", "get", "list", "watch", "patch", "delete"}  # patch: warm pool
+    assert rules[("", "pods")] >= {"get", "list", "watch", "patch", "delete"}
     assert rules[("", "pods/log")] >= {"get"}
     assert rules[("", "events")] >= {"list"}
     assert rules[("", "secrets")] == {"create", "patch", "delete"}  # never get or list: no reading them

@@ -71,6 +71,7 @@ from podium.proxy.router import ContentRouter
 from podium.render import Renderer, fail_interrupted_renderings
 from podium.render.schedules import ScheduleRunner
 from podium.render.tasks import RenderTasks
+from podium.resources import for_content
 from podium.runtime import ExecutionBackend, LocalBackend, allocate_port
 from podium.runtime.sandbox import SandboxSupport, probe_sandbox
 from podium.runtime.transfer import TransferTokens
@@ -125,7 +126,8 @@ class Node:
 
 
 def make_backend(
-    settings: Settings, layout: DataLayout, urls: Urls | None = None, tokens: TransferTokens | None = None
+    settings: Settings, layout: DataLayout, urls: Urls | None = None, tokens: TransferTokens | None = None,
+    pool_key: bytes = b"",
 ) -> ExecutionBackend:
     """The local backend, or the Kubernetes one when ``kubernetes_enabled`` is set."""
     if not settings.kubernetes_enabled:
@@ -168,6 +170,10 @@ def make_backend(
         transfer_token_ttl_seconds=settings.kubernetes_transfer_token_ttl_seconds,
         transfer_upload_ttl_seconds=settings.kubernetes_transfer_upload_ttl_seconds,
         transfer_scratch=(str(layout.cache),),  # a build pod starts with an empty uv cache
+        warm_pool_size=settings.kubernetes_warm_pool_size,
+        # the default shape: what content that sets none of its own resources gets
+        warm_pool_resources=for_content(object(), settings.job_policy).resources,
+        warm_pool_key=pool_key,
     )
     kubeconfig = str(settings.kubernetes_kubeconfig) if settings.kubernetes_kubeconfig else None
     days = settings.kubernetes_job_log_retention_days
@@ -220,7 +226,7 @@ def build(settings: Settings) -> Node:
     handoff = Handoff(box.derive("content-pass"), settings.content_session_lifetime_seconds)
     oauth_signer = Signer(box.derive("oauth"))
     tokens = TransferTokens(layout.root)
-    backend = make_backend(settings, layout, urls, tokens)
+    backend = make_backend(settings, layout, urls, tokens, box.derive("warm-pool"))
     jobs = JobRunner(store, backend, node_id)
     tasks = TaskManager(store, node_id)
     locks = ContentLocks()

@@ -616,6 +616,19 @@ class Settings(BaseSettings):
         "How long a build's or render's single-use token for uploading what it made stays valid "
         "(it is revoked as soon as the job ends).",
     )
+    kubernetes_warm_pool_size: int = setting(
+        0,
+        "kubernetes",
+        "Warm pods kept ready per execution environment image (0 = off): a content process "
+        "started in the server's default shape (default service account, default resources, "
+        "no placement of its own) claims one and starts at once, skipping scheduling, the "
+        "image pull and the container's setup; other content gets a normal Job. The pool of "
+        "an image fills after the first run job in it (the default image's at start). The "
+        "claiming node pushes the job and its files to the pod in one request; each pod is "
+        "used once and refilled in the background; a stopping node deletes its unclaimed "
+        "ones, and a node started with 0 deletes any left.",
+        ge=0,
+    )
     kubernetes_image_pull_policy: str = setting(
         "IfNotPresent", "kubernetes", "imagePullPolicy of job containers: Always, IfNotPresent or Never."
     )

@@ -95,6 +95,13 @@ class SimCluster:
                               {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
         self.call(create())
 
+    def set_start_delay(self, seconds: float) -> None:
+        """Every pod started from now on waits ``seconds`` (``ContainerCreating``) before
+        its first container runs: an image pull, or a runtime copying its files."""
+        async def change() -> None:
+            self.workloads.start_delay_seconds = seconds
+        self.call(change())
+
     def add_volume(self, claim: str, host: Path) -> None:
         """A PersistentVolumeClaim bound to the host folder ``host``."""
         self.volumes[claim] = host.resolve()

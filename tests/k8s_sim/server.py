@@ -1,8 +1,8 @@
 """The simulated cluster's API server: the subset of the Kubernetes API Podium uses.
 
 Discovery (``/version`` with and without the trailing slash, ``/api``, ``/apis``);
-jobs (create with admission checks, get, list, watch, delete with propagation
-policies), pods (get, list, watch, delete with grace, ``/log`` with ``follow``,
+jobs (create with admission checks, get, list, watch, metadata merge patch, delete with
+propagation policies), pods (get, list, watch, metadata merge patch, delete with grace, ``/log`` with ``follow``,
 ``timestamps``, ``tailLines``, ``limitBytes``), events (list), serviceaccounts
 (create, list), secrets (create, get, list, merge patch, delete), nodes (create, list),
 namespaces (create with labels, get, delete). Errors are ``Status`` bodies with the real reasons and codes.
@@ -65,7 +65,8 @@ class ApiServer:
         add("POST", "/api/v1/namespaces/{ns}/{kind:serviceaccounts|secrets}", self.create_plain)
         add("GET", "/apis/batch/v1/namespaces/{ns}/{kind:jobs}/{name}", self.get)
         add("GET", "/api/v1/namespaces/{ns}/{kind:pods|serviceaccounts|secrets}/{name}", self.get)
-        add("PATCH", "/api/v1/namespaces/{ns}/{kind:secrets}/{name}", self.patch)
+        add("PATCH", "/api/v1/namespaces/{ns}/{kind:secrets|pods}/{name}", self.patch)
+        add("PATCH", "/apis/batch/v1/namespaces/{ns}/{kind:jobs}/{name}", self.patch)
         add("DELETE", "/apis/batch/v1/namespaces/{ns}/{kind:jobs}/{name}", self.delete)
         add("DELETE", "/api/v1/namespaces/{ns}/{kind:pods}/{name}", self.delete)
         add("DELETE", "/api/v1/namespaces/{ns}/{kind:secrets}/{name}", self.delete_plain)
@@ -124,7 +125,14 @@ class ApiServer:
             return status(404, "NotFound", f'{kind} "{name}" not found')
         if request.content_type not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
             return status(415, "UnsupportedMediaType", f"the media type {request.content_type!r} is not supported")
-        _merge(obj, await request.json())
+        body = await request.json()
+        wanted = (body.get("metadata") or {}).get("resourceVersion")
+        if wanted is not None and wanted != obj["metadata"].get("resourceVersion"):  # optimistic concurrency
+            return status(409, "Conflict", f'Operation cannot be fulfilled on {kind} "{name}": the object has '
+                          "been modified; please apply your changes to the latest version and try again")
+        if kind != "secrets" and set(body) - {"metadata"}:  # a Job's or Pod's spec is not changed here
+            return status(422, "Invalid", f"{kind} \"{name}\" is invalid: only metadata may be patched here")
+        _merge(obj, body)
         return web.json_response(self.store.update(kind, obj))
 
     async def delete_plain(self, request: web.Request) -> web.Response:
@@ -169,7 +177,11 @@ class ApiServer:
         name = body.get("metadata", {}).get("name", "")
         if self.store.get(kind, ns, name) is not None:
             return status(409, "AlreadyExists", f'{kind} "{name}" already exists')
-        return web.json_response(self.store.create(kind, ns, body), status=201)
+        created = self.store.create(kind, ns, body)
+        owners = {ref.get("uid") for ref in body.get("metadata", {}).get("ownerReferences") or []}
+        if owners and not owners & {job["metadata"]["uid"] for job in self.store.items("jobs", ns)}:
+            self.store.remove(kind, created)  # the garbage collector: its owner is gone (a moment later for real)
+        return web.json_response(created, status=201)
 
     async def create_job(self, request: web.Request) -> web.Response:
         ns = request.match_info["ns"]

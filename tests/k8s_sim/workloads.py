@@ -89,6 +89,9 @@ class Workloads:
         self.volumes = volumes if volumes is not None else {}  # claim name -> host folder
         self.image_dirs = image_dirs  # what every image holds beyond the host's system dirs
         self.enforce_mounts = enforce_mounts
+        # seconds between a pod's scheduling and its first container starting (image pull,
+        # volume setup, a runtime copying files): what a warm pool saves (bench/k8s_warmpool.py)
+        self.start_delay_seconds = 0.0
         self.local = LocalBackend(root / "kubelet")
         self.runs: dict[str, PodRun] = {}  # by pod uid
         self.problems: list[str] = []
@@ -338,6 +341,9 @@ class Workloads:
             await asyncio.sleep(BACKOFF_AFTER_PULL)
             self._set(pod, {"waiting": {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}})
             return
+        if self.start_delay_seconds:
+            self._set(pod, {"waiting": {"reason": "ContainerCreating"}})
+            await asyncio.sleep(self.start_delay_seconds)
         for init in pod["spec"].get("initContainers") or []:  # one after the other, each to its end
             self._set_init(pod, init, {"running": {"startedAt": now()}})
             handle = run.handle = await self._launch(pod, init, run)  # deleting the pod stops it
@@ -548,3 +554,9 @@ class Workloads:
                 await self.local.stop(run.handle, 0)
         for task in list(self._tasks):
             task.cancel()
+        tasks = [run.task for run in self.runs.values() if run.task is not None] + list(self._tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        # a container whose launch was under way has a process but no handle yet: every
+        # process the kubelet started goes, so no test leaves one behind
+        for handle in await self.local.list_jobs():
+            await self.local.stop(handle, 0)

@@ -22,11 +22,17 @@ Lifecycle, in the terms of :class:`~podium.runtime.base.ExecutionBackend`:
 - A Job that no longer exists while its handle records a uid was deleted: STOPPED (by
   :meth:`stop`, by another server, or by ``ttlSecondsAfterFinished`` after the DB
   recorded its end). A handle without a uid and no Job is UNKNOWN/``NotFound``.
-- :meth:`address` is the pod IP and container port once the pod is Ready.
+- :meth:`address` is the pod IP and container port once the pod is Ready (a claimed
+  warm pod's: its job's port, once its container runs; the caller judges readiness
+  by HTTP).
 - :meth:`logs` reads the pod log API (``follow`` streams until the container ends).
   The API merges stdout and stderr: every line comes back as ``stdout``. With
   ``kept_logs``, each job's log is saved when the job ends or is stopped, and served
   from there once the pod is gone (:mod:`.keptlogs`).
+- With ``warm_pool_size`` > 0 (:mod:`.warmpool`, :mod:`.pool`), :meth:`launch` of a
+  run job in the pool's shape first claims a warm pod of its image and hands it the
+  job; its handle names the warm Job, and everything above holds for it unchanged
+  (its pod is found by the Job's name). Without a ready warm pod: a normal Job.
 - :meth:`stop` deletes the Job with ``propagationPolicy=Background`` and its pods with
   ``gracePeriodSeconds`` (rounded up to a whole second, at least 1), then waits until
   they are gone. An ended Job is left for its TTL; 404 means done.
@@ -67,6 +73,8 @@ from podium.runtime.kubernetes.manifests import (
     transfers,
     upload_token_key,
 )
+from podium.runtime.kubernetes.pool import LABEL_JOB_NAME, WarmPool
+from podium.runtime.kubernetes.warmpool import ANNOTATION_PORT, LABEL_WARM, unclaimable
 from podium.runtime.kubernetes.watch import Reflector
 from podium.runtime.transfer import TransferTokens
 
@@ -106,13 +114,14 @@ class KubernetesBackend:
         self._final: dict[str, JobStatus] = {}
         self._events: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
+        self.pool: WarmPool | None = None
 
     # --- plumbing ---------------------------------------------------------------------
 
     async def _ready(self) -> tuple[KubeClient, Reflector, Reflector]:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # first use, or the old event loop is gone
-            self._loop, self._client, self._jobs, self._pods = loop, None, None, None
+            self._loop, self._client, self._jobs, self._pods, self.pool = loop, None, None, None, None
         if self._client is None:
             self._client = await self._wrap(self._connect())
             selector = label_selector(selector_labels(self.config))
@@ -132,6 +141,9 @@ class KubernetesBackend:
                         "The Kubernetes API server could not be reached.",
                         status=503, detail=str(error) if error else "list timed out",
                     ) from None
+        if self.pool is None:  # also with the setting at 0: one cleanup of what is left
+            self.pool = WarmPool(self._client, self._jobs, self._pods, self.config)
+            self.pool.start()
         return self._client, self._jobs, self._pods
 
     @staticmethod
@@ -161,17 +173,30 @@ class KubernetesBackend:
         uid = handle.data.get("uid")
         if job is not None and uid and job["metadata"].get("uid") != uid:
             job = None  # a newer Job under the same name is not this handle's job
-        pods = [
-            pod for pod in self._pods.objects.values()
-            if pod["metadata"].get("labels", {}).get(LABEL_KEY) == handle.key
-        ]
+        pods = self._pods_of(handle, name)
         pods.sort(key=lambda pod: str(pod["metadata"].get("creationTimestamp", "")))
         return job, (pods[-1] if pods else None)
+
+    def _pods_of(self, handle: JobHandle, name: str | None = None) -> list[dict[str, Any]]:
+        """The job's pods: labelled with its key, or made by its Job (a claimed warm pod)."""
+        assert self._pods is not None
+        name = name or str(handle.data.get("name") or job_name(handle.key))
+        return [pod for pod in self._pods.objects.values()
+                if pod["metadata"].get("labels", {}).get(LABEL_KEY) == handle.key
+                or pod["metadata"].get("labels", {}).get(LABEL_JOB_NAME) == name]
 
     # --- the interface ----------------------------------------------------------------
 
     async def launch(self, spec: JobSpec) -> JobHandle:
         client, jobs, _ = await self._ready()
+        if self.pool is not None and self.config.warm_pool_size > 0 and spec.kind == "run":
+            reason = unclaimable(spec, self.config)
+            if reason is None:
+                claimed = await self._wrap(self.pool.claim(spec))
+                if claimed is not None:
+                    return self._handle(claimed)
+            else:
+                log.info("job %s (content %s): a normal Job, not a warm pod: %s", spec.key, spec.content_guid, reason)
         namespace = self.config.namespace
         manifest = job_manifest(spec, self.config)
         name = manifest["metadata"]["name"]
@@ -361,16 +386,19 @@ class KubernetesBackend:
         status = await self.status(handle)
         if status.state is not JobState.RUNNING:
             return None
-        _, pod = self._objects(handle)
+        job, pod = self._objects(handle)
         if pod is None or pod["metadata"].get("labels", {}).get(LABEL_KIND) != "run":
             return None
         pod_status = pod.get("status", {})
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                    for c in pod_status.get("conditions") or [])
-        ports = pod["spec"]["containers"][0].get("ports") or []
-        if not ready or not pod_status.get("podIP") or not ports or pod["metadata"].get("deletionTimestamp"):
+        ports = [int(port["containerPort"]) for port in pod["spec"]["containers"][0].get("ports") or []]
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in pod_status.get("conditions") or [])
+        meta = job["metadata"] if job is not None else {}
+        if meta.get("labels", {}).get(LABEL_WARM) == "claimed":  # the job's port, at once (see .warmpool)
+            ports, ready = [int(meta.get("annotations", {}).get(ANNOTATION_PORT, 0))], True
+        if not ready or not pod_status.get("podIP") or not ports or not ports[0] \
+                or pod["metadata"].get("deletionTimestamp"):
             return None
-        return (str(pod_status["podIP"]), int(ports[0]["containerPort"]))
+        return (str(pod_status["podIP"]), ports[0])
 
     async def logs(self, handle: JobHandle, follow: bool = False) -> AsyncIterator[LogLine]:
         self._check(handle)
@@ -419,8 +447,7 @@ class KubernetesBackend:
             with _gone_ok():
                 await client.delete_job(namespace, job["metadata"]["name"])
         grace = max(1, math.ceil(grace_seconds))
-        for candidate in [p for p in pods.objects.values()
-                          if p["metadata"].get("labels", {}).get(LABEL_KEY) == handle.key]:
+        for candidate in self._pods_of(handle):
             with _gone_ok():
                 await client.delete_pod(namespace, candidate["metadata"]["name"], grace)
         deadline = time.monotonic() + grace + STOP_TIMEOUT_SECONDS
@@ -470,6 +497,8 @@ class KubernetesBackend:
     async def close(self) -> None:
         """Stop watching and close the connection pool; Jobs keep running."""
         if self._loop is asyncio.get_running_loop():
+            if self.pool is not None:
+                await self.pool.stop()  # this node's unclaimed warm pods go
             if self._cleanups:
                 await asyncio.gather(*self._cleanups, return_exceptions=True)
             for reflector in (self._jobs, self._pods):
@@ -477,7 +506,7 @@ class KubernetesBackend:
                     await reflector.stop()
             if self._client is not None:
                 await self._client.close()
-        self._loop, self._client, self._jobs, self._pods = None, None, None, None
+        self._loop, self._client, self._jobs, self._pods, self.pool = None, None, None, None, None
 
 
 @contextlib.contextmanager

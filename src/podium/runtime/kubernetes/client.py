@@ -2,7 +2,8 @@
 
 :class:`KubeClient` is all the backend needs: create/get/delete Jobs, delete Pods,
 list and watch Jobs and Pods by label, follow a pod's log, list events, and create,
-patch and delete the Secrets that hold content's secret variables. Objects are
+patch and delete the Secrets that hold content's secret variables, and merge-patch
+Jobs and Pods (the warm pool's claims, :mod:`.warmpool`). Objects are
 plain dicts exactly as the API server sent them (no generated models: they are slow,
 and strict about fields that vary between server versions).
 
@@ -44,6 +45,13 @@ class KubeClient(Protocol):
         ...
 
     async def delete_secret(self, namespace: str, name: str) -> None: ...
+
+    async def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch; with ``metadata.resourceVersion`` in it the API server
+        applies it only to that version (else 409 Conflict): optimistic concurrency."""
+        ...
+
+    async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]: ...
 
     async def get_job(self, namespace: str, name: str) -> dict[str, Any]: ...
 
@@ -138,6 +146,18 @@ class AsyncioKubeClient:
 
     async def delete_secret(self, namespace: str, name: str) -> None:
         await self._json(self._core.delete_namespaced_secret, name, namespace)
+
+    async def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return await self._json(
+            self._batch.patch_namespaced_job, name, namespace, patch,
+            _content_type="application/merge-patch+json",
+        )
+
+    async def patch_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return await self._json(
+            self._core.patch_namespaced_pod, name, namespace, patch,
+            _content_type="application/merge-patch+json",
+        )
 
     async def delete_job(self, namespace: str, name: str) -> None:
         await self._json(

@@ -100,6 +100,11 @@ class KubernetesJobConfig:
     node: str | None = None
     # data paths a pod gets as empty folders, never fetched nor uploaded (uv's cache)
     transfer_scratch: tuple[str, ...] = ()
+    # warm pool (.warmpool): ready pods per image (0: off), the shape they are made in
+    # (the server's default resources), and the key their tokens are derived from
+    warm_pool_size: int = 0
+    warm_pool_resources: Resources = Resources()
+    warm_pool_key: bytes = field(default=b"", repr=False)
 
 
 def job_name(key: str) -> str:
@@ -347,7 +352,13 @@ def merged_placement(server: Placement, job: Placement | None) -> Placement:
     return job.over(server) if job is not None else server
 
 
-def _placement_fields(placement: Placement) -> dict[str, Any]:
+def server_placement(config: KubernetesJobConfig) -> Placement:
+    """The server's placement, its pull secrets included."""
+    return Placement(**{**_fields(config.placement), "image_pull_secrets": (
+        *config.image_pull_secrets, *config.placement.image_pull_secrets)})
+
+
+def placement_fields(placement: Placement) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if placement.node_selector:
         fields["nodeSelector"] = dict(placement.node_selector)
@@ -364,9 +375,11 @@ def _placement_fields(placement: Placement) -> dict[str, Any]:
     return fields
 
 
-def security_contexts(spec: JobSpec, config: KubernetesJobConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The pod's and the container's securityContext (Pod Security "restricted")."""
-    uid, gid = (spec.sandbox.uid, spec.sandbox.gid) if spec.sandbox else (config.run_as_user, config.run_as_group)
+def security_contexts(spec: JobSpec | None, config: KubernetesJobConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod's and the container's securityContext (Pod Security "restricted"); a
+    warm pod (no spec yet) runs as the configured uid/gid."""
+    uid, gid = (spec.sandbox.uid, spec.sandbox.gid) if spec is not None and spec.sandbox \
+        else (config.run_as_user, config.run_as_group)
     pod = {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": gid,
            "seccompProfile": {"type": "RuntimeDefault"}}
     container = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
@@ -408,12 +421,7 @@ def job_manifest(spec: JobSpec, config: KubernetesJobConfig) -> dict[str, Any]:
     pod_spec["automountServiceAccountToken"] = bool(
         spec.service_account and spec.service_account != config.default_service_account
     )
-    placement = merged_placement(
-        Placement(**{**_fields(config.placement), "image_pull_secrets": (
-            *config.image_pull_secrets, *config.placement.image_pull_secrets)}),
-        spec.placement,
-    )
-    pod_spec.update(_placement_fields(placement))
+    pod_spec.update(placement_fields(merged_placement(server_placement(config), spec.placement)))
     tmp: dict[str, Any] = {"name": TMP_VOLUME, "emptyDir": {}}
     if config.tmp_size_limit_bytes:
         tmp["emptyDir"]["sizeLimit"] = str(config.tmp_size_limit_bytes)

@@ -46,6 +46,11 @@ class Reflector:
         self.objects.setdefault(obj["metadata"]["name"], obj)
         self._notify()
 
+    def replace(self, obj: dict[str, Any]) -> None:
+        """Record the newer version of an object the backend just changed."""
+        self.objects[obj["metadata"]["name"]] = obj
+        self._notify()
+
     def change(self) -> asyncio.Event:
         """An event set at the next change to the cache. Take it *before* looking at
         :attr:`objects`, so that a change in between is not missed."""
