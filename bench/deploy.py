@@ -96,11 +96,12 @@ def deploy(server_url: str, key: str, guid: str, archive: bytes, version: int,
     started = time.perf_counter()
     bundle_id = client.post(f"{server_url}/__api__/v1/content/{guid}/bundles", data=archive).json()["id"]
     task = client.post(f"{server_url}/__api__/v1/content/{guid}/deploy", json={"bundle_id": bundle_id}).json()
-    first = 0
+    first, output = 0, []
     while True:  # as rsconnect polls: from the lines it has, up to 1 s per request
         state = client.get(f"{server_url}/__api__/v1/tasks/{task['task_id']}",
                            params={"wait": 1, "first": first}).json()
         first = state["last"]
+        output += state["output"]
         if state["finished"]:
             break
     if state["code"] != 0:
@@ -117,7 +118,8 @@ def deploy(server_url: str, key: str, guid: str, archive: bytes, version: int,
     if serving is None:
         raise SystemExit(f"the deployed app did not answer within 120 s: {answer.status_code} {answer.text[:300]}")
     compiled = None
-    while envs is not None and time.monotonic() < deadline:
+    background = any("to bytecode in the background" in line for line in output)
+    while envs is not None and background and time.monotonic() < deadline:
         if any(envs.glob("*/.podium-compiled")):
             compiled = time.perf_counter() - started
             break

@@ -9,6 +9,10 @@ logs); every later bundle with the same fingerprint reuses it at once. Python
 environments are venvs made with uv; R libraries (``envs/r-<fingerprint>/``)
 are restored with the environment's R (:mod:`podium.build.r`).
 
+On this host an environment is published without bytecode and compiled right after
+by a compile job of its own, while the deploy goes on (:mod:`podium.build.compile`;
+``.podium-compiled`` says it is done); in a pod uv compiles it inside the build.
+
 An environment deleted as a runtime cache while a process still runs from it is
 *retired* (:mod:`podium.caches`): its ready marker goes, its files stay until
 nothing runs from them, and the next build of its fingerprint goes to a fresh
@@ -220,9 +224,10 @@ class Builder:
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": str(self.cache_dir),
             "UV_CACHE_DIR": str(self.cache_dir / "uv"),
-            # A pod mounts uv's cache and its new environment apart (one subPath each):
-            # hardlinks cannot cross mounts, so uv copies there rather than warn and copy.
-            "UV_LINK_MODE": "hardlink" if self.jobs.backend.name == "local" else "copy",
+            # A pod, or a sandbox, mounts uv's cache and its new environment apart (one
+            # subPath, one bind each): hardlinks cannot cross mounts, so uv copies there
+            # rather than warn and copy.
+            "UV_LINK_MODE": "hardlink" if self.jobs.backend.name == "local" and sandbox is None else "copy",
             "UV_NO_PROGRESS": "1",
             # Sandboxed processes see the environment read-only and would otherwise compile
             # every module again at each start (hundreds of ms for FastAPI): bytecode now in
@@ -487,7 +492,27 @@ class Builder:
         return final
 
     async def _stream(self, handle: Any, out: TaskOutput, tail: list[str]) -> None:
-        async for line in self.jobs.backend.logs(handle, follow=True):
-            tail.append(line.data)
-            del tail[: -_TAIL_LINES * 2]
-            await asyncio.to_thread(out.line, line.data)
+        """Copy a build job's log into the task: what came while the last write went on
+        goes in the next, in one (uv prints its list of packages all at once, at the end)."""
+        pending: list[str] = []
+        writer: asyncio.Task[None] | None = None
+
+        async def write() -> None:
+            while pending:
+                batch = pending[:]
+                del pending[:]
+                await asyncio.to_thread(out.lines, batch)
+
+        try:
+            async for line in self.jobs.backend.logs(handle, follow=True):
+                tail.append(line.data)
+                del tail[: -_TAIL_LINES * 2]
+                pending.append(line.data)
+                if writer is None or writer.done():
+                    writer = asyncio.create_task(write())
+            if writer is not None:
+                await writer
+        except asyncio.CancelledError:
+            if writer is not None:
+                writer.cancel()
+            raise

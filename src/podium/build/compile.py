@@ -61,7 +61,13 @@ def sources():
 
 def one(source):
     folder, name = os.path.split(os.path.relpath(source, env))
-    target = os.path.join(out, folder, "__pycache__", name[:-3] + "." + tag + ".pyc")
+    pyc = os.path.join("__pycache__", name[:-3] + "." + tag + ".pyc")
+    try:  # compiled already (by uv, in an environment built before builds compiled later)
+        if os.stat(os.path.join(env, folder, pyc)).st_mtime >= os.stat(source).st_mtime:
+            return None
+    except OSError:
+        pass
+    target = os.path.join(out, folder, pyc)
     try:
         py_compile.compile(source, cfile=target, dfile=source, doraise=True)
     except Exception as error:
