@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from podium.build.compile import TAG, adopt_bytecode, compile_command, compiling, is_compiled, mark_compiled
+from podium.build.compile import KIND, adopt_bytecode, compile_command, compiling, is_compiled, mark_compiled
 from podium.build.fingerprint import fingerprint, normalise_requirements
 from podium.build.r import (
     PackageListError,
@@ -208,7 +208,7 @@ class Builder:
         self.envs_dir.mkdir(parents=True, exist_ok=True)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         sandbox = self._sandbox(
-            read_only=[request.bundle_dir, self.uv_path, *interpreter_paths(chosen.path)], work=[work]
+            read_only=[request.bundle_dir, self.uv_path, *interpreter_paths(chosen.path)], work=work
         )
         work.mkdir(exist_ok=True)
         uv = shlex.quote(self.uv_path)
@@ -272,7 +272,7 @@ class Builder:
 
     def _compile_later(self, request: BuildRequest, chosen: Installation, env: Path, out: TaskOutput) -> None:
         """Start compiling ``env`` to bytecode as a job of its own, in the background."""
-        key = new_job_key("compile")
+        key = new_job_key(KIND)
         out.line(f"Compiling the environment's modules to bytecode in the background (job {key}); "
                  "processes started before that ends compile them in memory.")
         task = asyncio.get_running_loop().create_task(self._compile(request, chosen, env, key))
@@ -281,23 +281,22 @@ class Builder:
 
     async def _compile(self, request: BuildRequest, chosen: Installation, env: Path, key: str) -> None:
         guid = request.content_guid
-        scratch = self.envs_dir / f".{env.name}.{key}"
-        scratch.mkdir()
-        sandbox = self._sandbox(read_only=[env, *interpreter_paths(chosen.path)], work=[scratch])
-        spec = JobSpec(
-            key=key, kind="build", content_guid=guid, image=request.image,
-            command=compile_command(chosen.path, env, scratch, os.cpu_count() or 1),
-            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}, secret_env={},
-            workdir=str(env), port=None, resources=request.resources,
-            service_account=request.service_account, sandbox=sandbox, placement=request.placement,
-        )
+        scratch = self.envs_dir / f".{env.name}.{key}"  # the job's writable folder
         handle = None
         try:
-            handle = await self.jobs.launch(spec, request.content_id, request.bundle_id, TAG,
+            scratch.mkdir()
+            spec = JobSpec(
+                key=key, kind="build", content_guid=guid, image=request.image,
+                command=compile_command(chosen.path, env, scratch, os.cpu_count() or 1),
+                env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}, secret_env={},
+                workdir=str(env), port=None, resources=request.resources,
+                service_account=request.service_account, placement=request.placement,
+                sandbox=self._sandbox(read_only=[env, *interpreter_paths(chosen.path)], work=scratch),
+            )
+            handle = await self.jobs.launch(spec, request.content_id, request.bundle_id, "python_restore",
                                             meta={"environment": str(env)})
             last = await asyncio.wait_for(self._last_line(handle), self.timeout_seconds)
             status = await self.jobs.wait(handle)
-            moved = 0
             if status.state is JobState.SUCCEEDED and (env / READY_MARKER).exists():
                 owner = os.geteuid() if self.isolation is not None and self.isolation.active else None
                 moved = await asyncio.to_thread(adopt_bytecode, scratch, env, owner)
@@ -342,13 +341,13 @@ class Builder:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _sandbox(self, read_only: list[str | Path], work: list[Path]) -> Sandbox | None:
+    def _sandbox(self, read_only: list[str | Path], work: Path) -> Sandbox | None:
         """The sandbox of a build writing into ``work`` (and uv's cache), or None."""
         if self.isolation is None:
             return None
         uid = self.isolation.builder_uid
         self.isolation.own_tree(self.cache_dir, uid)  # once: the cache of unsandboxed builds
-        return self.isolation.sandbox(uid, read_only, [*work, self.cache_dir])
+        return self.isolation.sandbox(uid, read_only, [work, self.cache_dir])
 
     async def _run(
         self, spec: JobSpec, content_id: int, bundle_id: int, tag: str, staging: Path,
@@ -459,7 +458,7 @@ class Builder:
         repository = urllib.parse.urlsplit(self.r_repository_url)
         local = [urllib.parse.unquote(repository.path)] if repository.scheme == "file" else []
         sandbox = self._sandbox(
-            read_only=[request.bundle_dir, *interpreter_paths(request.r.path), *local], work=[work]
+            read_only=[request.bundle_dir, *interpreter_paths(request.r.path), *local], work=work
         )
         (staging / "library").mkdir(parents=True)
         (staging / "packages.dcf").write_text("\n".join(p.dcf() for p in packages))

@@ -41,7 +41,8 @@ from sqlalchemy.orm import Session
 from podium.store.models import Job
 
 COMPILED_MARKER = ".podium-compiled"
-TAG = "python_compile"  # the compile job's tag (a build job's is python_restore)
+KIND = "compile"  # a compile job's key starts with it; its tag is a build's (python_restore,
+# one of Connect's job tags), its kind "build"
 
 # Run as ``python -I -S -c SCRIPT <environment> <scratch> <workers>`` with the
 # environment's interpreter (any Python 3.6+: no f-strings beyond 3.6's, no
@@ -158,7 +159,9 @@ def is_compiled(env: Path) -> bool:
 
 def compiling(session: Session) -> set[str]:
     """The environment folders that a compile job (of any node) is compiling now."""
-    metas = session.scalars(select(Job.meta).where(Job.status == 0, Job.tag == TAG))
+    metas = session.scalars(select(Job.meta).where(
+        Job.status == 0, Job.kind == "build", Job.key.startswith(f"{KIND}-")
+    ))
     return {str(meta["environment"]) for meta in metas if meta and meta.get("environment")}
 
 
