@@ -300,6 +300,7 @@ class Builder:
             if status.state is JobState.SUCCEEDED and (env / READY_MARKER).exists():
                 owner = os.geteuid() if self.isolation is not None and self.isolation.active else None
                 moved = await asyncio.to_thread(adopt_bytecode, scratch, env, owner)
+                await asyncio.to_thread(shutil.rmtree, scratch, True)  # before the marker says done
                 await asyncio.to_thread(mark_compiled, env, chosen.version_text)
                 log.info("content %s: environment %s compiled to bytecode (job %s): %s; %d files",
                          guid, env.name, key, last, moved)
