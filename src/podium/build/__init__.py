@@ -287,7 +287,8 @@ class Builder:
             scratch.mkdir()
             spec = JobSpec(
                 key=key, kind="build", content_guid=guid, image=request.image,
-                command=compile_command(chosen.path, env, scratch, os.cpu_count() or 1),
+                # a core left to the content's first process, which starts meanwhile
+                command=compile_command(chosen.path, env, scratch, (os.cpu_count() or 2) - 1),
                 env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}, secret_env={},
                 workdir=str(env), port=None, resources=request.resources,
                 service_account=request.service_account, placement=request.placement,
