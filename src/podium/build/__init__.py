@@ -258,7 +258,7 @@ class Builder:
         _mark_ready(staging, work, chosen.version_text)
         if not background:
             mark_compiled(staging, chosen.version_text)
-        final, ours = self._publish(staging, fp, key, work)
+        final, ours = await asyncio.to_thread(self._publish, staging, fp, key, work)  # walks every file
         out.line(f"Package environment {fp} is ready.")
         if ours and background:
             self._compile_later(request, chosen, final, out)
