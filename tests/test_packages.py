@@ -157,6 +157,9 @@ def test_runtime_caches_listed_and_deleted_through_posit_sdk_and_rsconnect(serve
     assert {(c["language"], c["version"]) for c in json.loads(listed.stdout)["caches"]} == {
         (lang, v) for lang, v, _ in described
     }
+    deadline = time.monotonic() + 120  # its compile job done: it would count as in use
+    while not (old_env / ".podium-compiled").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
     dry = _rsconnect(home, "system", "caches", "delete", "-s", server.url, "-k", server.admin_key,
                      "--language", "Python", "--version", "3.12.1", "--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr

@@ -238,6 +238,8 @@ def build(settings: Settings) -> Node:
     )
     sync_catalogue(store, settings.declared_environments, local)
     isolation = make_isolation(settings, layout.root)
+    if isinstance(backend, LocalBackend) and isolation.support.available:
+        backend.sandbox_probed()  # the first build need not run the same probe again
     builder = Builder(
         jobs, layout.envs, layout.cache, find_uv_bin(), settings.package_index_url,
         settings.build_timeout_seconds, settings.r_repository_url, isolation,
@@ -412,6 +414,7 @@ def create_app(node: Node) -> FastAPI:
             await node.usage.close()  # what is buffered is written
         await render_schedules.close()
         await node.tasks.shutdown()
+        await node.deployer.builder.close()  # compile jobs: the next deploy compiles again
         await node.scheduler.close(stop_processes=not settings.effective_keep_processes_on_shutdown)
         if hand_over:
             try:

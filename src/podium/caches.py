@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from podium.build import READY_MARKER
+from podium.build.compile import compiling
 from podium.deploy import Deployer
 from podium.store import Store
 from podium.store.models import Bundle, Content, Job, PackageEnvironment
@@ -70,11 +71,13 @@ def _uses(bundle: Bundle, path: str) -> bool:
 
 
 def paths_in_use(session: Session, paths: list[str]) -> set[str]:
-    """Which of the environment folders ``paths`` a running run or render job uses."""
+    """Which of the environment folders ``paths`` a running run or render job uses, or a
+    compile job writes bytecode into (:mod:`podium.build.compile`)."""
     bundle_ids = set(session.scalars(
         select(Job.bundle_id).where(Job.status == 0, Job.kind.in_(("run", "render")), Job.bundle_id.is_not(None))
     ))
-    used: set[str] = set()
+    compiled_now = compiling(session)
+    used = {path for path in paths if path in compiled_now}
     for bundle in session.scalars(select(Bundle).where(Bundle.id.in_(bundle_ids))) if bundle_ids else []:
         used.update(path for path in paths if _uses(bundle, path))
     return used

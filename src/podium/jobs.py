@@ -100,8 +100,11 @@ class JobRunner:
         timeout_seconds: float | None = None,
         start_timeout_seconds: float | None = None,
         on_pending: Callable[[JobStatus], None] | None = None,
+        ended: asyncio.Event | None = None,
     ) -> JobStatus:
         """Poll until the job ends; on timeout return its last (active) status.
+        ``ended``: set when the caller learns that the job has ended (its log stream
+        closed), so the next poll comes at once, not after the poll interval (up to 0.5 s).
 
         A job still PENDING after ``start_timeout_seconds`` (the content's
         ``init_timeout``) is returned then, PENDING, with the backend's last reason for
@@ -126,7 +129,13 @@ class JobRunner:
                 return status
             if status.state is JobState.PENDING and start_deadline is not None and loop.time() >= start_deadline:
                 return status
-            await asyncio.sleep(delay)
+            if ended is None or ended.is_set():
+                await asyncio.sleep(delay)
+            else:
+                try:
+                    await asyncio.wait_for(ended.wait(), delay)
+                except TimeoutError:
+                    pass
             delay = min(delay * 1.5, 0.5)
 
     async def stop(self, handle: JobHandle, grace_seconds: float) -> JobStatus:

@@ -51,10 +51,16 @@ class TaskOutput:
         self._count = 0
 
     def line(self, text: str) -> None:
+        self.lines([text])
+
+    def lines(self, texts: list[str]) -> None:
+        """Write ``texts`` as lines (each split where it holds line breaks), in one
+        database write."""
         with self._manager.store.session() as session:
-            for part in text.splitlines() or [""]:
-                session.add(TaskLine(task_id=self.task_id, n=self._count, line=part))
-                self._count += 1
+            for text in texts:
+                for part in text.splitlines() or [""]:
+                    session.add(TaskLine(task_id=self.task_id, n=self._count, line=part))
+                    self._count += 1
         self._manager.notify(self.task_id)
 
 

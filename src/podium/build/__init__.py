@@ -9,6 +9,10 @@ logs); every later bundle with the same fingerprint reuses it at once. Python
 environments are venvs made with uv; R libraries (``envs/r-<fingerprint>/``)
 are restored with the environment's R (:mod:`podium.build.r`).
 
+On this host an environment is published without bytecode and compiled right after
+by a compile job of its own, while the deploy goes on (:mod:`podium.build.compile`;
+``.podium-compiled`` says it is done); in a pod uv compiles it inside the build.
+
 An environment deleted as a runtime cache while a process still runs from it is
 *retired* (:mod:`podium.caches`): its ready marker goes, its files stay until
 nothing runs from them, and the next build of its fingerprint goes to a fresh
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from podium.build.compile import KIND, adopt_bytecode, compile_command, compiling, is_compiled, mark_compiled
 from podium.build.fingerprint import fingerprint, normalise_requirements
 from podium.build.r import (
     PackageListError,
@@ -134,6 +139,7 @@ class Builder:
         self.timeout_seconds = timeout_seconds
         self.r_repository_url = r_repository_url
         self._locks: dict[str, asyncio.Lock] = {}
+        self._compiles: dict[str, asyncio.Task[None]] = {}  # environment folder: its compile
 
     def env_path(self, fp: str) -> Path:
         return self.envs_dir / fp
@@ -177,6 +183,11 @@ class Builder:
             ready = self.ready_path(fp)
             if ready is not None:
                 out.line(f"Reusing package environment {fp}: requirements unchanged, nothing to install.")
+                if not is_compiled(ready) and self.jobs.backend.name == "local" \
+                        and str(ready) not in self._compiles \
+                        and str(ready) not in await asyncio.to_thread(self._compiling):
+                    # its compile failed, or a server stop cut it off
+                    self._compile_later(request, chosen, ready, out)
                 return BuiltEnvironment(fp, str(ready / "bin" / "python"), chosen.version_text, True, True, ready)
             path = await self._build(request, chosen, fp, requirements_path, extra, out)
         return BuiltEnvironment(fp, str(path / "bin" / "python"), chosen.version_text, True, False, path)
@@ -193,6 +204,7 @@ class Builder:
         key = new_job_key("build")
         work = self.envs_dir / f".{fp}.{key}"  # the job's writable folder; the venv is in it
         staging = work / "env"
+        background = self.jobs.backend.name == "local"  # compile after publishing, not in the build
         self.envs_dir.mkdir(parents=True, exist_ok=True)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         sandbox = self._sandbox(
@@ -212,13 +224,15 @@ class Builder:
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": str(self.cache_dir),
             "UV_CACHE_DIR": str(self.cache_dir / "uv"),
-            # A pod mounts uv's cache and its new environment apart (one subPath each):
-            # hardlinks cannot cross mounts, so uv copies there rather than warn and copy.
-            "UV_LINK_MODE": "hardlink" if self.jobs.backend.name == "local" else "copy",
+            # A pod, or a sandbox, mounts uv's cache and its new environment apart (one
+            # subPath, one bind each): hardlinks cannot cross mounts, so uv copies there
+            # rather than warn and copy.
+            "UV_LINK_MODE": "hardlink" if self.jobs.backend.name == "local" and sandbox is None else "copy",
             "UV_NO_PROGRESS": "1",
-            # Bytecode now: sandboxed processes see the environment read-only and would
-            # otherwise compile every module again at each start (hundreds of ms for FastAPI).
-            "UV_COMPILE_BYTECODE": "1",
+            # Sandboxed processes see the environment read-only and would otherwise compile
+            # every module again at each start (hundreds of ms for FastAPI): bytecode now in
+            # a pod, on this host after the deploy (podium.build.compile).
+            "UV_COMPILE_BYTECODE": "0" if background else "1",
             "UV_PYTHON_DOWNLOADS": "never",
             "LANG": "C.UTF-8",
         }
@@ -234,16 +248,100 @@ class Builder:
             workdir=str(request.bundle_dir), port=None, resources=request.resources,
             service_account=request.service_account, sandbox=sandbox, placement=request.placement,
         )
-        out.line(f"Building package environment {fp} (job {key}):")
-        for line in (requirements_path.read_text(errors="replace").splitlines() if requirements_path else []):
-            if line.strip() and not line.lstrip().startswith("#"):
-                out.line(f"  requirement: {line.strip()}")
+        wanted = [line.strip() for line in (
+            requirements_path.read_text(errors="replace").splitlines() if requirements_path else []
+        ) if line.strip() and not line.lstrip().startswith("#")]
+        out.line(f"Building package environment {fp} (job {key}):"
+                 + "".join(f"\n  requirement: {line}" for line in wanted))
         await self._run(spec, request.content_id, request.bundle_id, "python_restore", work, out,
                         "Building the package environment")
         _mark_ready(staging, work, chosen.version_text)
-        final = self._publish(staging, fp, key, work)
+        if not background:
+            mark_compiled(staging, chosen.version_text)
+        final, ours = await asyncio.to_thread(self._publish, staging, fp, key, work)  # walks every file
         out.line(f"Package environment {fp} is ready.")
+        if ours and background:
+            self._compile_later(request, chosen, final, out)
         return final
+
+    # --- bytecode, compiled after the deploy (podium.build.compile) ----------------------
+
+    def _compiling(self) -> set[str]:
+        with self.jobs.store.session() as session:
+            return compiling(session)
+
+    def _compile_later(self, request: BuildRequest, chosen: Installation, env: Path, out: TaskOutput) -> None:
+        """Start compiling ``env`` to bytecode as a job of its own, in the background."""
+        key = new_job_key(KIND)
+        out.line(f"Compiling the environment's modules to bytecode in the background (job {key}); "
+                 "processes started before that ends compile them in memory.")
+        task = asyncio.get_running_loop().create_task(self._compile(request, chosen, env, key))
+        self._compiles[str(env)] = task
+        task.add_done_callback(lambda _: self._compiles.pop(str(env), None))
+
+    async def _compile(self, request: BuildRequest, chosen: Installation, env: Path, key: str) -> None:
+        guid = request.content_guid
+        scratch = self.envs_dir / f".{env.name}.{key}"  # the job's writable folder
+        handle = None
+        try:
+            scratch.mkdir()
+            spec = JobSpec(
+                key=key, kind="build", content_guid=guid, image=request.image,
+                # a core left to the content's first process, which starts meanwhile
+                command=compile_command(chosen.path, env, scratch, (os.cpu_count() or 2) - 1),
+                env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}, secret_env={},
+                workdir=str(env), port=None, resources=request.resources,
+                service_account=request.service_account, placement=request.placement,
+                sandbox=self._sandbox(read_only=[env, *interpreter_paths(chosen.path)], work=scratch),
+            )
+            handle = await self.jobs.launch(spec, request.content_id, request.bundle_id, "python_restore",
+                                            meta={"environment": str(env)})
+            last = await asyncio.wait_for(self._last_line(handle), self.timeout_seconds)
+            status = await self.jobs.wait(handle)
+            if status.state is JobState.SUCCEEDED and (env / READY_MARKER).exists():
+                owner = os.geteuid() if self.isolation is not None and self.isolation.active else None
+                moved = await asyncio.to_thread(adopt_bytecode, scratch, env, owner)
+                await asyncio.to_thread(shutil.rmtree, scratch, True)  # before the marker says done
+                await asyncio.to_thread(mark_compiled, env, chosen.version_text)
+                log.info("content %s: environment %s compiled to bytecode (job %s): %s; %d files",
+                         guid, env.name, key, last, moved)
+            else:
+                log.warning("content %s: environment %s was not compiled to bytecode (job %s: %s); "
+                            "its processes compile modules in memory at each start until a deploy "
+                            "reuses it", guid, env.name, key, status.message or status.state.value)
+            self.jobs.record_end(key, status)  # only now: until then the environment is in use
+            handle = None
+        except BackendError as exc:
+            log.warning("content %s: the compile job of environment %s could not start: %s",
+                        guid, env.name, exc.message)
+        except TimeoutError:
+            log.warning("content %s: the compile job %s of environment %s took longer than %s s "
+                        "and was stopped (setting build_timeout_seconds)", guid, key, env.name,
+                        self.timeout_seconds)
+        except Exception:
+            log.exception("content %s: compiling environment %s to bytecode failed (job %s)",
+                          guid, env.name, key)
+        finally:
+            if handle is not None:  # cancelled (a server stop): end the job first
+                await asyncio.shield(self.jobs.stop(handle, 5))
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    async def _last_line(self, handle: Any) -> str:
+        """Follow a compile job's log to its end (into the server log at debug level);
+        its last line, the summary."""
+        last = ""
+        async for line in self.jobs.backend.logs(handle, follow=True):
+            log.debug("job %s: %s", handle.key, line.data)
+            last = line.data or last
+        return last
+
+    async def close(self) -> None:
+        """Stop the compile jobs still running (the next deploy that reuses their
+        environments compiles them again)."""
+        tasks = list(self._compiles.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _sandbox(self, read_only: list[str | Path], work: Path) -> Sandbox | None:
         """The sandbox of a build writing into ``work`` (and uv's cache), or None."""
@@ -266,9 +364,12 @@ class Builder:
             raise TaskFailed(f"The build job could not start: {exc.message}") from None
         tail: list[str] = []
         streamer = asyncio.create_task(self._stream(handle, out, tail))
+        ended = asyncio.Event()  # the log ends when the job does: no need to poll on
+        streamer.add_done_callback(lambda _: ended.set())
         status = await self.jobs.wait(
             handle, self.timeout_seconds, self.start_timeout_seconds,
             lambda waiting: out.line(f"The build job waits to start: {waiting.message or waiting.reason}"),
+            ended,
         )
         if status.state is JobState.PENDING and self.start_timeout_seconds is not None:
             message = not_started_message("The build job", status, self.start_timeout_seconds)
@@ -295,18 +396,20 @@ class Builder:
                 + "\n".join(tail[-_TAIL_LINES:])
             )
 
-    def _publish(self, staging: Path, fp: str, key: str, work: Path) -> Path:
+    def _publish(self, staging: Path, fp: str, key: str, work: Path) -> tuple[Path, bool]:
         """Move a finished build into place (read-only to its builder and to content from
-        then on), remove the job's folder ``work`` and return where the environment is."""
+        then on), remove the job's folder ``work`` and return where the environment is,
+        and whether it is this build's (else another node's, built meanwhile)."""
         if self.isolation is not None and self.isolation.active:
             make_readable(staging)
         final = self.env_path(fp)
         if final.exists() and not (final / READY_MARKER).exists():  # retired, maybe in use
             final = self.envs_dir / f"{fp}-g{key}"
-        if not final.exists():  # else built meanwhile by another node: keep theirs
+        ours = not final.exists()  # else built meanwhile by another node: keep theirs
+        if ours:
             os.rename(staging, final)
         shutil.rmtree(work, ignore_errors=True)
-        return final
+        return final, ours
 
     # --- R -------------------------------------------------------------------------------
 
@@ -385,12 +488,32 @@ class Builder:
         await self._run(spec, request.content_id, request.bundle_id, "packrat_restore", work, out,
                         "Restoring the R packages")
         _mark_ready(staging, work, request.r.version_text)
-        final = self._publish(staging, fp, key, work)
+        final, _ = self._publish(staging, fp, key, work)
         out.line(f"R package library {fp} is ready.")
         return final
 
     async def _stream(self, handle: Any, out: TaskOutput, tail: list[str]) -> None:
-        async for line in self.jobs.backend.logs(handle, follow=True):
-            tail.append(line.data)
-            del tail[: -_TAIL_LINES * 2]
-            await asyncio.to_thread(out.line, line.data)
+        """Copy a build job's log into the task: what came while the last write went on
+        goes in the next, in one (uv prints its list of packages all at once, at the end)."""
+        pending: list[str] = []
+        writer: asyncio.Task[None] | None = None
+
+        async def write() -> None:
+            while pending:
+                batch = pending[:]
+                del pending[:]
+                await asyncio.to_thread(out.lines, batch)
+
+        try:
+            async for line in self.jobs.backend.logs(handle, follow=True):
+                tail.append(line.data)
+                del tail[: -_TAIL_LINES * 2]
+                pending.append(line.data)
+                if writer is None or writer.done():
+                    writer = asyncio.create_task(write())
+            if writer is not None:
+                await writer
+        except asyncio.CancelledError:
+            if writer is not None:
+                writer.cancel()
+            raise

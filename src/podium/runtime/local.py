@@ -117,6 +117,12 @@ class LocalBackend:
     async def forget_content(self, content_guid: str) -> None:
         """Nothing to do: a local job keeps nothing of its content beyond its own folder."""
 
+    def sandbox_probed(self) -> None:
+        """Say that :func:`~podium.runtime.sandbox.probe_sandbox` found sandboxes working
+        on this host (the server's own probe at its start): the first sandboxed launch
+        does not run it again."""
+        self._sandbox_works = True
+
     async def launch(self, spec: JobSpec) -> JobHandle:
         if spec.volume_mounts:
             log.info(
