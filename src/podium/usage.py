@@ -61,6 +61,7 @@ class UsageRecorder:
         self._task: asyncio.Task[None] | None = None
         self._importer: subprocess.Popen[bytes] | None = None
         self._started_at = float("-inf")  # when the importer was last started (monotonic)
+        self._created_at = time.monotonic()
         self._seq = 0
         if spool is not None:
             spool.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -169,8 +170,8 @@ class UsageRecorder:
                     self._spool_batch(batch)
                     self._wake()
                 elif (self._importer is None or self._importer.poll() is not None) and (
-                        time.monotonic() - self._started_at > usage_import.PRUNE_EVERY_SECONDS):
-                    self._wake()  # an idle server's usage is pruned too (the importer prunes)
+                        time.monotonic() - max(self._started_at, self._created_at) > usage_import.PRUNE_EVERY_SECONDS):
+                    self._wake()  # an idle server's usage is pruned hourly too (the importer prunes)
             except Exception:  # the next flush tries again; the server keeps serving
                 log.exception("recording usage failed")
 
