@@ -117,11 +117,13 @@ class UsageRecorder:
         """Tell the importer there is a file to import, starting it (again) if need be."""
         importer = self._importer
         if importer is not None and importer.poll() is not None:
-            log.warning("the usage importer exited (%s); starting it again", importer.returncode)
-            self._importer = importer = None
-        if importer is None:
             if time.monotonic() - self._started_at < _RESTART_AFTER_SECONDS:
-                return  # it died just now: the files wait for the next try
+                return  # it died just now: tried again at the next flush
+            log.warning("the usage importer exited (%s); starting it again", importer.returncode)
+            if importer.stdin is not None:
+                importer.stdin.close()
+            importer = None
+        if importer is None:
             importer = self._importer = self._start_importer()
         assert importer.stdin is not None
         try:
@@ -169,6 +171,8 @@ class UsageRecorder:
                 if any(batch):
                     self._spool_batch(batch)
                     self._wake()
+                elif self._importer is not None and self._importer.poll() is not None:
+                    self._wake()  # it died: started again, for what it left in the spool
                 elif (self._importer is None or self._importer.poll() is not None) and (
                         time.monotonic() - max(self._started_at, self._created_at) > usage_import.PRUNE_EVERY_SECONDS):
                     self._wake()  # an idle server's usage is pruned hourly too (the importer prunes)
