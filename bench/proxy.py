@@ -398,6 +398,7 @@ class Served:
     base: str  # the API's URL
     cold_guid: str  # a second copy of the app, min_processes 0, for cold starts
     data_dir: str = ""  # the server's data dir
+    pid: int = 0  # the server's process
 
 
 @contextlib.contextmanager
@@ -469,7 +470,7 @@ def podium_content(sandbox: str = "required", extra_env: dict[str, str] | None =
         job = next(j for j in api.get(f"{base}/v1/content/{guid}/jobs").json() if j["status"] == 0)
         with open(os.path.join(data_dir, "jobs", job["key"], "job.json")) as record:
             app_port = json.load(record)["port"]
-        yield Served(f"http://127.0.0.1:{app_port}", through, api, base, guids[1], data_dir)
+        yield Served(f"http://127.0.0.1:{app_port}", through, api, base, guids[1], data_dir, server.pid)
     finally:
         server.terminate()
         server.wait(30)
@@ -540,12 +541,34 @@ def drain(served: Served, timeout: float = 300.0) -> float:
     return time.monotonic() - started
 
 
+def cpu_seconds(pid: int, importer: bool = False) -> float:
+    """CPU time (user + system) the process ``pid`` has used; ``importer``: that of its
+    usage importer child instead (0 when it has none)."""
+    if importer:
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as stat, open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    fields, command = stat.read().rpartition(")")[2].split(), cmdline.read()
+            except (OSError, ValueError):
+                continue
+            if fields[1] == str(pid) and b"podium.usage_import" in command:
+                return float(int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return float(int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def compare_usage(seconds: float, rounds: int) -> None:
     """Usage recording off against on (the default): two real servers at once, measured
     in turn, round after round, so other load on the machine weighs on both. With it on,
     every request is a hit and every websocket a session, spooled every flush interval and
     imported by the server's nice 19 importer process. Each measurement starts with the
-    spool imported, so the importer's work is charged to the measurement that made it."""
+    spool imported, so the importer's work is charged to the measurement that made it.
+
+    Besides throughput, the server process's CPU time per small request is reported (the
+    less noisy figure on a shared machine: other load slows both servers but does not
+    add to their CPU time), and the importer's CPU time per hit it imported."""
     modes = {"off": {"PODIUM_USAGE_RECORDING": "false"}, "on": {"PODIUM_USAGE_RECORDING": "true"}}
     with open("/proc/loadavg") as load:
         print(f"load average at the start: {load.read().strip()}", flush=True)
@@ -553,15 +576,30 @@ def compare_usage(seconds: float, rounds: int) -> None:
     with contextlib.ExitStack() as stack:
         servers = {mode: stack.enter_context(podium_content("off", env)) for mode, env in modes.items()}
         figures: dict[str, list[Figures]] = {mode: [] for mode in modes}
+        per_request: dict[str, list[float]] = {mode: [] for mode in modes}
+        requests_on = 0.0
         for mode in modes:
             wrk(servers[mode].through + "/", 64, 1)
+        drain(servers["on"])
+        importer_before = cpu_seconds(servers["on"].pid, importer=True)
         for index in range(rounds):
             for mode in (modes if index % 2 == 0 else reversed(list(modes))):
                 waits.append(drain(servers["on"]))
-                got = measure(servers[mode].through, seconds)
+                served = servers[mode]
+                base = served.through.rstrip("/")
+                before = cpu_seconds(served.pid)
+                small, _ = wrk(base + "/", 64, seconds)
+                per_request[mode].append((cpu_seconds(served.pid) - before) / (small * seconds))
+                _, big = wrk(base + "/big", 8, seconds)
+                got = Figures(small, big, ws_rate(re.sub(r"^http", "ws", base) + "/ws", seconds))
                 figures[mode].append(got)
+                if mode == "on":
+                    requests_on += small * seconds
                 print(f"round {index + 1} {mode:>3}: {got.small_rps:8.0f} req/s {got.big_mibps:6.0f} MiB/s "
-                      f"{got.ws_rtps:7.0f} ws/s", flush=True)
+                      f"{got.ws_rtps:7.0f} ws/s; server CPU {per_request[mode][-1] * 1e6:5.1f} µs/request",
+                      flush=True)
+        waits.append(drain(servers["on"]))
+        importer_cpu = cpu_seconds(servers["on"].pid, importer=True) - importer_before
         # Recording really was on: one marked request afterwards is found among the hits.
         import requests
 
@@ -585,6 +623,10 @@ def compare_usage(seconds: float, rounds: int) -> None:
                        ("10 MiB responses, MiB/s (8 conns)", off.big_mibps, on.big_mibps),
                        ("websocket round trips/s (16 conns)", off.ws_rtps, on.ws_rtps)):
         print(f"{name:40} {a:14.0f} {b:13.0f} {b / a:6.3f}x")
+    cpu_off, cpu_on = (sorted(per_request[mode])[len(per_request[mode]) // 2] * 1e6 for mode in modes)
+    print(f"{'server CPU µs per small request (median)':40} {cpu_off:14.1f} {cpu_on:13.1f} {cpu_on / cpu_off:6.3f}x")
+    print(f"importer CPU: {importer_cpu * 1e6 / max(requests_on, 1):.1f} µs per small request recorded "
+          f"(nice 19; websocket and 10 MiB hits included)")
     print(f"waited for the importer before a measurement: at most {max(waits):.1f} s")
     print(f"recording on: the marked request was recorded: {'yes' if marked else 'NO'}")
     with open("/proc/loadavg") as load:
