@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import marshal
 import os
 import signal
 import subprocess
@@ -317,7 +316,7 @@ def _importer_pid(server: RunningServer) -> int:
 
 
 def _spooled_hits(spool: Path) -> int:
-    return sum(len(marshal.loads(p.read_bytes())[1]) for p in spool.glob("*.usage"))
+    return sum(len(usage_import.read_spool(p)[0]) for p in spool.glob("*.usage"))
 
 
 def test_usage_spooled_before_a_kill_imported_at_the_next_start(tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
 """Recording usage: hits, visits and interactive app sessions, batched off the request path.
 
 The proxy calls :meth:`UsageRecorder.hit` once per request it serves for content: that
-appends a tuple to a list and returns (no I/O, no lock, nothing parsed beyond the
-headers it keeps). Every ``flush_seconds`` the server appends the buffer, as it is, to a
-spool file of its own (one :mod:`marshal` call and one write) and wakes the *importer*,
+marshals the request's fields (headers as they are) onto a buffer and returns (no I/O,
+no lock, nothing parsed, and no object kept per hit for the garbage collector, whose
+full collections would otherwise walk every buffered hit). Every ``flush_seconds`` the
+server appends the buffer, as it is, to a spool file of its own (one write) and wakes the *importer*,
 a process at the lowest CPU priority that builds the rows, inserts them and prunes rows
 older than ``retention_days`` hourly (:mod:`podium.usage_import`). So the database work
 costs the server neither its GIL nor, on a busy core, more than the scheduler's share of
@@ -38,7 +39,7 @@ from pathlib import Path
 
 from podium import usage_import
 from podium.store import Store
-from podium.usage_import import Batch, End, Hit, Start
+from podium.usage_import import Batch, End, Start, marshalled
 
 log = logging.getLogger(__name__)
 _RESTART_AFTER_SECONDS = 10.0  # between two starts of an importer that keeps dying
@@ -55,7 +56,7 @@ class UsageRecorder:
         self.retention_days = retention_days
         self.spool = spool
         self.node = node
-        self._hits: list[Hit] = []
+        self._hits = bytearray()  # each hit marshalled: no object per hit for the GC to walk
         self._starts: list[Start] = []
         self._ends: list[End] = []
         self._task: asyncio.Task[None] | None = None
@@ -77,10 +78,10 @@ class UsageRecorder:
         websocket: bool = False,
     ) -> Callable[[], None] | None:
         """Record one request served by content; for a WebSocket, return the callable
-        that records the end of its session. Only appends: ``headers`` is kept as it is
-        (the caller does not change it afterwards) and read when the batch is imported."""
+        that records the end of its session. Only marshals and appends: ``headers`` is
+        read when the batch is imported."""
         now = time.time()
-        self._hits.append((now, content_guid, user_guid, bundle_id, target, headers, method))
+        self._hits += marshalled((now, content_guid, user_guid, bundle_id, target, headers, method))
         if not websocket:
             return None
         start = (str(uuid.uuid4()), now, content_guid, user_guid, bundle_id)
@@ -92,8 +93,8 @@ class UsageRecorder:
     def take(self) -> Batch:
         """What is buffered, leaving the buffers empty (on the event loop, where
         :meth:`hit` appends)."""
-        batch = (self._hits, self._starts, self._ends)
-        self._hits, self._starts, self._ends = [], [], []
+        batch = (bytes(self._hits), self._starts, self._ends)
+        self._hits, self._starts, self._ends = bytearray(), [], []
         return batch
 
     def flush(self) -> int:
@@ -173,8 +174,8 @@ class UsageRecorder:
                     self._wake()
                 elif self._importer is not None and self._importer.poll() is not None:
                     self._wake()  # it died: started again, for what it left in the spool
-                elif (self._importer is None or self._importer.poll() is not None) and (
-                        time.monotonic() - max(self._started_at, self._created_at) > usage_import.PRUNE_EVERY_SECONDS):
+                elif self._importer is None and (
+                        time.monotonic() - self._created_at > usage_import.PRUNE_EVERY_SECONDS):
                     self._wake()  # an idle server's usage is pruned hourly too (the importer prunes)
             except Exception:  # the next flush tries again; the server keeps serving
                 log.exception("recording usage failed")

@@ -6,9 +6,10 @@ an *importer*: a separate process at the lowest CPU priority (``python -m
 podium.usage_import``, started, woken and stopped by the server), so building rows and
 inserting them never holds the server's GIL or competes with the proxy for its core.
 
-A spool file is ``<node>.<time ns>.<seq>.usage``: one :mod:`marshal`-ed batch
-``(version, hits, starts, ends)``, named once complete (written to a dot-file, then
-renamed). An importer *claims* a file by renaming it to ``<name>.claimed-<host>-<pid>``:
+A spool file is ``<node>.<time ns>.<seq>.usage``: a :mod:`marshal`-ed ``(version,
+starts, ends)`` followed by the batch's hits, each marshalled by the server as it was
+recorded (so the server keeps no Python object per hit for its garbage collector to
+walk), named once complete (written to a dot-file, then renamed). An importer *claims* a file by renaming it to ``<name>.claimed-<host>-<pid>``:
 of two importers sharing the folder, one rename wins. It takes its own node's files in
 order, another node's only once they have lain unclaimed for :data:`ORPHAN_SECONDS` (that
 node stopped or died), and a file claimed by an importer that died (same host, process
@@ -23,6 +24,7 @@ across files does not matter.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import marshal
@@ -62,7 +64,7 @@ Hit = tuple[float, str, str | None, int | None, bytes, list[tuple[bytes, bytes]]
 # (key, started, content guid, user guid, bundle id); an end adds its time
 Start = tuple[str, float, str, str | None, int | None]
 End = tuple[str, float, str, str | None, int | None, float]
-Batch = tuple[list[Hit], list[Start], list[End]]
+Batch = tuple[bytes, list[Start], list[End]]  # hits: each marshalled, one after another
 
 
 def is_visit(method: bytes, path: str, dest: str | None) -> bool:
@@ -134,11 +136,28 @@ def _write_sessions(connection: Any, starts: list[Start], ends: list[End]) -> No
         )
 
 
+def marshalled(hit: Hit) -> bytes:
+    """One hit as the server buffers it (:func:`read_hits` reads them back)."""
+    try:
+        return marshal.dumps(hit)
+    except ValueError:  # headers of a type marshal does not know: as plain bytes
+        return marshal.dumps((*hit[:5], [(bytes(n), bytes(v)) for n, v in hit[5]], bytes(hit[6])))
+
+
+def read_hits(data: bytes) -> list[Hit]:
+    """The hits of a batch's bytes (marshalled one after another)."""
+    source = io.BytesIO(data)
+    hits = []
+    while source.tell() < len(data):
+        hits.append(marshal.load(source))
+    return hits
+
+
 def write(store: Store, batch: Batch) -> int:
     """Write one batch in one transaction (the synchronous path: tests, a recorder without
     a spool); how many hits."""
     hits, starts, ends = batch
-    rows = hit_rows(hits, store.is_sqlite)
+    rows = hit_rows(read_hits(hits), store.is_sqlite)
     if rows or starts or ends:
         with store.engine.begin() as connection:
             if rows:
@@ -166,17 +185,23 @@ def prune(store: Store, retention_days: int, now: datetime | None = None) -> int
 
 def spool_batch(spool: Path, node: str, seq: int, batch: Batch) -> Path:
     """Append ``batch`` to the spool as one new file (complete once named); its path."""
-    try:
-        data = marshal.dumps((SPOOL_VERSION, *batch))
-    except ValueError:  # headers of a type marshal does not know: as plain bytes
-        hits = [(*hit[:5], [(bytes(n), bytes(v)) for n, v in hit[5]], bytes(hit[6])) for hit in batch[0]]
-        data = marshal.dumps((SPOOL_VERSION, hits, batch[1], batch[2]))
+    hits, starts, ends = batch
     name = f"{node}.{time.time_ns():020d}.{seq:08d}{_SUFFIX}"
     partial = spool / f".{name}"
     with open(partial, "wb") as out:
-        out.write(data)
+        out.write(marshal.dumps((SPOOL_VERSION, starts, ends)))
+        out.write(hits)
     os.replace(partial, spool / name)
     return spool / name
+
+
+def read_spool(path: Path) -> tuple[list[Hit], list[Start], list[End]]:
+    """The hits, app session starts and ends of one spool file."""
+    with open(path, "rb") as source:
+        version, starts, ends = marshal.load(source)
+        if version != SPOOL_VERSION:
+            raise ValueError(f"spool version {version}, not {SPOOL_VERSION}")
+        return read_hits(source.read()), starts, ends
 
 
 def _alive(pid: int) -> bool:
@@ -248,10 +273,7 @@ class Importer:
     def import_file(self, path: Path, base: str) -> int:
         """Import one claimed file, then remove it; how many hits were new."""
         try:
-            with open(path, "rb") as source:
-                version, hits, starts, ends = marshal.load(source)
-            if version != SPOOL_VERSION:
-                raise ValueError(f"spool version {version}, not {SPOOL_VERSION}")
+            hits, starts, ends = read_spool(path)
         except (EOFError, ValueError, TypeError) as exc:  # kept aside, not retried forever
             log.error("%s cannot be read (%s): left as %s.bad", path, exc, base)
             os.replace(path, path.with_name(f".{base}.bad"))
