@@ -4,11 +4,11 @@ The proxy calls :meth:`UsageRecorder.hit` once per request it serves for content
 marshals the request's fields (headers as they are) onto a buffer and returns (no I/O,
 no lock, nothing parsed, and no object kept per hit for the garbage collector, whose
 full collections would otherwise walk every buffered hit). Every ``flush_seconds`` the
-server appends the buffer, as it is, to a spool file of its own (one write) and wakes the *importer*,
-a process at the lowest CPU priority that builds the rows, inserts them and prunes rows
-older than ``retention_days`` hourly (:mod:`podium.usage_import`). So the database work
-costs the server neither its GIL nor, on a busy core, more than the scheduler's share of
-a nice 19 process. The importer is started at the first batch (or at start when the
+server writes the buffer, as it is, to a spool file of its own (one write) and wakes the
+*importer*, a process at the lowest CPU priority that builds the rows, inserts them and
+prunes rows older than ``retention_days`` hourly (:mod:`podium.usage_import`). So the
+database work never holds the server's GIL, and takes only time the server leaves idle
+(though, on a core they share, it cools the server's caches: see bench/README.md). The importer is started at the first batch (or at start when the
 spool holds files), started again if it dies, and stopped by :meth:`close`.
 
 :meth:`close` spools what is buffered, lets the importer import everything and exit
