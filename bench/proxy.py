@@ -513,6 +513,7 @@ class Served:
     api: Any  # a requests session with the admin key
     base: str  # the API's URL
     cold_guid: str  # a second copy of the app, min_processes 0, for cold starts
+    data_dir: str = ""  # the server's data dir
     pid: int = 0  # the server's (its content processes are its descendants)
 
 
@@ -585,7 +586,7 @@ def podium_content(sandbox: str = "required", extra_env: dict[str, str] | None =
         job = next(j for j in api.get(f"{base}/v1/content/{guid}/jobs").json() if j["status"] == 0)
         with open(os.path.join(data_dir, "jobs", job["key"], "job.json")) as record:
             app_port = json.load(record)["port"]
-        yield Served(f"http://127.0.0.1:{app_port}", through, api, base, guids[1], server.pid)
+        yield Served(f"http://127.0.0.1:{app_port}", through, api, base, guids[1], data_dir, server.pid)
     finally:
         server.terminate()
         server.wait(30)
@@ -639,40 +640,113 @@ def compare_sandbox(seconds: float, rounds: int, cold_samples: int = 9) -> None:
           f"{median['required'] * 1000:10.0f} {(median['required'] - median['off']) * 1000:+6.0f} ms")
 
 
+def spooled(served: Served) -> int:
+    """How many files of recorded usage wait in the server's spool for its importer."""
+    try:
+        return sum(not name.startswith(".") for name in os.listdir(os.path.join(served.data_dir, "usage")))
+    except FileNotFoundError:
+        return 0
+
+
+def drain(served: Served, timeout: float = 300.0) -> float:
+    """Seconds until the importer has imported the spool (so no measurement of either
+    server shares the core with a backlog left by the one before)."""
+    started = time.monotonic()
+    while spooled(served) and time.monotonic() - started < timeout:
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def process_cpu_seconds(pid: int, importer: bool = False) -> float:
+    """CPU time (user + system) the process ``pid`` has used; ``importer``: that of its
+    usage importer child instead (0 when it has none)."""
+    if importer:
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as stat, open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    fields, command = stat.read().rpartition(")")[2].split(), cmdline.read()
+            except (OSError, ValueError):
+                continue
+            if fields[1] == str(pid) and b"podium.usage_import" in command:
+                return float(int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return float(int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def compare_usage(seconds: float, rounds: int) -> None:
     """Usage recording off against on (the default): two real servers at once, measured
     in turn, round after round, so other load on the machine weighs on both. With it on,
-    every request is a hit and every websocket a session, written in batches."""
+    every request is a hit and every websocket a session, spooled every flush interval and
+    imported by the server's nice 19 importer process. Each measurement starts with the
+    spool imported, so the importer's work is charged to the measurement that made it.
+
+    Besides throughput, the server process's CPU time per small request is reported (the
+    less noisy figure on a shared machine: other load slows both servers but does not
+    add to their CPU time), and the importer's CPU time per hit it imported."""
     modes = {"off": {"PODIUM_USAGE_RECORDING": "false"}, "on": {"PODIUM_USAGE_RECORDING": "true"}}
+    with open("/proc/loadavg") as load:
+        print(f"load average at the start: {load.read().strip()}", flush=True)
+    waits: list[float] = []
     with contextlib.ExitStack() as stack:
         servers = {mode: stack.enter_context(podium_content("off", env)) for mode, env in modes.items()}
         figures: dict[str, list[Figures]] = {mode: [] for mode in modes}
+        per_request: dict[str, list[float]] = {mode: [] for mode in modes}
+        requests_on = 0.0
         for mode in modes:
             wrk(servers[mode].through + "/", 64, 1)
+        drain(servers["on"])
+        importer_before = process_cpu_seconds(servers["on"].pid, importer=True)
         for index in range(rounds):
             for mode in (modes if index % 2 == 0 else reversed(list(modes))):
-                figures[mode].append(measure(servers[mode].through, seconds))
+                waits.append(drain(servers["on"]))
+                served = servers[mode]
+                base = served.through.rstrip("/")
+                before = process_cpu_seconds(served.pid)
+                small, _ = wrk(base + "/", 64, seconds)
+                per_request[mode].append((process_cpu_seconds(served.pid) - before) / (small * seconds))
+                _, big = wrk(base + "/big", 8, seconds)
+                got = Figures(small, big, ws_rate(re.sub(r"^http", "ws", base) + "/ws", seconds))
+                figures[mode].append(got)
+                if mode == "on":
+                    requests_on += small * seconds
+                print(f"round {index + 1} {mode:>3}: {got.small_rps:8.0f} req/s {got.big_mibps:6.0f} MiB/s "
+                      f"{got.ws_rtps:7.0f} ws/s; server CPU {per_request[mode][-1] * 1e6:5.1f} µs/request",
+                      flush=True)
+        waits.append(drain(servers["on"]))
+        importer_cpu = process_cpu_seconds(servers["on"].pid, importer=True) - importer_before
         # Recording really was on: one marked request afterwards is found among the hits.
         import requests
 
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
         requests.get(servers["on"].through + "/?bench-marker")
-        time.sleep(3)  # > usage_flush_seconds
-        hits = servers["on"].api.get(f"{servers['on'].base}/v1/instrumentation/content/hits",
-                                     params={"from": since}).json()
-        marked = [h for h in hits if h["data"].get("query") == "bench-marker"]
+        marked: list[Any] = []
+        deadline = time.monotonic() + 120
+        while not marked and time.monotonic() < deadline:
+            time.sleep(0.5)
+            hits = servers["on"].api.get(f"{servers['on'].base}/v1/instrumentation/content/hits",
+                                         params={"from": since}).json()
+            marked = [h for h in hits if h["data"].get("query") == "bench-marker"]
     best = {
         mode: Figures(*(max(getattr(f, name) for f in figures[mode]) for name in Figures.__dataclass_fields__))
         for mode in modes
     }
     off, on = best["off"], best["on"]
+    print(f"best of {rounds} rounds:")
     print(f"{'':40} {'recording off':>14} {'recording on':>13} {'ratio':>7}")
     for name, a, b in (("small requests/s (64 conns)", off.small_rps, on.small_rps),
                        ("10 MiB responses, MiB/s (8 conns)", off.big_mibps, on.big_mibps),
                        ("websocket round trips/s (16 conns)", off.ws_rtps, on.ws_rtps)):
         print(f"{name:40} {a:14.0f} {b:13.0f} {b / a:6.3f}x")
+    cpu_off, cpu_on = (sorted(per_request[mode])[len(per_request[mode]) // 2] * 1e6 for mode in modes)
+    print(f"{'server CPU µs per small request (median)':40} {cpu_off:14.1f} {cpu_on:13.1f} {cpu_on / cpu_off:6.3f}x")
+    print(f"importer CPU: {importer_cpu * 1e6 / max(requests_on, 1):.1f} µs per small request recorded "
+          f"(nice 19; websocket and 10 MiB hits included)")
+    print(f"waited for the importer before a measurement: at most {max(waits):.1f} s")
     print(f"recording on: the marked request was recorded: {'yes' if marked else 'NO'}")
-
+    with open("/proc/loadavg") as load:
+        print(f"load average at the end: {load.read().strip()}")
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -620,3 +620,27 @@ def test_nodes_on_kubernetes_a_killed_replica_s_jobs_are_adopted_after_the_timeo
         problems = list(sim.problems)
         sim.stop()
     assert problems == []
+
+
+def test_nodes_usage_recorded_on_both_nodes_is_imported_once(cluster: Cluster) -> None:
+    """Each node spools its own usage into the shared data dir and its own importer
+    imports it; a clean stop leaves nothing spooled and nothing twice."""
+    cluster.env["PODIUM_USAGE_FLUSH_SECONDS"] = "0.2"
+    a = cluster.start(first=True)
+    b = cluster.start()
+    guid = new_app(a)
+
+    def hits() -> int:
+        return int(cluster.rows("SELECT count(*) FROM content_hits WHERE content_guid = :g", g=guid)[0][0])
+
+    for node in (a, b, a, b, a, b):
+        content(node, guid)
+    wait_until(lambda: hits() == 6)
+    content(a, guid)
+    a.stop()  # what A had buffered is imported before it exits
+    assert hits() == 7
+    content(b, guid)
+    b.stop()
+    assert hits() == 8
+    assert [p.name for p in (cluster.data / "usage").iterdir()] == []
+    assert len(cluster.rows("SELECT DISTINCT path FROM content_hits WHERE content_guid = :g", g=guid)) == 1

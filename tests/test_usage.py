@@ -5,20 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from posit import connect
 from posit.connect.errors import ClientError
+from sqlalchemy import insert
 from tests.conftest import RunningServer, start_server
 from tests.helpers import deploy, static_bundle, tar_gz
 
+from podium import usage_import
 from podium.store import Store
-from podium.store.models import ContentHit
+from podium.store.models import AppSession, ContentHit, UsageImport
 from podium.usage import UsageRecorder
 
 _WS_APP = (
@@ -227,3 +233,136 @@ def test_hits_by_vanity_path_and_bundle_preview(server: RunningServer) -> None:
     paths = _eventually(recorded)
     assert paths[1] == f"/content/{site['guid']}/_bundle{bundle_id}/"
     assert paths[0] == "/usage-sales/"  # the address the viewer asked for
+
+
+def _spool_hits(recorder: UsageRecorder, n: int, guid: str, agent: bytes = b"t") -> None:
+    for index in range(n):
+        recorder.hit(b"GET", f"/content/{guid}/{index}".encode(), [(b"user-agent", agent)], guid, None, 7)
+
+
+def _hit_count(store: Store) -> int:
+    with store.session() as session:
+        return session.query(ContentHit).count()
+
+
+def test_spooled_usage_imported_once_in_chunks(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(usage_import, "CHUNK", 2)
+    spool = tmp_path / "usage"
+    recorder = UsageRecorder(store, 1.0, 30, spool=spool, node="n1")
+    guid = "0b6b1a4e-8d8f-4a57-9a55-9e1f3d6f2f10"
+    _spool_hits(recorder, 5, guid)
+    first = usage_import.spool_batch(spool, "n1", 1, recorder.take())
+    kept = first.read_bytes()
+    importer = usage_import.Importer(store, spool, "n1", 30)
+    assert importer.run_once() == 5 and list(spool.iterdir()) == []
+    with store.session() as session:
+        paths = [h.path for h in session.query(ContentHit).order_by(ContentHit.id)]
+    assert paths == [f"/content/{guid}/{n}" for n in range(5)]
+    # Imported, then the importer died before removing the file: nothing twice.
+    first.write_bytes(kept)
+    assert importer.run_once() == 0 and _hit_count(store) == 5 and list(spool.iterdir()) == []
+    # A file a dead importer of this host had claimed is claimed again; its chunks that
+    # were committed are not imported twice.
+    _spool_hits(recorder, 3, guid)
+    second = usage_import.spool_batch(spool, "n1", 2, recorder.take())
+    base = second.name
+    with store.engine.begin() as connection:
+        connection.execute(insert(UsageImport).values(name=f"{base}:0", imported=datetime.now(UTC)))
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has
+    second.rename(second.with_name(f"{base}.claimed-{importer.host}-{gone.pid}"))
+    assert importer.run_once() == 1 and _hit_count(store) == 6 and list(spool.iterdir()) == []
+    # An unreadable file is set aside, not retried forever.
+    (spool / "n1.00000000000000000001.00000009.usage").write_bytes(b"not marshal")
+    assert importer.run_once() == 0 and [p.name for p in spool.iterdir()] == [".n1.00000000000000000001.00000009.usage.bad"]
+
+
+def test_spooled_sessions_in_any_order_and_other_nodes_files(store: Store, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = tmp_path / "usage"
+    recorder = UsageRecorder(store, 1.0, 30, spool=spool, node="n1")
+    guid = "0b6b1a4e-8d8f-4a57-9a55-9e1f3d6f2f10"
+    end = recorder.hit(b"GET", b"/content/x/ws", [], guid, None, None, websocket=True)
+    assert end is not None
+    started = usage_import.spool_batch(spool, "n1", 1, recorder.take())
+    end()
+    ended = usage_import.spool_batch(spool, "n1", 2, recorder.take())
+    mine = usage_import.Importer(store, spool, "n1", 30)
+    # The end imported before the start (two importers sharing the spool): one session.
+    assert mine.import_file(ended, ended.name) == 0
+    assert mine.import_file(started, started.name) == 1
+    with store.session() as session:
+        (row,) = session.query(AppSession).all()
+        assert row.ended is not None and row.started <= row.ended and row.content_guid == guid
+    # Another node's file waits for that node's importer, unless it lies unclaimed.
+    _spool_hits(recorder, 2, guid)
+    usage_import.spool_batch(spool, "n2", 1, recorder.take())
+    assert mine.run_once() == 0 and len(list(spool.iterdir())) == 1
+    monkeypatch.setattr(usage_import, "ORPHAN_SECONDS", -1.0)
+    assert mine.run_once() == 2 and list(spool.iterdir()) == []
+
+
+def _importer_pid(server: RunningServer) -> int:
+    """The server's usage importer process."""
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat, open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                parent, command = int(stat.read().rpartition(")")[2].split()[1]), cmdline.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == server.process.pid and b"podium.usage_import" in command:
+            return int(entry)
+    raise AssertionError("no usage importer")
+
+
+def _spooled_hits(spool: Path) -> int:
+    return sum(len(usage_import.read_spool(p)[0]) for p in spool.glob("*.usage"))
+
+
+def test_usage_spooled_before_a_kill_imported_at_the_next_start(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    fast = {"PODIUM_USAGE_FLUSH_SECONDS": "0.2"}
+    first = start_server(data, extra_env=fast)
+    importer = 0
+    try:
+        site = first.api().post(_api(first, "v1/content"), json={"name": "kill-site"}).json()
+        deploy(first, first.admin_key, site["guid"], static_bundle())
+        page = f"{first.content_url}/content/{site['guid']}/"
+        as_admin = {"Authorization": f"Key {first.admin_key}"}
+        assert requests.get(page, headers=as_admin).status_code == 200
+        hits_url = _api(first, "v1/instrumentation/content/hits")
+
+        def imported(api: requests.Session, url: str, n: int) -> None:
+            assert len(api.get(url).json()) == n
+
+        _eventually(lambda: imported(first.api(), hits_url, 1))
+        importer = _importer_pid(first)
+        os.kill(importer, signal.SIGSTOP)  # paused: what the server spools now stays spooled
+        for _ in range(3):
+            assert requests.get(page, headers=as_admin).status_code == 200
+        _eventually(lambda: _assert_equal(_spooled_hits(data / "usage"), 3))
+        first.process.kill()  # the node dies, and its importer with it
+        first.process.wait()
+        os.kill(importer, signal.SIGKILL)
+    finally:
+        first.stop()
+        if importer:
+            try:
+                os.kill(importer, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    second = start_server(data, bootstrap=False, extra_env=fast, ports=first.ports)
+    try:
+        api = second.api(first.admin_key)
+        _eventually(lambda: imported(api, hits_url, 4))
+        # An importer that dies is started again (at most every few seconds).
+        os.kill(_importer_pid(second), signal.SIGKILL)
+        assert requests.get(page, headers=as_admin).status_code == 200
+        _eventually(lambda: imported(api, hits_url, 5), seconds=60)
+        assert "the usage importer exited" in second.log()
+    finally:
+        second.stop()
+
+
+def _assert_equal(got: Any, expected: Any) -> None:
+    assert got == expected, got

@@ -264,7 +264,8 @@ def build(settings: Settings) -> Node:
     )
     renderer = Renderer(store, settings, layout, jobs, env_vars, urls, isolation, changes,
                         ContentSessionTokens(oauth_signer))
-    usage = (UsageRecorder(store, settings.usage_flush_seconds, settings.usage_retention_days)
+    usage = (UsageRecorder(store, settings.usage_flush_seconds, settings.usage_retention_days,
+                           spool=layout.usage_spool, node=node_id)
              if settings.usage_recording else None)
     router = ContentRouter(
         store, settings.session_lifetime_seconds, targets.app_target, scheduler, urls, handoff, layout,

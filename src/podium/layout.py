@@ -10,6 +10,7 @@ API, the services and the wiring agree on them:
 - ``jobs/<key>/``: each job's log and records (local backend);
 - ``outputs/<content id>/<rendering id>/``: rendered documents;
 - ``home/<content guid>/``: the ``HOME`` of a content's processes;
+- ``usage/``: recorded usage spooled by each node, waiting to be imported;
 - ``runtime/``: the app runner script; ``tmp/``: uploads in progress (on the data
   volume, so a finished upload is renamed into place).
 
@@ -52,6 +53,11 @@ class DataLayout:
     @property
     def runtime(self) -> Path:
         return self.root / "runtime"
+
+    @property
+    def usage_spool(self) -> Path:
+        """Recorded usage each node spools for the importer (:mod:`podium.usage_import`)."""
+        return self.root / "usage"
 
     def bundle_archive(self, content_id: int, bundle_id: int) -> Path:
         return self.root / "bundles" / str(content_id) / f"{bundle_id}.tar.gz"

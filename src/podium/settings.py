@@ -720,8 +720,10 @@ class Settings(BaseSettings):
     usage_flush_seconds: float = setting(
         2.0,
         "usage",
-        "How often recorded usage is written to the database, in one batch off the request "
-        "path. A normal stop writes what is buffered; a killed server loses at most this long.",
+        "How often the server hands recorded usage on, off the request path: one batch "
+        "appended to a spool file in the data dir (usage/), which a low-priority importer "
+        "process writes to the database. A normal stop imports what is buffered; a killed "
+        "server loses at most this long.",
         gt=0,
     )
     usage_retention_days: int = setting(

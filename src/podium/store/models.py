@@ -654,6 +654,16 @@ class ContentHit(Base):
     visit: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class UsageImport(Base):
+    """A chunk of a usage spool file already imported (:mod:`podium.usage_import`), so a
+    file imported again after a crash adds nothing twice; pruned after a few days."""
+
+    __tablename__ = "usage_imports"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    imported: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
 class AppSession(Base):
     """One WebSocket session of an interactive app (``v1/instrumentation/shiny/usage``):
     ``ended`` None while it lasts. ``key`` is made by the recorder so the end can be
