@@ -4,6 +4,8 @@
     python bench/coldstart.py --apps fastapi --samples 11
     python bench/coldstart.py --sandbox off       # content unsandboxed (default: required)
     python bench/coldstart.py --browser           # through Podium as a browser asks (Accept: text/html)
+    python bench/coldstart.py --baseline /tmp/main/src   # and a second server running another
+                                                  # checkout's Podium, interleaved (before/after)
 
 For each framework a minimal app (one page) is deployed to a real ``podium serve`` as
 public content with ``min_processes = 0``; Podium builds its environment as it builds any
@@ -18,6 +20,9 @@ other. Then, in alternation, sample after sample:
   stops it: the same scheduler path), then the time from ``GET /content/<guid>/`` on
   the content origin to its ``200``, whatever the proxy does meanwhile (starting the
   process, waiting for it, retrying after a "starting" page with ``--browser``).
+
+With ``--baseline``, a second ``podium serve`` runs Podium from another source tree (the
+same venv, its ``src`` first on ``PYTHONPATH``) and takes its turn in every sample.
 
 Prints each sample, then per framework the medians side by side and their difference in
 ms (the goal: within 200 ms), with the load average at the start and the end.
@@ -135,16 +140,19 @@ class Server:
 
 
 @contextlib.contextmanager
-def podium(sandbox: str) -> Iterator[Server]:
-    """A real ``podium serve`` in a fresh data dir, with its admin's API key."""
+def podium(sandbox: str, source: str | None = None) -> Iterator[Server]:
+    """A real ``podium serve`` in a fresh data dir, with its admin's API key; with
+    ``source``, Podium's ``src`` folder of another checkout (on ``PYTHONPATH``)."""
     work = tempfile.mkdtemp(prefix="podium-bench-coldstart-")
     data_dir = os.path.join(work, "data")
     command = [sys.executable, "-m", "podium"]
-    key = subprocess.run([*command, "admin", "bootstrap", "--data-dir", data_dir], check=True,
-                         capture_output=True, text=True).stdout.strip()
     port, content_port = free_port(), free_port()
     env = {**os.environ, "PODIUM_BOOTSTRAP_ADMIN_ON_FIRST_START": "false", "PODIUM_SANDBOX": sandbox,
            "PODIUM_CONTENT_LISTEN": f"127.0.0.1:{content_port}"}
+    if source is not None:
+        env["PYTHONPATH"] = os.path.abspath(source)
+    key = subprocess.run([*command, "admin", "bootstrap", "--data-dir", data_dir], check=True,
+                         capture_output=True, text=True, env=env).stdout.strip()
     log = open(os.path.join(work, "server.log"), "wb")  # noqa: SIM115 (closed below)
     server = subprocess.Popen(
         [*command, "serve", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"],
@@ -254,51 +262,68 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sandbox", choices=["required", "optional", "off"], default="required")
     parser.add_argument("--browser", action="store_true",
                         help="through Podium, ask as a browser does (Accept: text/html)")
+    parser.add_argument("--baseline", metavar="SRC",
+                        help="also a second server running Podium from this src folder (e.g. "
+                        "`git archive main src | tar -x -C /tmp/main`, then /tmp/main/src), interleaved")
     args = parser.parse_args(argv)
     apps = [APPS[name] for name in args.apps.split(",")]
+    sides = ["direct", "podium"] + (["baseline"] if args.baseline else [])
     print(f"load average at the start: {load()}", flush=True)
-    results: dict[str, tuple[list[float], list[float]]] = {}
-    with podium(args.sandbox) as server:
+    results: dict[str, dict[str, list[float]]] = {}
+    with contextlib.ExitStack() as stack:
+        servers = {"podium": stack.enter_context(podium(args.sandbox))}
+        if args.baseline:
+            servers["baseline"] = stack.enter_context(podium(args.sandbox, args.baseline))
         for app in apps:
-            before = environments(server)
-            guid = deploy(server, app)
-            built = sorted(environments(server) - before)
-            if len(built) != 1:
-                raise RuntimeError(f"deploying {app.name} built {len(built)} environments, not one")
-            python = built[0]
+            guids: dict[str, str] = {}
+            python = ""
+            for side, server in servers.items():
+                before = environments(server)
+                guids[side] = deploy(server, app)
+                built = sorted(environments(server) - before)
+                if len(built) != 1:
+                    raise RuntimeError(f"deploying {app.name} built {len(built)} environments, not one")
+                python = python or built[0]
             folder = tempfile.mkdtemp(prefix=f"podium-bench-{app.name}-")
             try:
                 with open(os.path.join(folder, "app.py"), "w") as file:
                     file.write(app.source)
-                # A first start of each side warms the page cache and the server's routes.
-                through_podium(server, guid, args.browser)
-                stop_all(server, guid)
+                # A first start of each side warms the page cache and the servers' routes.
+                for side, server in servers.items():
+                    through_podium(server, guids[side], args.browser)
+                    stop_all(server, guids[side])
                 direct(python, app, folder)
-                directs: list[float] = []
-                throughs: list[float] = []
+                times: dict[str, list[float]] = {side: [] for side in sides}
                 for index in range(args.samples):
-                    stop_all(server, guid)
+                    for side, server in servers.items():
+                        stop_all(server, guids[side])
                     time.sleep(0.5)
-                    pair = []
-                    for side in (("direct", "podium") if index % 2 == 0 else ("podium", "direct")):
+                    said = []
+                    # Each side goes first as often as the others.
+                    for side in sides[index % len(sides):] + sides[:index % len(sides)]:
                         if side == "direct":
-                            directs.append(direct(python, app, folder))
-                            pair.append(f"direct {directs[-1] * 1000:6.0f} ms")
+                            times[side].append(direct(python, app, folder))
                         else:
-                            throughs.append(through_podium(server, guid, args.browser))
-                            pair.append(f"podium {throughs[-1] * 1000:6.0f} ms")
+                            times[side].append(through_podium(servers[side], guids[side], args.browser))
+                        said.append(f"{side} {times[side][-1] * 1000:6.0f} ms")
                         time.sleep(0.2)
-                    print(f"{app.name:10} sample {index + 1}: {', '.join(pair)}  (load {load()})", flush=True)
-                stop_all(server, guid)
-                results[app.name] = (directs, throughs)
+                    print(f"{app.name:10} sample {index + 1}: {', '.join(said)}  (load {load()})", flush=True)
+                for side, server in servers.items():
+                    stop_all(server, guids[side])
+                results[app.name] = times
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
     print(f"load average at the end: {load()}")
-    print(f"\n{'median of ' + str(args.samples):18} {'direct ms':>10} {'podium ms':>10} {'difference':>11} {'goal':>6}")
-    for name, (directs, throughs) in results.items():
-        d, t = statistics.median(directs), statistics.median(throughs)
-        print(f"{name:18} {d * 1000:10.0f} {t * 1000:10.0f} {(t - d) * 1000:+8.0f} ms "
-              f"{'met' if t - d <= 0.2 else 'missed':>6}")
+    head = f"\n{'median of ' + str(args.samples):18} {'direct ms':>10} {'podium ms':>10} {'difference':>11} {'goal':>6}"
+    print(head + (f" {'baseline ms':>12} {'difference':>11}" if args.baseline else ""))
+    for name, times in results.items():
+        d, t = statistics.median(times["direct"]), statistics.median(times["podium"])
+        line = (f"{name:18} {d * 1000:10.0f} {t * 1000:10.0f} {(t - d) * 1000:+8.0f} ms "
+                f"{'met' if t - d <= 0.2 else 'missed':>6}")
+        if args.baseline:
+            b = statistics.median(times["baseline"])
+            line += f" {b * 1000:12.0f} {(b - d) * 1000:+8.0f} ms"
+        print(line)
 
 
 if __name__ == "__main__":
