@@ -210,19 +210,38 @@ def environments(server: Server) -> set[str]:
     return set(glob.glob(os.path.join(server.data_dir, "envs", "*", "bin", "python")))
 
 
+def get(port: int, path: str, accept: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One ``GET`` on a fresh connection to ``127.0.0.1:port``, the same plain socket for both
+    sides (a client library's own overhead would count against one side only)."""
+    head = f"GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n"
+    if accept is not None:
+        head += f"Accept: {accept}\r\n"
+    with socket.create_connection(("127.0.0.1", port), 1.0) as sock:
+        sock.sendall((head + "\r\n").encode())
+        sock.settimeout(120)
+        reader = sock.makefile("rb")
+        status = int(reader.readline().split()[1])
+        headers = {}
+        while (line := reader.readline().strip()):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = reader.read() if status != 200 else b""
+    return status, headers, body
+
+
 def through_podium(server: Server, guid: str, browser: bool) -> float:
     """Seconds from a request for the stopped content to its 200."""
-    url = f"{server.content}/content/{guid}/"
-    headers = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"} if browser else {}
+    port = int(server.content.rsplit(":", 1)[1])
+    accept = "text/html,application/xhtml+xml,*/*;q=0.8" if browser else None
     started = time.monotonic()
     while True:
-        answer = requests.get(url, headers=headers, timeout=120)
-        if answer.status_code == 200:
+        status, headers, body = get(port, f"/content/{guid}/", accept)
+        if status == 200:
             return time.monotonic() - started
-        if answer.status_code == 503 and "retry-after" in answer.headers:  # the "starting" page
-            time.sleep(float(answer.headers["retry-after"]))
+        if status == 503 and "retry-after" in headers:  # the "starting" page
+            time.sleep(float(headers["retry-after"]))
             continue
-        raise RuntimeError(f"cold start through Podium failed: {answer.status_code} {answer.text[:300]}")
+        raise RuntimeError(f"cold start through Podium failed: {status} {body[:300]!r}")
 
 
 def direct(python: str, app: App, folder: str) -> float:
@@ -236,15 +255,9 @@ def direct(python: str, app: App, folder: str) -> float:
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), 1.0) as sock:
-                    sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                    sock.settimeout(60)
-                    line = sock.makefile("rb").readline()
-                if line.split()[1:2] == [b"200"]:
+            with contextlib.suppress(OSError):
+                if get(port, "/")[0] == 200:
                     return time.monotonic() - started
-            except OSError:
-                pass
             time.sleep(0.005)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
