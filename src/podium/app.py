@@ -270,6 +270,7 @@ def build(settings: Settings) -> Node:
     router = ContentRouter(
         store, settings.session_lifetime_seconds, targets.app_target, scheduler, urls, handoff, layout,
         usage=usage, oauth_sessions=UserSessionTokens(oauth_signer),
+        starting_page_after_seconds=settings.starting_page_after_seconds,
     )
     changes.on_content(router.invalidate)
     changes.on_content(scheduler.content_changed)

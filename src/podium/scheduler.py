@@ -36,6 +36,13 @@ from podium.store.models import Job
 
 log = logging.getLogger(__name__)
 _TICK_SECONDS = 0.5
+# A starting process is probed often while a cold start is usual, since whatever part of
+# an interval passes between its readiness and the probe is added to the viewer's wait
+# (a refused connection costs the server a few microseconds); after that, and for the
+# backend's status (which may cost the Kubernetes backend an API call), less often.
+_PROBE_SECONDS = 0.01
+_PROBE_OFTEN_FOR_SECONDS = 10.0
+_STATUS_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -219,11 +226,14 @@ class Scheduler:
 
     # --- requests -----------------------------------------------------------------------
 
-    async def acquire(self, target: AppTarget, wait: bool = True) -> Lease:
+    async def acquire(self, target: AppTarget, patience: float | None = None) -> Lease:
         """A lease on a process of ``target``'s pool, starting one if policy says so.
 
-        With ``wait`` false, raises :class:`Unavailable` (``starting``) instead of
-        waiting for a cold start, so browsers can be shown a "starting" page.
+        A request that finds the pool starting waits for it: up to ``init_timeout``, or
+        with ``patience`` seconds given, that long, and then raises :class:`Unavailable`
+        (``starting``), so browsers are shown a "starting" page only when a start takes
+        longer than that (0: at once). Every request that arrives during one start waits
+        for the same process.
         """
         pool = self._pool(target)
         pool.last_request = time.monotonic()
@@ -244,15 +254,16 @@ class Scheduler:
                 f"{limits.max_conns_per_process} connections (max_processes "
                 f"{limits.max_processes}); try again shortly.",
             )
-        if not wait:
+        if patience is not None and patience <= 0:
             raise Unavailable(503, "The content is starting.", starting=True)
-        return await self._await_ready(pool, starting)
+        return await self._await_ready(pool, starting, patience)
 
-    async def _await_ready(self, pool: Pool, starting: list[Process]) -> Lease:
+    async def _await_ready(self, pool: Pool, starting: list[Process], patience: float | None) -> Lease:
         waiters = {asyncio.ensure_future(p.ready.wait()): p for p in starting}
+        timeout = pool.target.limits.init_timeout + 1
         try:
             done, _ = await asyncio.wait(
-                waiters, timeout=pool.target.limits.init_timeout + 1,
+                waiters, timeout=timeout if patience is None else min(patience, timeout),
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
@@ -263,6 +274,8 @@ class Scheduler:
             if process.serving:
                 return Lease(process)
             raise Unavailable(502, process.failure or "The content process failed to start.")
+        if patience is not None and any(p.starting for p in starting):
+            raise Unavailable(503, "The content is starting.", starting=True)
         raise Unavailable(
             504,
             f"The content did not start within init_timeout ({pool.target.limits.init_timeout:g} s).",
@@ -350,8 +363,11 @@ class Scheduler:
         probe_path = "/" if process.strip_prefix else target.base_path
         waiting: JobStatus | None = None  # the backend's last reason the job has not started
         status: JobStatus | None = None
+        asked = -math.inf  # when the backend was last asked for the job's status
         while loop.time() < deadline and not process.stopping:
-            status = await self.jobs.backend.status(process.handle)
+            if status is None or loop.time() - asked >= _STATUS_SECONDS:
+                asked = loop.time()
+                status = await self.jobs.backend.status(process.handle)
             if status.state is JobState.PENDING and status.reason and status != waiting:
                 waiting = status
                 log.info("content %s: process %s waits to start: %s", target.content_guid, process.key,
@@ -377,7 +393,10 @@ class Scheduler:
                     time.monotonic() - process.started,
                 )
                 return
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(
+                _PROBE_SECONDS if time.monotonic() - process.started < _PROBE_OFTEN_FOR_SECONDS
+                else _STATUS_SECONDS
+            )
         if not process.stopping:
             if waiting is not None and status is not None and status.state is JobState.PENDING:
                 await self._fail(pool, process, not_started_message(

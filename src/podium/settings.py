@@ -361,6 +361,15 @@ class Settings(BaseSettings):
     init_timeout_seconds: int = setting(
         60, "scheduler", "Default time a new process has to answer HTTP before it counts as failed."
     )
+    starting_page_after_seconds: float = setting(
+        5.0,
+        "scheduler",
+        "How long a browser's request for content whose process is starting waits for it "
+        "before it is answered with a 'Starting' page that reloads itself (0: at once). "
+        "Most apps start sooner, and the browser then gets the app's own answer in one round "
+        "trip; other clients always wait up to init_timeout.",
+        ge=0.0,
+    )
     connection_timeout_seconds: int = setting(
         3600,
         "scheduler",

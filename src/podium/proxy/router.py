@@ -159,8 +159,11 @@ class ContentRouter:
         files: FileCache | None = None,
         usage: UsageRecorder | None = None,
         oauth_sessions: UserSessionTokens | None = None,
+        starting_page_after_seconds: float = 5.0,
     ) -> None:
         self.store = store
+        # How long a browser waits for a starting process before the "starting" page.
+        self.starting_page_after_seconds = starting_page_after_seconds
         # Mints the Posit-Connect-User-Session-Token for content with a Viewer integration.
         self.oauth_sessions = oauth_sessions
         self.layout = layout
@@ -511,7 +514,7 @@ class ContentRouter:
             n.lower() == b"accept" and b"text/html" in v for n, v in headers
         )
         try:
-            lease = await self.scheduler.acquire(app, wait=not browser)
+            lease = await self.scheduler.acquire(app, self.starting_page_after_seconds if browser else None)
         except Unavailable as exc:
             return _unavailable(exc, headers)
         upstream = rest if lease.strip_prefix else path

@@ -1,9 +1,10 @@
 """The supervisor of one local job, and the job directory format it shares with the backend.
 
-The local backend never owns a job's process directly. It runs this file as a script
-(``python -I -S _supervise.py``, standard library only, so it starts in a few
-milliseconds) and writes the job's payload (command, environment, limits) to its
-standard input, never to disk. The script forks and the launcher exits; the forked
+The local backend never owns a job's process directly. It runs this file with
+``python -I -S``, loaded by path as a module (standard library only, and its bytecode
+cached, so it starts in a few milliseconds; run as a script it works the same), and
+writes the job's payload (command, environment, limits) to its standard input, never
+to disk. The supervisor forks and the launcher exits; the forked
 supervisor starts a session of its own, so it outlives the server, and then:
 
 1. starts the job's process in a new session (its process group is the job), in the
@@ -37,12 +38,16 @@ import subprocess
 import sys
 import time
 from collections import deque
-from datetime import UTC, datetime
-from typing import Any
+
+# Not typing.TYPE_CHECKING: importing typing (or datetime) would cost the supervisor's
+# start, which is part of every cold start, a few milliseconds.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 if __package__:
     from . import cgroups
-else:  # run as a script: load the sibling module without importing the package
+else:  # loaded by path or run as a script: load the sibling module without importing the package
     import importlib.util
 
     _spec = importlib.util.spec_from_file_location(
@@ -71,7 +76,8 @@ _SANDBOX_EXEC_FAILED = re.compile(r"\S*sh: (?:line )?\d+: (?:exec: )?(.+)|setpri
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    now = time.time()
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now))}.{int(now % 1 * 1_000_000):06d}Z"
 
 
 def _process_group(pid: int) -> int | None:

@@ -67,6 +67,16 @@ from podium.runtime.base import (
 log = logging.getLogger(__name__)
 
 SUPERVISOR = Path(__file__).with_name("_supervise.py")
+# Runs the supervisor (its path the first argument) as a module loaded from its file, not
+# as a script: a module's bytecode is cached (a script is compiled again at every launch,
+# a few milliseconds of every cold start), and nothing beside it lands on sys.path.
+_RUN_SUPERVISOR = (
+    "import importlib.util, sys\n"
+    "spec = importlib.util.spec_from_file_location('_podium_supervise', sys.argv[1])\n"
+    "module = importlib.util.module_from_spec(spec)\n"
+    "spec.loader.exec_module(module)\n"
+    "sys.exit(module.main())\n"
+)
 LAUNCH_TIMEOUT_SECONDS = 15.0
 KILL_TIMEOUT_SECONDS = 10.0  # after SIGKILL: drain the output, remove cgroups, record
 POLL_SECONDS = 0.05
@@ -349,7 +359,7 @@ class LocalBackend:
         try:
             done = await asyncio.to_thread(
                 subprocess.run,
-                [self.python, "-I", "-S", str(SUPERVISOR)],
+                [self.python, "-I", "-S", "-c", _RUN_SUPERVISOR, str(SUPERVISOR)],
                 input=json.dumps(payload).encode(),
                 capture_output=True,
                 cwd="/",
