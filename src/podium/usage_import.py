@@ -24,6 +24,7 @@ across files does not matter.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -308,12 +309,21 @@ def _age(entry: os.DirEntry[str], now: float) -> float:
         return 0.0
 
 
+def lowest_priority() -> None:
+    """Run only on CPU time nothing else wants: Linux's SCHED_IDLE class, below nice 19
+    (a task of another class that wakes preempts it at once), where the platform has it;
+    nice 19 beside it either way, and alone where SCHED_IDLE is refused."""
+    os.nice(19)
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def main() -> None:
     """The importer process: reads its settings as one JSON line on stdin, then imports
     at every byte the server writes, at least every ``poll_seconds``; at end of input
     (the server stopped or died) it imports what is left and exits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the server, which stops it
-    os.nice(19)
+    lowest_priority()
     logging.basicConfig(level=logging.INFO, format="podium usage importer: %(levelname)s %(message)s")
     config = json.loads(sys.stdin.buffer.readline())
     store = Store(config["database_url"])
