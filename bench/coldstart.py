@@ -49,6 +49,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import requests
+from proxy import free_port, wait_for_port
 
 PY_VERSION = ".".join(map(str, sys.version_info[:3]))
 
@@ -111,21 +112,6 @@ def bundle(app: App) -> bytes:
     return buffer.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
 def load() -> str:
     with open("/proc/loadavg") as file:
         return " ".join(file.read().split()[:3])
@@ -159,7 +145,7 @@ def podium(sandbox: str, source: str | None = None) -> Iterator[Server]:
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        wait_for_port(port)
+        wait_for_port(port, 60.0)
         api = requests.Session()
         api.headers["Authorization"] = f"Key {key}"
         print(f"podium serve: data dir {data_dir}, log {log.name}", flush=True)
