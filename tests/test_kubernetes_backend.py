@@ -52,9 +52,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster | N
     sim = SimCluster(tmp_path_factory.mktemp("k8s"), images={IMAGE})
     sim.start()
     yield sim
-    problems = list(sim.problems)
-    sim.stop()
-    assert problems == []
+    assert sim.close() == []
 
 
 class Env:

@@ -44,9 +44,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
     sim = SimCluster(tmp_path_factory.mktemp("k8s"), images={IMAGE})
     sim.start()
     yield sim
-    problems = list(sim.problems)
-    sim.stop()
-    assert problems == []
+    assert sim.close() == []
 
 
 @pytest.fixture(scope="module")

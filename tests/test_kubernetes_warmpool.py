@@ -52,9 +52,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster]:
     sim.start()
     require_enforcing(sim)
     yield sim
-    problems = list(sim.problems)
-    sim.stop()
-    assert problems == []
+    assert sim.close() == []
 
 
 class Env:

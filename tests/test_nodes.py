@@ -415,8 +415,7 @@ def test_nodes_on_kubernetes_a_clean_stop_hands_its_jobs_to_the_other_replica_at
         assert not made.rows("SELECT node_id FROM nodes WHERE claimed_by IS NOT NULL")  # A took its row back
     finally:
         made.close()
-        problems = list(sim.problems)
-        sim.stop()
+        problems = sim.close()
     assert problems == []
 
 
@@ -617,8 +616,7 @@ def test_nodes_on_kubernetes_a_killed_replica_s_jobs_are_adopted_after_the_timeo
         assert "claimed dead node" in b.log()
     finally:
         made.close()
-        problems = list(sim.problems)
-        sim.stop()
+        problems = sim.close()
     assert problems == []
 
 

@@ -158,9 +158,7 @@ def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimCluster
     cluster = SimCluster(tmp_path_factory.mktemp("k8s"), images={SIM_IMAGE}, enforce_mounts=False)
     cluster.start()
     yield cluster
-    problems = list(cluster.problems)
-    cluster.stop()
-    assert problems == []
+    assert cluster.close() == []
 
 
 async def running(backend: ExecutionBackend, handle: JobHandle) -> None:

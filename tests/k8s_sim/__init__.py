@@ -155,6 +155,13 @@ class SimCluster:
         }))
         return path
 
+    def close(self) -> list[str]:
+        """Stop the cluster (:meth:`stop`) and return the problems it saw while it ran,
+        taken before stopping; tests assert there were none."""
+        problems = list(self.problems)
+        self.stop()
+        return problems
+
     def stop(self) -> None:
         async def shutdown() -> None:
             await self.workloads.shutdown()
