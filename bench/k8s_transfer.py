@@ -18,20 +18,20 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import uvicorn
-from fastapi import FastAPI
 from uv import find_uv_bin
 
-from podium.api import transfer
 from podium.runtime.transfer import POD_SCRIPT, TransferTokens
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from tests.warm_support import serve_transfer  # noqa: E402
 
 
 def make_env(root: Path) -> Path:
@@ -46,20 +46,6 @@ def make_env(root: Path) -> Path:
 def size_of(path: Path) -> tuple[int, int]:
     files = [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
     return len(files), sum(p.stat().st_size for p in files)
-
-
-def serve(tokens: TransferTokens) -> tuple[str, uvicorn.Server]:
-    app = FastAPI()
-    app.state.transfer_tokens = tokens
-    app.include_router(transfer.router, prefix="/__api__")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}/", server
 
 
 def pod(url: str, action: str, env: dict[str, str]) -> float:
@@ -79,7 +65,7 @@ def main() -> None:
         files, size = size_of(env)
         print(f"package environment: {files} files, {size / 2**20:.1f} MiB")
         tokens = TransferTokens(root)
-        url, server = serve(tokens)
+        url, server = serve_transfer(tokens)
         best = {"copy": float("inf"), "fetch": float("inf"), "upload": float("inf")}
         for index in range(args.rounds):
             target = Path(tmp) / f"copy-{index}"
