@@ -79,7 +79,7 @@ def main() -> None:
                 f"bench-{index}", "bench", "fetch", [str(env)], 60)})
             upload_to = root / "envs" / f"up-{index}"
             upload = pod(url, "upload", {"PODIUM_UPLOAD_0_PATH": str(empty / "0"), "PODIUM_UPLOAD_0_TOKEN":
-                                         tokens.issue(f"bench-{index}", "bench", "upload", [str(upload_to)], 60)})
+                                         tokens.issue(f"bench-{index}", "bench", "upload", [str(upload_to)], 60, absolute_links=True)})
             assert size_of(upload_to) == (files, size), "the upload lost files"
             shutil.rmtree(empty)
             shutil.rmtree(upload_to)
