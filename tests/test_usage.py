@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import marshal
 import os
 import signal
 import subprocess
@@ -300,6 +301,38 @@ def test_spooled_sessions_in_any_order_and_other_nodes_files(store: Store, tmp_p
     assert mine.run_once() == 0 and len(list(spool.iterdir())) == 1
     monkeypatch.setattr(usage_import, "ORPHAN_SECONDS", -1.0)
     assert mine.run_once() == 2 and list(spool.iterdir()) == []
+
+
+def test_spooled_hits_fields_and_a_spool_file_of_an_earlier_version(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Rows go in several statements of several rows each: each keeps its own fields.
+    monkeypatch.setattr(usage_import, "_ROWS_PER_INSERT", 2)
+    spool = tmp_path / "usage"
+    recorder = UsageRecorder(store, 1.0, 30, spool=spool, node="n1")
+    guid = "0b6b1a4e-8d8f-4a57-9a55-9e1f3d6f2f10"
+    browser = [(b"host", b"x"), (b"User-Agent", b"ignored: names are lower case"), (b"user-agent", b"Firefox"),
+               (b"sec-fetch-dest", b"document"), (b"sec-fetch-site", b"same-origin")]
+    recorder.hit(b"GET", b"/content/x/page?a=1&b=%C3%A9", browser, guid, "u1", 3)
+    recorder.hit(b"POST", b"/content/x/", [], guid, None, None)
+    recorder.hit(b"GET", b"/content/x/report.html", [(b"user-agent", b"curl")], guid, None, 4)
+    usage_import.spool_batch(spool, "n1", 1, recorder.take())
+    assert recorder.take() == (b"", [], [])  # nothing buffered: nothing to spool
+    # A file spooled by Podium before version 2 of the spool (hits one after another,
+    # without a list's head), imported after an upgrade.
+    old_hit = (time.time(), guid, None, None, b"/content/x/old/", [(b"sec-fetch-dest", b"image")], b"GET")
+    (spool / "n1.00000000000000000001.00000001.usage").write_bytes(
+        marshal.dumps((1, [], [])) + marshal.dumps(old_hit) + marshal.dumps(old_hit))
+    assert usage_import.Importer(store, spool, "n1", 30).run_once() == 5
+    with store.session() as session:
+        rows = [(h.path, h.query, h.user_agent, h.user_guid, h.bundle_id, h.sec_fetch_dest, h.sec_fetch_site, h.visit)
+                for h in session.query(ContentHit).order_by(ContentHit.id)]
+    assert rows == [
+        ("/content/x/old/", None, "", None, None, "image", None, False),
+        ("/content/x/old/", None, "", None, None, "image", None, False),
+        ("/content/x/page", "a=1&b=%C3%A9", "Firefox", "u1", 3, "document", "same-origin", True),
+        ("/content/x/", None, "", None, None, None, None, False),
+        ("/content/x/report.html", None, "curl", None, 4, None, None, True),
+    ]
 
 
 def _importer_pid(server: RunningServer) -> int:

@@ -57,6 +57,7 @@ class UsageRecorder:
         self.spool = spool
         self.node = node
         self._hits = bytearray()  # each hit marshalled: no object per hit for the GC to walk
+        self._count = 0
         self._starts: list[Start] = []
         self._ends: list[End] = []
         self._task: asyncio.Task[None] | None = None
@@ -82,6 +83,7 @@ class UsageRecorder:
         read when the batch is imported."""
         now = time.time()
         self._hits += marshalled((now, content_guid, user_guid, bundle_id, target, headers, method))
+        self._count += 1
         if not websocket:
             return None
         start = (str(uuid.uuid4()), now, content_guid, user_guid, bundle_id)
@@ -93,8 +95,8 @@ class UsageRecorder:
     def take(self) -> Batch:
         """What is buffered, leaving the buffers empty (on the event loop, where
         :meth:`hit` appends)."""
-        batch = (bytes(self._hits), self._starts, self._ends)
-        self._hits, self._starts, self._ends = bytearray(), [], []
+        batch = (usage_import.hit_list(self._count, self._hits), self._starts, self._ends)
+        self._hits, self._count, self._starts, self._ends = bytearray(), 0, [], []
         return batch
 
     def flush(self) -> int:
