@@ -14,6 +14,9 @@
                                           # the cold start (first request of a stopped app)
     python bench/proxy.py --usage         # two real servers, usage recording off and on
                                           # (hits, visits, sessions), side by side
+    python bench/proxy.py --usage --importer-cpus 0,1
+                                          # the same, the importer free to run on either
+                                          # core rather than the server's (a diagnostic)
 
 The app (a raw ASGI callable: ``/`` answers ``ok``, ``/big`` streams 10 MiB in 64 KiB
 chunks, ``/ws`` echoes websocket messages) runs under uvicorn (uvloop, httptools, no
@@ -657,25 +660,33 @@ def drain(served: Served, timeout: float = 300.0) -> float:
     return time.monotonic() - started
 
 
+def importer_pid(pid: int) -> int | None:
+    """The usage importer child of the server ``pid`` (None when it has none)."""
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat, open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                parent, command = stat.read().rpartition(")")[2].split()[1], cmdline.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == str(pid) and b"podium.usage_import" in command:
+            return int(entry)
+    return None
+
+
 def process_cpu_seconds(pid: int, importer: bool = False) -> float:
     """CPU time (user + system) the process ``pid`` has used; ``importer``: that of its
     usage importer child instead (0 when it has none)."""
     if importer:
-        for entry in os.listdir("/proc"):
-            try:
-                with open(f"/proc/{entry}/stat") as stat, open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                    fields, command = stat.read().rpartition(")")[2].split(), cmdline.read()
-            except (OSError, ValueError):
-                continue
-            if fields[1] == str(pid) and b"podium.usage_import" in command:
-                return float(int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return 0.0
+        child = importer_pid(pid)
+        if child is None:
+            return 0.0
+        pid = child
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rpartition(")")[2].split()
     return float(int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def compare_usage(seconds: float, rounds: int) -> None:
+def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = None) -> None:
     """Usage recording off against on (the default): two real servers at once, measured
     in turn, round after round, so other load on the machine weighs on both. With it on,
     every request is a hit and every websocket a session, spooled every flush interval and
@@ -684,7 +695,11 @@ def compare_usage(seconds: float, rounds: int) -> None:
 
     Besides throughput, the server process's CPU time per small request is reported (the
     less noisy figure on a shared machine: other load slows both servers but does not
-    add to their CPU time), and the importer's CPU time per hit it imported."""
+    add to their CPU time), and the importer's CPU time per hit it imported.
+
+    The importer inherits the server's core (both pinned to core 0) unless
+    ``importer_cpus`` moves it: a diagnostic of where its cost falls, not a measurement of
+    recording (see bench/README.md)."""
     modes = {"off": {"PODIUM_USAGE_RECORDING": "false"}, "on": {"PODIUM_USAGE_RECORDING": "true"}}
     with open("/proc/loadavg") as load:
         print(f"load average at the start: {load.read().strip()}", flush=True)
@@ -697,6 +712,12 @@ def compare_usage(seconds: float, rounds: int) -> None:
         for mode in modes:
             wrk(servers[mode].through + "/", 64, 1)
         drain(servers["on"])
+        if importer_cpus is not None:
+            child = importer_pid(servers["on"].pid)
+            if child is None:
+                raise RuntimeError("the server with recording on has no usage importer after the warm-up")
+            os.sched_setaffinity(child, importer_cpus)
+            print(f"the importer (pid {child}) moved to cores {sorted(importer_cpus)}", flush=True)
         importer_before = process_cpu_seconds(servers["on"].pid, importer=True)
         for index in range(rounds):
             for mode in (modes if index % 2 == 0 else reversed(list(modes))):
@@ -777,6 +798,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="compare content sandboxed and not: requests/s and cold start")
     parser.add_argument("--usage", action="store_true",
                         help="compare usage recording off and on: requests/s through each")
+    parser.add_argument("--importer-cpus", metavar="LIST",
+                        help="with --usage: move the usage importer to these cores (e.g. 0,1) "
+                             "after the warm-up, instead of the server's core 0 (a diagnostic)")
     parser.add_argument(
         "--ws-client", choices=["aiohttp", "websockets"], default="aiohttp",
         help="websocket client library for the round trips",
@@ -799,7 +823,8 @@ def main(argv: list[str] | None = None) -> None:
         compare_sandbox(seconds, rounds)
         return
     if args.usage:
-        compare_usage(seconds, rounds)
+        cpus = {int(core) for core in args.importer_cpus.split(",")} if args.importer_cpus else None
+        compare_usage(seconds, rounds, cpus)
         return
     app_port = args.app_port or free_port()
     front_port = free_port()

@@ -367,19 +367,20 @@ def main() -> None:
     ending = False
     # A batch is many small tuples whose creation would start the cyclic collector again
     # and again, walking them all for nothing (they hold no cycles; reference counting
-    # frees them). So it runs once after each import, over what start-up left out.
+    # frees them). So it runs once after each wake, over what start-up left out.
     gc.freeze()
     gc.disable()
     try:
         while True:
             try:
-                if importer.run_once():
-                    gc.collect()
+                importer.run_once()
             except Exception:  # the database away, a bad file: tried again at the next wake
                 log.exception("importing recorded usage failed")
                 if ending:
                     break
                 time.sleep(config["poll_seconds"])
+            finally:
+                gc.collect()
             if ending:
                 break
             ready, _, _ = select.select([stdin], [], [], config["poll_seconds"])
