@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from tests.conftest import RunningServer
 from tests.helpers import deploy
-from tests.oauth_provider import Provider, config, running_provider
+from tests.oauth_provider import CLIENT_ID, CLIENT_SECRET, Provider, running_provider
 from tests.test_dashboard import (  # noqa: F401 - fixtures
     api,
     browser,
@@ -42,10 +42,23 @@ def test_dashboard_oauth_sign_in_through_the_provider_and_disconnect(
     publisher = make_user(server, "olga", "publisher")
     make_user(server, "oscar", "viewer")
     oscar = server.api().get(api(server, "v1/users"), params={"prefix": "oscar"}).json()["results"][0]
-    made = server.api().post(api(server, "v1/oauth/integrations"), json={
-        "name": "Acme GitHub", "template": "github", "config": config("github", provider.url)})
-    assert made.status_code == 200, made.text
-    integration = made.json()
+    # The administrator creates the integration on Admin -> OAuth integrations.
+    make_user(server, "omar", "administrator")
+    admin = signed_in("omar")
+    admin.goto(f"{server.url}/connect/admin/oauth")
+    form = admin.get_by_role("form", name="Create an integration")
+    form.get_by_label("Name").fill("Acme GitHub")
+    form.get_by_label("Template").select_option(label="GitHub")
+    form.get_by_label("Client ID").fill(CLIENT_ID)
+    form.get_by_label("Client secret").fill(CLIENT_SECRET)
+    form.get_by_label("GitHub Enterprise Server URL").fill("http://github.example.org")
+    form.get_by_role("button", name="Create integration").click()
+    expect(form.get_by_role("alert")).to_contain_text("base_url must use https")
+    form.get_by_label("GitHub Enterprise Server URL").fill(provider.url)
+    form.get_by_role("button", name="Create integration").click()
+    expect(admin.locator("tr[data-integration='Acme GitHub']")).to_contain_text("secret set")
+    integration = server.api().get(api(server, "v1/oauth/integrations")).json()[-1]
+    assert integration["name"] == "Acme GitHub" and integration["config"]["base_url"] == provider.url
     item = server.api(publisher).post(api(server, "v1/content"), json={"name": "oauth-browser"}).json()
     shared = server.api(publisher).post(api(server, f"v1/content/{item['guid']}/permissions"), json={
         "principal_guid": oscar["guid"], "principal_type": "user", "role": "viewer"})

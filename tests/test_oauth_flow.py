@@ -216,6 +216,8 @@ def test_viewer_signs_in_and_content_gets_the_providers_token(server: RunningSer
     refused = requests.post(credentials_url, data={**exchange, "subject_token": plain_token,
                                                    "audience": warehouse["guid"]})
     assert refused.status_code == 400
+    refused = requests.post(credentials_url, data={**exchange, "requested_token_type": "urn:posit:connect:api-key"})
+    assert refused.status_code == 400 and "visitor API keys" in refused.json()["error"]
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     refused = requests.post(credentials_url, data={**exchange, "subject_token": forged})
     assert refused.status_code == 400 and "invalid" in refused.json()["error"]

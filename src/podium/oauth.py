@@ -39,6 +39,7 @@ GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 USER_SESSION_TOKEN = "urn:posit:connect:user-session-token"
 CONTENT_SESSION_TOKEN = "urn:posit:connect:content-session-token"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+API_KEY = "urn:posit:connect:api-key"  # a visitor API key (connect template): not issued
 # The header the proxy adds, for content with an associated integration.
 SESSION_HEADER = "Posit-Connect-User-Session-Token"
 # How long a user-session token is good for: the proxy mints one per request.

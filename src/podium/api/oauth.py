@@ -250,6 +250,9 @@ async def exchange_credentials(
         raise errors.bad_request(f"subject_token_type must be {oauth.USER_SESSION_TOKEN} or "
                                  f"{oauth.CONTENT_SESSION_TOKEN}.", code=25)
     wanted = fields.get("requested_token_type")
+    if wanted == oauth.API_KEY:
+        raise errors.bad_request("Podium does not issue visitor API keys: the Visitor API Key flow of "
+                                 "connect integrations is not performed.", code=25)
     if wanted and wanted != oauth.ACCESS_TOKEN:
         raise errors.bad_request(f"requested_token_type must be {oauth.ACCESS_TOKEN}.", code=25)
     if token_type == oauth.CONTENT_SESSION_TOKEN:
