@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -261,7 +262,8 @@ async def exchange_credentials(
         if item is None:
             raise errors.bad_request("The content session token is invalid or has expired.", code=25)
         integration = _associated(session, item, "Service Account", fields.get("audience"))
-        granted = _service_account_token(box, service_tokens, integration)
+        # The provider may take seconds to answer: not on the event loop.
+        granted = await run_in_threadpool(_service_account_token, box, service_tokens, integration)
         return {"access_token": granted.access_token, "issued_token_type": oauth.ACCESS_TOKEN,
                 "token_type": granted.token_type}
     opened = oauth.UserSessionTokens(signer).open(fields.get("subject_token", ""))
@@ -275,7 +277,8 @@ async def exchange_credentials(
     if not auth.can_view(session, user, content):  # access taken away since the token was made
         raise errors.forbidden(f"{user.username} may no longer view this content.")
     integration = _associated(session, content, "Viewer", fields.get("audience"))
-    stored = viewer_access_token(session, box, integration, user, sign_in_url(urls, integration, content.guid))
+    stored = await run_in_threadpool(viewer_access_token, session, box, integration, user,
+                                     sign_in_url(urls, integration, content.guid))
     return {"access_token": box.decrypt(stored.access_token_encrypted),
             "issued_token_type": oauth.ACCESS_TOKEN, "token_type": stored.token_type}
 
