@@ -1,8 +1,10 @@
-"""The OAuth flows end to end, against a real OAuth provider on loopback: a viewer signs
-in with a Custom Viewer integration (authorization code + PKCE), deployed content reads
-the user-session token the proxy gives it and trades it through posit-sdk's
-``client.oauth.get_credentials`` for the provider's access token, which is refreshed
-when it expires. Tokens are encrypted at rest and never logged."""
+"""The OAuth flows end to end, against a real OAuth provider on loopback
+(:mod:`tests.oauth_provider`): a viewer signs in with a Viewer integration of every
+template Podium performs flows for (authorization code + PKCE at the template's
+endpoints), deployed content reads the user-session token the proxy gives it and trades
+it through posit-sdk's ``client.oauth.get_credentials`` for the provider's access token,
+which is refreshed when it expires. Service Account tokens (``get_content_credentials``)
+are cached until they near their expiry. Tokens are encrypted at rest and never logged."""
 
 from __future__ import annotations
 
