@@ -421,13 +421,13 @@ def test_service_account_token_is_cached_until_it_nears_expiry(
     assert renewed.status_code == 200, renewed.text
     assert _content_credentials(server, publisher, item["guid"]) != second and asked() == before + 3
     assert provider.token_scopes[-1] == (template, f"{scope} extra")
-    # A token is kept until 60 s before its expiry: one good for 62 s is asked again after 2 s.
-    provider.expires_in = 62
+    # A token is kept until 60 s before its expiry: one good for 64 s is asked again after 4 s.
+    provider.expires_in = 64
     try:
         server.api().patch(integration_url, json={"description": "short tokens"})
         short = _content_credentials(server, publisher, item["guid"])
         assert _content_credentials(server, publisher, item["guid"]) == short and asked() == before + 4
-        time.sleep(2.5)
+        time.sleep(4.5)
         assert _content_credentials(server, publisher, item["guid"]) != short and asked() == before + 5
         # A token without expires_in is never kept.
         provider.expires_in = None
