@@ -122,3 +122,84 @@ def test_oauth_refusals(server: RunningServer) -> None:
     with pytest.raises(ClientError) as gone:
         sdk.oauth.integrations.get("00000000-0000-4000-8000-000000000000")
     assert gone.value.http_status == 404
+
+
+@pytest.mark.parametrize("template,config,field", [
+    ("azure", {"client_id": "c", "tenant_id": "t", "authority_host": "http://login.example.org"}, "authority_host"),
+    ("azure", {"client_id": "c", "tenant_id": "a/b"}, "tenant_id"),
+    ("azure", {"client_id": "c"}, "tenant_id"),
+    ("github", {"client_id": "c", "base_url": "ftp://github.example.org"}, "base_url"),
+    ("github", {"client_id": "c", "base_url": "https://user:pw@github.example.org"}, "base_url"),
+    ("databricks", {"client_id": "c"}, "account_url"),
+    ("databricks", {"client_id": "c", "account_url": "https://x.cloud.databricks.com?y=1"}, "account_url"),
+    ("snowflake", {"client_id": "c", "account_url": "acme.snowflakecomputing.com"}, "account_url"),
+    ("salesforce", {"client_id": "c", "account_url": 7}, "account_url"),
+    ("custom", {"client_id": "c", "token_uri": "http://idp.example.org/token"}, "token_uri"),
+    ("azure", {"client_id": "c", "tenant_id": "t", "auth_type": "Service Account"}, "client_secret"),
+])
+def test_oauth_template_config_refusals_name_the_field(
+    server: RunningServer, template: str, config: dict[str, object], field: str
+) -> None:
+    answer = server.api().post(_api(server, "v1/oauth/integrations"),
+                               json={"name": "bad", "template": template, "config": config})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["code"] == 25 and field in answer.json()["error"], answer.text
+
+
+def test_oauth_provider_endpoints_come_from_the_template_table() -> None:
+    from podium import oauth
+
+    def endpoints(template: str, **config: str) -> tuple[str, str]:
+        provider = oauth.Provider(oauth.TEMPLATES[template], {"client_id": "c", **config})
+        return provider.endpoint("authorize"), provider.endpoint("token")
+
+    assert endpoints("github") == ("https://github.com/login/oauth/authorize",
+                                   "https://github.com/login/oauth/access_token")
+    assert endpoints("github", base_url="https://ghe.example.org/") == (
+        "https://ghe.example.org/login/oauth/authorize", "https://ghe.example.org/login/oauth/access_token")
+    assert endpoints("azure", tenant_id="contoso.onmicrosoft.com") == (
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/authorize",
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token")
+    assert endpoints("azure", tenant_id="t", authority_host="https://login.microsoftonline.us")[1] == (
+        "https://login.microsoftonline.us/t/oauth2/v2.0/token")
+    assert endpoints("databricks", account_url="https://adb-1.azuredatabricks.net") == (
+        "https://adb-1.azuredatabricks.net/oidc/v1/authorize", "https://adb-1.azuredatabricks.net/oidc/v1/token")
+    assert endpoints("snowflake", account_url="https://acme.snowflakecomputing.com") == (
+        "https://acme.snowflakecomputing.com/oauth/authorize",
+        "https://acme.snowflakecomputing.com/oauth/token-request")
+    assert endpoints("salesforce", account_url="https://acme.my.salesforce.com") == (
+        "https://acme.my.salesforce.com/services/oauth2/authorize",
+        "https://acme.my.salesforce.com/services/oauth2/token")
+    assert endpoints("custom", authorization_uri="https://idp/a?x=1", token_uri="https://idp/t") == (
+        "https://idp/a?x=1", "https://idp/t")
+    with pytest.raises(oauth.FlowError, match="authorization_uri"):
+        endpoints("custom", token_uri="https://idp/t")
+    with pytest.raises(oauth.FlowError, match="does not perform"):
+        endpoints("connect")
+    assert set(oauth.FLOW_TEMPLATES) == {"custom", "github", "azure", "databricks", "snowflake", "salesforce"}
+    url = oauth.Provider(oauth.TEMPLATES["databricks"], {"client_id": "c", "account_url": "https://d"}).authorize_url(
+        "https://podium/__oauth__/callback", "state", "verifier")
+    assert "scope=all-apis+offline_access" in url and "code_challenge_method=S256" in url
+
+
+def test_oauth_service_token_cache_keeps_tokens_until_shortly_before_expiry() -> None:
+    from podium import oauth
+
+    now = [100.0]
+    cache = oauth.ServiceTokenCache(clock=lambda: now[0], margin_seconds=60)
+    token = oauth.Tokens("at", None, "Bearer", 3600)
+    cache.put("g", "v1", token)
+    assert cache.get("g", "v1") == token
+    assert cache.get("g", "v2") is None  # another config or secret version
+    now[0] += 3600 - 60
+    assert cache.get("g", "v1") is None  # within the margin of its expiry
+    cache.put("g", "v1", oauth.Tokens("never", None, "Bearer", None))
+    assert cache.get("g", "v1") is None  # no expires_in: not kept
+    cache.put("g", "v1", oauth.Tokens("short", None, "Bearer", 30))
+    assert cache.get("g", "v1") is None  # expires within the margin: not kept
+    cache.put("g", "v1", token)
+    cache.put("h", "v1", token)
+    cache.forget("g")
+    assert cache.get("g", "v1") is None and cache.get("h", "v1") == token
+    cache.put("h", "v2", token)  # a new version replaces the old
+    assert cache.get("h", "v1") is None and cache.get("h", "v2") == token

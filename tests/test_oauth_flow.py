@@ -1,104 +1,32 @@
-"""The OAuth flows end to end, against a real OAuth provider on loopback: a viewer signs
-in with a Custom Viewer integration (authorization code + PKCE), deployed content reads
-the user-session token the proxy gives it and trades it through posit-sdk's
-``client.oauth.get_credentials`` for the provider's access token, which is refreshed
-when it expires. Tokens are encrypted at rest and never logged."""
+"""The OAuth flows end to end, against a real OAuth provider on loopback
+(:mod:`tests.oauth_provider`): a viewer signs in with a Viewer integration of every
+template Podium performs flows for (authorization code + PKCE at the template's
+endpoints), deployed content reads the user-session token the proxy gives it and trades
+it through posit-sdk's ``client.oauth.get_credentials`` for the provider's access token,
+which is refreshed when it expires. Service Account tokens (``get_content_credentials``)
+are cached until they near their expiry. Tokens are encrypted at rest and never logged."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import re
-import secrets
 import sqlite3
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import requests
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
-from tests.conftest import RunningServer, free_port, start_server
+from tests.conftest import RunningServer, start_server
 from tests.helpers import deploy, tar_gz
-
-CLIENT_ID = "podium-viewer-app"
-CLIENT_SECRET = "provider-client-secret-9d2e"
-
-
-@dataclass
-class Provider:
-    """A small OAuth 2 authorization server: /authorize approves at once, /token grants
-    codes (PKCE S256, client secret checked) and refresh tokens."""
-
-    url: str = ""
-    expires_in: int = 3600
-    codes: dict[str, dict[str, str]] = field(default_factory=dict)
-    refresh_tokens: dict[str, str] = field(default_factory=dict)  # refresh token -> user
-    issued: list[str] = field(default_factory=list)  # every access and refresh token
-    grants: list[str] = field(default_factory=list)
-
-    def app(self) -> Starlette:
-        async def authorize(request: Request) -> Response:
-            q = request.query_params
-            if q.get("client_id") != CLIENT_ID or q.get("code_challenge_method") != "S256":
-                return JSONResponse({"error": "invalid_request"}, status_code=400)
-            code = secrets.token_urlsafe(16)
-            self.codes[code] = {"challenge": q["code_challenge"], "redirect_uri": q["redirect_uri"]}
-            query = urllib.parse.urlencode({"code": code, "state": q["state"]})
-            return RedirectResponse(f"{q['redirect_uri']}?{query}", status_code=302)
-
-        async def token(request: Request) -> Response:
-            form = await request.form()
-            if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
-                return JSONResponse({"error": "invalid_client"}, status_code=401)
-            grant = str(form.get("grant_type"))
-            self.grants.append(grant)
-            if grant == "authorization_code":
-                found = self.codes.pop(str(form.get("code")), None)
-                verifier = str(form.get("code_verifier", ""))
-                challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-                if found is None or found["redirect_uri"] != form.get("redirect_uri") or found["challenge"] != challenge:
-                    return JSONResponse({"error": "invalid_grant"}, status_code=400)
-            elif grant == "client_credentials":
-                access = f"sa-{secrets.token_hex(12)}"
-                self.issued.append(access)
-                return JSONResponse({"access_token": access, "token_type": "Bearer", "expires_in": 3600})
-            elif grant == "refresh_token":
-                if str(form.get("refresh_token")) not in self.refresh_tokens:
-                    return JSONResponse({"error": "invalid_grant"}, status_code=400)
-            else:
-                return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
-            access, refresh = f"at-{secrets.token_hex(12)}", f"rt-{secrets.token_hex(12)}"
-            self.refresh_tokens[refresh] = "viewer"
-            self.issued += [access, refresh]
-            return JSONResponse({"access_token": access, "token_type": "Bearer", "expires_in": self.expires_in,
-                                 "refresh_token": refresh})
-
-        return Starlette(routes=[Route("/authorize", authorize), Route("/token", token, methods=["POST"])])
+from tests.oauth_provider import CLIENT_ID, CLIENT_SECRET, ENDPOINTS, Provider, config, running_provider
 
 
 @pytest.fixture(scope="module")
 def provider() -> Iterator[Provider]:
-    found = Provider()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(found.app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    found.url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield found
-    server.should_exit = True
-    thread.join(10)
+    with running_provider() as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -205,12 +133,10 @@ def _sign_in(server: RunningServer, username: str, password: str) -> requests.Se
     return browser
 
 
-def _integration(server: RunningServer, provider: Provider, name: str) -> dict[str, Any]:
+def _integration(server: RunningServer, provider: Provider, name: str, template: str = "custom",
+                 auth_type: str = "Viewer") -> dict[str, Any]:
     made = server.api().post(_api(server, "v1/oauth/integrations"), json={
-        "name": name, "template": "custom",
-        "config": {"auth_mode": "Confidential", "auth_type": "Viewer", "client_id": CLIENT_ID,
-                   "client_secret": CLIENT_SECRET, "authorization_uri": f"{provider.url}/authorize",
-                   "token_uri": f"{provider.url}/token", "scopes": "read"}})
+        "name": name, "template": template, "config": config(template, provider.url, auth_type)})
     assert made.status_code == 200, made.text
     return dict(made.json())
 
@@ -292,6 +218,8 @@ def test_viewer_signs_in_and_content_gets_the_providers_token(server: RunningSer
     refused = requests.post(credentials_url, data={**exchange, "subject_token": plain_token,
                                                    "audience": warehouse["guid"]})
     assert refused.status_code == 400
+    refused = requests.post(credentials_url, data={**exchange, "requested_token_type": "urn:posit:connect:api-key"})
+    assert refused.status_code == 400 and "visitor API keys" in refused.json()["error"]
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     refused = requests.post(credentials_url, data={**exchange, "subject_token": forged})
     assert refused.status_code == 400 and "invalid" in refused.json()["error"]
@@ -401,3 +329,117 @@ def test_session_tokens_expire_and_do_not_pass_for_each_other() -> None:
     assert oauth.UserSessionTokens(oauth.Signer(b"j" * 32, clock=lambda: now[0])).open(token) is None
     now[0] += oauth.USER_SESSION_SECONDS + 1
     assert users.open(token) is None
+
+
+# Each template's default scopes, as the provider must see them at /authorize.
+VIEWER_SCOPES = {"github": "", "azure": "openid offline_access", "databricks": "all-apis offline_access",
+                 "snowflake": "refresh_token", "salesforce": "api refresh_token"}
+
+
+def test_every_template_signs_in_at_its_endpoints_and_content_gets_the_token(
+    server: RunningServer, provider: Provider
+) -> None:
+    """GitHub (Enterprise base_url), Azure (authority_host), Databricks, Snowflake and
+    Salesforce: the viewer signs in at the template's authorize path, Podium trades the
+    code at its token path with the client authentication the provider takes, and content
+    gets the token through posit-sdk's ``client.oauth.get_credentials``."""
+    publisher = server.user_key("oauth_tpl_publisher", "publisher")
+    viewer = server.api().post(_api(server, "v1/users"), json={
+        "username": "oauth_tpl_viewer", "user_role": "viewer", "password": "oauth-tpl-viewer-pass-1"}).json()
+    app = _content(server, publisher, "templates-app", viewer["guid"])
+    browser = Browser(_sign_in(server, "oauth_tpl_viewer", "oauth-tpl-viewer-pass-1"), server.content_url)
+    app_url = f"{server.content_url}/content/{app['guid']}/"
+    for template, scopes in VIEWER_SCOPES.items():
+        integration = _integration(server, provider, f"Viewer {template}", template)
+        _associate(server, publisher, app["guid"], [integration["guid"]])
+        assert "has not signed in" in browser.json(app_url)["error"], template
+        sign_in = f"{server.url}/__oauth__/connect/{integration['guid']}?content={app['guid']}"
+        signed, hops = browser.get(sign_in)
+        assert signed.status_code == 200, (template, signed.text)
+        authorize_path, _, _ = ENDPOINTS[template]
+        assert [urllib.parse.urlsplit(h).path for h in hops][:3] == [
+            f"/__oauth__/connect/{integration['guid']}", authorize_path, "/__oauth__/callback"], template
+        assert provider.calls[-1] == (template, "authorization_code") and provider.scopes[-1] == (template, scopes)
+        given = signed.json()["credentials"]
+        assert given["access_token"] == provider.issued[-2], (template, signed.text)
+        assert given["issued_token_type"] == "urn:ietf:params:oauth:token-type:access_token"
+        asked = len(provider.calls)
+        assert browser.json(app_url)["credentials"]["access_token"] == provider.issued[-2]
+        assert len(provider.calls) == asked, template  # unexpired (or, Salesforce, without expiry): kept
+    # Refreshing goes to the template's token path too, with its client authentication.
+    databricks = _integration(server, provider, "Refreshing databricks", "databricks")
+    _associate(server, publisher, app["guid"], [databricks["guid"]])
+    provider.expires_in = 5
+    try:
+        browser.get(f"{server.url}/__oauth__/connect/{databricks['guid']}?content={app['guid']}")
+    finally:
+        provider.expires_in = 3600
+    short = provider.issued[-2]
+    refreshed = browser.json(app_url)["credentials"]["access_token"]
+    assert refreshed != short and provider.calls[-1] == ("databricks", "refresh_token")
+    log = server.log()
+    assert CLIENT_SECRET not in log and refreshed not in log
+
+
+def _content_credentials(server: RunningServer, key: str, guid: str) -> dict[str, Any]:
+    answer = server.api(key).get(f"{server.url}/content/{guid}/content-credentials").json()
+    assert "credentials" in answer, answer
+    return dict(answer["credentials"])
+
+
+@pytest.mark.parametrize("template,scope", [("azure", "https://graph.microsoft.com/.default"),
+                                            ("databricks", "all-apis")])
+def test_service_account_token_is_cached_until_it_nears_expiry(
+    server: RunningServer, provider: Provider, template: str, scope: str
+) -> None:
+    made = _integration(server, provider, f"Robot {template}", template, "Service Account")
+    publisher = server.user_key(f"oauth_cache_{template}", "publisher")
+    item = server.api(publisher).post(_api(server, "v1/content"), json={"name": f"cache-{template}"}).json()
+    _, task = deploy(server, publisher, item["guid"], _bundle())
+    assert task["code"] == 0, task["all_output"][-20:]
+    _associate(server, publisher, item["guid"], [made["guid"]])
+
+    def asked() -> int:
+        return sum(1 for t, grant in provider.calls if t == template and grant == "client_credentials")
+
+    before = asked()
+    first = _content_credentials(server, publisher, item["guid"])
+    assert first["access_token"].startswith("sa-") and asked() == before + 1
+    assert provider.token_scopes[-1] == (template, scope)  # the template's default
+    assert _content_credentials(server, publisher, item["guid"]) == first and asked() == before + 1
+    # Changing the integration (its scopes here) asks the provider again.
+    integration_url = _api(server, f"v1/oauth/integrations/{made['guid']}")
+    changed = server.api().patch(integration_url, json={"config": {**config(template, provider.url, "Service Account"),
+                                                                 "scopes": f"{scope} extra"}})
+    assert changed.status_code == 200, changed.text
+    second = _content_credentials(server, publisher, item["guid"])
+    assert second != first and asked() == before + 2
+    assert _content_credentials(server, publisher, item["guid"]) == second and asked() == before + 2
+    # ... so does a new client secret alone.
+    renewed = server.api().patch(integration_url, json={"config": {**changed.json()["config"],
+                                                                 "client_secret": CLIENT_SECRET}})
+    assert renewed.status_code == 200, renewed.text
+    assert _content_credentials(server, publisher, item["guid"]) != second and asked() == before + 3
+    assert provider.token_scopes[-1] == (template, f"{scope} extra")
+    # A token is kept until 60 s before its expiry: one good for 64 s is asked again after 4 s.
+    provider.expires_in = 64
+    try:
+        server.api().patch(integration_url, json={"description": "short tokens"})
+        short = _content_credentials(server, publisher, item["guid"])
+        assert _content_credentials(server, publisher, item["guid"]) == short and asked() == before + 4
+        time.sleep(4.5)
+        assert _content_credentials(server, publisher, item["guid"]) != short and asked() == before + 5
+        # A token without expires_in is never kept.
+        provider.expires_in = None
+        server.api().patch(integration_url, json={"description": "tokens without expiry"})
+        _content_credentials(server, publisher, item["guid"])
+        _content_credentials(server, publisher, item["guid"])
+        assert asked() == before + 7
+    finally:
+        provider.expires_in = 3600
+    # Deleting the integration takes the token away.
+    assert server.api().delete(integration_url).status_code == 204
+    answer = server.api(publisher).get(f"{server.url}/content/{item['guid']}/content-credentials").json()
+    assert "no associated Service Account" in answer["error"]
+    log = server.log()
+    assert first["access_token"] not in log and CLIENT_SECRET not in log

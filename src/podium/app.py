@@ -65,7 +65,7 @@ from podium.jobs import JobRunner
 from podium.layout import DataLayout, NodeDirs
 from podium.leases import Leases
 from podium.nodes import DeadNode, NodeHeartbeat
-from podium.oauth import ContentSessionTokens, Signer, UserSessionTokens
+from podium.oauth import ContentSessionTokens, ServiceTokenCache, Signer, UserSessionTokens
 from podium.proxy import routes as content_routes
 from podium.proxy.router import ContentRouter
 from podium.render import Renderer, fail_interrupted_renderings
@@ -108,6 +108,7 @@ class Node:
     env_vars: EnvVars
     handoff: Handoff
     oauth_signer: Signer
+    service_tokens: ServiceTokenCache
     isolation: Isolation
     backend: ExecutionBackend
     jobs: JobRunner
@@ -295,6 +296,7 @@ def build(settings: Settings) -> Node:
         env_vars=env_vars,
         handoff=handoff,
         oauth_signer=oauth_signer,
+        service_tokens=ServiceTokenCache(),
         isolation=isolation,
         backend=backend,
         jobs=jobs,
@@ -441,7 +443,7 @@ def create_app(node: Node) -> FastAPI:
     # What endpoints may ask for (podium.api.deps), one attribute per part.
     for name in ("settings", "store", "layout", "urls", "changes", "env_vars", "handoff", "oauth_signer", "isolation",
                  "backend", "tasks", "jobs", "scheduler", "deployer", "render_tasks", "throttle", "caches",
-                 "secret_box", "transfer_tokens", "git", "usage"):
+                 "secret_box", "service_tokens", "transfer_tokens", "git", "usage"):
         setattr(app.state, name, getattr(node, name))
     _install_error_handlers(app)
     _install_health(app, node)

@@ -1,15 +1,20 @@
-"""OAuth integrations: the templates Podium knows and the rules for an integration's
-config. Client secrets are kept encrypted (:class:`podium.secrets.SecretBox`) and never
-leave the server; the API strips them from every answer.
+"""OAuth integrations: the templates Podium knows, each with its provider's endpoints,
+the rules for an integration's config, and the flows. Client secrets are kept encrypted
+(:class:`podium.secrets.SecretBox`) and never leave the server; the API strips them
+from every answer.
 
-Podium stores, lists and associates integrations of every template below, so content
-and clients that read them (posit-sdk's ``client.oauth``) work. For Viewer integrations
-of the templates in :data:`FLOW_TEMPLATES` it also performs the flows: a viewer signs in
-with the provider (authorization code with PKCE, :func:`authorize_url` and
-:func:`exchange_code`); the proxy hands content a signed **user-session token**
+Podium stores, lists and associates integrations of every template in
+:data:`TEMPLATES`. For the templates with endpoints (``custom``, ``github``, ``azure``,
+``databricks``, ``snowflake``, ``salesforce``: :data:`FLOW_TEMPLATES`) it also performs
+the flows through one :class:`Provider`: a viewer of a Viewer integration signs in with
+the provider (authorization code with PKCE, :meth:`Provider.authorize_url` and
+:meth:`Provider.exchange_code`); the proxy hands content a signed **user-session token**
 (:class:`UserSessionTokens`) in ``Posit-Connect-User-Session-Token``; content trades it at
 ``v1/oauth/integrations/credentials`` for the viewer's access token, refreshed
-(:func:`refresh`) when it has expired. See the README, "OAuth integrations".
+(:meth:`Provider.refresh`) when it has expired. A Service Account integration's token
+comes from the client credentials grant (:meth:`Provider.client_credentials`), kept in a
+:class:`ServiceTokenCache` until shortly before it expires. The ``connect`` template
+(Visitor API Key) is stored and associated only. See the README, "OAuth integrations".
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
+import re
 import secrets
+import threading
 import time
 import urllib.parse
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -31,6 +39,7 @@ GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 USER_SESSION_TOKEN = "urn:posit:connect:user-session-token"
 CONTENT_SESSION_TOKEN = "urn:posit:connect:content-session-token"
 ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+API_KEY = "urn:posit:connect:api-key"  # a visitor API key (connect template): not issued
 # The header the proxy adds, for content with an associated integration.
 SESSION_HEADER = "Posit-Connect-User-Session-Token"
 # How long a user-session token is good for: the proxy mints one per request.
@@ -43,37 +52,113 @@ CONTENT_SESSION_VARIABLE = "CONNECT_CONTENT_SESSION_TOKEN"
 # How long a viewer has to finish signing in with the provider.
 STATE_SECONDS = 600
 TOKEN_TIMEOUT_SECONDS = 20
-# Templates whose provider Podium signs viewers in with (standard authorization code):
-# their config names authorization_uri and token_uri. Other templates' flows are not done.
-FLOW_TEMPLATES = ("custom",)
+# A cached Service Account token is asked for again this long before it expires, so
+# content never receives one that dies while it uses it.
+SERVICE_TOKEN_MARGIN_SECONDS = 60
 AUTH_TYPES = ("Viewer", "Service Account", "Visitor API Key")
+# Values put into an endpoint's path (Azure's tenant: a guid, a domain or "common").
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
 class Template:
+    """A kind of integration and, when Podium performs its flows, where its provider's
+    endpoints are: ``authorize`` and ``token`` are URL patterns filled from the config
+    (``{account_url}``), ``defaults`` giving the optional fields' values."""
+
     key: str
     name: str
     auth_types: tuple[str, ...]
     required: tuple[str, ...]  # config fields an integration of this template must have
+    authorize: str | None = None  # None: Podium does not perform this template's flows
+    token: str | None = None
+    # Optional config fields and their values when absent (a provider's public host).
+    defaults: tuple[tuple[str, str], ...] = ()
+    urls: tuple[str, ...] = ()  # config fields that must be https URLs (http on loopback)
+    segments: tuple[str, ...] = ()  # config fields put into a path: one segment each
+    scopes: str = ""  # the Viewer sign-in's scopes when the config names none
+    service_scopes: str = ""  # the client credentials grant's, likewise
+    basic_auth: bool = False  # the client authenticates with HTTP Basic, not in the form
+
+    @property
+    def performs_flows(self) -> bool:
+        return self.token is not None
 
     def json(self) -> dict[str, Any]:
         return {"key": self.key, "name": self.name, "auth_types": list(self.auth_types),
                 "fields": list(self.required)}
 
 
+# Each provider's documented endpoints beside its template. Config fields besides those
+# named here: client_id, client_secret, auth_type, scopes (space-separated; replaces the
+# template's default), and for custom authorization_uri (Viewer) and token_uri.
 TEMPLATES = {t.key: t for t in (
-    Template("custom", "Custom", ("Viewer", "Service Account"), ("client_id", "token_uri")),
-    Template("github", "GitHub", ("Viewer",), ("client_id",)),
-    Template("azure", "Microsoft Azure", ("Viewer", "Service Account"), ("client_id", "tenant_id")),
-    Template("databricks", "Databricks", ("Viewer", "Service Account"), ("client_id", "account_url")),
-    Template("snowflake", "Snowflake", ("Viewer",), ("client_id", "account_url")),
-    Template("salesforce", "Salesforce", ("Viewer",), ("client_id", "account_url")),
+    Template("custom", "Custom", ("Viewer", "Service Account"), ("client_id", "token_uri"),
+             authorize="{authorization_uri}", token="{token_uri}", urls=("authorization_uri", "token_uri")),
+    # https://docs.github.com/en/apps/oauth-apps/building-oauth-apps/authorizing-oauth-apps
+    # base_url: a GitHub Enterprise Server's address (https://github.example.com); the
+    # token endpoint answers JSON only when asked with Accept: application/json.
+    Template("github", "GitHub", ("Viewer",), ("client_id",),
+             authorize="{base_url}/login/oauth/authorize", token="{base_url}/login/oauth/access_token",
+             defaults=(("base_url", "https://github.com"),), urls=("base_url",)),
+    # https://learn.microsoft.com/entra/identity-platform/v2-oauth2-auth-code-flow
+    # authority_host: a sovereign cloud's sign-in host (https://login.microsoftonline.us,
+    # https://login.chinacloudapi.cn). A Service Account's scopes name a resource's
+    # ".default" (the grant refuses anything else), Microsoft Graph's unless configured.
+    Template("azure", "Microsoft Azure", ("Viewer", "Service Account"), ("client_id", "tenant_id"),
+             authorize="{authority_host}/{tenant_id}/oauth2/v2.0/authorize",
+             token="{authority_host}/{tenant_id}/oauth2/v2.0/token",
+             defaults=(("authority_host", "https://login.microsoftonline.com"),), urls=("authority_host",),
+             segments=("tenant_id",), scopes="openid offline_access",
+             service_scopes="https://graph.microsoft.com/.default"),
+    # https://docs.databricks.com/dev-tools/auth/oauth-u2m and oauth-m2m: account_url is
+    # the workspace URL; the client authenticates with HTTP Basic.
+    Template("databricks", "Databricks", ("Viewer", "Service Account"), ("client_id", "account_url"),
+             authorize="{account_url}/oidc/v1/authorize", token="{account_url}/oidc/v1/token",
+             urls=("account_url",), scopes="all-apis offline_access", service_scopes="all-apis",
+             basic_auth=True),
+    # https://docs.snowflake.com/user-guide/oauth-custom: account_url is
+    # https://<account>.snowflakecomputing.com; HTTP Basic client authentication.
+    Template("snowflake", "Snowflake", ("Viewer",), ("client_id", "account_url"),
+             authorize="{account_url}/oauth/authorize", token="{account_url}/oauth/token-request",
+             urls=("account_url",), scopes="refresh_token", basic_auth=True),
+    # https://help.salesforce.com (OAuth 2.0 web server flow): account_url is the My
+    # Domain URL (https://<domain>.my.salesforce.com); tokens carry no expires_in.
+    Template("salesforce", "Salesforce", ("Viewer",), ("client_id", "account_url"),
+             authorize="{account_url}/services/oauth2/authorize", token="{account_url}/services/oauth2/token",
+             urls=("account_url",), scopes="api refresh_token"),
+    # A viewer's short-lived Connect API key; not performed (README, "OAuth integrations").
     Template("connect", "Posit Connect", ("Visitor API Key",), ()),
 )}
+# Templates whose flows Podium performs (viewer sign-in, exchange, client credentials).
+FLOW_TEMPLATES = tuple(k for k, t in TEMPLATES.items() if t.performs_flows)
 
 
 class InvalidIntegration(ValueError):
     """An integration request that breaks a rule; the message says which."""
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_url(name: str, value: str, whole: bool) -> None:
+    """``value`` is an https URL (http only on loopback, for local providers) without
+    credentials or fragment; a base others are appended to (not ``whole``) has no query."""
+    parts = urllib.parse.urlsplit(value)
+    host = parts.hostname or ""
+    if parts.scheme not in ("https", "http") or not host or parts.username is not None or parts.fragment:
+        raise InvalidIntegration(f"config.{name} must be an https URL; got {value!r}.")
+    if parts.scheme == "http" and not _loopback(host):
+        raise InvalidIntegration(f"config.{name} must use https (http only for a loopback address); "
+                                 f"got {value!r}.")
+    if parts.query and not whole:
+        raise InvalidIntegration(f"config.{name} must have no query; got {value!r}.")
 
 
 def check(template: Any, config: Any, secret_known: bool) -> tuple[Template, str, dict[str, Any], str | None]:
@@ -94,10 +179,21 @@ def check(template: Any, config: Any, secret_known: bool) -> tuple[Template, str
     missing = [f for f in chosen.required if not isinstance(config.get(f), str) or not config[f]]
     if missing:
         raise InvalidIntegration(f"The {chosen.name} template needs config fields: {', '.join(missing)}.")
+    for name in chosen.urls:
+        value = config.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InvalidIntegration(f"config.{name} must be a string.")
+        _check_url(name, value, whole=f"{{{name}}}" in (chosen.authorize, chosen.token))
+    for name in chosen.segments:
+        if not _PATH_SEGMENT.fullmatch(str(config[name])):
+            raise InvalidIntegration(f"config.{name} must be letters, digits, '.', '-' or '_'; "
+                                     f"got {config[name]!r}.")
     secret = config.get("client_secret")
     if secret is not None and not isinstance(secret, str):
         raise InvalidIntegration("config.client_secret must be a string.")
-    if template == "custom" and auth_type == "Service Account" and not (secret or secret_known):
+    if auth_type == "Service Account" and chosen.performs_flows and not (secret or secret_known):
         raise InvalidIntegration("A Service Account integration needs config.client_secret.")
     public = {k: v for k, v in config.items() if k not in SECRET_FIELDS}
     public["auth_type"] = auth_type
@@ -191,53 +287,115 @@ def pkce_challenge(verifier: str) -> str:
     return _b64(hashlib.sha256(verifier.encode()).digest())
 
 
-def authorize_url(config: dict[str, Any], redirect_uri: str, state: str, verifier: str) -> str:
-    uri = config.get("authorization_uri")
-    if not isinstance(uri, str) or not uri:
-        raise FlowError("The integration has no config.authorization_uri to sign in at.")
-    query = {"response_type": "code", "client_id": config["client_id"], "redirect_uri": redirect_uri,
-             "state": state, "code_challenge": pkce_challenge(verifier), "code_challenge_method": "S256"}
-    if config.get("scopes"):
-        query["scope"] = str(config["scopes"])
-    return f"{uri}{'&' if '?' in uri else '?'}{urllib.parse.urlencode(query)}"
+@dataclass(frozen=True)
+class Provider:
+    """An integration as its provider sees it: the template (endpoints and quirks), the
+    config and the client secret. Every template's flows go through these methods."""
+
+    template: Template
+    config: dict[str, Any]
+    secret: str | None = field(default=None, repr=False)
+
+    def endpoint(self, which: str) -> str:
+        """The ``authorize`` or ``token`` URL, filled from the config and the defaults."""
+        pattern = getattr(self.template, which)
+        if pattern is None:
+            raise FlowError(f"Podium does not perform the flows of {self.template.name} integrations.")
+        values = dict(self.template.defaults)
+        values.update({k: v.rstrip("/") if k in self.template.urls and pattern != f"{{{k}}}" else v
+                       for k, v in self.config.items() if isinstance(v, str) and v})
+        try:
+            return str(pattern.format_map(values))
+        except KeyError as exc:
+            raise FlowError(f"The integration has no config.{exc.args[0]} to sign in at.") from None
+
+    def _scopes(self, default: str) -> str:
+        scopes = self.config.get("scopes")
+        return str(scopes) if isinstance(scopes, str) and scopes.strip() else default
+
+    def authorize_url(self, redirect_uri: str, state: str, verifier: str) -> str:
+        uri = self.endpoint("authorize")
+        query = {"response_type": "code", "client_id": str(self.config["client_id"]),
+                 "redirect_uri": redirect_uri, "state": state, "code_challenge": pkce_challenge(verifier),
+                 "code_challenge_method": "S256"}
+        scopes = self._scopes(self.template.scopes)
+        if scopes:
+            query["scope"] = scopes
+        return f"{uri}{'&' if '?' in uri else '?'}{urllib.parse.urlencode(query)}"
+
+    def exchange_code(self, code: str, redirect_uri: str, verifier: str) -> Tokens:
+        return self._token_request({"grant_type": "authorization_code", "code": code,
+                                    "redirect_uri": redirect_uri, "code_verifier": verifier})
+
+    def refresh(self, refresh_token: str) -> Tokens:
+        return self._token_request({"grant_type": "refresh_token", "refresh_token": refresh_token})
+
+    def client_credentials(self) -> Tokens:
+        form = {"grant_type": "client_credentials"}
+        scopes = self._scopes(self.template.service_scopes)
+        if scopes:
+            form["scope"] = scopes
+        return self._token_request(form)
+
+    def _token_request(self, form: dict[str, str]) -> Tokens:
+        client_id = str(self.config["client_id"])
+        auth: tuple[str, str] | None = None
+        if self.secret and self.template.basic_auth:
+            auth = (client_id, self.secret)
+        else:
+            form = {**form, "client_id": client_id}
+            if self.secret:
+                form["client_secret"] = self.secret
+        try:  # GitHub answers form-encoded unless asked for JSON
+            answer = httpx.post(self.endpoint("token"), data=form, auth=auth,
+                                headers={"accept": "application/json"}, timeout=TOKEN_TIMEOUT_SECONDS)
+        except httpx.HTTPError as exc:
+            raise FlowError(f"The provider's token endpoint could not be reached: {type(exc).__name__}.") from None
+        try:
+            body = answer.json()
+        except ValueError:
+            body = {}
+        # GitHub refuses with HTTP 200 and an "error" field: no access_token is a refusal.
+        if answer.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+            error = body.get("error") if isinstance(body, dict) else None
+            raise FlowError(f"The provider refused the token request (HTTP {answer.status_code}"
+                            f"{', ' + str(error) if isinstance(error, str) else ''}).")
+        expires = body.get("expires_in")
+        refresh_token = body.get("refresh_token")
+        return Tokens(body["access_token"], refresh_token if isinstance(refresh_token, str) else None,
+                      str(body.get("token_type") or "Bearer"),
+                      int(expires) if isinstance(expires, int | float | str) and str(expires).isdigit() else None)
 
 
-def _token_request(config: dict[str, Any], secret: str | None, form: dict[str, str]) -> Tokens:
-    form = {**form, "client_id": str(config["client_id"])}
-    if secret:
-        form["client_secret"] = secret
-    try:
-        answer = httpx.post(str(config["token_uri"]), data=form, headers={"accept": "application/json"},
-                            timeout=TOKEN_TIMEOUT_SECONDS)
-    except httpx.HTTPError as exc:
-        raise FlowError(f"The provider's token endpoint could not be reached: {type(exc).__name__}.") from None
-    try:
-        body = answer.json()
-    except ValueError:
-        body = {}
-    if answer.status_code != 200 or not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
-        error = body.get("error") if isinstance(body, dict) else None
-        raise FlowError(f"The provider refused the token request (HTTP {answer.status_code}"
-                        f"{', ' + str(error) if isinstance(error, str) else ''}).")
-    expires = body.get("expires_in")
-    refresh_token = body.get("refresh_token")
-    return Tokens(body["access_token"], refresh_token if isinstance(refresh_token, str) else None,
-                  str(body.get("token_type") or "Bearer"),
-                  int(expires) if isinstance(expires, int | float | str) and str(expires).isdigit() else None)
+class ServiceTokenCache:
+    """Service Account access tokens of this server process, kept until
+    :data:`SERVICE_TOKEN_MARGIN_SECONDS` before they expire. The key names the
+    integration's guid and a version of its config and secret, so a change made on any
+    node misses; a token without ``expires_in`` is not kept. Holds tokens in memory only."""
 
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 margin_seconds: float = SERVICE_TOKEN_MARGIN_SECONDS) -> None:
+        self._clock = clock
+        self._margin = margin_seconds
+        self._lock = threading.Lock()
+        self._held: dict[tuple[str, Hashable], tuple[float, Tokens]] = {}
 
-def exchange_code(config: dict[str, Any], secret: str | None, code: str, redirect_uri: str,
-                  verifier: str) -> Tokens:
-    return _token_request(config, secret, {"grant_type": "authorization_code", "code": code,
-                                           "redirect_uri": redirect_uri, "code_verifier": verifier})
+    def get(self, guid: str, version: Hashable) -> Tokens | None:
+        with self._lock:
+            found = self._held.get((guid, version))
+            if found is None or found[0] <= self._clock():
+                return None
+            return found[1]
 
+    def put(self, guid: str, version: Hashable, tokens: Tokens) -> None:
+        if tokens.expires_in is None or tokens.expires_in <= self._margin:
+            return
+        now = self._clock()
+        with self._lock:
+            self._held = {k: v for k, v in self._held.items() if v[0] > now and k[0] != guid}
+            self._held[(guid, version)] = (now + tokens.expires_in - self._margin, tokens)
 
-def refresh(config: dict[str, Any], secret: str | None, refresh_token: str) -> Tokens:
-    return _token_request(config, secret, {"grant_type": "refresh_token", "refresh_token": refresh_token})
-
-
-def client_credentials(config: dict[str, Any], secret: str | None) -> Tokens:
-    form = {"grant_type": "client_credentials"}
-    if config.get("scopes"):
-        form["scope"] = str(config["scopes"])
-    return _token_request(config, secret, form)
+    def forget(self, guid: str) -> None:
+        """Drop the integration's tokens (it was changed or deleted)."""
+        with self._lock:
+            self._held = {k: v for k, v in self._held.items() if k[0] != guid}

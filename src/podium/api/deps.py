@@ -24,7 +24,7 @@ from podium.git.publish import GitPublisher
 from podium.handoff import Handoff
 from podium.jobs import JobRunner
 from podium.layout import DataLayout
-from podium.oauth import Signer
+from podium.oauth import ServiceTokenCache, Signer
 from podium.render.tasks import RenderTasks
 from podium.runtime import ExecutionBackend
 from podium.runtime.transfer import TransferTokens
@@ -95,8 +95,14 @@ def oauth_signer(request: Request) -> Signer:
     return cast(Signer, request.app.state.oauth_signer)
 
 
+def service_tokens(request: Request) -> ServiceTokenCache:
+    return cast(ServiceTokenCache, request.app.state.service_tokens)
+
+
 def secret_box(request: Request) -> SecretBox:
     return cast(SecretBox, request.app.state.secret_box)
+
+
 def git(request: Request) -> GitPublisher:
     return cast(GitPublisher, request.app.state.git)
 

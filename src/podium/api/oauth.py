@@ -1,16 +1,22 @@
 """``v1/oauth``: OAuth integrations (administrators change them; publishers read them to
-associate their content), their templates, and content associations (replace-all PUT).
-Client secrets are encrypted at rest and stripped from every answer (:mod:`podium.oauth`).
+associate their content), their templates, content associations (replace-all PUT) and
+the credentials exchange, for every template whose flows :mod:`podium.oauth` performs.
+Client secrets are encrypted at rest and stripped from every answer; Service Account
+tokens are kept per process (:class:`podium.oauth.ServiceTokenCache`) until they near
+their expiry, and forgotten when their integration changes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import urllib.parse
 from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -140,18 +146,40 @@ def _associated(session: Session, content: Content, auth_type: str, audience: st
     return found[0]
 
 
-def _service_account_token(box: SecretBox, integration: OAuthIntegration) -> oauth.Tokens:
-    """An access token for the integration's own account (client credentials grant)."""
-    if integration.template not in oauth.FLOW_TEMPLATES:
-        raise errors.bad_request(f"Service Account credentials from {integration.template!r} integrations "
-                                 "are not supported yet.", code=25)
+def provider_of(box: SecretBox, integration: OAuthIntegration) -> oauth.Provider:
+    """The integration's provider, with its client secret decrypted for the flows."""
     secret = (box.decrypt(integration.client_secret_encrypted)
               if integration.client_secret_encrypted is not None else None)
+    return oauth.Provider(oauth.TEMPLATES[integration.template], integration.config, secret)
+
+
+def _version(integration: OAuthIntegration) -> str:
+    """A digest of what a Service Account token depends on: template, config (scopes
+    included) and the encrypted secret. Any change, made on any node, changes it."""
+    digest = hashlib.sha256(json.dumps([integration.template, integration.auth_type, integration.config],
+                                       sort_keys=True, default=str).encode())
+    digest.update(integration.client_secret_encrypted or b"")
+    return digest.hexdigest()
+
+
+def _service_account_token(box: SecretBox, cache: oauth.ServiceTokenCache,
+                           integration: OAuthIntegration) -> oauth.Tokens:
+    """An access token for the integration's own account (client credentials grant),
+    from the cache while it is fresh."""
+    if integration.template not in oauth.FLOW_TEMPLATES:
+        raise errors.bad_request(f"Service Account credentials from {integration.template!r} integrations "
+                                 "are not supported.", code=25)
+    version = _version(integration)
+    cached = cache.get(integration.guid, version)
+    if cached is not None:
+        return cached
     try:
-        return oauth.client_credentials(integration.config, secret)
+        granted = provider_of(box, integration).client_credentials()
     except oauth.FlowError as exc:
         log.warning("OAuth integration %s: client credentials grant failed: %s", integration.guid, exc)
         raise errors.bad_request(f"The provider of {integration.name!r} refused: {exc}", code=25) from None
+    cache.put(integration.guid, version, granted)
+    return granted
 
 
 def viewer_access_token(session: Session, box: SecretBox, integration: OAuthIntegration, user: User,
@@ -168,10 +196,8 @@ def viewer_access_token(session: Session, box: SecretBox, integration: OAuthInte
         if stored.refresh_token_encrypted is None:
             raise errors.bad_request(
                 f"The access token from {integration.name!r} has expired: sign in again at {sign_in}", code=25)
-        secret = (box.decrypt(integration.client_secret_encrypted)
-                  if integration.client_secret_encrypted is not None else None)
         try:
-            fresh = oauth.refresh(integration.config, secret, box.decrypt(stored.refresh_token_encrypted))
+            fresh = provider_of(box, integration).refresh(box.decrypt(stored.refresh_token_encrypted))
         except oauth.FlowError as exc:
             log.warning("OAuth integration %s: refreshing a token of user %s failed: %s",
                         integration.guid, user.guid, exc)
@@ -207,13 +233,14 @@ async def exchange_credentials(
     session: Session = Depends(deps.db),
     box: SecretBox = Depends(deps.secret_box),
     signer: oauth.Signer = Depends(deps.oauth_signer),
+    service_tokens: oauth.ServiceTokenCache = Depends(deps.service_tokens),
     urls: Urls = Depends(deps.urls),
 ) -> dict[str, Any]:
     """Connect's credentials exchange (RFC 8693 form): a user-session token, which the
     proxy gave the content for one viewer, buys that viewer's access token from the
     content's Viewer integration; a content session token (the content process's
     ``CONNECT_CONTENT_SESSION_TOKEN``) buys an access token of the content's Service
-    Account integration (client credentials grant, asked of the provider each time).
+    Account integration (client credentials grant, cached until shortly before it expires).
     The signed token is the credential; an API key is not needed."""
     form = await request.form()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
@@ -224,6 +251,9 @@ async def exchange_credentials(
         raise errors.bad_request(f"subject_token_type must be {oauth.USER_SESSION_TOKEN} or "
                                  f"{oauth.CONTENT_SESSION_TOKEN}.", code=25)
     wanted = fields.get("requested_token_type")
+    if wanted == oauth.API_KEY:
+        raise errors.bad_request("Podium does not issue visitor API keys: the Visitor API Key flow of "
+                                 "connect integrations is not performed.", code=25)
     if wanted and wanted != oauth.ACCESS_TOKEN:
         raise errors.bad_request(f"requested_token_type must be {oauth.ACCESS_TOKEN}.", code=25)
     if token_type == oauth.CONTENT_SESSION_TOKEN:
@@ -231,7 +261,9 @@ async def exchange_credentials(
         item = session.scalar(select(Content).where(Content.guid == guid)) if guid else None
         if item is None:
             raise errors.bad_request("The content session token is invalid or has expired.", code=25)
-        granted = _service_account_token(box, _associated(session, item, "Service Account", fields.get("audience")))
+        integration = _associated(session, item, "Service Account", fields.get("audience"))
+        # The provider may take seconds to answer: not on the event loop.
+        granted = await run_in_threadpool(_service_account_token, box, service_tokens, integration)
         return {"access_token": granted.access_token, "issued_token_type": oauth.ACCESS_TOKEN,
                 "token_type": granted.token_type}
     opened = oauth.UserSessionTokens(signer).open(fields.get("subject_token", ""))
@@ -245,7 +277,8 @@ async def exchange_credentials(
     if not auth.can_view(session, user, content):  # access taken away since the token was made
         raise errors.forbidden(f"{user.username} may no longer view this content.")
     integration = _associated(session, content, "Viewer", fields.get("audience"))
-    stored = viewer_access_token(session, box, integration, user, sign_in_url(urls, integration, content.guid))
+    stored = await run_in_threadpool(viewer_access_token, session, box, integration, user,
+                                     sign_in_url(urls, integration, content.guid))
     return {"access_token": box.decrypt(stored.access_token_encrypted),
             "issued_token_type": oauth.ACCESS_TOKEN, "token_type": stored.token_type}
 
@@ -264,6 +297,7 @@ async def update_integration(
     session: Session = Depends(deps.db),
     changes: Changes = Depends(deps.changes),
     box: SecretBox = Depends(deps.secret_box),
+    service_tokens: oauth.ServiceTokenCache = Depends(deps.service_tokens),
     admin: User = Depends(deps.administrator),
 ) -> dict[str, Any]:
     integration = by_guid(session, OAuthIntegration, guid, "OAuth integration")
@@ -278,6 +312,7 @@ async def update_integration(
     audit.record(session, admin, "update_oauth_integration",
                  f"Changed OAuth integration {integration.name!r} ({integration.guid}).")
     session.commit()
+    service_tokens.forget(integration.guid)
     changes.content(None)  # the auth type may have changed
     return integration_json(integration)
 
@@ -287,6 +322,7 @@ def delete_integration(
     guid: str,
     session: Session = Depends(deps.db),
     changes: Changes = Depends(deps.changes),
+    service_tokens: oauth.ServiceTokenCache = Depends(deps.service_tokens),
     admin: User = Depends(deps.administrator),
 ) -> Response:
     integration = by_guid(session, OAuthIntegration, guid, "OAuth integration")
@@ -296,6 +332,7 @@ def delete_integration(
     audit.record(session, admin, "remove_oauth_integration",
                  f"Deleted OAuth integration {integration.name!r} ({integration.guid}).")
     session.commit()
+    service_tokens.forget(integration.guid)
     changes.content(None)  # content that had it no longer gets user-session tokens
     return Response(status_code=204)
 

@@ -1,4 +1,5 @@
-"""A viewer's sign-in with a Viewer OAuth integration's provider (dashboard origin).
+"""A viewer's sign-in with a Viewer OAuth integration's provider (dashboard origin), for
+every template whose flows :mod:`podium.oauth` performs (:data:`podium.oauth.FLOW_TEMPLATES`).
 
 ``/__oauth__/content/{guid}`` lists the content's Viewer integrations, each with
 "Sign in" or "Disconnect". ``/__oauth__/connect/{integration}?content=...`` starts the
@@ -6,8 +7,9 @@ authorization-code flow: the ``state`` is signed and names the viewer's login se
 the integration and the content; the PKCE verifier is derived from the state with the
 server key, so only this server can finish the flow. ``/__oauth__/callback`` checks the
 state against the signed-in viewer, trades the code (with the client secret) at the
-token URL, keeps the tokens encrypted per (viewer, integration) and sends the viewer
-back to the content. Tokens are never logged or shown.
+template's token endpoint (:class:`podium.oauth.Provider`), keeps the tokens encrypted
+per (viewer, integration) and sends the viewer back to the content. Tokens are never
+logged or shown.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from podium import audit, auth, oauth
 from podium.api import deps
-from podium.api.oauth import content_associations, sign_in_url, store_tokens
+from podium.api.oauth import content_associations, provider_of, sign_in_url, store_tokens
 from podium.auth import SessionInfo
 from podium.secrets import SecretBox
 from podium.settings import Settings
@@ -97,7 +99,7 @@ def content_integrations(
             action = (f"<a href='{escape(sign_in_url(urls, integration, content.guid))}'>"
                       f"Sign in to {escape(integration.name)}</a>")
         else:
-            action = "<em>sign-in with this template is not supported yet</em>"
+            action = "<em>Podium does not sign in with this template</em>"
         state = "connected" if connected else "not connected"
         rows.append(f"<li><strong>{escape(integration.name)}</strong> ({state}) {action}</li>")
     listing = "<ul>" + "".join(rows) + "</ul>" if rows else "<p>This content uses no Viewer integration.</p>"
@@ -113,6 +115,7 @@ def connect(
     session: Session = Depends(deps.db),
     settings: Settings = Depends(deps.settings),
     urls: Urls = Depends(deps.urls),
+    box: SecretBox = Depends(deps.secret_box),
     signer: oauth.Signer = Depends(deps.oauth_signer),
 ) -> Response:
     """Start the viewer's authorization-code flow with the integration's provider."""
@@ -124,12 +127,13 @@ def connect(
     if item is None or integration is None or integration not in _viewer_integrations(session, item):
         return _page("No such integration", "<p>That content has no such Viewer integration.</p>", 404)
     if integration.template not in oauth.FLOW_TEMPLATES:
-        return _page("Not supported", f"<p>Signing in with {escape(integration.name)} "
-                     f"({escape(integration.template)}) is not supported yet.</p>", 400)
+        return _page("Not supported", f"<p>Podium does not sign in with {escape(integration.name)} "
+                     f"({escape(integration.template)} template).</p>", 400)
     session.commit()
     state = signer.sign("oauth-state", (str(info.id), integration.guid, item.guid), oauth.STATE_SECONDS)
     try:
-        target = oauth.authorize_url(integration.config, urls.public + CALLBACK_PATH, state, signer.derive(state))
+        target = provider_of(box, integration).authorize_url(urls.public + CALLBACK_PATH, state,
+                                                             signer.derive(state))
     except oauth.FlowError as exc:
         return _page("Cannot sign in", f"<p>{escape(str(exc))}</p>", 400)
     response = RedirectResponse(target, status_code=303)
@@ -164,11 +168,9 @@ def callback(
         return _page("Sign-in failed", "<p>The integration no longer exists.</p>", 400)
     if error or not code:
         return _page("Sign-in failed", f"<p>The provider answered: {escape(error or 'no code')}.</p>", 400)
-    secret = (box.decrypt(integration.client_secret_encrypted)
-              if integration.client_secret_encrypted is not None else None)
     try:
-        tokens = oauth.exchange_code(integration.config, secret, code, urls.public + CALLBACK_PATH,
-                                     signer.derive(state))
+        tokens = provider_of(box, integration).exchange_code(code, urls.public + CALLBACK_PATH,
+                                                             signer.derive(state))
     except oauth.FlowError as exc:
         log.warning("OAuth integration %s: sign-in of user %s failed: %s", integration.guid, info.user.guid, exc)
         return _page("Sign-in failed", f"<p>{escape(str(exc))}</p>", 502)
