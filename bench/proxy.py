@@ -39,6 +39,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -643,6 +644,9 @@ def compare_sandbox(seconds: float, rounds: int, cold_samples: int = 9) -> None:
           f"{median['required'] * 1000:10.0f} {(median['required'] - median['off']) * 1000:+6.0f} ms")
 
 
+USAGE_FLUSH_SECONDS = 2  # the servers' usage_flush_seconds (the default, set)
+
+
 def spooled(served: Served) -> int:
     """How many files of recorded usage wait in the server's spool for its importer."""
     try:
@@ -686,7 +690,37 @@ def process_cpu_seconds(pid: int, importer: bool = False) -> float:
     return float(int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = None) -> None:
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """The lower quartile, median and upper quartile of ``values``."""
+    low, median, high = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return low, median, high
+
+
+def paired_run(servers: dict[str, Served], mode: str, flip: bool, seconds: int,
+               waits: list[float]) -> tuple[float, float, float]:
+    """One pair of small-request measurements of the server ``mode`` against the "off"
+    one: four runs of ``seconds`` in the order off, mode, mode, off (mode, off, off, mode
+    when ``flip``), each after a flush interval of the same load, unmeasured, so the
+    importer works during it as under a steady stream of requests (rather than after it,
+    while the other server is measured or nothing is). The ratios mode/off of requests/s
+    and of server CPU per request, and how many requests the recording server served."""
+    measured: dict[str, list[float]] = {"off": [0.0, 0.0], mode: [0.0, 0.0]}  # requests, CPU seconds
+    served_on = 0.0
+    for side in (mode, "off", "off", mode) if flip else ("off", mode, mode, "off"):
+        waits.append(drain(servers["on"]))
+        warm, _ = wrk(servers[side].through + "/", 64, USAGE_FLUSH_SECONDS)
+        before = process_cpu_seconds(servers[side].pid)
+        rate, _ = wrk(servers[side].through + "/", 64, seconds)
+        measured[side][0] += rate * seconds
+        measured[side][1] += process_cpu_seconds(servers[side].pid) - before
+        if side == "on":
+            served_on += warm * USAGE_FLUSH_SECONDS + rate * seconds
+    (requests, cpu), (requests_off, cpu_off) = measured[mode], measured["off"]
+    return requests / requests_off, (cpu / requests) / (cpu_off / requests_off), served_on
+
+
+def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = None, pairs: int = 12,
+                  pair_seconds: int = 2, control: bool = False) -> None:
     """Usage recording off against on (the default): two real servers at once, measured
     in turn, round after round, so other load on the machine weighs on both. With it on,
     every request is a hit and every websocket a session, spooled every flush interval and
@@ -697,19 +731,28 @@ def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = 
     less noisy figure on a shared machine: other load slows both servers but does not
     add to their CPU time), and the importer's CPU time per hit it imported.
 
+    Then ``pairs`` paired measurements of small requests alone (:func:`paired_run`): on a
+    machine whose speed drifts from second to second with other load, the ratio within a
+    pair of neighbouring runs is steadier than a best of rounds; their median and
+    quartiles are reported. With ``control``, a third server, recording off too, is
+    paired with the first the same way: what two identical servers differ by is the
+    benchmark's noise floor on this machine.
+
     The importer inherits the server's core (both pinned to core 0) unless
     ``importer_cpus`` moves it: a diagnostic of where its cost falls, not a measurement of
     recording (see bench/README.md)."""
-    modes = {"off": {"PODIUM_USAGE_RECORDING": "false"}, "on": {"PODIUM_USAGE_RECORDING": "true"}}
+    flush = {"PODIUM_USAGE_FLUSH_SECONDS": str(USAGE_FLUSH_SECONDS)}
+    modes = {"off": {"PODIUM_USAGE_RECORDING": "false", **flush}, "on": {"PODIUM_USAGE_RECORDING": "true", **flush}}
+    others = {"control": modes["off"]} if control and pairs else {}
     with open("/proc/loadavg") as load:
         print(f"load average at the start: {load.read().strip()}", flush=True)
     waits: list[float] = []
     with contextlib.ExitStack() as stack:
-        servers = {mode: stack.enter_context(podium_content("off", env)) for mode, env in modes.items()}
+        servers = {mode: stack.enter_context(podium_content("off", env)) for mode, env in {**modes, **others}.items()}
         figures: dict[str, list[Figures]] = {mode: [] for mode in modes}
         per_request: dict[str, list[float]] = {mode: [] for mode in modes}
         requests_on = 0.0
-        for mode in modes:
+        for mode in servers:
             wrk(servers[mode].through + "/", 64, 1)
         drain(servers["on"])
         if importer_cpus is not None:
@@ -735,6 +778,14 @@ def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = 
                 print(f"round {index + 1} {mode:>3}: {got.small_rps:8.0f} req/s {got.big_mibps:6.0f} MiB/s "
                       f"{got.ws_rtps:7.0f} ws/s; server CPU {per_request[mode][-1] * 1e6:5.1f} µs/request",
                       flush=True)
+        paired: dict[str, list[tuple[float, float]]] = {"on": [], "control": []}
+        for index in range(pairs):
+            for mode in ("on", "control") if control else ("on",):
+                rate, cpu, served_on = paired_run(servers, mode, index % 2 == 1, pair_seconds, waits)
+                requests_on += served_on
+                paired[mode].append((rate, cpu))
+                print(f"pair {index + 1}: small requests {mode}/off {rate:.3f}x, "
+                      f"server CPU per request {cpu:.3f}x", flush=True)
         waits.append(drain(servers["on"]))
         importer_cpu = process_cpu_seconds(servers["on"].pid, importer=True) - importer_before
         # Recording really was on: one marked request afterwards is found among the hits.
@@ -762,6 +813,13 @@ def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = 
         print(f"{name:40} {a:14.0f} {b:13.0f} {b / a:6.3f}x")
     cpu_off, cpu_on = (sorted(per_request[mode])[len(per_request[mode]) // 2] * 1e6 for mode in modes)
     print(f"{'server CPU µs per small request (median)':40} {cpu_off:14.1f} {cpu_on:13.1f} {cpu_on / cpu_off:6.3f}x")
+    for mode, label in (("on", "recording on/off"), ("control", "control (off)/off, the noise floor")):
+        if paired[mode]:
+            rate_q = quartiles([rate for rate, _ in paired[mode]])
+            cpu_q = quartiles([cpu for _, cpu in paired[mode]])
+            print(f"{pairs} pairs of {pair_seconds} s runs (A B B A), {label}: small requests/s median "
+                  f"{rate_q[1]:.3f}x (quartiles {rate_q[0]:.3f}-{rate_q[2]:.3f}x), server CPU per request "
+                  f"median {cpu_q[1]:.3f}x (quartiles {cpu_q[0]:.3f}-{cpu_q[2]:.3f}x)")
     print(f"importer CPU: {importer_cpu * 1e6 / max(requests_on, 1):.1f} µs per small request recorded "
           f"(nice 19; websocket and 10 MiB hits included)")
     print(f"waited for the importer before a measurement: at most {max(waits):.1f} s")
@@ -798,6 +856,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="compare content sandboxed and not: requests/s and cold start")
     parser.add_argument("--usage", action="store_true",
                         help="compare usage recording off and on: requests/s through each")
+    parser.add_argument("--pairs", type=int, default=12,
+                        help="with --usage: paired small-request measurements after the rounds (0: none)")
+    parser.add_argument("--control", action="store_true",
+                        help="with --usage: pair a second recording-off server with the first as well "
+                             "(the noise floor)")
     parser.add_argument("--importer-cpus", metavar="LIST",
                         help="with --usage: move the usage importer to these cores (e.g. 0,1) "
                              "after the warm-up, instead of the server's core 0 (a diagnostic)")
@@ -824,7 +887,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.usage:
         cpus = {int(core) for core in args.importer_cpus.split(",")} if args.importer_cpus else None
-        compare_usage(seconds, rounds, cpus)
+        compare_usage(seconds, rounds, cpus, args.pairs, control=args.control)
         return
     app_port = args.app_port or free_port()
     front_port = free_port()
