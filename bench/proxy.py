@@ -14,6 +14,9 @@
                                           # the cold start (first request of a stopped app)
     python bench/proxy.py --usage         # two real servers, usage recording off and on
                                           # (hits, visits, sessions), side by side
+    python bench/proxy.py --usage --control
+                                          # the same, and a second recording-off server
+                                          # paired with the first: the noise floor
     python bench/proxy.py --usage --importer-cpus 0,1
                                           # the same, the importer free to run on either
                                           # core rather than the server's (a diagnostic)
@@ -821,7 +824,7 @@ def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = 
                   f"{rate_q[1]:.3f}x (quartiles {rate_q[0]:.3f}-{rate_q[2]:.3f}x), server CPU per request "
                   f"median {cpu_q[1]:.3f}x (quartiles {cpu_q[0]:.3f}-{cpu_q[2]:.3f}x)")
     print(f"importer CPU: {importer_cpu * 1e6 / max(requests_on, 1):.1f} µs per small request recorded "
-          f"(nice 19; websocket and 10 MiB hits included)")
+          f"(SCHED_IDLE, nice 19; websocket and 10 MiB hits included)")
     print(f"waited for the importer before a measurement: at most {max(waits):.1f} s")
     print(f"recording on: the marked request was recorded: {'yes' if marked else 'NO'}")
     with open("/proc/loadavg") as load:
