@@ -182,7 +182,7 @@ def test_viewer_signs_in_and_content_gets_the_providers_token(server: RunningSer
     signed, hops = browser.get(sign_in)
     assert signed.status_code == 200, signed.text
     assert [urllib.parse.urlsplit(h).path for h in hops][:4] == [
-        f"/__oauth__/connect/{warehouse['guid']}", "/authorize", "/__oauth__/callback", f"/content/{app['guid']}/"]
+        f"/__oauth__/connect/{warehouse['guid']}", "/authorize", "/__oauth__/integrations/callback", f"/content/{app['guid']}/"]
     given = signed.json()["credentials"]
     assert given == {"access_token": provider.issued[-2], "issued_token_type":
                      "urn:ietf:params:oauth:token-type:access_token", "token_type": "Bearer"}
@@ -275,7 +275,7 @@ def test_a_callback_from_another_session_is_refused(server: RunningServer, provi
                            allow_redirects=False)
     assert started.status_code == 303
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(started.headers["location"]).query)
-    assert query["code_challenge_method"] == ["S256"] and query["redirect_uri"] == [f"{server.url}/__oauth__/callback"]
+    assert query["code_challenge_method"] == ["S256"] and query["redirect_uri"] == [f"{server.url}/__oauth__/integrations/callback"]  # Connect's
     approved = requests.get(started.headers["location"], allow_redirects=False)
     callback = approved.headers["location"]
     # The victim, lured to the attacker's callback URL, is not signed in to the attacker's account.
@@ -285,6 +285,28 @@ def test_a_callback_from_another_session_is_refused(server: RunningServer, provi
     # Someone who may not view the content cannot start a sign-in for it.
     assert victim.get(f"{server.url}/__oauth__/connect/{integration['guid']}?content={item['guid']}",
                       allow_redirects=False).status_code == 404
+
+
+def test_a_sign_in_sent_back_to_the_earlier_redirect_uri_finishes(server: RunningServer, provider: Provider) -> None:
+    # Podium sent /__oauth__/callback as its redirect URI before it took Connect's; a
+    # sign-in begun then (or at a provider told to use it) is sent back there.
+    integration = _integration(server, provider, "Earlier")
+    publisher = server.user_key("oauth_earlier", "publisher")
+    item = server.api(publisher).post(_api(server, "v1/content"), json={"name": "earlier"}).json()
+    _associate(server, publisher, item["guid"], [integration["guid"]])
+    viewer = _sign_in(server, "oauth_earlier", "oauth_earlier-pass-1")
+    started = viewer.get(f"{server.url}/__oauth__/connect/{integration['guid']}?content={item['guid']}",
+                         allow_redirects=False)
+    assert started.status_code == 303
+    parts = urllib.parse.urlsplit(started.headers["location"])
+    query = dict(urllib.parse.parse_qsl(parts.query), redirect_uri=f"{server.url}/__oauth__/callback")
+    approved = requests.get(parts._replace(query=urllib.parse.urlencode(query)).geturl(), allow_redirects=False)
+    callback = approved.headers["location"]
+    assert urllib.parse.urlsplit(callback).path == "/__oauth__/callback"
+    # The token request names the URI the viewer came back to (the provider checks it).
+    finished = viewer.get(callback, allow_redirects=False)
+    assert finished.status_code == 303, finished.text
+    assert finished.headers["location"].endswith(f"/content/{item['guid']}/")
 
 
 def test_service_account_credentials_with_the_content_session_token(
@@ -358,7 +380,7 @@ def test_every_template_signs_in_at_its_endpoints_and_content_gets_the_token(
         assert signed.status_code == 200, (template, signed.text)
         authorize_path, _, _ = ENDPOINTS[template]
         assert [urllib.parse.urlsplit(h).path for h in hops][:3] == [
-            f"/__oauth__/connect/{integration['guid']}", authorize_path, "/__oauth__/callback"], template
+            f"/__oauth__/connect/{integration['guid']}", authorize_path, "/__oauth__/integrations/callback"], template
         assert provider.calls[-1] == (template, "authorization_code") and provider.scopes[-1] == (template, scopes)
         given = signed.json()["credentials"]
         assert given["access_token"] == provider.issued[-2], (template, signed.text)

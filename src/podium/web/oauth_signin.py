@@ -5,8 +5,9 @@ every template whose flows :mod:`podium.oauth` performs (:data:`podium.oauth.FLO
 "Sign in" or "Disconnect". ``/__oauth__/connect/{integration}?content=...`` starts the
 authorization-code flow: the ``state`` is signed and names the viewer's login session,
 the integration and the content; the PKCE verifier is derived from the state with the
-server key, so only this server can finish the flow. ``/__oauth__/callback`` checks the
-state against the signed-in viewer, trades the code (with the client secret) at the
+server key, so only this server can finish the flow. ``/__oauth__/integrations/callback``
+(Connect's redirect URI, so a provider registration made for Connect serves Podium too)
+checks the state against the signed-in viewer, trades the code (with the client secret) at the
 template's token endpoint (:class:`podium.oauth.Provider`), keeps the tokens encrypted
 per (viewer, integration) and sends the viewer back to the content. Tokens are never
 logged or shown.
@@ -35,7 +36,12 @@ from podium.urls import Urls
 
 router = APIRouter()
 log = logging.getLogger(__name__)
-CALLBACK_PATH = "__oauth__/callback"
+# The redirect URI the provider sends viewers back to: Connect's, so an OAuth application
+# registered for Connect needs no change. Podium before 2026-12-07 sent the second; it
+# still answers there, so a sign-in started before an upgrade finishes (an application
+# registered with only the second needs Connect's added).
+CALLBACK_PATH = "__oauth__/integrations/callback"
+EARLIER_CALLBACK_PATH = "__oauth__/callback"
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
@@ -142,7 +148,8 @@ def connect(
     return response
 
 
-@router.get("/__oauth__/callback")
+@router.get("/" + CALLBACK_PATH)
+@router.get("/" + EARLIER_CALLBACK_PATH)
 def callback(
     request: Request,
     code: str = "",
@@ -169,8 +176,9 @@ def callback(
     if error or not code:
         return _page("Sign-in failed", f"<p>The provider answered: {escape(error or 'no code')}.</p>", 400)
     try:
-        tokens = provider_of(box, integration).exchange_code(code, urls.public + CALLBACK_PATH,
-                                                             signer.derive(state))
+        # The token request names the redirect URI the sign-in was sent back to.
+        called = EARLIER_CALLBACK_PATH if request.url.path.endswith("/" + EARLIER_CALLBACK_PATH) else CALLBACK_PATH
+        tokens = provider_of(box, integration).exchange_code(code, urls.public + called, signer.derive(state))
     except oauth.FlowError as exc:
         log.warning("OAuth integration %s: sign-in of user %s failed: %s", integration.guid, info.user.guid, exc)
         return _page("Sign-in failed", f"<p>{escape(str(exc))}</p>", 502)
