@@ -24,6 +24,16 @@ def _router(store: Store) -> ContentRouter:
     )
 
 
+def _content_reads(store: Store) -> list[str]:
+    """The statements that read content records, as ``store`` runs them from now on."""
+    reads: list[str] = []
+    event.listen(
+        store.engine, "before_cursor_execute",
+        lambda *a: reads.append(a[2]) if "FROM content" in a[2] and "permission" not in a[2] else None,
+    )
+    return reads
+
+
 def test_router_cache_reads_a_record_once_for_many_requests_and_refreshes_in_the_background(
     store: Store,
 ) -> None:
@@ -34,11 +44,7 @@ def test_router_cache_reads_a_record_once_for_many_requests_and_refreshes_in_the
         session.flush()
         guid = content.guid
     router = _router(store)
-    reads: list[str] = []
-    event.listen(
-        store.engine, "before_cursor_execute",
-        lambda *a: reads.append(a[2]) if "FROM content" in a[2] and "permission" not in a[2] else None,
-    )
+    reads = _content_reads(store)
 
     async def scenario() -> None:
         infos = await asyncio.gather(*(router._info(guid) for _ in range(200)))
@@ -74,11 +80,7 @@ def test_router_cache_reads_many_records_together_and_refreshes_them_together(st
         session.flush()
         guids = [item.guid for item in items]
     router = _router(store)
-    reads: list[str] = []
-    event.listen(
-        store.engine, "before_cursor_execute",
-        lambda *a: reads.append(a[2]) if "FROM content" in a[2] and "permission" not in a[2] else None,
-    )
+    reads = _content_reads(store)
 
     async def scenario() -> None:
         infos = await asyncio.gather(*(router._info(guid) for guid in guids))
