@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
-import io
-import json
 import os
 import shutil
 import signal
@@ -42,12 +40,12 @@ import socket
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import podium_server
 import requests
 from proxy import free_port, wait_for_port
 
@@ -101,15 +99,7 @@ def bundle(app: App) -> bytes:
                    "package_manager": {"name": "pip", "package_file": "requirements.txt"}},
         "files": {},
     }
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, text in (("manifest.json", json.dumps(manifest)), ("app.py", app.source),
-                           ("requirements.txt", app.requirements)):
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return podium_server.bundle({"app.py": app.source, "requirements.txt": app.requirements}, manifest)
 
 
 def load() -> str:

@@ -531,9 +531,7 @@ def podium_content(sandbox: str = "required", extra_env: dict[str, str] | None =
     job, so it inherits the server's core.
     """
     import inspect
-    import io
     import json
-    import tarfile
     import tempfile
 
     import requests
@@ -546,14 +544,9 @@ def podium_content(sandbox: str = "required", extra_env: dict[str, str] | None =
                 "python": {"version": ".".join(map(str, sys.version_info[:3])),
                            "package_manager": {"name": "pip", "package_file": "requirements.txt"}},
                 "files": {}}
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, text in (("manifest.json", json.dumps(manifest)), ("app.py", source),
-                           ("requirements.txt", "uvicorn[standard]\n")):
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    from podium_server import bundle  # here: podium_server imports this module
+
+    tarball = bundle({"app.py": source, "requirements.txt": "uvicorn[standard]\n"}, manifest)
     work = tempfile.mkdtemp(prefix="podium-bench-proxy-")
     data_dir = os.path.join(work, "data")
     podium = [sys.executable, "-m", "podium"]
@@ -578,7 +571,7 @@ def podium_content(sandbox: str = "required", extra_env: dict[str, str] | None =
             guid = api.post(f"{base}/v1/content", json={
                 "name": name, "access_type": "all", "max_processes": 1, "min_processes": warm,
                 "max_conns_per_process": 1000, "load_factor": 1.0}).json()["guid"]
-            bundle_id = api.post(f"{base}/v1/content/{guid}/bundles", data=buffer.getvalue()).json()["id"]
+            bundle_id = api.post(f"{base}/v1/content/{guid}/bundles", data=tarball).json()["id"]
             task = api.post(f"{base}/v1/content/{guid}/deploy", json={"bundle_id": bundle_id}).json()["task_id"]
             while not (state := api.get(f"{base}/v1/tasks/{task}", params={"wait": 1}).json())["finished"]:
                 pass
