@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from proxy import BIG_CHUNKS, app, free_port, wait_for_port
+from proxy import BIG_CHUNKS, app, free_port, stop, wait_for_port
 
 PODIUM = [sys.executable, "-m", "podium"]
 
@@ -160,10 +160,5 @@ def podium_server(
         wait_for_port(port, 60)
         yield Server(process, port, content_port, data_dir, key, log_path)
     finally:
-        process.terminate()
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, 60)
         shutil.rmtree(work, ignore_errors=True)
