@@ -12,8 +12,10 @@
     python bench/proxy.py --sandbox       # two real servers, content sandboxed and not,
                                           # side by side: requests/s through each, and
                                           # the cold start (first request of a stopped app)
-    python bench/proxy.py --usage         # two real servers, usage recording off and on
-                                          # (hits, visits, sessions), side by side
+    python bench/proxy.py --usage         # real servers, usage recording off and on
+                                          # (hits, visits, sessions), side by side; on
+                                          # twice: importing as the default does (held
+                                          # while the server is busy) and at once
     python bench/proxy.py --usage --control
                                           # the same, and a second recording-off server
                                           # paired with the first: the noise floor
@@ -698,30 +700,36 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 
 
 def paired_run(servers: dict[str, Served], mode: str, flip: bool, seconds: int,
-               waits: list[float]) -> tuple[float, float, float]:
+               waits: list[float], recording: list[str]) -> tuple[float, float, float, float]:
     """One pair of small-request measurements of the server ``mode`` against the "off"
     one: four runs of ``seconds`` in the order off, mode, mode, off (mode, off, off, mode
     when ``flip``), each after a flush interval of the same load, unmeasured, so the
     importer works during it as under a steady stream of requests (rather than after it,
-    while the other server is measured or nothing is). The ratios mode/off of requests/s
-    and of server CPU per request, and how many requests the recording server served."""
+    while the other server is measured or nothing is), unless the server holds it back
+    while busy (as the default does, up to usage_import_delay_seconds). Each run starts
+    with the spools of the ``recording`` servers imported. The ratios mode/off of
+    requests/s and of server CPU per request, how many requests ``mode`` served, and its
+    importer's CPU seconds during its measured runs."""
     measured: dict[str, list[float]] = {"off": [0.0, 0.0], mode: [0.0, 0.0]}  # requests, CPU seconds
-    served_on = 0.0
+    served_on = importing = 0.0
     for side in (mode, "off", "off", mode) if flip else ("off", mode, mode, "off"):
-        waits.append(drain(servers["on"]))
+        waits.append(max(drain(servers[name]) for name in recording))
         warm, _ = wrk(servers[side].through + "/", 64, USAGE_FLUSH_SECONDS)
         before = process_cpu_seconds(servers[side].pid)
+        importer_before = process_cpu_seconds(servers[side].pid, importer=True)
         rate, _ = wrk(servers[side].through + "/", 64, seconds)
         measured[side][0] += rate * seconds
         measured[side][1] += process_cpu_seconds(servers[side].pid) - before
-        if side == "on":
+        if side == mode:
+            importing += process_cpu_seconds(servers[side].pid, importer=True) - importer_before
+        if side == mode:
             served_on += warm * USAGE_FLUSH_SECONDS + rate * seconds
     (requests, cpu), (requests_off, cpu_off) = measured[mode], measured["off"]
-    return requests / requests_off, (cpu / requests) / (cpu_off / requests_off), served_on
+    return requests / requests_off, (cpu / requests) / (cpu_off / requests_off), served_on, importing
 
 
 def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = None, pairs: int = 12,
-                  pair_seconds: int = 2, control: bool = False) -> None:
+                  pair_seconds: int = 2, control: bool = False, sets: int = 1) -> None:
     """Usage recording off against on (the default): two real servers at once, measured
     in turn, round after round, so other load on the machine weighs on both. With it on,
     every request is a hit and every websocket a session, spooled every flush interval and
@@ -735,72 +743,95 @@ def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = 
     Then ``pairs`` paired measurements of small requests alone (:func:`paired_run`): on a
     machine whose speed drifts from second to second with other load, the ratio within a
     pair of neighbouring runs is steadier than a best of rounds; their median and
-    quartiles are reported. With ``control``, a third server, recording off too, is
-    paired with the first the same way: what two identical servers differ by is the
-    benchmark's noise floor on this machine.
+    quartiles are reported. The recording server is paired with the first, and so is a
+    third, recording too but importing at once (usage_import_delay_seconds = 0): the
+    default holds the import back while the server is busy, for up to two minutes, and
+    a pair's 4 s of load are a peak within that; "at once" is what load sustained past
+    the delay costs. With ``control``, a fourth server, recording off too, is paired the
+    same way: what two identical servers differ by is the benchmark's noise floor on
+    this machine. With ``sets`` above 1 the servers are started again that many times
+    (the rounds run with the first set), the pairs shared among the sets: a server can be
+    a few percent faster than an identical one for as long as it runs (where its memory
+    and processes landed), which averages out over sets.
 
     The importer inherits the server's core (both pinned to core 0) unless
     ``importer_cpus`` moves it: a diagnostic of where its cost falls, not a measurement of
     recording (see bench/README.md)."""
     flush = {"PODIUM_USAGE_FLUSH_SECONDS": str(USAGE_FLUSH_SECONDS)}
     modes = {"off": {"PODIUM_USAGE_RECORDING": "false", **flush}, "on": {"PODIUM_USAGE_RECORDING": "true", **flush}}
-    others = {"control": modes["off"]} if control and pairs else {}
+    others = {"at once": {**modes["on"], "PODIUM_USAGE_IMPORT_DELAY_SECONDS": "0"}} if pairs else {}
+    if control and pairs:
+        others["control"] = modes["off"]
     with open("/proc/loadavg") as load:
         print(f"load average at the start: {load.read().strip()}", flush=True)
     waits: list[float] = []
-    with contextlib.ExitStack() as stack:
-        servers = {mode: stack.enter_context(podium_content("off", env)) for mode, env in {**modes, **others}.items()}
-        figures: dict[str, list[Figures]] = {mode: [] for mode in modes}
-        per_request: dict[str, list[float]] = {mode: [] for mode in modes}
-        requests_on = 0.0
-        for mode in servers:
-            wrk(servers[mode].through + "/", 64, 1)
-        drain(servers["on"])
-        if importer_cpus is not None:
-            child = importer_pid(servers["on"].pid)
-            if child is None:
-                raise RuntimeError("the server with recording on has no usage importer after the warm-up")
-            os.sched_setaffinity(child, importer_cpus)
-            print(f"the importer (pid {child}) moved to cores {sorted(importer_cpus)}", flush=True)
-        importer_before = process_cpu_seconds(servers["on"].pid, importer=True)
-        for index in range(rounds):
-            for mode in (modes if index % 2 == 0 else reversed(list(modes))):
-                waits.append(drain(servers["on"]))
-                served = servers[mode]
-                base = served.through.rstrip("/")
-                before = process_cpu_seconds(served.pid)
-                small, _ = wrk(base + "/", 64, seconds)
-                per_request[mode].append((process_cpu_seconds(served.pid) - before) / (small * seconds))
-                _, big = wrk(base + "/big", 8, seconds)
-                got = Figures(small, big, ws_rate(re.sub(r"^http", "ws", base) + "/ws", seconds))
-                figures[mode].append(got)
-                if mode == "on":
-                    requests_on += small * seconds
-                print(f"round {index + 1} {mode:>3}: {got.small_rps:8.0f} req/s {got.big_mibps:6.0f} MiB/s "
-                      f"{got.ws_rtps:7.0f} ws/s; server CPU {per_request[mode][-1] * 1e6:5.1f} µs/request",
-                      flush=True)
-        paired: dict[str, list[tuple[float, float]]] = {"on": [], "control": []}
-        for index in range(pairs):
-            for mode in ("on", "control") if control else ("on",):
-                rate, cpu, served_on = paired_run(servers, mode, index % 2 == 1, pair_seconds, waits)
-                requests_on += served_on
-                paired[mode].append((rate, cpu))
-                print(f"pair {index + 1}: small requests {mode}/off {rate:.3f}x, "
-                      f"server CPU per request {cpu:.3f}x", flush=True)
-        waits.append(drain(servers["on"]))
-        importer_cpu = process_cpu_seconds(servers["on"].pid, importer=True) - importer_before
-        # Recording really was on: one marked request afterwards is found among the hits.
-        import requests
+    figures: dict[str, list[Figures]] = {mode: [] for mode in modes}
+    per_request: dict[str, list[float]] = {mode: [] for mode in modes}
+    recording = ["on", *(["at once"] if "at once" in others else [])]
+    requests = dict.fromkeys(recording, 0.0)  # served by each recording server: its hits
+    importer_cpu = dict.fromkeys(recording, 0.0)
+    in_window = dict.fromkeys(recording, 0.0)  # importer CPU seconds during the pairs' measured runs
+    paired: dict[str, list[tuple[float, float]]] = {mode: [] for mode in ("on", *others)}
+    marked: list[Any] = []
+    for set_index in range(sets):
+        with contextlib.ExitStack() as stack:
+            servers = {mode: stack.enter_context(podium_content("off", env))
+                       for mode, env in {**modes, **others}.items()}
+            if sets > 1:
+                print(f"server set {set_index + 1} of {sets} started", flush=True)
+            for mode in servers:
+                wrk(servers[mode].through + "/", 64, 1)
+            for mode in recording:
+                drain(servers[mode])
+                if importer_cpus is not None:
+                    child = importer_pid(servers[mode].pid)
+                    if child is None:
+                        raise RuntimeError(f"the server recording ({mode}) has no usage importer after the warm-up")
+                    os.sched_setaffinity(child, importer_cpus)
+                    print(f"the importer of {mode!r} (pid {child}) moved to cores {sorted(importer_cpus)}",
+                          flush=True)
+            importer_before = {mode: process_cpu_seconds(servers[mode].pid, importer=True) for mode in recording}
+            for index in range(rounds if set_index == 0 else 0):
+                for mode in (modes if index % 2 == 0 else reversed(list(modes))):
+                    waits.append(max(drain(servers[name]) for name in recording))
+                    served = servers[mode]
+                    base = served.through.rstrip("/")
+                    before = process_cpu_seconds(served.pid)
+                    small, _ = wrk(base + "/", 64, seconds)
+                    per_request[mode].append((process_cpu_seconds(served.pid) - before) / (small * seconds))
+                    _, big = wrk(base + "/big", 8, seconds)
+                    got = Figures(small, big, ws_rate(re.sub(r"^http", "ws", base) + "/ws", seconds))
+                    figures[mode].append(got)
+                    if mode == "on":
+                        requests["on"] += small * seconds
+                    print(f"round {index + 1} {mode:>3}: {got.small_rps:8.0f} req/s {got.big_mibps:6.0f} MiB/s "
+                          f"{got.ws_rtps:7.0f} ws/s; server CPU {per_request[mode][-1] * 1e6:5.1f} µs/request",
+                          flush=True)
+            for index in range(pairs // sets + (1 if set_index < pairs % sets else 0)):
+                for mode in paired:
+                    rate, cpu, served_on, importing = paired_run(servers, mode, index % 2 == 1, pair_seconds, waits,
+                                                                 recording)
+                    if mode in requests:
+                        requests[mode] += served_on
+                        in_window[mode] += importing
+                    paired[mode].append((rate, cpu))
+                    print(f"pair {len(paired[mode])}: small requests {mode}/off {rate:.3f}x, "
+                          f"server CPU per request {cpu:.3f}x", flush=True)
+            waits.append(max(drain(servers[name]) for name in recording))
+            for mode in recording:
+                importer_cpu[mode] += process_cpu_seconds(servers[mode].pid, importer=True) - importer_before[mode]
+            if set_index == sets - 1:
+                # Recording really was on: one marked request afterwards is found among the hits.
+                import requests as http
 
-        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
-        requests.get(servers["on"].through + "/?bench-marker")
-        marked: list[Any] = []
-        deadline = time.monotonic() + 120
-        while not marked and time.monotonic() < deadline:
-            time.sleep(0.5)
-            hits = servers["on"].api.get(f"{servers['on'].base}/v1/instrumentation/content/hits",
-                                         params={"from": since}).json()
-            marked = [h for h in hits if h["data"].get("query") == "bench-marker"]
+                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+                http.get(servers["on"].through + "/?bench-marker")
+                deadline = time.monotonic() + 120
+                while not marked and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    hits = servers["on"].api.get(f"{servers['on'].base}/v1/instrumentation/content/hits",
+                                                 params={"from": since}).json()
+                    marked = [h for h in hits if h["data"].get("query") == "bench-marker"]
     best = {
         mode: Figures(*(max(getattr(f, name) for f in figures[mode]) for name in Figures.__dataclass_fields__))
         for mode in modes
@@ -814,15 +845,26 @@ def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = 
         print(f"{name:40} {a:14.0f} {b:13.0f} {b / a:6.3f}x")
     cpu_off, cpu_on = (sorted(per_request[mode])[len(per_request[mode]) // 2] * 1e6 for mode in modes)
     print(f"{'server CPU µs per small request (median)':40} {cpu_off:14.1f} {cpu_on:13.1f} {cpu_on / cpu_off:6.3f}x")
-    for mode, label in (("on", "recording on/off"), ("control", "control (off)/off, the noise floor")):
-        if paired[mode]:
+    for mode, label in (("on", "recording on/off (import held while busy, the default)"),
+                        ("at once", "recording on, imported at once/off (load sustained past the delay)"),
+                        ("control", "control (off)/off, the noise floor")):
+        if paired.get(mode):
             rate_q = quartiles([rate for rate, _ in paired[mode]])
             cpu_q = quartiles([cpu for _, cpu in paired[mode]])
             print(f"{pairs} pairs of {pair_seconds} s runs (A B B A), {label}: small requests/s median "
                   f"{rate_q[1]:.3f}x (quartiles {rate_q[0]:.3f}-{rate_q[2]:.3f}x), server CPU per request "
                   f"median {cpu_q[1]:.3f}x (quartiles {cpu_q[0]:.3f}-{cpu_q[2]:.3f}x)")
-    print(f"importer CPU: {importer_cpu * 1e6 / max(requests_on, 1):.1f} µs per small request recorded "
-          f"(SCHED_IDLE, nice 19; websocket and 10 MiB hits included)")
+    if paired.get("control"):
+        floor = statistics.median(rate for rate, _ in paired["control"])
+        floor_cpu = statistics.median(cpu for _, cpu in paired["control"])
+        for mode in recording:
+            print(f"against the control, {mode}: small requests/s "
+                  f"{statistics.median(rate for rate, _ in paired[mode]) / floor:.3f}x, server CPU per request "
+                  f"{statistics.median(cpu for _, cpu in paired[mode]) / floor_cpu:.3f}x (ratios of the medians)")
+    for mode in recording:
+        print(f"importer CPU ({mode}): {importer_cpu[mode] * 1e6 / max(requests[mode], 1):.1f} µs per small "
+              f"request recorded (SCHED_IDLE, nice 19; websocket and 10 MiB hits included), "
+              f"{in_window[mode]:.2f} s of it during the pairs' measured runs")
     print(f"waited for the importer before a measurement: at most {max(waits):.1f} s")
     print(f"recording on: the marked request was recorded: {'yes' if marked else 'NO'}")
     with open("/proc/loadavg") as load:
@@ -862,6 +904,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control", action="store_true",
                         help="with --usage: pair a second recording-off server with the first as well "
                              "(the noise floor)")
+    parser.add_argument("--sets", type=int, default=1,
+                        help="with --usage: start the servers this many times, the pairs shared among the sets "
+                             "(what a server's own placement adds to its speed then averages out)")
     parser.add_argument("--importer-cpus", metavar="LIST",
                         help="with --usage: move the usage importer to these cores (e.g. 0,1) "
                              "after the warm-up, instead of the server's core 0 (a diagnostic)")
@@ -888,7 +933,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.usage:
         cpus = {int(core) for core in args.importer_cpus.split(",")} if args.importer_cpus else None
-        compare_usage(seconds, rounds, cpus, args.pairs, control=args.control)
+        compare_usage(seconds, rounds, cpus, args.pairs, control=args.control, sets=max(1, args.sets))
         return
     app_port = args.app_port or free_port()
     front_port = free_port()

@@ -9,6 +9,7 @@ import marshal
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ from sqlalchemy import insert
 from tests.conftest import RunningServer, start_server
 from tests.helpers import deploy, static_bundle, tar_gz
 
-from podium import usage_import
+from podium import usage, usage_import
 from podium.store import Store
 from podium.store.models import AppSession, ContentHit, UsageImport
 from podium.usage import UsageRecorder
@@ -283,7 +284,9 @@ def test_spooled_sessions_in_any_order_and_other_nodes_files(store: Store, tmp_p
     spool = tmp_path / "usage"
     recorder = UsageRecorder(store, 1.0, 30, spool=spool, node="n1")
     guid = "0b6b1a4e-8d8f-4a57-9a55-9e1f3d6f2f10"
-    end = recorder.hit(b"GET", b"/content/x/ws", [], guid, None, None, websocket=True)
+    # A file served (no tunnel) opens no session, whatever its headers say.
+    assert recorder.hit(b"GET", b"/content/x/f", [(b"upgrade", b"websocket")], guid, None, None, tunnel=False) is None
+    end = recorder.hit(b"GET", b"/content/x/ws", [(b"upgrade", b"WebSocket")], guid, None, None)
     assert end is not None
     started = usage_import.spool_batch(spool, "n1", 1, recorder.take())
     end()
@@ -291,7 +294,7 @@ def test_spooled_sessions_in_any_order_and_other_nodes_files(store: Store, tmp_p
     mine = usage_import.Importer(store, spool, "n1", 30)
     # The end imported before the start (two importers sharing the spool): one session.
     assert mine.import_file(ended, ended.name) == 0
-    assert mine.import_file(started, started.name) == 1
+    assert mine.import_file(started, started.name) == 2
     with store.session() as session:
         (row,) = session.query(AppSession).all()
         assert row.ended is not None and row.started <= row.ended and row.content_guid == guid
@@ -303,32 +306,93 @@ def test_spooled_sessions_in_any_order_and_other_nodes_files(store: Store, tmp_p
     assert mine.run_once() == 2 and list(spool.iterdir()) == []
 
 
+def test_import_waits_while_the_server_is_busy(store: Store, tmp_path: Path) -> None:
+    """A process that uses a core (a thread spinning beside the recorder's event loop)
+    holds its usage in the spool, up to the import delay; a quiet one hands it on at the
+    next flush. The importer, a real process, leaves a held file alone on its own polls."""
+    spool = tmp_path / "usage"
+    recorder = UsageRecorder(store, 0.1, 30, spool=spool, node="n1", import_delay_seconds=3.0)
+    guid = "0b6b1a4e-8d8f-4a57-9a55-9e1f3d6f2f10"
+    quiet = threading.Event()
+
+    def spin() -> None:
+        while not quiet.is_set():
+            sum(range(1000))
+
+    async def imported(n: int, seconds: float) -> float:
+        started = time.monotonic()
+        while _hit_count(store) < n:
+            assert time.monotonic() - started < seconds, f"{_hit_count(store)} of {n} hits imported"
+            await asyncio.sleep(0.05)
+        return time.monotonic() - started
+
+    async def scenario() -> None:
+        recorder.start()
+        spinner = threading.Thread(target=spin)
+        spinner.start()
+        try:
+            await asyncio.sleep(0.3)  # a flush interval of the busy process first
+            _spool_hits(recorder, 3, guid)
+            await asyncio.sleep(1.5)
+            assert _hit_count(store) == 0 and _spooled_hits(spool) == 3  # busy: held
+            waited = await imported(3, 10)  # past the delay, though still busy
+            assert waited > 0.8, waited
+            quiet.set()
+            spinner.join()
+            await asyncio.sleep(0.3)
+            _spool_hits(recorder, 2, guid)
+            assert await imported(5, 1.5) < 1.5  # quiet: at the next flush
+        finally:
+            quiet.set()
+            spinner.join()
+            await recorder.close()
+
+    asyncio.run(scenario())
+    # On a poll of its own (not woken by the server), the importer leaves its node's
+    # files younger than the delay for later.
+    _spool_hits(recorder, 2, guid)
+    usage_import.spool_batch(spool, "n1", 99, recorder.take())
+    importer = usage_import.Importer(store, spool, "n1", 30)
+    assert importer.run_once(hold_seconds=60) == 0 and _spooled_hits(spool) == 2
+    assert importer.run_once() == 2 and _hit_count(store) == 7
+
+
 def test_spooled_hits_fields_and_a_spool_file_of_an_earlier_version(
         store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Rows go in several statements of several rows each: each keeps its own fields.
+    # Rows go in several statements of several rows each, and hits in several
+    # marshalled lists: each keeps its own fields.
     monkeypatch.setattr(usage_import, "_ROWS_PER_INSERT", 2)
+    monkeypatch.setattr(usage, "HITS_PER_LIST", 2)
     spool = tmp_path / "usage"
     recorder = UsageRecorder(store, 1.0, 30, spool=spool, node="n1")
     guid = "0b6b1a4e-8d8f-4a57-9a55-9e1f3d6f2f10"
     browser = [(b"host", b"x"), (b"User-Agent", b"ignored: names are lower case"), (b"user-agent", b"Firefox"),
-               (b"sec-fetch-dest", b"document"), (b"sec-fetch-site", b"same-origin")]
-    recorder.hit(b"GET", b"/content/x/page?a=1&b=%C3%A9", browser, guid, "u1", 3)
+               (b"sec-fetch-dest", b"document"), (b"sec-fetch-site", b"same-origin"),
+               (b"authorization", b"Key sekrit-key"), (b"cookie", b"session=sekrit-cookie")]
+    assert recorder.hit(b"GET", b"/content/x/page?a=1&b=%C3%A9", browser, guid, "u1", 3) is None
     recorder.hit(b"POST", b"/content/x/", [], guid, None, None)
     recorder.hit(b"GET", b"/content/x/report.html", [(b"user-agent", b"curl")], guid, None, 4)
-    usage_import.spool_batch(spool, "n1", 1, recorder.take())
+    batch = recorder.take()
+    assert len(usage_import.read_hits(batch[0])) == 3  # two marshalled lists
+    spooled = usage_import.spool_batch(spool, "n1", 1, batch)
+    assert b"sekrit" not in spooled.read_bytes()  # the request's credentials are not kept
     assert recorder.take() == (b"", [], [])  # nothing buffered: nothing to spool
-    # A file spooled by Podium before version 2 of the spool (hits one after another,
-    # without a list's head), imported after an upgrade.
+    # Files spooled by an earlier Podium, with every header of each hit, imported after
+    # an upgrade: version 1 (hits one after another), version 2 (one list of them).
     old_hit = (time.time(), guid, None, None, b"/content/x/old/", [(b"sec-fetch-dest", b"image")], b"GET")
     (spool / "n1.00000000000000000001.00000001.usage").write_bytes(
-        marshal.dumps((1, [], [])) + marshal.dumps(old_hit) + marshal.dumps(old_hit))
-    assert usage_import.Importer(store, spool, "n1", 30).run_once() == 5
+        marshal.dumps((1, [], [])) + marshal.dumps(old_hit, 2) + marshal.dumps(old_hit, 2))
+    two = (time.time(), guid, "u2", 5, b"/content/x/two?q", [(b"user-agent", b"Safari"), (b"cookie", b"c")], b"GET")
+    (spool / "n1.00000000000000000002.00000001.usage").write_bytes(
+        marshal.dumps((2, [], [])) + marshal.dumps([two], 2))
+    assert usage_import.Importer(store, spool, "n1", 30).run_once() == 6
     with store.session() as session:
         rows = [(h.path, h.query, h.user_agent, h.user_guid, h.bundle_id, h.sec_fetch_dest, h.sec_fetch_site, h.visit)
                 for h in session.query(ContentHit).order_by(ContentHit.id)]
     assert rows == [
         ("/content/x/old/", None, "", None, None, "image", None, False),
         ("/content/x/old/", None, "", None, None, "image", None, False),
+        ("/content/x/two", "q", "Safari", "u2", 5, None, None, False),
         ("/content/x/page", "a=1&b=%C3%A9", "Firefox", "u1", 3, "document", "same-origin", True),
         ("/content/x/", None, "", None, None, None, None, False),
         ("/content/x/report.html", None, "curl", None, 4, None, None, True),

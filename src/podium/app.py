@@ -266,7 +266,8 @@ def build(settings: Settings) -> Node:
     renderer = Renderer(store, settings, layout, jobs, env_vars, urls, isolation, changes,
                         ContentSessionTokens(oauth_signer))
     usage = (UsageRecorder(store, settings.usage_flush_seconds, settings.usage_retention_days,
-                           spool=layout.usage_spool, node=node_id)
+                           spool=layout.usage_spool, node=node_id,
+                           import_delay_seconds=settings.usage_import_delay_seconds)
              if settings.usage_recording else None)
     router = ContentRouter(
         store, settings.session_lifetime_seconds, targets.app_target, scheduler, urls, handoff, layout,

@@ -1,15 +1,29 @@
 """Recording usage: hits, visits and interactive app sessions, batched off the request path.
 
 The proxy calls :meth:`UsageRecorder.hit` once per request it serves for content: that
-marshals the request's fields (headers as they are) onto a buffer and returns (no I/O,
-no lock, nothing parsed, and no object kept per hit for the garbage collector, whose
-full collections would otherwise walk every buffered hit). Every ``flush_seconds`` the
-server writes the buffer, as it is, to a spool file of its own (one write) and wakes the
-*importer*, a process at the lowest CPU priority that builds the rows, inserts them and
-prunes rows older than ``retention_days`` hourly (:mod:`podium.usage_import`). So the
-database work never holds the server's GIL, and takes only time the server leaves idle
-(though, on a core they share, it cools the server's caches: see bench/README.md). The importer is started at the first batch (or at start when the
+picks the three headers a hit keeps out of the request's and appends one tuple to a list
+(no I/O, no lock, nothing parsed); every :data:`HITS_PER_LIST` hits the list is
+marshalled onto a buffer. The tuple holds only strings, bytes, numbers and None, so the
+garbage collector stops tracking it at its first collection (it never reaches the
+oldest generation, whose full collections walk the server's whole heap). The buffer is
+kept from one flush to the next: memory freed and taken again at every flush (2 s of
+hits marshalled at once, or a new buffer each time) cost the server a page fault every
+few dozen requests, each microseconds long on a virtual machine (bench/README.md).
+Every ``flush_seconds`` the server writes the buffer to a spool file of its own and
+wakes the *importer*, a process at the lowest CPU priority that builds the rows, inserts
+them and prunes rows older than ``retention_days`` hourly (:mod:`podium.usage_import`).
+So the database work never holds the server's GIL, and takes only time the server
+leaves idle (though, on a core they share, it cools the server's caches: see
+bench/README.md). The importer is started at the first batch (or at start when the
 spool holds files), started again if it dies, and stopped by :meth:`close`.
+
+While the server is *busy* (its process used more than :data:`BUSY_CPU` of a core over
+the last flush interval) the importer is not woken: batches wait in the spool until a
+quieter interval, for at most ``import_delay_seconds`` (or :data:`HOLD_BYTES` of them),
+so a peak of requests is served without the database work beside it (on a machine
+whose idle time is not free, the importer takes from the proxy about in proportion to
+its CPU: see bench/README.md). Sustained load past the delay pays the importer's share
+again; usage then shows up to the delay late.
 
 :meth:`close` spools what is buffered, lets the importer import everything and exit
 (then imports in this process whatever is left), so a normal stop loses nothing and
@@ -26,6 +40,7 @@ ends the session when the tunnel closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -33,31 +48,41 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
 from podium import usage_import
 from podium.store import Store
-from podium.usage_import import Batch, End, Start, marshalled
+from podium.usage_import import Batch, End, Hit, Start
 
 log = logging.getLogger(__name__)
+HITS_PER_LIST = 256  # hits marshalled together: tens of kB, within what malloc reuses
+_BUFFER_BYTES = 1024 * 1024  # the buffer of marshalled hits to begin with (it grows as needed)
+_SHRINK_ABOVE_BYTES = 16 * 1024 * 1024  # a buffer grown past this, a quarter used, is made smaller
+_HEADERS = frozenset((b"user-agent", b"sec-fetch-dest", b"sec-fetch-site", b"upgrade"))  # what hit() reads
 _RESTART_AFTER_SECONDS = 10.0  # between two starts of an importer that keeps dying
 _STOP_SECONDS = 60.0  # for the importer to import the spool and exit on close
+BUSY_CPU = 0.5  # of a core, over a flush interval: the server is busy, the import waits
+HOLD_BYTES = 256 * 1024 * 1024  # of batches waiting while busy: imported then regardless
 
 
 class UsageRecorder:
     """Buffers usage and hands it on in batches (see the module docstring)."""
 
     def __init__(self, store: Store, flush_seconds: float, retention_days: int,
-                 spool: Path | None = None, node: str = "node") -> None:
+                 spool: Path | None = None, node: str = "node", import_delay_seconds: float = 0.0) -> None:
         self.store = store
         self.flush_seconds = flush_seconds
         self.retention_days = retention_days
         self.spool = spool
         self.node = node
-        self._hits = bytearray()  # each hit marshalled: no object per hit for the GC to walk
-        self._count = 0
+        self.import_delay_seconds = import_delay_seconds
+        self._held_since: float | None = None  # when the oldest batch not yet handed on was spooled
+        self._held_bytes = 0
+        self._hits: list[Hit] = []  # not marshalled yet
+        self._buffer = bytearray(_BUFFER_BYTES)  # marshalled lists of hits, up to _end
+        self._end = 0
         self._starts: list[Start] = []
         self._ends: list[End] = []
         self._task: asyncio.Task[None] | None = None
@@ -76,15 +101,27 @@ class UsageRecorder:
         content_guid: str,
         user_guid: str | None,
         bundle_id: int | None,
-        websocket: bool = False,
+        tunnel: bool = True,
     ) -> Callable[[], None] | None:
-        """Record one request served by content; for a WebSocket, return the callable
-        that records the end of its session. Only marshals and appends: ``headers`` is
-        read when the batch is imported."""
+        """Record one request served by content; for a WebSocket (``Upgrade:
+        websocket``) tunnelled to content (``tunnel``: not a file the server answers
+        itself), return the callable that records the end of its session."""
+        agent = dest = site = upgrade = None
+        for name, value in headers:  # a plain loop: the cheapest per request
+            if name in _HEADERS:
+                if name == b"user-agent":
+                    agent = value
+                elif name == b"sec-fetch-dest":
+                    dest = value
+                elif name == b"sec-fetch-site":
+                    site = value
+                else:
+                    upgrade = value
         now = time.time()
-        self._hits += marshalled((now, content_guid, user_guid, bundle_id, target, headers, method))
-        self._count += 1
-        if not websocket:
+        self._hits.append((now, content_guid, user_guid, bundle_id, target, method, agent, dest, site))
+        if len(self._hits) >= HITS_PER_LIST:
+            self._marshal_hits()
+        if upgrade is None or not tunnel or upgrade.lower() != b"websocket":
             return None
         start = (str(uuid.uuid4()), now, content_guid, user_guid, bundle_id)
         self._starts.append(start)
@@ -92,12 +129,36 @@ class UsageRecorder:
 
     # --- handing on -----------------------------------------------------------------------
 
+    def _marshal_hits(self) -> None:
+        data = usage_import.dump_hits(self._hits)
+        self._hits = []
+        start = self._end + usage_import.FRAME.size
+        end = start + len(data)
+        if end > len(self._buffer):
+            self._buffer.extend(bytes(max(len(self._buffer), end - self._end)))
+        usage_import.FRAME.pack_into(self._buffer, self._end, len(data))
+        self._buffer[start:end] = data
+        self._end = end
+
+    @contextlib.contextmanager
+    def _buffered(self) -> Iterator[Batch]:
+        """What is buffered, its hits a view of the buffer; empty afterwards, whatever
+        became of it (on the event loop, where :meth:`hit` appends)."""
+        if self._hits:
+            self._marshal_hits()
+        hits = memoryview(self._buffer)[:self._end]
+        try:
+            yield hits, self._starts, self._ends
+        finally:
+            hits.release()
+            used, self._end, self._starts, self._ends = self._end, 0, [], []
+            if len(self._buffer) > _SHRINK_ABOVE_BYTES and used < len(self._buffer) // 4:  # after a peak
+                self._buffer = bytearray(max(2 * used, _BUFFER_BYTES))
+
     def take(self) -> Batch:
-        """What is buffered, leaving the buffers empty (on the event loop, where
-        :meth:`hit` appends)."""
-        batch = (usage_import.hit_list(self._count, self._hits), self._starts, self._ends)
-        self._hits, self._count, self._starts, self._ends = bytearray(), 0, [], []
-        return batch
+        """What is buffered, as a batch of its own, leaving the buffers empty."""
+        with self._buffered() as (hits, starts, ends):
+            return bytes(hits), starts, ends
 
     def flush(self) -> int:
         """Write what is buffered to the database now, in this thread; how many hits."""
@@ -111,10 +172,15 @@ class UsageRecorder:
         """Delete usage older than the retention; how many hits went."""
         return usage_import.prune(self.store, self.retention_days, now)
 
-    def _spool_batch(self, batch: Batch) -> None:
+    def _spool_buffered(self) -> int:
+        """Append what is buffered to the spool; how many bytes of hits (0 when nothing
+        was buffered, or only app sessions)."""
         assert self.spool is not None
-        self._seq += 1
-        usage_import.spool_batch(self.spool, self.node, self._seq, batch)
+        with self._buffered() as batch:
+            if any(batch):
+                self._seq += 1
+                usage_import.spool_batch(self.spool, self.node, self._seq, batch)
+            return len(batch[0])
 
     def _wake(self) -> None:
         """Tell the importer there is a file to import, starting it (again) if need be."""
@@ -141,7 +207,8 @@ class UsageRecorder:
         importer = subprocess.Popen([sys.executable, "-m", "podium.usage_import"], stdin=subprocess.PIPE)
         assert importer.stdin is not None
         config = {"database_url": self.store.url, "spool": str(self.spool), "node": self.node,
-                  "retention_days": self.retention_days, "poll_seconds": max(10.0, 5 * self.flush_seconds)}
+                  "retention_days": self.retention_days, "poll_seconds": max(10.0, 5 * self.flush_seconds),
+                  "delay_seconds": self.import_delay_seconds}
         importer.stdin.write(json.dumps(config).encode() + b"\n")
         importer.stdin.flush()
         os.set_blocking(importer.stdin.fileno(), False)
@@ -159,20 +226,32 @@ class UsageRecorder:
             self._wake()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
+    def _import_due(self, busy: bool, now: float) -> bool:
+        """Whether the batches waiting in the spool are to be imported now."""
+        return self._held_since is not None and (
+            not busy or now - self._held_since >= self.import_delay_seconds or self._held_bytes >= HOLD_BYTES)
+
     async def _run(self) -> None:
-        pruned_at = time.monotonic()
+        pruned_at = wall = time.monotonic()
+        cpu = time.process_time()
         while True:
             await asyncio.sleep(self.flush_seconds)
+            now, used = time.monotonic(), time.process_time()
+            busy = used - cpu > BUSY_CPU * (now - wall)
+            wall, cpu = now, used
             try:
-                batch = self.take()
                 if self.spool is None:
-                    await asyncio.to_thread(self.write, batch)
+                    await asyncio.to_thread(self.write, self.take())
                     if time.monotonic() - pruned_at > usage_import.PRUNE_EVERY_SECONDS:
                         pruned_at = time.monotonic()
                         await asyncio.to_thread(self.prune)
                     continue
-                if any(batch):
-                    self._spool_batch(batch)
+                if self._hits or self._end or self._starts or self._ends:
+                    self._held_bytes += self._spool_buffered()
+                    if self._held_since is None:
+                        self._held_since = now
+                if self._import_due(busy, now):
+                    self._held_since, self._held_bytes = None, 0
                     self._wake()
                 elif self._importer is not None and self._importer.poll() is not None:
                     self._wake()  # it died: started again, for what it left in the spool
@@ -191,12 +270,10 @@ class UsageRecorder:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        batch = self.take()
         if self.spool is None:
-            await asyncio.to_thread(self.write, batch)
+            await asyncio.to_thread(self.write, self.take())
             return
-        if any(batch):
-            self._spool_batch(batch)
+        self._spool_buffered()
         importer, self._importer = self._importer, None
         if importer is not None:
             assert importer.stdin is not None

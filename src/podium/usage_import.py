@@ -7,14 +7,16 @@ podium.usage_import``, started, woken and stopped by the server), so building ro
 inserting them never holds the server's GIL or competes with the proxy for its core.
 
 A spool file is ``<node>.<time ns>.<seq>.usage``: a :mod:`marshal`-ed ``(version,
-starts, ends)`` followed by the batch's hits as one marshalled list, whose items the
-server marshalled one by one as it recorded them (so it keeps no Python object per hit
-for its garbage collector to walk) and put behind a list's head at the flush (so the
-importer reads them back in one call), named once complete (written to a dot-file, then
-renamed). An importer *claims* a file by renaming it to ``<name>.claimed-<host>-<pid>``:
+starts, ends)`` followed by the batch's hits as marshalled lists one after another, each
+behind its length (:data:`Hit`: only the headers a hit keeps, never the request's
+credentials), named once complete (written
+to a dot-file, then renamed). Files of spool versions 1 and 2 (an earlier Podium's, with
+every header of the request) are read too. An importer *claims* a file by renaming it to ``<name>.claimed-<host>-<pid>``:
 of two importers sharing the folder, one rename wins. It takes its own node's files in
-order, another node's only once they have lain unclaimed for :data:`ORPHAN_SECONDS` (that
-node stopped or died), and a file claimed by an importer that died (same host, process
+order (on its own, rather than woken by the server, only those older than the server's
+import delay: :mod:`podium.usage`), another node's only once they have lain unclaimed
+for :data:`ORPHAN_SECONDS` beyond that delay (that node stopped or died, rather than
+holds them while busy), and a file claimed by an importer that died (same host, process
 gone; another host, claimed over :data:`STALE_CLAIM_SECONDS` ago) again.
 
 Hits are inserted in chunks of :data:`CHUNK` rows, each in its own short transaction
@@ -57,7 +59,7 @@ from podium.store.models import AppSession, ContentHit, UsageImport
 
 log = logging.getLogger(__name__)
 
-SPOOL_VERSION = 2  # 1: the hits one after another, without the list's head
+SPOOL_VERSION = 3  # 1 and 2: hits with all their headers (2: as one list); 3: lists of :data:`Hit`
 CHUNK = 1000  # hits per transaction: a few ms of the write lock at a time
 ORPHAN_SECONDS = 60.0
 STALE_CLAIM_SECONDS = 3600.0
@@ -66,12 +68,15 @@ IMPORTS_KEPT_DAYS = 7  # how long a chunk's name keeps it from being imported tw
 _SUFFIX = ".usage"
 _CLAIMED = ".claimed-"
 _KEPT = {b"user-agent": 0, b"sec-fetch-dest": 1, b"sec-fetch-site": 2}  # the headers a hit keeps
-# (time, content guid, user guid, bundle id, request-target, headers, method)
-Hit = tuple[float, str, str | None, int | None, bytes, list[tuple[bytes, bytes]], bytes]
+# (time, content guid, user guid, bundle id, request-target, method, and the values of
+# the User-Agent, Sec-Fetch-Dest and Sec-Fetch-Site headers or None)
+Hit = tuple[float, str, str | None, int | None, bytes, bytes, bytes | None, bytes | None, bytes | None]
+# A hit of spool versions 1 and 2: (time, guid, user, bundle, request-target, headers, method)
+_EarlierHit = tuple[float, str, str | None, int | None, bytes, list[tuple[bytes, bytes]], bytes]
 # (key, started, content guid, user guid, bundle id); an end adds its time
 Start = tuple[str, float, str, str | None, int | None]
 End = tuple[str, float, str, str | None, int | None, float]
-Batch = tuple[bytes, list[Start], list[End]]  # hits: a marshalled list (b"" when none)
+Batch = tuple[bytes | memoryview, list[Start], list[End]]  # hits: marshalled lists of them (dump_hits)
 
 
 def is_visit(method: bytes, path: str, dest: str | None) -> bool:
@@ -89,14 +94,8 @@ def hit_rows(hits: Iterable[Hit], sqlite: bool) -> list[tuple[Any, ...]]:
     Written for speed: after the insert, it is most of the importer's time per hit."""
     seconds: dict[int, str] = {}  # most hits of a batch share a few seconds
     rows: list[tuple[Any, ...]] = []
-    append, kept, from_timestamp = rows.append, _KEPT.get, datetime.fromtimestamp
-    for at, guid, user, bundle, target, headers, method in hits:
-        found: list[str | None] = [None, None, None]  # user agent, sec-fetch-dest, -site
-        for name, value in headers:
-            index = kept(name)
-            if index is not None:
-                found[index] = value.decode("latin-1")
-        agent, dest, site = found
+    append, from_timestamp = rows.append, datetime.fromtimestamp
+    for at, guid, user, bundle, target, method, agent, dest, site in hits:
         raw_path, _, raw_query = target.partition(b"?")
         path = raw_path.decode("utf-8", "replace")
         when: Any
@@ -108,9 +107,10 @@ def hit_rows(hits: Iterable[Hit], sqlite: bool) -> list[tuple[Any, ...]]:
             when = f"{prefix}.{int((at - whole) * 1e6):06d}"
         else:
             when = from_timestamp(at, UTC)
-        visit = is_visit(method, path, dest)
+        fetch_dest = None if dest is None else dest.decode("latin-1")
         append((guid, user, bundle, when, path, raw_query.decode("utf-8", "replace") or None,
-                agent or "", dest, site, visit))
+                "" if agent is None else agent.decode("latin-1"), fetch_dest,
+                None if site is None else site.decode("latin-1"), is_visit(method, path, fetch_dest)))
     return rows
 
 
@@ -153,33 +153,47 @@ def _write_sessions(connection: Any, starts: list[Start], ends: list[End]) -> No
         )
 
 
-# Format 2 writes no back-references (version 3 on), so hits marshalled one by one stay
-# valid side by side as the items of one list; it is also the cheaper to write.
-_MARSHAL_FORMAT = 2
+FRAME = struct.Struct("<I")  # the length of a marshalled list of hits, before it
 
 
-def marshalled(hit: Hit) -> bytes:
-    """One hit as the server buffers it (:func:`hit_list` makes a list of them)."""
+def dump_hits(hits: list[Hit]) -> bytes:
+    """Hits as a batch holds them: a marshalled list (a batch has one for every few
+    hundred hits, each behind its length in :data:`FRAME`: :mod:`podium.usage`)."""
     try:
-        return marshal.dumps(hit, _MARSHAL_FORMAT)
-    except ValueError:  # headers of a type marshal does not know: as plain bytes
-        return marshal.dumps((*hit[:5], [(bytes(n), bytes(v)) for n, v in hit[5]], bytes(hit[6])), _MARSHAL_FORMAT)
+        return marshal.dumps(hits)
+    except ValueError:  # a value of a bytes-like type marshal does not know: as bytes
+        return marshal.dumps([(*hit[:4], *(None if v is None else bytes(v) for v in hit[4:])) for hit in hits])
 
 
-def hit_list(count: int, hits: bytes | bytearray) -> bytes:
-    """``count`` hits from :func:`marshalled`, one after another, as one marshalled list
-    (a list's head is its type code and its length): b"" when there are none."""
-    return b"[" + struct.pack("<i", count) + hits if count else b""
+def read_hits(data: bytes | memoryview) -> list[Hit]:
+    """The hits of a batch: marshalled lists (:func:`dump_hits`), each behind its length.
+    (One ``marshal.loads`` a list: ``marshal.load`` from a file object reads each string
+    with a call of its own, several microseconds a hit.)"""
+    view = memoryview(data)
+    hits: list[Hit] = []
+    at = 0
+    while at < len(view):
+        (size,) = FRAME.unpack_from(view, at)
+        at += FRAME.size
+        hits.extend(marshal.loads(view[at:at + size]))
+        at += size
+    return hits
 
 
-def read_hits(data: bytes) -> list[Hit]:
-    """The hits of a batch's bytes (:func:`hit_list`)."""
-    return marshal.loads(data) if data else []
+def _kept(hit: _EarlierHit) -> Hit:
+    """A hit of spool version 1 or 2, with all the request's headers, as :data:`Hit`."""
+    at, guid, user, bundle, target, headers, method = hit
+    found: list[bytes | None] = [None, None, None]  # user agent, sec-fetch-dest, -site
+    for name, value in headers:
+        index = _KEPT.get(name)
+        if index is not None:
+            found[index] = value
+    return at, guid, user, bundle, target, method, found[0], found[1], found[2]
 
 
-def _read_hits_one_by_one(data: bytes) -> list[Hit]:
-    """The hits of a version 1 spool file (spooled by an earlier Podium, imported after
-    an upgrade): marshalled one after another, without a list's head."""
+def _read_hits_one_by_one(data: bytes) -> list[_EarlierHit]:
+    """The hits of a version 1 spool file: marshalled one after another, without a list's
+    head."""
     source = io.BytesIO(data)
     hits = []
     while source.tell() < len(data):
@@ -233,11 +247,13 @@ def read_spool(path: Path) -> tuple[list[Hit], list[Start], list[End]]:
     """The hits, app session starts and ends of one spool file."""
     with open(path, "rb") as source:
         version, starts, ends = marshal.load(source)
-        if version == 1:
-            return _read_hits_one_by_one(source.read()), starts, ends
-        if version != SPOOL_VERSION:
-            raise ValueError(f"spool version {version}, not {SPOOL_VERSION}")
-        return read_hits(source.read()), starts, ends
+        if version == SPOOL_VERSION:
+            return read_hits(source.read()), starts, ends
+        if version in (1, 2):  # spooled by an earlier Podium, imported after an upgrade
+            data = source.read()
+            earlier = _read_hits_one_by_one(data) if version == 1 else marshal.loads(data) if data else []
+            return [_kept(hit) for hit in earlier], starts, ends
+        raise ValueError(f"spool version {version}, not {SPOOL_VERSION}")
 
 
 def _alive(pid: int) -> bool:
@@ -254,8 +270,10 @@ class Importer:
     """Imports the spool's files into the database (see the module docstring); one per
     process, ``claimer`` naming it among every importer sharing the spool."""
 
-    def __init__(self, store: Store, spool: Path, node: str, retention_days: int, prunes: bool = True) -> None:
+    def __init__(self, store: Store, spool: Path, node: str, retention_days: int, prunes: bool = True,
+                 delay_seconds: float = 0.0) -> None:
         self.store = store
+        self.delay_seconds = delay_seconds  # the servers' import delay: another node's files are held that long
         self.spool = spool
         self.node = node
         self.retention_days = retention_days
@@ -263,8 +281,9 @@ class Importer:
         self.claimer = f"{self.host}-{os.getpid()}"
         self._pruned_at = float("-inf") if prunes else float("inf")
 
-    def _candidates(self) -> Iterator[Path]:
-        """Files this importer may claim now, its own node's first, oldest first."""
+    def _candidates(self, hold_seconds: float) -> Iterator[Path]:
+        """Files this importer may claim now, its own node's first (those that are at least
+        ``hold_seconds`` old), oldest first."""
         try:
             entries = sorted(os.scandir(self.spool), key=lambda e: e.name)
         except FileNotFoundError:
@@ -277,8 +296,9 @@ class Importer:
                 continue
             if name.endswith(_SUFFIX):
                 if name.rsplit(".", 3)[0] == self.node:
-                    own.append(entry)
-                elif _age(entry, now) > ORPHAN_SECONDS:
+                    if not hold_seconds or _age(entry, now) >= hold_seconds:
+                        own.append(entry)
+                elif _age(entry, now) > ORPHAN_SECONDS + self.delay_seconds:
                     others.append(entry)
             elif _CLAIMED in name:
                 host, _, pid = name.rpartition(_CLAIMED)[2].rpartition("-")
@@ -290,10 +310,11 @@ class Importer:
         for entry in own + others:
             yield Path(entry.path)
 
-    def run_once(self) -> int:
-        """Import every file it may claim, and prune when due; how many hits it imported."""
+    def run_once(self, hold_seconds: float = 0.0) -> int:
+        """Import every file it may claim (its own node's younger than ``hold_seconds``
+        left for later), and prune when due; how many hits it imported."""
         imported = 0
-        for path in self._candidates():
+        for path in self._candidates(hold_seconds):
             base = path.name.split(_CLAIMED)[0]
             claimed = path.with_name(f"{base}{_CLAIMED}{self.claimer}")
             try:
@@ -355,16 +376,20 @@ def lowest_priority() -> None:
 
 def main() -> None:
     """The importer process: reads its settings as one JSON line on stdin, then imports
-    at every byte the server writes, at least every ``poll_seconds``; at end of input
-    (the server stopped or died) it imports what is left and exits."""
+    at every byte the server writes (the server does not write while it is busy), and
+    every ``poll_seconds`` what is older than ``delay_seconds`` (the server's own files)
+    or orphaned; at end of input (the server stopped or died) it imports what is left
+    and exits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's ^C is for the server, which stops it
     lowest_priority()
     logging.basicConfig(level=logging.INFO, format="podium usage importer: %(levelname)s %(message)s")
     config = json.loads(sys.stdin.buffer.readline())
     store = Store(config["database_url"])
-    importer = Importer(store, Path(config["spool"]), config["node"], config["retention_days"])
+    delay = config.get("delay_seconds", 0.0)  # absent from a server of an earlier version
+    importer = Importer(store, Path(config["spool"]), config["node"], config["retention_days"], delay_seconds=delay)
     stdin = sys.stdin.buffer.fileno()
     ending = False
+    woken = True  # the server starts it when there is something to import
     # A batch is many small tuples whose creation would start the cyclic collector again
     # and again, walking them all for nothing (they hold no cycles; reference counting
     # frees them). So it runs once after each wake, over what start-up left out.
@@ -373,7 +398,7 @@ def main() -> None:
     try:
         while True:
             try:
-                importer.run_once()
+                importer.run_once(0.0 if woken or ending else delay)
             except Exception:  # the database away, a bad file: tried again at the next wake
                 log.exception("importing recorded usage failed")
                 if ending:
@@ -384,6 +409,7 @@ def main() -> None:
             if ending:
                 break
             ready, _, _ = select.select([stdin], [], [], config["poll_seconds"])
+            woken = bool(ready)
             if ready and not os.read(stdin, 65536):
                 ending = True
     finally:

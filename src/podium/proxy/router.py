@@ -522,13 +522,7 @@ class ContentRouter:
             upstream += b"?" + query
         on_done = lease.release
         if self.usage is not None:
-            websocket = False
-            for name, value in headers:  # (a loop: half what any() over a generator costs per request)
-                if name == b"upgrade":
-                    websocket = value.lower() == b"websocket"
-                    break
-            ended = self.usage.hit(method, target, headers, guid, viewer.guid if viewer else None, bundle_id,
-                                   websocket)
+            ended = self.usage.hit(method, target, headers, guid, viewer.guid if viewer else None, bundle_id)
             if ended is not None:
                 on_done = _then(lease.release, ended)
         return Forward(
@@ -578,7 +572,8 @@ class ContentRouter:
         if entry is None:
             return to_app
         if self.usage is not None:  # a hit, as when the app serves the file
-            self.usage.hit(method, target, headers, info.guid, viewer.guid if viewer else None, info.bundle_id)
+            self.usage.hit(method, target, headers, info.guid, viewer.guid if viewer else None, info.bundle_id,
+                           tunnel=False)
         return ServeFile(entry, self.files, b"" if content_origin else _SANDBOX)
 
     def _to_content_origin(self, guid: str, target: bytes) -> Respond:
