@@ -746,13 +746,15 @@ def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = 
     quartiles are reported. The recording server is paired with the first, and so is a
     third, recording too but importing at once (usage_import_delay_seconds = 0): the
     default holds the import back while the server is busy, for up to two minutes, and
-    a pair's 4 s of load are a peak within that; "at once" is what load sustained past
-    the delay costs. With ``control``, a fourth server, recording off too, is paired the
-    same way: what two identical servers differ by is the benchmark's noise floor on
-    this machine. With ``sets`` above 1 the servers are started again that many times
-    (the rounds run with the first set), the pairs shared among the sets: a server can be
-    a few percent faster than an identical one for as long as it runs (where its memory
-    and processes landed), which averages out over sets.
+    a pair's 4 s of load are a peak within that; "at once" imports during the load, as
+    the default does under load sustained past the delay (where the importer finds CPU
+    time: pinned beside a saturated server at SCHED_IDLE it finds little, with
+    ``importer_cpus`` 0,1 it finds the load generator's idle moments). With ``control``,
+    a fourth server, recording off too, is paired the same way: what two identical servers differ by is the benchmark's noise floor on
+    this machine. With ``sets`` above 1 the servers are started again that many times,
+    in a rotated order (the rounds run with the first set), the pairs shared among the
+    sets: a server can be a few percent faster than an identical one for as long as it
+    runs (where its memory and processes landed), which averages out over sets.
 
     The importer inherits the server's core (both pinned to core 0) unless
     ``importer_cpus`` moves it: a diagnostic of where its cost falls, not a measurement of
@@ -775,8 +777,12 @@ def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = 
     marked: list[Any] = []
     for set_index in range(sets):
         with contextlib.ExitStack() as stack:
+            # Started in a rotated order from one set to the next: where a server lands
+            # by starting first or last weighs on each mode in turn.
+            order = list({**modes, **others}.items())
+            turn = set_index % len(order)
             servers = {mode: stack.enter_context(podium_content("off", env))
-                       for mode, env in {**modes, **others}.items()}
+                       for mode, env in order[turn:] + order[:turn]}
             if sets > 1:
                 print(f"server set {set_index + 1} of {sets} started", flush=True)
             for mode in servers:
@@ -846,7 +852,7 @@ def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = 
     cpu_off, cpu_on = (sorted(per_request[mode])[len(per_request[mode]) // 2] * 1e6 for mode in modes)
     print(f"{'server CPU µs per small request (median)':40} {cpu_off:14.1f} {cpu_on:13.1f} {cpu_on / cpu_off:6.3f}x")
     for mode, label in (("on", "recording on/off (import held while busy, the default)"),
-                        ("at once", "recording on, imported at once/off (load sustained past the delay)"),
+                        ("at once", "recording on, imported at once/off (as past the delay)"),
                         ("control", "control (off)/off, the noise floor")):
         if paired.get(mode):
             rate_q = quartiles([rate for rate, _ in paired[mode]])

@@ -739,7 +739,7 @@ class Settings(BaseSettings):
         120.0,
         "usage",
         "How long recorded usage may wait in the spool while the server is busy (its process "
-        "used over half a core in the last flush interval), so the importer's database work "
+        "used over a quarter of a core in the last flush interval), so the importer's database work "
         "does not take CPU from the proxy at a peak: it is imported at the first quieter flush "
         "interval, or once this long has passed (or 256 MiB wait) under sustained load. Usage "
         "then shows in the API and the Usage pane up to this late. 0 imports every batch at once.",

@@ -63,7 +63,7 @@ _SHRINK_ABOVE_BYTES = 16 * 1024 * 1024  # a buffer grown past this, a quarter us
 _HEADERS = frozenset((b"user-agent", b"sec-fetch-dest", b"sec-fetch-site", b"upgrade"))  # what hit() reads
 _RESTART_AFTER_SECONDS = 10.0  # between two starts of an importer that keeps dying
 _STOP_SECONDS = 60.0  # for the importer to import the spool and exit on close
-BUSY_CPU = 0.5  # of a core, over a flush interval: the server is busy, the import waits
+BUSY_CPU = 0.25  # of a core, over a flush interval: the server is busy, the import waits
 HOLD_BYTES = 256 * 1024 * 1024  # of batches waiting while busy: imported then regardless
 
 
