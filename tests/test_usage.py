@@ -274,9 +274,13 @@ def test_spooled_usage_imported_once_in_chunks(store: Store, tmp_path: Path, mon
     gone.wait()  # a pid no process has
     second.rename(second.with_name(f"{base}.claimed-{importer.host}-{gone.pid}"))
     assert importer.run_once() == 1 and _hit_count(store) == 6 and list(spool.iterdir()) == []
-    # An unreadable file is set aside, not retried forever.
+    # An unreadable file is set aside, not retried forever: not marshal, or cut short
+    # within a list's length.
     (spool / "n1.00000000000000000001.00000009.usage").write_bytes(b"not marshal")
-    assert importer.run_once() == 0 and [p.name for p in spool.iterdir()] == [".n1.00000000000000000001.00000009.usage.bad"]
+    (spool / "n1.00000000000000000001.00000010.usage").write_bytes(marshal.dumps((3, [], [])) + b"\x01")
+    assert importer.run_once() == 0
+    assert sorted(p.name for p in spool.iterdir()) == [".n1.00000000000000000001.00000009.usage.bad",
+                                                      ".n1.00000000000000000001.00000010.usage.bad"]
 
 
 def test_spooled_sessions_in_any_order_and_other_nodes_files(store: Store, tmp_path: Path,

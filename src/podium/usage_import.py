@@ -9,15 +9,15 @@ inserting them never holds the server's GIL or competes with the proxy for its c
 A spool file is ``<node>.<time ns>.<seq>.usage``: a :mod:`marshal`-ed ``(version,
 starts, ends)`` followed by the batch's hits as marshalled lists one after another, each
 behind its length (:data:`Hit`: only the headers a hit keeps, never the request's
-credentials), named once complete (written
-to a dot-file, then renamed). Files of spool versions 1 and 2 (an earlier Podium's, with
-every header of the request) are read too. An importer *claims* a file by renaming it to ``<name>.claimed-<host>-<pid>``:
-of two importers sharing the folder, one rename wins. It takes its own node's files in
-order (on its own, rather than woken by the server, only those older than the server's
-import delay: :mod:`podium.usage`), another node's only once they have lain unclaimed
-for :data:`ORPHAN_SECONDS` beyond that delay (that node stopped or died, rather than
-holds them while busy), and a file claimed by an importer that died (same host, process
-gone; another host, claimed over :data:`STALE_CLAIM_SECONDS` ago) again.
+credentials), named once complete (written to a dot-file, then renamed). Files of spool
+versions 1 and 2 (an earlier Podium's, with every header of the request) are read too.
+An importer *claims* a file by renaming it to ``<name>.claimed-<host>-<pid>``: of two
+importers sharing the folder, one rename wins. It takes its own node's files in order
+(on its own, rather than woken by the server, only those older than the server's import
+delay: :mod:`podium.usage`), another node's only once they have lain unclaimed for
+:data:`ORPHAN_SECONDS` beyond that delay (that node stopped or died, rather than holds
+them while busy), and a file claimed by an importer that died (same host, process gone;
+another host, claimed over :data:`STALE_CLAIM_SECONDS` ago) again.
 
 Hits are inserted in chunks of :data:`CHUNK` rows, each in its own short transaction
 that also inserts the chunk's name into ``usage_imports``: a chunk imported before a
@@ -331,7 +331,7 @@ class Importer:
         """Import one claimed file, then remove it; how many hits were new."""
         try:
             hits, starts, ends = read_spool(path)
-        except (EOFError, ValueError, TypeError) as exc:  # kept aside, not retried forever
+        except (EOFError, ValueError, TypeError, struct.error) as exc:  # kept aside, not retried forever
             log.error("%s cannot be read (%s): left as %s.bad", path, exc, base)
             os.replace(path, path.with_name(f".{base}.bad"))
             return 0
