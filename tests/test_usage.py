@@ -356,8 +356,8 @@ def test_import_waits_while_the_server_is_busy(store: Store, tmp_path: Path) -> 
     # files younger than the delay for later.
     _spool_hits(recorder, 2, guid)
     usage_import.spool_batch(spool, "n1", 99, recorder.take())
-    importer = usage_import.Importer(store, spool, "n1", 30)
-    assert importer.run_once(hold_seconds=60) == 0 and _spooled_hits(spool) == 2
+    importer = usage_import.Importer(store, spool, "n1", 30, delay_seconds=60)
+    assert importer.run_once(woken=False) == 0 and _spooled_hits(spool) == 2
     assert importer.run_once() == 2 and _hit_count(store) == 7
 
 

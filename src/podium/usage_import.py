@@ -273,7 +273,7 @@ class Importer:
     def __init__(self, store: Store, spool: Path, node: str, retention_days: int, prunes: bool = True,
                  delay_seconds: float = 0.0) -> None:
         self.store = store
-        self.delay_seconds = delay_seconds  # the servers' import delay: another node's files are held that long
+        self.delay_seconds = delay_seconds  # the servers' import delay: how long a busy node's files may wait
         self.spool = spool
         self.node = node
         self.retention_days = retention_days
@@ -281,9 +281,10 @@ class Importer:
         self.claimer = f"{self.host}-{os.getpid()}"
         self._pruned_at = float("-inf") if prunes else float("inf")
 
-    def _candidates(self, hold_seconds: float) -> Iterator[Path]:
-        """Files this importer may claim now, its own node's first (those that are at least
-        ``hold_seconds`` old), oldest first."""
+    def _candidates(self, woken: bool) -> Iterator[Path]:
+        """Files this importer may claim now, its own node's first (unless ``woken``, only
+        those at least the delay old), oldest first."""
+        hold_seconds = 0.0 if woken else self.delay_seconds
         try:
             entries = sorted(os.scandir(self.spool), key=lambda e: e.name)
         except FileNotFoundError:
@@ -310,11 +311,12 @@ class Importer:
         for entry in own + others:
             yield Path(entry.path)
 
-    def run_once(self, hold_seconds: float = 0.0) -> int:
-        """Import every file it may claim (its own node's younger than ``hold_seconds``
-        left for later), and prune when due; how many hits it imported."""
+    def run_once(self, woken: bool = True) -> int:
+        """Import every file it may claim (its own node's younger than the delay left for
+        later, unless ``woken`` by the server), and prune when due; how many hits it
+        imported."""
         imported = 0
-        for path in self._candidates(hold_seconds):
+        for path in self._candidates(woken):
             base = path.name.split(_CLAIMED)[0]
             claimed = path.with_name(f"{base}{_CLAIMED}{self.claimer}")
             try:
@@ -385,8 +387,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="podium usage importer: %(levelname)s %(message)s")
     config = json.loads(sys.stdin.buffer.readline())
     store = Store(config["database_url"])
-    delay = config.get("delay_seconds", 0.0)  # absent from a server of an earlier version
-    importer = Importer(store, Path(config["spool"]), config["node"], config["retention_days"], delay_seconds=delay)
+    importer = Importer(store, Path(config["spool"]), config["node"], config["retention_days"],
+                        delay_seconds=config.get("delay_seconds", 0.0))  # absent from an earlier server's
     stdin = sys.stdin.buffer.fileno()
     ending = False
     woken = True  # the server starts it when there is something to import
@@ -398,7 +400,7 @@ def main() -> None:
     try:
         while True:
             try:
-                importer.run_once(0.0 if woken or ending else delay)
+                importer.run_once(woken or ending)
             except Exception:  # the database away, a bad file: tried again at the next wake
                 log.exception("importing recorded usage failed")
                 if ending:
