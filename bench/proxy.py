@@ -22,6 +22,11 @@
     python bench/proxy.py --usage --importer-cpus 0,1
                                           # the same, the importer free to run on either
                                           # core rather than the server's (a diagnostic)
+    python bench/proxy.py --usage-toggle --pairs 16 --sets 2
+                                          # usage recording off and on within one server,
+                                          # switched while it runs (no difference between
+                                          # two server instances in the ratio); twice:
+                                          # import held while busy (default) and at once
 
 The app (a raw ASGI callable: ``/`` answers ``ok``, ``/big`` streams 10 MiB in 64 KiB
 chunks, ``/ws`` echoes websocket messages) runs under uvicorn (uvloop, httptools, no
@@ -40,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -48,7 +54,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -532,10 +538,12 @@ class Served:
 
 
 @contextlib.contextmanager
-def podium_content(sandbox: str = "required", extra_env: dict[str, str] | None = None) -> Iterator[Served]:
+def podium_content(sandbox: str = "required", extra_env: dict[str, str] | None = None,
+                   toggled: bool = False) -> Iterator[Served]:
     """A real Podium on core 0 serving this benchmark's app as public content, with the
     ``sandbox`` setting given (and ``extra_env``). The content process is Podium's own run
-    job, so it inherits the server's core.
+    job, so it inherits the server's core. ``toggled``: the server is started by
+    :func:`serve_toggled`, its usage recording switched by SIGUSR1.
     """
     import inspect
     import json
@@ -562,8 +570,9 @@ def podium_content(sandbox: str = "required", extra_env: dict[str, str] | None =
     port, content_port = free_port(), free_port()
     env = {**os.environ, "PODIUM_BOOTSTRAP_ADMIN_ON_FIRST_START": "false", "PODIUM_SANDBOX": sandbox,
            "PODIUM_CONTENT_LISTEN": f"127.0.0.1:{content_port}", **(extra_env or {})}
+    serve = [sys.executable, HERE, "serve-toggled"] if toggled else [*podium, "serve"]
     server = subprocess.Popen(
-        ["taskset", "-c", "0", *podium, "serve", "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"],
+        ["taskset", "-c", "0", *serve, "--data-dir", data_dir, "--listen", f"127.0.0.1:{port}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -700,7 +709,8 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 
 
 def paired_run(servers: dict[str, Served], mode: str, flip: bool, seconds: int,
-               waits: list[float], recording: list[str]) -> tuple[float, float, float, float]:
+               waits: list[float], recording: list[str],
+               switch: Callable[[str], None] | None = None) -> tuple[float, float, float, float]:
     """One pair of small-request measurements of the server ``mode`` against the "off"
     one: four runs of ``seconds`` in the order off, mode, mode, off (mode, off, off, mode
     when ``flip``), each after a flush interval of the same load, unmeasured, so the
@@ -709,10 +719,13 @@ def paired_run(servers: dict[str, Served], mode: str, flip: bool, seconds: int,
     while busy (as the default does, up to usage_import_delay_seconds). Each run starts
     with the spools of the ``recording`` servers imported. The ratios mode/off of
     requests/s and of server CPU per request, how many requests ``mode`` served, and its
-    importer's CPU seconds during its measured runs."""
+    importer's CPU seconds during its measured runs. ``switch``, when given, is called
+    with the side before each run (one server switched between two modes)."""
     measured: dict[str, list[float]] = {"off": [0.0, 0.0], mode: [0.0, 0.0]}  # requests, CPU seconds
     served_on = importing = 0.0
     for side in (mode, "off", "off", mode) if flip else ("off", mode, mode, "off"):
+        if switch is not None:
+            switch(side)
         waits.append(max(drain(servers[name]) for name in recording))
         warm, _ = wrk(servers[side].through + "/", 64, USAGE_FLUSH_SECONDS)
         before = process_cpu_seconds(servers[side].pid)
@@ -876,6 +889,131 @@ def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = 
     with open("/proc/loadavg") as load:
         print(f"load average at the end: {load.read().strip()}")
 
+def serve_toggled(argv: list[str]) -> None:
+    """``podium serve`` with ``argv``, its usage recording switched off and on again by
+    each SIGUSR1 while it runs (for ``--usage-toggle``): the content router's recorder is
+    set aside and put back, as usage_recording = false leaves the router none. Switched
+    off, no request is recorded; the recorder's flushes and its importer go on, with
+    nothing to do but what was recorded before."""
+    import signal
+
+    from podium.cli import main as podium
+    from podium.proxy.router import ContentRouter
+
+    routers: list[ContentRouter] = []
+    set_aside: dict[int, Any] = {}
+    init = ContentRouter.__init__
+
+    def kept(self: ContentRouter, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        routers.append(self)
+
+    def swap(router: ContentRouter) -> None:
+        router.usage, set_aside[id(router)] = set_aside.get(id(router)), router.usage
+
+    def toggle(signum: int, frame: Any) -> None:
+        # A Python signal handler runs between any two bytecodes, even in the middle of
+        # routing a request (between `usage is not None` and `usage.hit`): the swap is
+        # left to the event loop, between two steps of its tasks. (The router knows its
+        # loop once it has routed a request: the benchmark switches after its warm-up.)
+        for router in routers:
+            assert router._loop is not None, "switched before the first request"
+            router._loop.call_soon_threadsafe(swap, router)
+
+    ContentRouter.__init__ = kept  # type: ignore[method-assign]
+    signal.signal(signal.SIGUSR1, toggle)
+    sys.argv = ["podium", "serve", *argv]
+    podium()
+
+
+def switch_recording(served: Served, recording: dict[int, bool], side: str) -> None:
+    """Switch the usage recording of a server started by :func:`serve_toggled` off for
+    the ``side`` "off", on for any other (``recording``: whether each server records, by
+    pid; one not in it does)."""
+    import signal
+
+    on = side != "off"
+    if recording.get(served.pid, True) != on:
+        os.kill(served.pid, signal.SIGUSR1)
+        recording[served.pid] = on
+
+
+def recorded_queries(served: Served, since: str) -> set[str]:
+    """The query strings of the hits ``served`` has recorded since ``since``."""
+    hits = served.api.get(f"{served.base}/v1/instrumentation/content/hits", params={"from": since}).json()
+    return {hit["data"].get("query") or "" for hit in hits}
+
+
+def compare_usage_toggled(pairs: int, pair_seconds: int = 2, sets: int = 1) -> None:
+    """Usage recording off against on within one server, switched while it runs
+    (:func:`serve_toggled`): no difference between two server instances (where each
+    landed, a few percent for as long as it runs: bench/README.md) weighs on the ratio.
+    Two servers, both started recording: the default (the import held while the server
+    is busy) and one importing at once (usage_import_delay_seconds = 0); each measured
+    in ``pairs`` pairs of runs with recording off and on (:func:`paired_run`), the pairs
+    shared among ``sets`` starts of the servers, in a rotated order. Before the pairs,
+    one request with recording switched off and one switched on show that the switch
+    works: only the second is found among the hits."""
+    flush = {"PODIUM_USAGE_RECORDING": "true", "PODIUM_USAGE_FLUSH_SECONDS": str(USAGE_FLUSH_SECONDS)}
+    variants = {"on": flush, "at once": {**flush, "PODIUM_USAGE_IMPORT_DELAY_SECONDS": "0"}}
+    with open("/proc/loadavg") as load:
+        print(f"load average at the start: {load.read().strip()}", flush=True)
+    waits: list[float] = []
+    paired: dict[str, list[tuple[float, float]]] = {mode: [] for mode in variants}
+    in_window = dict.fromkeys(variants, 0.0)  # importer CPU seconds during the measured runs
+    switch_works = False
+    recording: dict[int, bool] = {}  # by server pid: whether it records (started recording)
+    for set_index in range(sets):
+        with contextlib.ExitStack() as stack:
+            order = list(variants.items())
+            turn = set_index % len(order)
+            servers = {mode: stack.enter_context(podium_content("off", env, toggled=True))
+                       for mode, env in order[turn:] + order[:turn]}
+            for served in servers.values():
+                wrk(served.through + "/", 64, 1)
+                drain(served)
+            if set_index == 0:
+                import requests as http
+
+                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+                switch_recording(servers["on"], recording, "off")
+                http.get(servers["on"].through + "/?bench-switched-off")
+                switch_recording(servers["on"], recording, "on")
+                http.get(servers["on"].through + "/?bench-switched-on")
+                deadline = time.monotonic() + 120
+                while "bench-switched-on" not in (queries := recorded_queries(servers["on"], since)):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the request made with recording switched on was not recorded")
+                    time.sleep(0.5)
+                if "bench-switched-off" in queries:
+                    raise RuntimeError("the request made with recording switched off was recorded: "
+                                       "the switch does not work")
+                switch_works = True
+                print("switch checked: recorded switched on, not switched off", flush=True)
+            for index in range(pairs // sets + (1 if set_index < pairs % sets else 0)):
+                for mode in variants:
+                    served = servers[mode]
+                    rate, cpu, _, importing = paired_run(
+                        {"off": served, mode: served}, mode, index % 2 == 1, pair_seconds, waits, [mode],
+                        functools.partial(switch_recording, served, recording))
+                    in_window[mode] += importing
+                    paired[mode].append((rate, cpu))
+                    print(f"pair {len(paired[mode])}: small requests {mode}/off {rate:.3f}x, "
+                          f"server CPU per request {cpu:.3f}x", flush=True)
+    for mode, label in (("on", "import held while busy, the default"),
+                        ("at once", "imported at once, as past the delay")):
+        rate_q = quartiles([rate for rate, _ in paired[mode]])
+        cpu_q = quartiles([cpu for _, cpu in paired[mode]])
+        print(f"one server switched, {pairs} pairs of {pair_seconds} s runs (A B B A), recording on/off, "
+              f"{label}: small requests/s median {rate_q[1]:.3f}x (quartiles {rate_q[0]:.3f}-{rate_q[2]:.3f}x), "
+              f"server CPU per request median {cpu_q[1]:.3f}x (quartiles {cpu_q[0]:.3f}-{cpu_q[2]:.3f}x), "
+              f"importer CPU during the measured runs {in_window[mode]:.2f} s")
+    print(f"waited for the importer before a measurement: at most {max(waits):.1f} s")
+    print(f"the switch works: {'yes' if switch_works else 'NO'}")
+    with open("/proc/loadavg") as load:
+        print(f"load average at the end: {load.read().strip()}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
@@ -905,8 +1043,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="compare content sandboxed and not: requests/s and cold start")
     parser.add_argument("--usage", action="store_true",
                         help="compare usage recording off and on: requests/s through each")
+    parser.add_argument("--usage-toggle", action="store_true",
+                        help="compare usage recording off and on within one server, switched while it runs")
     parser.add_argument("--pairs", type=int, default=12,
-                        help="with --usage: paired small-request measurements after the rounds (0: none)")
+                        help="with --usage: paired small-request measurements after the rounds (0: none); "
+                             "with --usage-toggle: the pairs of each server")
     parser.add_argument("--control", action="store_true",
                         help="with --usage: pair a second recording-off server with the first as well "
                              "(the noise floor)")
@@ -936,6 +1077,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.sandbox:
         compare_sandbox(seconds, rounds)
+        return
+    if args.usage_toggle:
+        compare_usage_toggled(args.pairs, sets=max(1, args.sets))
         return
     if args.usage:
         cpus = {int(core) for core in args.importer_cpus.split(",")} if args.importer_cpus else None
@@ -983,6 +1127,8 @@ if __name__ == "__main__":
         serve_front(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "unix", sys.argv[5:] == ["handoff"])
     elif len(sys.argv) > 1 and sys.argv[1] == "serve-app-runner":
         serve_app_runner(int(sys.argv[2]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "serve-toggled":
+        serve_toggled(sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "ws-client":
         ws_client(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
     else:
