@@ -889,6 +889,7 @@ def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = 
     with open("/proc/loadavg") as load:
         print(f"load average at the end: {load.read().strip()}")
 
+
 def serve_toggled(argv: list[str]) -> None:
     """``podium serve`` with ``argv``, its usage recording switched off and on again by
     each SIGUSR1 while it runs (for ``--usage-toggle``): the content router's recorder is
@@ -1052,7 +1053,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --usage: pair a second recording-off server with the first as well "
                              "(the noise floor)")
     parser.add_argument("--sets", type=int, default=1,
-                        help="with --usage: start the servers this many times, the pairs shared among the sets "
+                        help="with --usage or --usage-toggle: start the servers this many times, the pairs "
+                             "shared among the sets "
                              "(what a server's own placement adds to its speed then averages out)")
     parser.add_argument("--importer-cpus", metavar="LIST",
                         help="with --usage: move the usage importer to these cores (e.g. 0,1) "
