@@ -467,3 +467,38 @@ def test_usage_spooled_before_a_kill_imported_at_the_next_start(tmp_path: Path) 
 
 def _assert_equal(got: Any, expected: Any) -> None:
     assert got == expected, got
+
+
+def test_usage_that_cannot_be_spooled_at_a_stop_does_not_stop_the_stop(tmp_path: Path) -> None:
+    # Hits stay buffered until the stop (a long flush interval); then the spool cannot be
+    # written (its folder replaced by a file). The stop goes on: the content process is
+    # stopped, not left running without its server, and the log says what was lost.
+    data = tmp_path / "data"
+    server = start_server(data, extra_env={"PODIUM_USAGE_FLUSH_SECONDS": "600"})
+    pid = 0
+    try:
+        item = server.api().post(_api(server, "v1/content"), json={"name": "stop-app"}).json()
+        deploy(server, server.admin_key, item["guid"], _ws_bundle())
+        page = f"{server.content_url}/content/{item['guid']}/"
+        assert requests.get(page, headers={"Authorization": f"Key {server.admin_key}"}).json() == {"ok": True}
+        (run,) = [job for job in server.api().get(_api(server, f"v1/content/{item['guid']}/jobs")).json()
+                  if job["kind"] == "run" and job["status"] == 0]
+        pid = run["pid"]
+        os.rmdir(data / "usage")
+        (data / "usage").write_text("not a folder")
+    finally:
+        server.stop()
+    try:
+        _eventually(lambda: _assert_equal(_running(pid), False), seconds=15)
+    finally:
+        if _running(pid):  # left running by a stop that gave up: this test's to end
+            os.kill(pid, signal.SIGKILL)
+    assert "could not be spooled at the stop" in server.log() and "1 hit(s)" in server.log()
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -83,6 +83,7 @@ class UsageRecorder:
         self._hits: list[Hit] = []  # not marshalled yet
         self._buffer = bytearray(_BUFFER_BYTES)  # marshalled lists of hits, up to _end
         self._end = 0
+        self._marshalled = 0  # hits in the buffer
         self._starts: list[Start] = []
         self._ends: list[End] = []
         self._task: asyncio.Task[None] | None = None
@@ -131,6 +132,7 @@ class UsageRecorder:
 
     def _marshal_hits(self) -> None:
         data = usage_import.dump_hits(self._hits)
+        self._marshalled += len(self._hits)
         self._hits = []
         start = self._end + usage_import.FRAME.size
         end = start + len(data)
@@ -151,7 +153,7 @@ class UsageRecorder:
             yield hits, self._starts, self._ends
         finally:
             hits.release()
-            used, self._end, self._starts, self._ends = self._end, 0, [], []
+            used, self._end, self._marshalled, self._starts, self._ends = self._end, 0, 0, [], []
             if len(self._buffer) > _SHRINK_ABOVE_BYTES and used < len(self._buffer) // 4:  # after a peak
                 self._buffer = bytearray(max(2 * used, _BUFFER_BYTES))
 
@@ -270,10 +272,20 @@ class UsageRecorder:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        # Whatever fails here is logged and the stop goes on: the server's content
+        # processes are stopped after this, and must not be left running without it.
+        lost = (f"{self._marshalled + len(self._hits)} hit(s) and {len(self._starts) + len(self._ends)} "
+                "app session start(s) and end(s) lost")
         if self.spool is None:
-            await asyncio.to_thread(self.write, self.take())
+            try:
+                await asyncio.to_thread(self.write, self.take())
+            except Exception:
+                log.exception("recorded usage could not be written at the stop: %s", lost)
             return
-        self._spool_buffered()
+        try:
+            self._spool_buffered()
+        except Exception:  # the folder gone, the disk full, ...
+            log.exception("recorded usage could not be spooled at the stop (in %s): %s", self.spool, lost)
         importer, self._importer = self._importer, None
         if importer is not None:
             assert importer.stdin is not None
@@ -285,5 +297,8 @@ class UsageRecorder:
                             "imports the rest", _STOP_SECONDS)
                 importer.terminate()
                 await asyncio.to_thread(importer.wait)
-        left = usage_import.Importer(self.store, self.spool, self.node, self.retention_days, prunes=False)
-        await asyncio.to_thread(left.run_once)
+        try:
+            left = usage_import.Importer(self.store, self.spool, self.node, self.retention_days, prunes=False)
+            await asyncio.to_thread(left.run_once)
+        except Exception:  # the database gone, ...: the spool is imported at the next start
+            log.exception("the usage spool could not be imported at the stop; the next start imports it")
