@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import tarfile
 from typing import TYPE_CHECKING, Any
 
@@ -87,3 +88,16 @@ def wait_task(server: RunningServer, key: str, task_id: str) -> dict[str, Any]:
             task["all_output"] = lines
             return task
     raise AssertionError("task did not finish")
+
+
+def alive(pid: int) -> bool:
+    """Whether the process ``pid`` runs: it exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:  # gone between the two
+        return False

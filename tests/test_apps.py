@@ -34,6 +34,7 @@ import aiohttp
 import pytest
 import requests
 from aiohttp import web
+from tests.helpers import alive
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 from websockets.typing import Origin, Subprotocol
@@ -657,18 +658,6 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _stop(app: RunningApp) -> list[int]:
     """Stop the app's process group (TERM, then KILL); return the pids that outlived it."""
     descendants = _children(app.process.pid)
@@ -682,9 +671,9 @@ def _stop(app: RunningApp) -> list[int]:
         os.killpg(app.process.pid, signal.SIGKILL)
         app.process.wait(5)
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in descendants) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in descendants) and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = [pid for pid in descendants if _alive(pid)]
+    left = [pid for pid in descendants if alive(pid)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     return left

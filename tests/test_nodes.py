@@ -23,7 +23,7 @@ import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from tests.conftest import POSTGRES_URL, RunningServer, require_postgres, reset_postgres, start_server
-from tests.helpers import deploy, fastapi_bundle
+from tests.helpers import alive, deploy, fastapi_bundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -71,15 +71,6 @@ def wait_until(predicate: Callable[[], Any], seconds: float = 30, every: float =
             return value
         time.sleep(every)
     raise AssertionError(f"not true within {seconds} s: {predicate}")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split()[2] != "Z"
 
 
 class Cluster:

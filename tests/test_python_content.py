@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 from tests.conftest import RunningServer, start_server
-from tests.helpers import wait_task
+from tests.helpers import alive, wait_task
 from tests.test_clients import rsconnect
 
 pytestmark = pytest.mark.integration
@@ -473,16 +473,7 @@ def test_server_restart_adopts_running_processes(tmp_path: Path) -> None:
     finally:
         second.stop()
     # A clean shutdown stops the processes: nothing is orphaned.
-    wait_until(lambda: not _alive(pid), seconds=15)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split()[2] != "Z"
+    wait_until(lambda: not alive(pid), seconds=15)
 
 
 def test_deploy_task_shows_build_output(server: RunningServer, tmp_path: Path) -> None:

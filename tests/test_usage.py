@@ -22,7 +22,7 @@ from posit import connect
 from posit.connect.errors import ClientError
 from sqlalchemy import insert
 from tests.conftest import RunningServer, start_server
-from tests.helpers import deploy, static_bundle, tar_gz
+from tests.helpers import alive, deploy, static_bundle, tar_gz
 
 from podium import usage, usage_import
 from podium.store import Store
@@ -489,16 +489,8 @@ def test_usage_that_cannot_be_spooled_at_a_stop_does_not_stop_the_stop(tmp_path:
     finally:
         server.stop()
     try:
-        _eventually(lambda: _assert_equal(_running(pid), False), seconds=15)
+        _eventually(lambda: _assert_equal(alive(pid), False), seconds=15)
     finally:
-        if _running(pid):  # left running by a stop that gave up: this test's to end
+        if alive(pid):  # left running by a stop that gave up: this test's to end
             os.kill(pid, signal.SIGKILL)
     assert "could not be spooled at the stop" in server.log() and "1 hit(s)" in server.log()
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
