@@ -787,7 +787,7 @@ def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = 
     importer_cpu = dict.fromkeys(recording, 0.0)
     in_window = dict.fromkeys(recording, 0.0)  # importer CPU seconds during the pairs' measured runs
     paired: dict[str, list[tuple[float, float]]] = {mode: [] for mode in ("on", *others)}
-    marked: list[Any] = []
+    marked = False
     for set_index in range(sets):
         with contextlib.ExitStack() as stack:
             # Started in a rotated order from one set to the next: where a server lands
@@ -845,12 +845,7 @@ def compare_usage(seconds: float, rounds: int, importer_cpus: set[int] | None = 
 
                 since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
                 http.get(servers["on"].through + "/?bench-marker")
-                deadline = time.monotonic() + 120
-                while not marked and time.monotonic() < deadline:
-                    time.sleep(0.5)
-                    hits = servers["on"].api.get(f"{servers['on'].base}/v1/instrumentation/content/hits",
-                                                 params={"from": since}).json()
-                    marked = [h for h in hits if h["data"].get("query") == "bench-marker"]
+                marked = recorded_queries(servers["on"], since, "bench-marker") is not None
     best = {
         mode: Figures(*(max(getattr(f, name) for f in figures[mode]) for name in Figures.__dataclass_fields__))
         for mode in modes
@@ -939,10 +934,19 @@ def switch_recording(served: Served, recording: dict[int, bool], side: str) -> N
         recording[served.pid] = on
 
 
-def recorded_queries(served: Served, since: str) -> set[str]:
-    """The query strings of the hits ``served`` has recorded since ``since``."""
-    hits = served.api.get(f"{served.base}/v1/instrumentation/content/hits", params={"from": since}).json()
-    return {hit["data"].get("query") or "" for hit in hits}
+def recorded_queries(served: Served, since: str, waiting_for: str, seconds: float = 120.0) -> set[str] | None:
+    """The query strings of the hits ``served`` has recorded since ``since``, once the
+    request with the query ``waiting_for`` is among them (None if it is not within
+    ``seconds``: the importer imports when the server is quiet)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        hits = served.api.get(f"{served.base}/v1/instrumentation/content/hits", params={"from": since}).json()
+        queries = {hit["data"].get("query") or "" for hit in hits}
+        if waiting_for in queries:
+            return queries
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.5)
 
 
 def compare_usage_toggled(pairs: int, pair_seconds: int = 2, sets: int = 1) -> None:
@@ -981,11 +985,9 @@ def compare_usage_toggled(pairs: int, pair_seconds: int = 2, sets: int = 1) -> N
                 http.get(servers["on"].through + "/?bench-switched-off")
                 switch_recording(servers["on"], recording, "on")
                 http.get(servers["on"].through + "/?bench-switched-on")
-                deadline = time.monotonic() + 120
-                while "bench-switched-on" not in (queries := recorded_queries(servers["on"], since)):
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the request made with recording switched on was not recorded")
-                    time.sleep(0.5)
+                queries = recorded_queries(servers["on"], since, "bench-switched-on")
+                if queries is None:
+                    raise RuntimeError("the request made with recording switched on was not recorded")
                 if "bench-switched-off" in queries:
                     raise RuntimeError("the request made with recording switched off was recorded: "
                                        "the switch does not work")
