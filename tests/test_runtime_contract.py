@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from tests.helpers import alive
 
 from k8s_sim import SimCluster
 from podium.runtime import (
@@ -194,11 +195,7 @@ async def wait_for_line(backend: ExecutionBackend, handle: JobHandle, text: str)
 
 
 def pid_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
+    return not alive(pid)
 
 
 def python(code: str) -> list[str]:
