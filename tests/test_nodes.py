@@ -633,3 +633,37 @@ def test_nodes_usage_recorded_on_both_nodes_is_imported_once(cluster: Cluster) -
     assert hits() == 8
     assert [p.name for p in (cluster.data / "usage").iterdir()] == []
     assert len(cluster.rows("SELECT DISTINCT path FROM content_hits WHERE content_guid = :g", g=guid)) == 1
+
+
+def test_a_stop_without_its_database_still_stops_content_and_says_so(tmp_path: Path) -> None:
+    # The database goes away while a node serves an app (dropped, its connections ended);
+    # then the node is stopped. What the stop could not write is logged (leases left to
+    # expire, usage left in the spool for the next start), and the rest of the stop goes
+    # on: the app's process is stopped, not left running without its server.
+    require_postgres()
+    url = make_url(POSTGRES_URL)
+    gone = url.set(database=f"{url.database}_gone")
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{gone.database}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{gone.database}"'))
+    server = start_server(tmp_path / "data", Cluster(tmp_path, gone.render_as_string(hide_password=False)).env)
+    pid = 0
+    try:
+        item = server.api().post(f"{server.url}/__api__/v1/content", json={"name": "orphan"}).json()
+        deploy(server, server.admin_key, item["guid"], fastapi_bundle(APP))
+        pid = requests.get(f"{server.content_url}/content/{item['guid']}/",
+                           headers={"Authorization": f"Key {server.admin_key}"}).json()["pid"]
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{gone.database}" WITH (FORCE)'))
+        server.stop()
+        assert server.process.returncode == 0, server.log()[-3000:]
+    finally:
+        server.stop()
+        admin.dispose()
+        if pid and alive(pid):  # left running by a stop that gave up: this test's to end
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"the app's process {pid} outlived its server's stop")
+    log = server.log()
+    assert "could not release its leases (they expire on their own)" in log, log[-3000:]
+    assert "the usage spool could not be imported at the stop; the next start imports it" in log

@@ -11,8 +11,9 @@ before it. ``docs/architecture.md`` draws the layers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -390,7 +391,7 @@ def create_app(node: Node) -> FastAPI:
     hand_over = settings.kubernetes_enabled and settings.effective_keep_processes_on_shutdown
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(application: FastAPI) -> AsyncIterator[None]:
         node.heartbeat.register()
         node.feed.start()  # other nodes' changes reach this node's caches
         node.tasks.fail_interrupted()
@@ -411,16 +412,31 @@ def create_app(node: Node) -> FastAPI:
             node.usage.start()
         log.info("Podium %s serving on %s", __version__, settings.listen)
         yield
-        await node.heartbeat.close()  # first: its duties move to another node at once
-        await node.git.close()
-        await node.feed.close()
-        await node.throttle.close()
+        # Each step runs whatever became of the ones before it: one that raises (a bug,
+        # a failure it does not handle itself) is logged, and content processes are still
+        # stopped or handed over rather than left running without their server.
+        failed: list[str] = []
+
+        async def step(what: str, stop: Callable[[], Awaitable[object] | None]) -> None:
+            try:
+                done = stop()
+                if done is not None:
+                    await done
+            except Exception:
+                log.exception("stopping: %s failed; the stop goes on", what)
+                failed.append(what)
+
+        await step("the heartbeat", node.heartbeat.close)  # first: its duties move to another node at once
+        await step("git polling", node.git.close)
+        await step("the change feed", node.feed.close)
+        await step("API key throttling", node.throttle.close)
         if node.usage is not None:
-            await node.usage.close()  # what is buffered is written
-        await render_schedules.close()
-        await node.tasks.shutdown()
-        await node.deployer.builder.close()  # compile jobs: the next deploy compiles again
-        await node.scheduler.close(stop_processes=not settings.effective_keep_processes_on_shutdown)
+            await step("usage recording", node.usage.close)  # what is buffered is written
+        await step("render schedules", render_schedules.close)
+        await step("tasks", node.tasks.shutdown)
+        await step("the builder", node.deployer.builder.close)  # compile jobs: the next deploy compiles again
+        await step("content processes", functools.partial(
+            node.scheduler.close, stop_processes=not settings.effective_keep_processes_on_shutdown))
         if hand_over:
             try:
                 await asyncio.to_thread(node.heartbeat.leave)
@@ -428,9 +444,14 @@ def create_app(node: Node) -> FastAPI:
                 log.exception("node %s: could not hand its jobs over (another node takes them after "
                               "node_timeout_seconds)", node.heartbeat.node_id)
             else:
-                await node.feed.announce("nodes")  # live nodes claim them now, not at their next beat
-        await node.backend.close()
-        node.store.dispose()
+                # live nodes claim them now, not at their next beat
+                await step("announcing the hand-over", functools.partial(node.feed.announce, "nodes"))
+        await step("the execution backend", node.backend.close)
+        await step("the database connections", node.store.dispose)
+        if failed:
+            log.error("the stop was not clean: %s failed (logged above); the rest of it went on",
+                      ", ".join(failed))
+        application.state.stop_failed = failed  # podium.serve exits 1
 
     app = FastAPI(
         title="Podium",

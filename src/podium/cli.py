@@ -83,7 +83,8 @@ def serve(
         )
     from podium.serve import run
 
-    run(node)
+    if not run(node):  # a step of the stop failed (logged): a supervisor should know
+        raise typer.Exit(1)
 
 
 @app.command()

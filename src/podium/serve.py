@@ -35,7 +35,8 @@ class _AppServer(uvicorn.Server):
         yield
 
 
-async def serve(node: Node) -> None:
+async def serve(node: Node) -> bool:
+    """Serve until SIGTERM or SIGINT; whether the stop was clean (every step of it done)."""
     settings = node.settings
     # This node's own socket, in its own runtime dir: another node's is never touched.
     socket_path = node.dirs.app_socket
@@ -103,6 +104,7 @@ async def serve(node: Node) -> None:
     for folder in (node.dirs.sockets, node.dirs.root):  # gone when empty (no kept processes)
         with contextlib.suppress(OSError):
             folder.rmdir()
+    return not getattr(app.state, "stop_failed", None)
 
 
 def raise_open_files_limit() -> int:
@@ -122,7 +124,8 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-def run(node: Node) -> None:
+def run(node: Node) -> bool:
+    """Serve ``node`` until it is stopped; whether the stop was clean."""
     log.info("open files limit: %d", raise_open_files_limit())
     try:
         import uvloop
@@ -131,4 +134,4 @@ def run(node: Node) -> None:
     except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
         runner = asyncio.Runner()
     with runner:
-        runner.run(serve(node))
+        return runner.run(serve(node))
