@@ -25,6 +25,7 @@ from tests.conftest import RunningServer, start_server
 from tests.helpers import alive, deploy, static_bundle, tar_gz
 
 from podium import usage, usage_import
+from podium.api.instrumentation import HITS_PER_CHUNK
 from podium.store import Store
 from podium.store.models import AppSession, ContentHit, UsageImport
 from podium.usage import UsageRecorder
@@ -180,6 +181,41 @@ def test_usage_refusals(server: RunningServer) -> None:
     with pytest.raises(ClientError) as refused:
         sdk.metrics.hits.fetch(content_guid=mine["guid"])
     assert refused.value.http_status == 403
+
+
+def test_a_history_longer_than_a_chunk_reads_whole_and_in_order(server: RunningServer) -> None:
+    # The hits array is streamed HITS_PER_CHUNK hits at a time: more hits than two chunks,
+    # of two content items interleaved, come back through posit-sdk each once, in order,
+    # filtered by content and by time across the chunks' edges.
+    guids = [server.api().post(_api(server, "v1/content"), json={"name": f"long-history-{n}"}).json()["guid"]
+             for n in range(2)]
+    each = HITS_PER_CHUNK + HITS_PER_CHUNK // 2 + 7
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    store = Store(f"sqlite:///{server.data_dir / 'db' / 'podium.sqlite'}")
+    try:
+        with store.session() as session:
+            session.execute(insert(ContentHit), [
+                {"content_guid": guids[n % 2], "user_guid": None, "bundle_id": 1,
+                 "time": start + timedelta(seconds=n // 2), "path": f"/content/{guids[n % 2]}/p{n}",
+                 "query": "q=1" if n == 3 else None, "user_agent": "long/1", "visit": False}
+                for n in range(2 * each)])
+            session.commit()
+    finally:
+        store.dispose()
+    sdk = connect.Client(server.url, server.admin_key)
+    hits = list(sdk.metrics.hits.fetch(content_guid=guids[1]))
+    assert [h["data"]["path"] for h in hits] == [f"/content/{guids[1]}/p{n}" for n in range(1, 2 * each, 2)]
+    assert [h["id"] for h in hits] == sorted({h["id"] for h in hits})
+    assert hits[1] == {"id": hits[1]["id"], "content_guid": guids[1], "user_guid": None,
+                       "timestamp": "2026-03-01T00:00:01Z", "data": {"path": f"/content/{guids[1]}/p3",
+                                                                     "user_agent": "long/1", "query": "q=1"}}
+    window = list(sdk.metrics.hits.fetch(content_guid=[guids[0], guids[1]], start=start + timedelta(seconds=100),
+                                         end=start + timedelta(seconds=HITS_PER_CHUNK + 100)))
+    assert len(window) == 2 * HITS_PER_CHUNK
+    everything = requests.get(_api(server, "v1/instrumentation/content/hits"),
+                              headers={"Authorization": f"Key {server.admin_key}"})
+    assert everything.headers["content-type"] == "application/json"
+    assert sum(h["content_guid"] in guids for h in everything.json()) == 2 * each
 
 
 def test_buffered_hits_written_on_a_normal_stop(tmp_path: Any) -> None:

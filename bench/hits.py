@@ -1,0 +1,162 @@
+"""Reading a long usage history through the hits API (``GET v1/instrumentation/content/hits``).
+
+    python bench/hits.py                  # 1,000,000 hits (about a minute)
+    python bench/hits.py --hits 200000    # a quicker run
+
+The API answers hits as one plain array, without pages (posit-sdk's
+``client.metrics.hits`` reads it so), and a crowd of viewers leaves many: one report read
+ten times a second keeps 864,000 hits a day, kept for ``usage_retention_days`` (400). A
+real ``podium serve`` (SQLite, a temporary data dir, pinned to core 0) gets ``--hits``
+hits of one content item written to its database before it starts (as its importer
+writes them), and then one request reads them all. Printed:
+
+- the whole array: seconds to its first byte and to its last, megabytes, hits a second,
+  and that every hit arrived (parsed as JSON, counted, ids ascending);
+- the server's memory: its peak RSS during the read (``VmHWM`` after resetting it through
+  ``/proc/<pid>/clear_refs``) against its RSS just before, the baseline;
+- what the read does to everybody else: a small API request (``GET v1/content``) made
+  every 50 ms, its latency during the read against the same requests made while the
+  server is otherwise idle, before the read (the baseline, in the same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from podium_server import PODIUM, podium_server
+
+INSERT_BATCH = 50_000
+
+
+def write_hits(data_dir: str, count: int, guid: str) -> None:
+    """``count`` hits of ``guid``, one a second up to now, into the data dir's database."""
+    from sqlalchemy import insert
+
+    from podium.settings import load_settings
+    from podium.store import Store
+    from podium.store.models import ContentHit
+
+    store = Store(load_settings(None, data_dir=data_dir).effective_database_url)
+    start = datetime.now(UTC) - timedelta(seconds=count)
+    viewers = [str(uuid.uuid4()) for _ in range(50)]
+    for first in range(0, count, INSERT_BATCH):
+        rows = [{"content_guid": guid, "user_guid": viewers[n % 50] if n % 7 else None, "bundle_id": 1,
+                 "time": start + timedelta(seconds=n), "path": f"/content/{guid}/", "query": None,
+                 "user_agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0",
+                 "sec_fetch_dest": "document", "sec_fetch_site": "none", "visit": True}
+                for n in range(first, min(count, first + INSERT_BATCH))]
+        with store.session() as session:
+            session.execute(insert(ContentHit), rows)
+            session.commit()
+    store.dispose()
+
+
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} for {pid}")
+
+
+def small_requests(api: object, url: str, stop: threading.Event, latencies: list[float]) -> None:
+    """``GET url`` every 50 ms until ``stop``; the latencies, in seconds."""
+    while not stop.is_set():
+        started = time.monotonic()
+        answer = api.get(url)  # type: ignore[attr-defined]
+        answer.raise_for_status()
+        latencies.append(time.monotonic() - started)
+        stop.wait(0.05)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hits", type=int, default=1_000_000, help="hits in the database (default 1,000,000)")
+    args = parser.parse_args()
+
+    import subprocess
+    import tempfile
+
+    import requests
+
+    work = tempfile.mkdtemp(prefix="podium-bench-hits-")
+    data_dir = os.path.join(work, "data")
+    key = subprocess.run([*PODIUM, "admin", "bootstrap", "--data-dir", data_dir], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    with podium_server(data_dir=data_dir, key=key) as server:  # migrates; one content item
+        guid = server.create({"name": "busy-report", "access_type": "all"})
+    started = time.monotonic()
+    write_hits(data_dir, args.hits, guid)
+    print(f"{args.hits:,} hits written in {time.monotonic() - started:.1f} s", flush=True)
+
+    with podium_server(data_dir=data_dir, key=key) as server:
+        small = f"{server.base}/v1/content"
+        for _ in range(20):  # warm
+            server.api.get(small).raise_for_status()
+        idle: list[float] = []
+        stop = threading.Event()
+        pinger = threading.Thread(target=small_requests, args=(server.session(key), small, stop, idle))
+        pinger.start()
+        time.sleep(3)
+        stop.set()
+        pinger.join()
+
+        before = rss_kb(server.pid)
+        with open(f"/proc/{server.pid}/clear_refs", "w") as refs:
+            refs.write("5")  # VmHWM := VmRSS
+        busy: list[float] = []
+        stop = threading.Event()
+        pinger = threading.Thread(target=small_requests, args=(server.session(key), small, stop, busy))
+        pinger.start()
+        started = time.monotonic()
+        first_byte = None
+        body = bytearray()
+        with requests.get(f"{server.base}/v1/instrumentation/content/hits", stream=True,
+                          headers={"Authorization": f"Key {key}"}) as answer:
+            answer.raise_for_status()
+            for chunk in answer.iter_content(1 << 16):
+                if first_byte is None:
+                    first_byte = time.monotonic() - started
+                body += chunk
+        total = time.monotonic() - started
+        stop.set()
+        pinger.join()
+        peak = rss_kb(server.pid, "VmHWM")
+        after = rss_kb(server.pid)
+        hits = json.loads(body)
+        ids = [hit["id"] for hit in hits]
+        complete = len(hits) == args.hits and all(a < b for a, b in zip(ids, ids[1:], strict=False))
+        errors = server.log_errors()
+
+    assert first_byte is not None
+    print(f"whole array of {args.hits:,} hits: first byte {first_byte:.2f} s, last byte {total:.2f} s, "
+          f"{len(body) / 1e6:.0f} MB, {args.hits / total:,.0f} hits/s; every hit, in order: "
+          f"{'yes' if complete else 'NO'}")
+    print(f"server RSS: {before / 1024:.0f} MB before (baseline), peak {peak / 1024:.0f} MB during the read "
+          f"({peak / before:.2f}x, +{(peak - before) / 1024:.0f} MB), {after / 1024:.0f} MB after")
+    for name, values in (("idle (baseline)", idle), ("during the read", busy)):
+        print(f"GET v1/content every 50 ms, {name}: {len(values)} requests, "
+              f"p50 {statistics.median(values) * 1000:.1f} ms, max {max(values) * 1000:.0f} ms")
+    print(f"small requests during the read, p50 against idle: "
+          f"{statistics.median(busy) / statistics.median(idle):.2f}x, max against idle max: "
+          f"{max(busy) / max(idle):.1f}x")
+    if errors:
+        print(f"server log errors: {errors[:3]}")
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
