@@ -7,8 +7,11 @@ The API answers hits as one plain array, without pages (posit-sdk's
 ``client.metrics.hits`` reads it so), and a crowd of viewers leaves many: one report read
 ten times a second keeps 864,000 hits a day, kept for ``usage_retention_days`` (400). A
 real ``podium serve`` (SQLite, a temporary data dir, pinned to core 0) gets ``--hits``
-hits of one content item written to its database before it starts (as its importer
-writes them), and then one request reads them all. Printed:
+hits of one content item over the last 30 days written to its database before it starts
+(by the usage importer's own code), and then one request reads them all. Printed:
+
+- the dashboard's usage pages over that history (Admin → Usage and the item's Usage
+  pane; the best of 3) against a small API request (``GET v1/content``, the best of 10);
 
 - the whole array: seconds to its first byte and to its last, megabytes, hits a second,
   and that every hit arrived (parsed as JSON, counted, ids ascending);
@@ -29,7 +32,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -40,26 +43,34 @@ INSERT_BATCH = 50_000
 
 
 def write_hits(data_dir: str, count: int, guid: str) -> None:
-    """``count`` hits of ``guid``, one a second up to now, into the data dir's database."""
-    from sqlalchemy import insert
-
+    """``count`` hits of ``guid`` spread over the last 30 days, written to the data dir's
+    database as the usage importer writes them (the same code: the hits and their counts
+    by day for the charts), by 50 viewers and anonymous ones."""
+    from podium import usage_import
     from podium.settings import load_settings
     from podium.store import Store
-    from podium.store.models import ContentHit
 
     store = Store(load_settings(None, data_dir=data_dir).effective_database_url)
-    start = datetime.now(UTC) - timedelta(seconds=count)
+    now = time.time()
+    start, step = now - 30 * 86400 + 60, (30 * 86400 - 120) / count
     viewers = [str(uuid.uuid4()) for _ in range(50)]
+    target, agent = f"/content/{guid}/".encode(), b"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0"
     for first in range(0, count, INSERT_BATCH):
-        rows = [{"content_guid": guid, "user_guid": viewers[n % 50] if n % 7 else None, "bundle_id": 1,
-                 "time": start + timedelta(seconds=n), "path": f"/content/{guid}/", "query": None,
-                 "user_agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0",
-                 "sec_fetch_dest": "document", "sec_fetch_site": "none", "visit": True}
-                for n in range(first, min(count, first + INSERT_BATCH))]
-        with store.session() as session:
-            session.execute(insert(ContentHit), rows)
-            session.commit()
+        hits: list[usage_import.Hit] = [(start + n * step, guid, viewers[n % 50] if n % 7 else None, 1, target, b"GET", agent,
+                 b"document", b"none") for n in range(first, min(count, first + INSERT_BATCH))]
+        data = usage_import.dump_hits(hits)
+        usage_import.write(store, (usage_import.FRAME.pack(len(data)) + data, [], []))
     store.dispose()
+
+
+def timed_get(api: Any, url: str, times: int = 3) -> float:
+    """The best of ``times`` answers to ``GET url``, in seconds."""
+    best = float("inf")
+    for _ in range(times):
+        started = time.monotonic()
+        api.get(url).raise_for_status()
+        best = min(best, time.monotonic() - started)
+    return best
 
 
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
@@ -104,6 +115,10 @@ def main() -> None:
         small = f"{server.base}/v1/content"
         for _ in range(20):  # warm
             server.api.get(small).raise_for_status()
+        pages = {"GET v1/content (baseline)": timed_get(server.api, small, 10),
+                 "Admin → Usage": timed_get(server.api, f"{server.dashboard}/connect/admin/usage"),
+                 "the content's Usage pane": timed_get(
+                     server.api, f"{server.dashboard}/connect/apps/{guid}/usage")}
         idle: list[float] = []
         stop = threading.Event()
         pinger = threading.Thread(target=small_requests, args=(server.session(key), small, stop, idle))
@@ -151,6 +166,9 @@ def main() -> None:
     print(f"small requests during the read, p50 against idle: "
           f"{statistics.median(busy) / statistics.median(idle):.2f}x, max against idle max: "
           f"{max(busy) / max(idle):.1f}x")
+    for name, seconds in pages.items():
+        print(f"{name}, {args.hits:,} hits in the last 30 days: {seconds * 1000:.0f} ms (best), "
+              f"{seconds / pages['GET v1/content (baseline)']:.1f}x the baseline")
     if errors:
         print(f"server log errors: {errors[:3]}")
     import shutil

@@ -20,15 +20,16 @@ import pytest
 import requests
 from posit import connect
 from posit.connect.errors import ClientError
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select
 from tests.conftest import RunningServer, start_server
 from tests.helpers import alive, deploy, static_bundle, tar_gz
 
 from podium import usage, usage_import
 from podium.api.instrumentation import HITS_PER_CHUNK
 from podium.store import Store
-from podium.store.models import AppSession, ContentHit, UsageImport
+from podium.store.models import AppSession, ContentHit, UsageDay, UsageImport
 from podium.usage import UsageRecorder
+from podium.web import usage_view
 
 _WS_APP = (
     "from fastapi import FastAPI, WebSocket\napp = FastAPI()\n"
@@ -239,6 +240,56 @@ def test_buffered_hits_written_on_a_normal_stop(tmp_path: Any) -> None:
         second.stop()
 
 
+def test_hits_counted_by_content_viewer_and_day_for_the_charts(store: Store) -> None:
+    # The importer keeps usage_days with the hits, batch after batch (an upsert), and the
+    # dashboard's charts read those counts: the same figures the hits themselves give.
+    recorder = UsageRecorder(store, 1.0, retention_days=30)
+    mine, other = "0b6b1a4e-8d8f-4a57-9a55-9e1f3d6f2f10", "5c3e1a4e-8d8f-4a57-9a55-9e1f3d6f2f11"
+    alice, bob = "a11ce000-0000-4000-8000-000000000001", "b0b00000-0000-4000-8000-000000000002"
+    for viewers in ([alice, alice, None], [alice, bob, None, None]):
+        for viewer in viewers:
+            recorder.hit(b"GET", b"/content/x/", [(b"user-agent", b"t")], mine, viewer, None)
+        recorder.hit(b"GET", b"/content/y/", [], other, bob, None)
+        recorder.flush()
+    with store.session() as session:
+        last = session.scalar(select(func.max(ContentHit.time)).where(ContentHit.content_guid == mine))
+        days = {(d.content_guid, d.user_guid): (d.requests, d.last) for d in session.scalars(select(UsageDay))}
+        today = datetime.now(UTC).date().isoformat()
+        assert usage_view.daily_counts(session, mine) == {today: (7, 2)}
+        assert usage_view.daily_counts(session, None) == {today: (9, 2)}
+        assert [(v["username"], v["requests"]) for v in usage_view.top_viewers(session, mine)] == [
+            (alice, 3), (bob, 1), ("anonymous", 3)]
+    assert {key: n for key, (n, _) in days.items()} == {(mine, alice): 3, (mine, bob): 1, (mine, ""): 3, (other, bob): 2}
+    assert max(when for (guid, _), (_, when) in days.items() if guid == mine) == last
+
+
+def test_the_day_counts_of_hits_recorded_before_them_are_made_at_the_upgrade(store: Store) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "podium:migrations")
+
+    def migrate(to: str) -> None:
+        with store.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            (command.upgrade if to == "heads" else command.downgrade)(config, to)
+
+    migrate("0015_usage_imports")
+    guid, alice = "0b6b1a4e-8d8f-4a57-9a55-9e1f3d6f2f10", "a11ce000-0000-4000-8000-000000000001"
+    first = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)
+    with store.session() as session:
+        session.execute(insert(ContentHit), [
+            {"content_guid": guid, "user_guid": user, "time": first + timedelta(seconds=n), "path": "/",
+             "user_agent": "", "visit": False}
+            for n, user in enumerate([alice, None, alice, alice])])
+    migrate("heads")
+    with store.session() as session:
+        days = {(d.day.isoformat(), d.user_guid): (d.requests, d.last) for d in session.scalars(select(UsageDay))}
+    assert days == {("2026-03-01", alice): (1, first), ("2026-03-02", ""): (1, first + timedelta(seconds=1)),
+                    ("2026-03-02", alice): (2, first + timedelta(seconds=3))}
+
+
 def test_usage_pruned_past_the_retention(store: Store) -> None:
     recorder = UsageRecorder(store, 1.0, retention_days=30)
     guid = "0b6b1a4e-8d8f-4a57-9a55-9e1f3d6f2f10"
@@ -248,6 +299,7 @@ def test_usage_pruned_past_the_retention(store: Store) -> None:
     assert recorder.prune(datetime.now(UTC) + timedelta(days=31)) == 1
     with store.session() as session:
         assert session.query(ContentHit).count() == 0
+        assert session.query(UsageDay).count() == 0  # the day counts go with the hits
     assert UsageRecorder(store, 1.0, retention_days=0).prune(datetime.now(UTC) + timedelta(days=9999)) == 0
 
 

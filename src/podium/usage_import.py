@@ -20,8 +20,10 @@ them while busy), and a file claimed by an importer that died (same host, proces
 another host, claimed over :data:`STALE_CLAIM_SECONDS` ago) again.
 
 Hits are inserted in chunks of :data:`CHUNK` rows, each in its own short transaction
-that also inserts the chunk's name into ``usage_imports``: a chunk imported before a
-crash (between the commit and the file's removal) is not imported twice. App sessions are
+that also inserts the chunk's name into ``usage_imports`` and adds the chunk's hits to
+their content's, viewer's and day's count in ``usage_days`` (what the dashboard's charts
+read): a chunk imported before a crash (between the commit and the file's removal) is
+neither imported nor counted twice. App sessions are
 upserts by their key (a start inserts, an end inserts or sets ``ended``), so their order
 across files does not matter.
 """
@@ -44,18 +46,18 @@ import struct
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, insert
+from sqlalchemy import case, delete, insert
 from sqlalchemy import select as sql_select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from podium.store import Store
-from podium.store.models import AppSession, ContentHit, UsageImport
+from podium.store.models import AppSession, ContentHit, UsageDay, UsageImport
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +136,34 @@ def _insert_hits(connection: Any, rows: list[tuple[Any, ...]]) -> None:
         )
 
 
+def _count_days(connection: Any, rows: list[tuple[Any, ...]]) -> None:
+    """Add the hits of ``rows`` (as :func:`hit_rows` makes them) to ``usage_days``, in the
+    transaction that inserts them: the charts count each imported hit once."""
+    if not rows:
+        return
+    counts: dict[tuple[str, str, str], int] = {}  # (day, content, viewer) -> hits
+    latest: dict[tuple[str, str, str], Any] = {}
+    as_text = isinstance(rows[0][3], str)  # SQLite's: the day is its first ten characters
+    for row in rows:
+        when = row[3]
+        key = (when[:10] if as_text else when.date().isoformat(), row[0], row[1] or "")
+        counts[key] = counts.get(key, 0) + 1
+        latest[key] = when  # rows come in the order recorded: the last is the latest
+    insert = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
+    upsert = insert(UsageDay)
+    connection.execute(
+        upsert.on_conflict_do_update(
+            index_elements=["day", "content_guid", "user_guid"],
+            set_={"requests": UsageDay.requests + upsert.excluded.requests,
+                  "last": case((upsert.excluded.last > UsageDay.last, upsert.excluded.last), else_=UsageDay.last)},
+        ),
+        [{"day": date.fromisoformat(day), "content_guid": guid, "user_guid": user, "requests": requests,
+          "last": datetime.fromisoformat(latest[day, guid, user]).replace(tzinfo=UTC) if as_text
+          else latest[day, guid, user]}
+         for (day, guid, user), requests in counts.items()],
+    )
+
+
 def _write_sessions(connection: Any, starts: list[Start], ends: list[End]) -> None:
     """Upsert app sessions by key: in any order, and as often as a file is imported."""
     insert = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
@@ -210,6 +240,7 @@ def write(store: Store, batch: Batch) -> int:
         with store.engine.begin() as connection:
             if rows:
                 _insert_hits(connection, rows)
+                _count_days(connection, rows)
             _write_sessions(connection, starts, ends)
     return len(rows)
 
@@ -224,6 +255,7 @@ def prune(store: Store, retention_days: int, now: datetime | None = None) -> int
             return 0
         cutoff = now - timedelta(days=retention_days)
         gone = getattr(session.execute(delete(ContentHit).where(ContentHit.time < cutoff)), "rowcount", 0)
+        session.execute(delete(UsageDay).where(UsageDay.day < cutoff.date()))
         session.execute(delete(AppSession).where(AppSession.started < cutoff, AppSession.ended.is_not(None)))
     return int(gone or 0)
 
@@ -353,6 +385,7 @@ class Importer:
                 with self.store.engine.begin() as connection:
                     connection.execute(insert(UsageImport).values(name=name, imported=datetime.now(UTC)))
                     _insert_hits(connection, rows)
+                    _count_days(connection, rows)
             except IntegrityError:  # another importer took this chunk a moment ago
                 continue
             written += len(rows)

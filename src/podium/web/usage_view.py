@@ -1,6 +1,8 @@
 """Usage in the dashboard: a content's Usage pane and Admin → Usage, drawn as SVG charts
 from recorded usage (:mod:`podium.usage`): requests and distinct viewers per day over
-the last :data:`DAYS` days, top viewers, top content and active users."""
+the last :data:`DAYS` days, top viewers, top content and active users. They read the
+hits counted per content, viewer and day (``usage_days``, kept by the importer), not
+the hits themselves: a page costs the same with a hundred hits a day or a million."""
 
 from __future__ import annotations
 
@@ -10,11 +12,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from sqlalchemy import distinct, func, select
+from sqlalchemy import case, distinct, func, select
 from sqlalchemy.orm import Session
 
 from podium.api import deps
-from podium.store.models import Content, ContentHit, User
+from podium.store.models import Content, UsageDay, User
 from podium.web.admin import TABS
 from podium.web.pages import administrator
 from podium.web.templating import render
@@ -61,33 +63,31 @@ def chart(counts: dict[str, tuple[int, int]], today: date, days: int = DAYS) -> 
     }
 
 
-def _since() -> datetime:
-    today = datetime.now(UTC).date()
-    return datetime.combine(today - timedelta(days=DAYS - 1), datetime.min.time(), UTC)
+def _since() -> date:
+    return datetime.now(UTC).date() - timedelta(days=DAYS - 1)
+
+
+# A viewer's guid, None for anonymous rows (which count as requests, not as viewers).
+_VIEWER = case((UsageDay.user_guid != "", UsageDay.user_guid))
 
 
 def daily_counts(session: Session, guid: str | None) -> dict[str, tuple[int, int]]:
-    day = func.date(ContentHit.time)
-    query = select(day, func.count(), func.count(distinct(ContentHit.user_guid))).where(ContentHit.time >= _since())
-    if guid is not None:
-        query = query.where(ContentHit.content_guid == guid)
-    return {str(d): (int(r), int(v)) for d, r, v in session.execute(query.group_by(day))}
+    query = (select(UsageDay.day, func.sum(UsageDay.requests), func.count(distinct(_VIEWER)))
+             .where(UsageDay.day >= _since(), *([UsageDay.content_guid == guid] if guid is not None else [])))
+    return {day.isoformat(): (int(r), int(v)) for day, r, v in session.execute(query.group_by(UsageDay.day))}
 
 
 def top_viewers(session: Session, guid: str | None) -> list[dict[str, Any]]:
-    query = (select(ContentHit.user_guid, func.count().label("n"), func.max(ContentHit.time))
-             .where(ContentHit.time >= _since(), ContentHit.user_guid.is_not(None)))
-    if guid is not None:
-        query = query.where(ContentHit.content_guid == guid)
-    rows = session.execute(query.group_by(ContentHit.user_guid).order_by(func.count().desc()).limit(TOP)).all()
+    only = [UsageDay.day >= _since(), *([UsageDay.content_guid == guid] if guid is not None else [])]
+    requests = func.sum(UsageDay.requests)
+    rows = session.execute(
+        select(UsageDay.user_guid, requests, func.max(UsageDay.last)).where(*only, UsageDay.user_guid != "")
+        .group_by(UsageDay.user_guid).order_by(requests.desc()).limit(TOP)
+    ).all()
     names = dict(session.execute(select(User.guid, User.username).where(User.guid.in_([r[0] for r in rows]))).all())
-    anonymous = session.scalar(
-        select(func.count()).select_from(ContentHit)
-        .where(ContentHit.time >= _since(), ContentHit.user_guid.is_(None),
-               *([ContentHit.content_guid == guid] if guid is not None else []))
-    ) or 0
-    return [{"username": names.get(str(g), str(g)), "requests": n, "last": last} for g, n, last in rows] + (
-        [{"username": "anonymous", "requests": anonymous, "last": None}] if anonymous else []
+    anonymous = session.scalar(select(requests).where(*only, UsageDay.user_guid == "")) or 0
+    return [{"username": names.get(str(g), str(g)), "requests": int(n), "last": last} for g, n, last in rows] + (
+        [{"username": "anonymous", "requests": int(anonymous), "last": None}] if anonymous else []
     )
 
 
@@ -98,12 +98,13 @@ def usage_context(session: Session, guid: str | None) -> dict[str, Any]:
 
 @router.get("/connect/admin/usage")
 def usage_page(request: Request, session: Session = Depends(deps.db), user: User = Depends(administrator)) -> Response:
+    requests = func.sum(UsageDay.requests)
     rows = session.execute(
-        select(ContentHit.content_guid, func.count(), func.count(distinct(ContentHit.user_guid)))
-        .where(ContentHit.time >= _since()).group_by(ContentHit.content_guid)
-        .order_by(func.count().desc()).limit(TOP)
+        select(UsageDay.content_guid, requests, func.count(distinct(_VIEWER)))
+        .where(UsageDay.day >= _since()).group_by(UsageDay.content_guid)
+        .order_by(requests.desc()).limit(TOP)
     ).all()
     titles = {c.guid: c.title or c.name for c in session.scalars(select(Content).where(Content.guid.in_([r[0] for r in rows])))}
-    top_content = [{"guid": g, "title": titles.get(g, g), "requests": n, "viewers": v} for g, n, v in rows]
+    top_content = [{"guid": g, "title": titles.get(g, g), "requests": int(n), "viewers": v} for g, n, v in rows]
     return render(request, "admin_usage.html", user=user, tabs=TABS, tab="usage", top_content=top_content,
                   **usage_context(session, None))
