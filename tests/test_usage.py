@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.conftest import RunningServer, start_server
 from tests.helpers import alive, deploy, static_bundle, tar_gz
 
 from podium import usage, usage_import
+from podium.api import instrumentation
 from podium.api.instrumentation import HITS_PER_CHUNK
 from podium.store import Store
 from podium.store.models import AppSession, ContentHit, UsageDay, UsageImport
@@ -217,6 +219,40 @@ def test_a_history_longer_than_a_chunk_reads_whole_and_in_order(server: RunningS
                               headers={"Authorization": f"Key {server.admin_key}"})
     assert everything.headers["content-type"] == "application/json"
     assert sum(h["content_guid"] in guids for h in everything.json()) == 2 * each
+
+
+def test_the_hits_array_is_whole_for_dense_sparse_and_several_items(store: Store) -> None:
+    # The array's queries keep to a window of ids that grows while hits are sparse and
+    # shrinks while chunks fill: whatever the mix, every matching hit comes once, in order.
+    common, rare, rarest = (str(uuid.UUID(int=n)) for n in (1, 2, 3))
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    owners = [rarest if n in (5, 17_000, 29_999) else rare if n % 997 == 0 else common for n in range(30_000)]
+    with store.session() as session:
+        session.execute(insert(ContentHit), [
+            {"content_guid": guid, "user_guid": None, "time": start + timedelta(seconds=n), "path": f"/{n}",
+             "user_agent": "", "visit": False} for n, guid in enumerate(owners)])
+    with store.session() as session:
+        ids = list(session.scalars(select(ContentHit.id).order_by(ContentHit.id)))
+
+    def read(guids: list[str] | None, since: datetime | None = None) -> list[int]:
+        filters: list[Any] = [ContentHit.content_guid.in_(guids)] if guids is not None else []
+        if since is not None:
+            filters.append(ContentHit.time >= since)
+        with store.session() as session:
+            first, last = session.execute(
+                select(func.min(ContentHit.id), func.max(ContentHit.id)).where(*filters)).one()
+        body = b"".join(instrumentation._hits_array(store, filters, first or 1, last or 0))
+        return [hit["id"] for hit in json.loads(body)]
+
+    def expected(*guids: str, since: int = 0) -> list[int]:
+        return [i for i, guid, n in zip(ids, owners, range(30_000), strict=True) if guid in guids and n >= since]
+
+    assert read([rarest]) == expected(rarest)
+    assert read([rare, rarest]) == expected(rare, rarest)
+    assert read([common, rare]) == expected(common, rare)
+    assert read(None) == ids
+    assert read([rare], start + timedelta(seconds=12_345)) == expected(rare, since=12_345)
+    assert read([str(uuid.UUID(int=4))]) == []
 
 
 def test_buffered_hits_written_on_a_normal_stop(tmp_path: Any) -> None:

@@ -81,6 +81,7 @@ def allowed_guids(session: Session, user: User, wanted: list[str] | None) -> lis
 
 
 HITS_PER_CHUNK = 2000  # rows read, encoded and sent at a time by the hits array
+_MAX_ID_WINDOW = 1 << 20  # ids one query of the hits array may span (see _hits_array)
 _HIT_COLUMNS = (ContentHit.id, ContentHit.content_guid, ContentHit.user_guid, ContentHit.time, ContentHit.path,
                 ContentHit.user_agent, ContentHit.query, ContentHit.sec_fetch_dest, ContentHit.sec_fetch_site)
 
@@ -101,26 +102,35 @@ def hit_json(row: Any) -> dict[str, Any]:
             "timestamp": when.isoformat(timespec="seconds")[:19] + "Z", "data": data}
 
 
-def _hits_array(store: Store, filters: list[Any], last: int) -> Iterator[bytes]:
-    """The JSON array of the hits matching ``filters`` up to id ``last``, in id order,
-    :data:`HITS_PER_CHUNK` at a time, each chunk read in a short transaction of its own:
-    the server holds one chunk in memory, however long the history, and no read
-    transaction stays open while a slow client reads (SQLite's log could not be
-    checkpointed meanwhile)."""
+def _hits_array(store: Store, filters: list[Any], first: int, last: int) -> Iterator[bytes]:
+    """The JSON array of the hits matching ``filters`` with ids from ``first`` to
+    ``last``, in id order, at most :data:`HITS_PER_CHUNK` at a time, each chunk read in a
+    short transaction of its own: the server holds one chunk in memory, however long the
+    history, and no read transaction stays open while a slow client reads (SQLite's log
+    could not be checkpointed meanwhile).
+
+    Each query also keeps to a window of ids, which doubles while the hits matching are
+    sparse and halves while a chunk fills: the database then never gathers and sorts
+    more than a few chunks' worth of rows for one (as it would for several content guids
+    through their index, every matching hit up to ``last`` for each chunk), and a rare
+    item in a long history costs a few hundred queries, not one per chunk of ids."""
     yield b"["
-    after, comma = 0, b""
+    after, window, comma = first - 1, HITS_PER_CHUNK, b""
     while after < last:
+        upto = min(after + window, last)
         with store.session() as session:
             rows = session.connection().execute(
-                select(*_HIT_COLUMNS).where(*filters, ContentHit.id > after, ContentHit.id <= last)
+                select(*_HIT_COLUMNS).where(*filters, ContentHit.id > after, ContentHit.id <= upto)
                 .order_by(ContentHit.id).limit(HITS_PER_CHUNK)
             ).all()
-        if not rows:
-            break
-        after = rows[-1].id
-        chunk = json.dumps([hit_json(row) for row in rows], ensure_ascii=False, separators=(",", ":"))
-        yield comma + chunk[1:-1].encode()
-        comma = b","
+        if len(rows) == HITS_PER_CHUNK:  # the window may hold more: go on after this chunk
+            after, window = rows[-1].id, max(HITS_PER_CHUNK, window // 2)
+        else:
+            after, window = upto, min(2 * window, _MAX_ID_WINDOW)
+        if rows:
+            chunk = json.dumps([hit_json(row) for row in rows], ensure_ascii=False, separators=(",", ":"))
+            yield comma + chunk[1:-1].encode()
+            comma = b","
     yield b"]"
 
 
@@ -144,9 +154,9 @@ def list_hits(
         filters.append(ContentHit.time >= start)
     if end is not None:
         filters.append(ContentHit.time < end)
-    last = session.scalar(select(func.max(ContentHit.id)).where(*filters)) or 0
+    first, last = session.execute(select(func.min(ContentHit.id), func.max(ContentHit.id)).where(*filters)).one()
     session.rollback()  # this request's read ends here; the array is read in chunks of its own
-    return StreamingResponse(_hits_array(store, filters, last), media_type="application/json")
+    return StreamingResponse(_hits_array(store, filters, first or 1, last or 0), media_type="application/json")
 
 
 def _cursor(value: int) -> str:
