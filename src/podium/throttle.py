@@ -29,12 +29,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from podium.settings import Settings
-from podium.store import Store
+from podium.store import Store, upsert
 from podium.store.models import AuthFailure, utcnow
 
 log = logging.getLogger(__name__)
@@ -184,9 +182,8 @@ class Throttle:
         other nodes add up."""
         policy = self.policy(key)
         now = utcnow()
-        insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgresql_insert
         session.execute(
-            insert(AuthFailure)
+            upsert(session.get_bind().dialect, AuthFailure)
             .values(key=key, failures=0, updated_time=now)
             .on_conflict_do_nothing(index_elements=["key"])
         )

@@ -52,11 +52,9 @@ from typing import Any
 
 from sqlalchemy import case, delete, insert
 from sqlalchemy import select as sql_select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
-from podium.store import Store
+from podium.store import Store, upsert
 from podium.store.models import AppSession, ContentHit, UsageDay, UsageImport
 
 log = logging.getLogger(__name__)
@@ -149,13 +147,12 @@ def _count_days(connection: Any, rows: list[tuple[Any, ...]]) -> None:
         key = (when[:10] if as_text else when.date().isoformat(), row[0], row[1] or "")
         counts[key] = counts.get(key, 0) + 1
         latest[key] = when  # rows come in the order recorded: the last is the latest
-    insert = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
-    upsert = insert(UsageDay)
+    counted = upsert(connection.dialect, UsageDay)
     connection.execute(
-        upsert.on_conflict_do_update(
+        counted.on_conflict_do_update(
             index_elements=["day", "content_guid", "user_guid"],
-            set_={"requests": UsageDay.requests + upsert.excluded.requests,
-                  "last": case((upsert.excluded.last > UsageDay.last, upsert.excluded.last), else_=UsageDay.last)},
+            set_={"requests": UsageDay.requests + counted.excluded.requests,
+                  "last": case((counted.excluded.last > UsageDay.last, counted.excluded.last), else_=UsageDay.last)},
         ),
         [{"day": date.fromisoformat(day), "content_guid": guid, "user_guid": user, "requests": requests,
           "last": datetime.fromisoformat(latest[day, guid, user]).replace(tzinfo=UTC) if as_text
@@ -166,19 +163,18 @@ def _count_days(connection: Any, rows: list[tuple[Any, ...]]) -> None:
 
 def _write_sessions(connection: Any, starts: list[Start], ends: list[End]) -> None:
     """Upsert app sessions by key: in any order, and as often as a file is imported."""
-    insert = sqlite_insert if connection.dialect.name == "sqlite" else postgresql_insert
 
     def row(key: str, at: float, guid: str, user: str | None, bundle: int | None) -> dict[str, Any]:
         return {"key": key, "started": datetime.fromtimestamp(at, UTC), "content_guid": guid,
                 "user_guid": user, "bundle_id": bundle}
 
     if starts:
-        connection.execute(insert(AppSession).on_conflict_do_nothing(index_elements=["key"]),
+        connection.execute(upsert(connection.dialect, AppSession).on_conflict_do_nothing(index_elements=["key"]),
                            [row(*start) for start in starts])
     if ends:
-        upsert = insert(AppSession)
+        ended = upsert(connection.dialect, AppSession)
         connection.execute(
-            upsert.on_conflict_do_update(index_elements=["key"], set_={"ended": upsert.excluded.ended}),
+            ended.on_conflict_do_update(index_elements=["key"], set_={"ended": ended.excluded.ended}),
             [{**row(*end[:5]), "ended": datetime.fromtimestamp(end[5], UTC)} for end in ends],
         )
 

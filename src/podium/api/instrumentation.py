@@ -87,9 +87,8 @@ _HIT_COLUMNS = (ContentHit.id, ContentHit.content_guid, ContentHit.user_guid, Co
 
 
 def hit_json(row: Any) -> dict[str, Any]:
-    """A hit as the API shows it, from a row of :data:`_HIT_COLUMNS` (unpacked, and its
-    time formatted as :func:`~podium.api.serialize.iso` does, without ``strftime``: a
-    long history is read at tens of thousands of hits a second)."""
+    """A hit as the API shows it, from a row of :data:`_HIT_COLUMNS` (unpacked: a long
+    history is read at tens of thousands of hits a second)."""
     hit_id, content_guid, user_guid, when, path, user_agent, query, dest, site = row
     data: dict[str, Any] = {"path": path, "user_agent": user_agent}
     if query is not None:
@@ -99,7 +98,7 @@ def hit_json(row: Any) -> dict[str, Any]:
     if site is not None:
         data["sec_fetch_site"] = site
     return {"id": hit_id, "content_guid": content_guid, "user_guid": user_guid,
-            "timestamp": when.isoformat(timespec="seconds")[:19] + "Z", "data": data}
+            "timestamp": iso(when), "data": data}
 
 
 def _hits_array(store: Store, filters: list[Any], first: int, last: int) -> Iterator[bytes]:

@@ -32,9 +32,11 @@ RUNTIME_RECORD_FIELDS = (
 
 
 def iso(value: datetime | None) -> str | None:
+    """``YYYY-MM-DDTHH:MM:SSZ`` (the value's own fields, to the second), or None. Through
+    ``isoformat``, about twice as fast as ``strftime``: the hits API formats one a hit."""
     if value is None:
         return None
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value.isoformat(timespec="seconds")[:19] + "Z"
 
 
 def user_json(user: User) -> dict[str, Any]:

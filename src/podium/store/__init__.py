@@ -14,12 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from podium.store.models import Base
 
-__all__ = ["Base", "Store"]
+__all__ = ["Base", "Store", "upsert"]
+
+
+def upsert(dialect: Dialect, table: Any) -> Any:
+    """An INSERT into ``table`` in ``dialect``'s own form (SQLite's or PostgreSQL's), which
+    takes ``on_conflict_do_nothing`` and ``on_conflict_do_update``."""
+    return (sqlite_insert if dialect.name == "sqlite" else postgresql_insert)(table)
 
 
 def _private_file(path: Path) -> None:

@@ -63,8 +63,10 @@ def chart(counts: dict[str, tuple[int, int]], today: date, days: int = DAYS) -> 
     }
 
 
-def _since() -> date:
-    return datetime.now(UTC).date() - timedelta(days=DAYS - 1)
+def _recent(guid: str | None = None) -> list[Any]:
+    """The filter of the day counts of the last :data:`DAYS` days (of ``guid`` alone)."""
+    since = datetime.now(UTC).date() - timedelta(days=DAYS - 1)
+    return [UsageDay.day >= since, *([UsageDay.content_guid == guid] if guid is not None else [])]
 
 
 # A viewer's guid, None for anonymous rows (which count as requests, not as viewers).
@@ -72,13 +74,12 @@ _VIEWER = case((UsageDay.user_guid != "", UsageDay.user_guid))
 
 
 def daily_counts(session: Session, guid: str | None) -> dict[str, tuple[int, int]]:
-    query = (select(UsageDay.day, func.sum(UsageDay.requests), func.count(distinct(_VIEWER)))
-             .where(UsageDay.day >= _since(), *([UsageDay.content_guid == guid] if guid is not None else [])))
+    query = select(UsageDay.day, func.sum(UsageDay.requests), func.count(distinct(_VIEWER))).where(*_recent(guid))
     return {day.isoformat(): (int(r), int(v)) for day, r, v in session.execute(query.group_by(UsageDay.day))}
 
 
 def top_viewers(session: Session, guid: str | None) -> list[dict[str, Any]]:
-    only = [UsageDay.day >= _since(), *([UsageDay.content_guid == guid] if guid is not None else [])]
+    only = _recent(guid)
     requests = func.sum(UsageDay.requests)
     rows = session.execute(
         select(UsageDay.user_guid, requests, func.max(UsageDay.last)).where(*only, UsageDay.user_guid != "")
@@ -101,7 +102,7 @@ def usage_page(request: Request, session: Session = Depends(deps.db), user: User
     requests = func.sum(UsageDay.requests)
     rows = session.execute(
         select(UsageDay.content_guid, requests, func.count(distinct(_VIEWER)))
-        .where(UsageDay.day >= _since()).group_by(UsageDay.content_guid)
+        .where(*_recent()).group_by(UsageDay.content_guid)
         .order_by(requests.desc()).limit(TOP)
     ).all()
     titles = {c.guid: c.title or c.name for c in session.scalars(select(Content).where(Content.guid.in_([r[0] for r in rows])))}
