@@ -11,17 +11,32 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from tests.conftest import free_port
 
-from podium.app import build, create_app
+from podium.app import Node, build, create_app
 from podium.settings import load_settings
+
+
+def _node(tmp_path: Path) -> Node:
+    return build(load_settings(
+        None, data_dir=tmp_path / "data", runtime_dir=tmp_path / "run", listen=f"127.0.0.1:{free_port()}",
+        sandbox="off", python_installations=[sys.executable]))
+
+
+def _start_and_stop(app: FastAPI) -> None:
+    """The app's lifespan, its start-up and its stop, as uvicorn runs it."""
+
+    async def lifespan() -> None:
+        async with app.router.lifespan_context(app):
+            pass
+
+    asyncio.run(lifespan())
 
 
 def test_a_stop_step_that_fails_is_logged_and_every_later_step_still_runs(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    node = build(load_settings(
-        None, data_dir=tmp_path / "data", runtime_dir=tmp_path / "run", listen=f"127.0.0.1:{free_port()}",
-        sandbox="off", python_installations=[sys.executable]))
+    node = _node(tmp_path)
     app = create_app(node)
     ran: list[str] = []
 
@@ -40,12 +55,8 @@ def test_a_stop_step_that_fails_is_logged_and_every_later_step_still_runs(
     node.scheduler.close = spied("scheduler", node.scheduler.close)  # type: ignore[method-assign]
     node.backend.close = spied("backend", node.backend.close)  # type: ignore[method-assign]
 
-    async def serve_and_stop() -> None:
-        async with app.router.lifespan_context(app):
-            pass
-
     with caplog.at_level(logging.INFO, logger="podium.app"):
-        asyncio.run(serve_and_stop())
+        _start_and_stop(app)
     assert ran == ["heartbeat", "feed", "scheduler", "backend"]
     assert app.state.stop_failed == ["the heartbeat"]
     messages = [record.getMessage() for record in caplog.records]
@@ -55,14 +66,6 @@ def test_a_stop_step_that_fails_is_logged_and_every_later_step_still_runs(
 
 
 def test_a_clean_stop_fails_no_step(tmp_path: Path) -> None:
-    node = build(load_settings(
-        None, data_dir=tmp_path / "data", runtime_dir=tmp_path / "run", listen=f"127.0.0.1:{free_port()}",
-        sandbox="off", python_installations=[sys.executable]))
-    app = create_app(node)
-
-    async def serve_and_stop() -> None:
-        async with app.router.lifespan_context(app):
-            pass
-
-    asyncio.run(serve_and_stop())
+    app = create_app(_node(tmp_path))
+    _start_and_stop(app)
     assert app.state.stop_failed == []

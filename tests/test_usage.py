@@ -27,7 +27,6 @@ from tests.helpers import alive, deploy, static_bundle, tar_gz
 
 from podium import usage, usage_import
 from podium.api import instrumentation
-from podium.api.instrumentation import HITS_PER_CHUNK
 from podium.store import Store
 from podium.store.models import AppSession, ContentHit, UsageDay, UsageImport
 from podium.usage import UsageRecorder
@@ -187,12 +186,12 @@ def test_usage_refusals(server: RunningServer) -> None:
 
 
 def test_a_history_longer_than_a_chunk_reads_whole_and_in_order(server: RunningServer) -> None:
-    # The hits array is streamed HITS_PER_CHUNK hits at a time: more hits than two chunks,
+    # The hits array is streamed instrumentation.HITS_PER_CHUNK hits at a time: more hits than two chunks,
     # of two content items interleaved, come back through posit-sdk each once, in order,
     # filtered by content and by time across the chunks' edges.
     guids = [server.api().post(_api(server, "v1/content"), json={"name": f"long-history-{n}"}).json()["guid"]
              for n in range(2)]
-    each = HITS_PER_CHUNK + HITS_PER_CHUNK // 2 + 7
+    each = instrumentation.HITS_PER_CHUNK + instrumentation.HITS_PER_CHUNK // 2 + 7
     start = datetime(2026, 3, 1, tzinfo=UTC)
     store = Store(f"sqlite:///{server.data_dir / 'db' / 'podium.sqlite'}")
     try:
@@ -213,8 +212,8 @@ def test_a_history_longer_than_a_chunk_reads_whole_and_in_order(server: RunningS
                        "timestamp": "2026-03-01T00:00:01Z", "data": {"path": f"/content/{guids[1]}/p3",
                                                                      "user_agent": "long/1", "query": "q=1"}}
     window = list(sdk.metrics.hits.fetch(content_guid=[guids[0], guids[1]], start=start + timedelta(seconds=100),
-                                         end=start + timedelta(seconds=HITS_PER_CHUNK + 100)))
-    assert len(window) == 2 * HITS_PER_CHUNK
+                                         end=start + timedelta(seconds=instrumentation.HITS_PER_CHUNK + 100)))
+    assert len(window) == 2 * instrumentation.HITS_PER_CHUNK
     everything = requests.get(_api(server, "v1/instrumentation/content/hits"),
                               headers={"Authorization": f"Key {server.admin_key}"})
     assert everything.headers["content-type"] == "application/json"
