@@ -25,6 +25,7 @@ hits of one content item over the last 30 days written to its database before it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -32,12 +33,13 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from podium_server import PODIUM, podium_server
+from podium_server import podium_server, proc_status_kb
 
 INSERT_BATCH = 50_000
 
@@ -73,22 +75,26 @@ def timed_get(api: Any, url: str, times: int = 3) -> float:
     return best
 
 
-def rss_kb(pid: int, field: str = "VmRSS") -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {field} for {pid}")
+@contextlib.contextmanager
+def pinging(api: Any, url: str) -> Iterator[list[float]]:
+    """``GET url`` every 50 ms while the block runs; the latencies, in seconds."""
+    latencies: list[float] = []
+    stop = threading.Event()
 
+    def ping() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            api.get(url).raise_for_status()
+            latencies.append(time.monotonic() - started)
+            stop.wait(0.05)
 
-def small_requests(api: object, url: str, stop: threading.Event, latencies: list[float]) -> None:
-    """``GET url`` every 50 ms until ``stop``; the latencies, in seconds."""
-    while not stop.is_set():
-        started = time.monotonic()
-        answer = api.get(url)  # type: ignore[attr-defined]
-        answer.raise_for_status()
-        latencies.append(time.monotonic() - started)
-        stop.wait(0.05)
+    thread = threading.Thread(target=ping)
+    thread.start()
+    try:
+        yield latencies
+    finally:
+        stop.set()
+        thread.join()
 
 
 def main() -> None:
@@ -96,63 +102,51 @@ def main() -> None:
     parser.add_argument("--hits", type=int, default=1_000_000, help="hits in the database (default 1,000,000)")
     args = parser.parse_args()
 
-    import subprocess
     import tempfile
 
     import requests
 
-    work = tempfile.mkdtemp(prefix="podium-bench-hits-")
-    data_dir = os.path.join(work, "data")
-    key = subprocess.run([*PODIUM, "admin", "bootstrap", "--data-dir", data_dir], check=True,
-                         capture_output=True, text=True).stdout.strip()
-    with podium_server(data_dir=data_dir, key=key) as server:  # migrates; one content item
-        guid = server.create({"name": "busy-report", "access_type": "all"})
-    started = time.monotonic()
-    write_hits(data_dir, args.hits, guid)
-    print(f"{args.hits:,} hits written in {time.monotonic() - started:.1f} s", flush=True)
-
-    with podium_server(data_dir=data_dir, key=key) as server:
-        small = f"{server.base}/v1/content"
-        for _ in range(20):  # warm
-            server.api.get(small).raise_for_status()
-        pages = {"GET v1/content (baseline)": timed_get(server.api, small, 10),
-                 "Admin → Usage": timed_get(server.api, f"{server.dashboard}/connect/admin/usage"),
-                 "the content's Usage pane": timed_get(
-                     server.api, f"{server.dashboard}/connect/apps/{guid}/usage")}
-        idle: list[float] = []
-        stop = threading.Event()
-        pinger = threading.Thread(target=small_requests, args=(server.session(key), small, stop, idle))
-        pinger.start()
-        time.sleep(3)
-        stop.set()
-        pinger.join()
-
-        before = rss_kb(server.pid)
-        with open(f"/proc/{server.pid}/clear_refs", "w") as refs:
-            refs.write("5")  # VmHWM := VmRSS
-        busy: list[float] = []
-        stop = threading.Event()
-        pinger = threading.Thread(target=small_requests, args=(server.session(key), small, stop, busy))
-        pinger.start()
+    with tempfile.TemporaryDirectory(prefix="podium-bench-hits-") as work:
+        data_dir = os.path.join(work, "data")
+        with podium_server(data_dir=data_dir) as server:  # an administrator, the schema, one content item
+            key = server.key
+            guid = server.create({"name": "busy-report", "access_type": "all"})
         started = time.monotonic()
-        first_byte = None
-        body = bytearray()
-        with requests.get(f"{server.base}/v1/instrumentation/content/hits", stream=True,
-                          headers={"Authorization": f"Key {key}"}) as answer:
-            answer.raise_for_status()
-            for chunk in answer.iter_content(1 << 16):
-                if first_byte is None:
-                    first_byte = time.monotonic() - started
-                body += chunk
-        total = time.monotonic() - started
-        stop.set()
-        pinger.join()
-        peak = rss_kb(server.pid, "VmHWM")
-        after = rss_kb(server.pid)
-        hits = json.loads(body)
-        ids = [hit["id"] for hit in hits]
-        complete = len(hits) == args.hits and all(a < b for a, b in zip(ids, ids[1:], strict=False))
-        errors = server.log_errors()
+        write_hits(data_dir, args.hits, guid)
+        print(f"{args.hits:,} hits written in {time.monotonic() - started:.1f} s", flush=True)
+
+        with podium_server(data_dir=data_dir, key=key) as server:
+            small = f"{server.base}/v1/content"
+            for _ in range(20):  # warm
+                server.api.get(small).raise_for_status()
+            pages = {"GET v1/content (baseline)": timed_get(server.api, small, 10),
+                     "Admin → Usage": timed_get(server.api, f"{server.dashboard}/connect/admin/usage"),
+                     "the content's Usage pane": timed_get(
+                         server.api, f"{server.dashboard}/connect/apps/{guid}/usage")}
+            with pinging(server.session(key), small) as idle:
+                time.sleep(3)
+
+            before = proc_status_kb(server.pid, "VmRSS")
+            with open(f"/proc/{server.pid}/clear_refs", "w") as refs:
+                refs.write("5")  # VmHWM := VmRSS
+            with pinging(server.session(key), small) as busy:
+                started = time.monotonic()
+                first_byte = None
+                body = bytearray()
+                with requests.get(f"{server.base}/v1/instrumentation/content/hits", stream=True,
+                                  headers={"Authorization": f"Key {key}"}) as answer:
+                    answer.raise_for_status()
+                    for chunk in answer.iter_content(1 << 16):
+                        if first_byte is None:
+                            first_byte = time.monotonic() - started
+                        body += chunk
+                total = time.monotonic() - started
+            peak = proc_status_kb(server.pid, "VmHWM")
+            after = proc_status_kb(server.pid, "VmRSS")
+            hits = json.loads(body)
+            ids = [hit["id"] for hit in hits]
+            complete = len(hits) == args.hits and all(a < b for a, b in zip(ids, ids[1:], strict=False))
+            errors = server.log_errors()
 
     assert first_byte is not None
     print(f"whole array of {args.hits:,} hits: first byte {first_byte:.2f} s, last byte {total:.2f} s, "
@@ -171,9 +165,6 @@ def main() -> None:
               f"{seconds / pages['GET v1/content (baseline)']:.1f}x the baseline")
     if errors:
         print(f"server log errors: {errors[:3]}")
-    import shutil
-
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

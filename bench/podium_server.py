@@ -63,6 +63,16 @@ def bundle(files: Mapping[str, str | bytes], manifest: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+def proc_status_kb(pid: int, field: str = "VmRSS") -> int:
+    """A field of ``/proc/<pid>/status`` in kB: ``VmRSS`` (resident now), ``VmHWM``
+    (its peak), ..."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} for {pid}")
+
+
 @dataclass
 class Server:
     """A running ``podium serve``: its pid, ports, data dir and an administrator's key."""

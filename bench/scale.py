@@ -61,6 +61,7 @@ from podium_server import (
     app_source,
     bundle,
     podium_server,
+    proc_status_kb,
     python_manifest,
     static_manifest,
 )
@@ -75,11 +76,7 @@ PAYLOAD = b"p" * 32
 
 
 def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+    return proc_status_kb(pid, "VmRSS") / 1024
 
 
 def open_fds(pid: int) -> int:
