@@ -27,6 +27,11 @@
                                           # switched while it runs (no difference between
                                           # two server instances in the ratio); twice:
                                           # import held while busy (default) and at once
+    python bench/proxy.py --usage-interleave --seconds 30 --rounds 3
+                                          # usage recording off and on within one server,
+                                          # switched every 0.1 s (--window) under one
+                                          # steady load, against control runs that switch
+                                          # nothing: the steadiest of the usage figures
 
 The app (a raw ASGI callable: ``/`` answers ``ok``, ``/big`` streams 10 MiB in 64 KiB
 chunks, ``/ws`` echoes websocket messages) runs under uvicorn (uvloop, httptools, no
@@ -949,6 +954,24 @@ def recorded_queries(served: Served, since: str, waiting_for: str, seconds: floa
         time.sleep(0.5)
 
 
+def check_switch(served: Served, recording: dict[int, bool]) -> None:
+    """Show that switching the recording of ``served`` (:func:`serve_toggled`) works: a
+    request made with it switched off is not recorded, one made with it on is."""
+    import requests as http
+
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+    switch_recording(served, recording, "off")
+    http.get(served.through + "/?bench-switched-off")
+    switch_recording(served, recording, "on")
+    http.get(served.through + "/?bench-switched-on")
+    queries = recorded_queries(served, since, "bench-switched-on")
+    if queries is None:
+        raise RuntimeError("the request made with recording switched on was not recorded")
+    if "bench-switched-off" in queries:
+        raise RuntimeError("the request made with recording switched off was recorded: the switch does not work")
+    print("switch checked: recorded switched on, not switched off", flush=True)
+
+
 def compare_usage_toggled(pairs: int, pair_seconds: int = 2, sets: int = 1) -> None:
     """Usage recording off against on within one server, switched while it runs
     (:func:`serve_toggled`): no difference between two server instances (where each
@@ -978,21 +1001,8 @@ def compare_usage_toggled(pairs: int, pair_seconds: int = 2, sets: int = 1) -> N
                 wrk(served.through + "/", 64, 1)
                 drain(served)
             if set_index == 0:
-                import requests as http
-
-                since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
-                switch_recording(servers["on"], recording, "off")
-                http.get(servers["on"].through + "/?bench-switched-off")
-                switch_recording(servers["on"], recording, "on")
-                http.get(servers["on"].through + "/?bench-switched-on")
-                queries = recorded_queries(servers["on"], since, "bench-switched-on")
-                if queries is None:
-                    raise RuntimeError("the request made with recording switched on was not recorded")
-                if "bench-switched-off" in queries:
-                    raise RuntimeError("the request made with recording switched off was recorded: "
-                                       "the switch does not work")
+                check_switch(servers["on"], recording)
                 switch_works = True
-                print("switch checked: recorded switched on, not switched off", flush=True)
             for index in range(pairs // sets + (1 if set_index < pairs % sets else 0)):
                 for mode in variants:
                     served = servers[mode]
@@ -1013,6 +1023,120 @@ def compare_usage_toggled(pairs: int, pair_seconds: int = 2, sets: int = 1) -> N
               f"importer CPU during the measured runs {in_window[mode]:.2f} s")
     print(f"waited for the importer before a measurement: at most {max(waits):.1f} s")
     print(f"the switch works: {'yes' if switch_works else 'NO'}")
+    with open("/proc/loadavg") as load:
+        print(f"load average at the end: {load.read().strip()}")
+
+
+def io_count(pid: int, field: str) -> int:
+    """A counter of ``/proc/<pid>/io`` (``syscr``: the read system calls the process made)."""
+    with open(f"/proc/{pid}/io") as io:
+        for line in io:
+            name, _, value = line.partition(":")
+            if name == field:
+                return int(value)
+    raise RuntimeError(f"no {field} in /proc/{pid}/io")
+
+
+def thread_cpu_ns(pid: int) -> int:
+    """CPU time of the process's main thread (the server's event loop), in nanoseconds."""
+    with open(f"/proc/{pid}/schedstat") as stat:
+        return int(stat.read().split()[0])
+
+
+@dataclass
+class Window:
+    side: str  # "off" or "on"
+    seconds: float
+    requests: int  # read system calls of the app: one per request
+    cpu_ns: int  # of the server's event loop thread
+
+
+def interleaved_run(served: Served, app_pid: int, seconds: float, window: float,
+                    switch: Callable[[str], None]) -> list[Window]:
+    """Small requests through ``served`` for ``seconds`` (after 1 s of warm-up), the
+    side switched by ``switch`` every ``window`` seconds in quads of windows (off, on,
+    on, off, then on, off, off, on): the requests (counted as the app's read system
+    calls, one per request) and the server's CPU of each window."""
+    windows: list[Window] = []
+    with subprocess.Popen(["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{int(seconds) + 2}s",
+                           served.through + "/"], stdout=subprocess.PIPE, text=True) as load:
+        time.sleep(1.0)
+        quad = 0
+        started = time.monotonic()
+        while time.monotonic() - started < seconds:
+            for side in ("on", "off", "off", "on") if quad % 2 else ("off", "on", "on", "off"):
+                switch(side)
+                at, requests, cpu = time.monotonic(), io_count(app_pid, "syscr"), thread_cpu_ns(served.pid)
+                time.sleep(window)
+                windows.append(Window(side, time.monotonic() - at, io_count(app_pid, "syscr") - requests,
+                                      thread_cpu_ns(served.pid) - cpu))
+            quad += 1
+        out, _ = load.communicate()
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if load.returncode or errors:
+        raise RuntimeError(f"the load failed (exit {load.returncode}):\n{out}")
+    return windows
+
+
+def window_ratios(windows: list[Window]) -> tuple[float, float, list[float]]:
+    """Requests/s and server CPU per request, on against off, over all ``windows``; and
+    the requests/s ratio of each quad of them."""
+    def totals(chosen: list[Window]) -> dict[str, list[float]]:
+        sums = {"on": [0.0, 0.0, 0.0], "off": [0.0, 0.0, 0.0]}
+        for w in chosen:
+            sums[w.side][0] += w.seconds
+            sums[w.side][1] += w.requests
+            sums[w.side][2] += w.cpu_ns
+        return sums
+
+    def rate(sums: dict[str, list[float]]) -> float:
+        return (sums["on"][1] / sums["on"][0]) / (sums["off"][1] / sums["off"][0])
+
+    whole = totals(windows)
+    cpu = (whole["on"][2] / whole["on"][1]) / (whole["off"][2] / whole["off"][1])
+    quads = [rate(totals(windows[i:i + 4])) for i in range(0, len(windows) - 3, 4)]
+    return rate(whole), cpu, quads
+
+
+def compare_usage_interleaved(runs: int, seconds: float, window: float) -> None:
+    """Usage recording off against on within one server (:func:`serve_toggled`, the
+    import held while busy: the default), switched every ``window`` seconds under one
+    steady load (:func:`interleaved_run`): on this machine, whose speed changes from one
+    tenth of a second to the next, both sides meet the same changes, which runs of
+    seconds each do not. Each run of the switched server alternates with a control run
+    of the same length where nothing is switched (both sides recording off): the noise
+    floor of the method."""
+    with open("/proc/loadavg") as load:
+        print(f"load average at the start: {load.read().strip()}", flush=True)
+    flush = {"PODIUM_USAGE_RECORDING": "true", "PODIUM_USAGE_FLUSH_SECONDS": str(USAGE_FLUSH_SECONDS)}
+    recording: dict[int, bool] = {}
+    figures: dict[str, list[tuple[float, float]]] = {"switched": [], "control": []}
+    quads: dict[str, list[float]] = {"switched": [], "control": []}
+    with podium_content("off", flush, toggled=True) as served:
+        app_pid = listening_pids(int(served.direct.rpartition(":")[2]))[0]
+        wrk(served.through + "/", 64, 1)
+        check_switch(served, recording)
+        switch_recording(served, recording, "off")
+        for index in range(2 * runs):
+            kind = ("switched", "control")[(index + index // 2) % 2]  # S C C S S C ...
+            drain(served)
+            switch = (functools.partial(switch_recording, served, recording) if kind == "switched"
+                      else lambda side: None)
+            windows = interleaved_run(served, app_pid, seconds, window, switch)
+            switch_recording(served, recording, "off")
+            rate, cpu, quad = window_ratios(windows)
+            figures[kind].append((rate, cpu))
+            quads[kind].extend(quad)
+            print(f"{kind} run {len(figures[kind])}: {len(windows)} windows of {window:g} s, "
+                  f"small requests/s on/off {rate:.4f}x, server loop CPU per request {cpu:.4f}x", flush=True)
+    for kind, label in (("switched", "recording on/off"), ("control", "off/off, nothing switched")):
+        rates = [rate for rate, _ in figures[kind]]
+        cpus = [cpu for _, cpu in figures[kind]]
+        low, median, high = quartiles(quads[kind])
+        print(f"{kind} ({label}), {runs} runs of {seconds:g} s: small requests/s "
+              f"{statistics.mean(rates):.4f}x (runs {min(rates):.4f}-{max(rates):.4f}x; quads' median "
+              f"{median:.4f}x, quartiles {low:.4f}-{high:.4f}x), server loop CPU per request "
+              f"{statistics.mean(cpus):.4f}x (runs {min(cpus):.4f}-{max(cpus):.4f}x)")
     with open("/proc/loadavg") as load:
         print(f"load average at the end: {load.read().strip()}")
 
@@ -1048,6 +1172,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="compare usage recording off and on: requests/s through each")
     parser.add_argument("--usage-toggle", action="store_true",
                         help="compare usage recording off and on within one server, switched while it runs")
+    parser.add_argument("--usage-interleave", action="store_true",
+                        help="compare usage recording off and on within one server, switched every "
+                             "--window seconds under one load, against a control run switching nothing")
+    parser.add_argument("--window", type=float, default=0.1, help="with --usage-interleave: seconds a side")
     parser.add_argument("--pairs", type=int, default=12,
                         help="with --usage: paired small-request measurements after the rounds (0: none); "
                              "with --usage-toggle: the pairs of each server")
@@ -1081,6 +1209,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.sandbox:
         compare_sandbox(seconds, rounds)
+        return
+    if args.usage_interleave:
+        compare_usage_interleaved(rounds, seconds, args.window)
         return
     if args.usage_toggle:
         compare_usage_toggled(args.pairs, sets=max(1, args.sets))
