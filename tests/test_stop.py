@@ -1,6 +1,7 @@
 """A node's stop (podium.app's lifespan): each step runs whatever became of the ones
 before it, so a step that fails cannot leave content processes running without their
-server; the failure is logged and ``podium serve`` exits 1."""
+server; the failure is logged and ``podium serve`` exits 1. A start that fails stops
+what had started the same way, and still fails."""
 
 from __future__ import annotations
 
@@ -34,10 +35,9 @@ def _start_and_stop(app: FastAPI) -> None:
     asyncio.run(lifespan())
 
 
-def test_a_stop_step_that_fails_is_logged_and_every_later_step_still_runs(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    node = _node(tmp_path)
-    app = create_app(node)
+def _spy(node: Node) -> list[str]:
+    """The stop steps of ``node`` that ran, in order (feed, scheduler and backend; the
+    heartbeat's by the test itself)."""
     ran: list[str] = []
 
     def spied(name: str, stop: Any) -> Any:
@@ -46,14 +46,23 @@ def test_a_stop_step_that_fails_is_logged_and_every_later_step_still_runs(
             await stop(*args, **kwargs)
         return step
 
+    node.feed.close = spied("feed", node.feed.close)  # type: ignore[method-assign]
+    node.scheduler.close = spied("scheduler", node.scheduler.close)  # type: ignore[method-assign]
+    node.backend.close = spied("backend", node.backend.close)  # type: ignore[method-assign]
+    return ran
+
+
+def test_a_stop_step_that_fails_is_logged_and_every_later_step_still_runs(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    node = _node(tmp_path)
+    app = create_app(node)
+    ran = _spy(node)
+
     async def broken() -> None:
         ran.append("heartbeat")
         raise RuntimeError("a bug in the heartbeat's stop")
 
     node.heartbeat.close = broken  # type: ignore[method-assign]
-    node.feed.close = spied("feed", node.feed.close)  # type: ignore[method-assign]
-    node.scheduler.close = spied("scheduler", node.scheduler.close)  # type: ignore[method-assign]
-    node.backend.close = spied("backend", node.backend.close)  # type: ignore[method-assign]
 
     with caplog.at_level(logging.INFO, logger="podium.app"):
         _start_and_stop(app)
@@ -69,3 +78,33 @@ def test_a_clean_stop_fails_no_step(tmp_path: Path) -> None:
     app = create_app(_node(tmp_path))
     _start_and_stop(app)
     assert app.state.stop_failed == []
+
+
+def test_a_start_that_fails_stops_what_had_started_and_still_fails(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    node = _node(tmp_path)
+    app = create_app(node)
+    ran = _spy(node)
+    heartbeats: list[bool] = []
+    close = node.heartbeat.close
+
+    async def closed() -> None:  # the heartbeat's task had started: it is stopped
+        heartbeats.append(node.heartbeat._task is not None and not node.heartbeat._task.done())
+        await close()
+        heartbeats.append(node.heartbeat._task.done())
+
+    def broken() -> None:
+        raise RuntimeError("a bug in the throttle's start")
+
+    node.heartbeat.close = closed  # type: ignore[method-assign]
+    node.throttle.start = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.INFO, logger="podium.app"), \
+            pytest.raises(RuntimeError, match="a bug in the throttle's start"):
+        _start_and_stop(app)
+    assert heartbeats == [True, True]
+    assert ran == ["feed", "scheduler", "backend"]
+    assert app.state.stop_failed == []
+    messages = [record.getMessage() for record in caplog.records]
+    assert ("the start failed (RuntimeError: a bug in the throttle's start); stopping what had started"
+            in messages)
+    assert not any(message.startswith("Podium ") and "serving on" in message for message in messages)

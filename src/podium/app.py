@@ -392,34 +392,46 @@ def create_app(node: Node) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(application: FastAPI) -> AsyncIterator[None]:
-        node.heartbeat.register()
-        node.feed.start()  # other nodes' changes reach this node's caches
-        node.tasks.fail_interrupted()
-        fail_interrupted_renderings(node.store, node.heartbeat.node_id)
-        await node.scheduler.adopt(node.targets.wanted_target)
-        node.scheduler.start()
         leases = node.heartbeat.leases
         render_schedules = ScheduleRunner(
             node.store, settings.schedule_poll_seconds, node.render_tasks.run_scheduled,
             on_duty=lambda: leases.held(DUTY_SCHEDULES),
         )
-        node.heartbeat.start()
-        render_schedules.start()
-        node.throttle.start()
-        if settings.git_enabled:
-            node.git.start()
-        if node.usage is not None:
-            node.usage.start()
+        try:
+            node.heartbeat.register()
+            node.feed.start()  # other nodes' changes reach this node's caches
+            node.tasks.fail_interrupted()
+            fail_interrupted_renderings(node.store, node.heartbeat.node_id)
+            await node.scheduler.adopt(node.targets.wanted_target)
+            node.scheduler.start()
+            node.heartbeat.start()
+            render_schedules.start()
+            node.throttle.start()
+            if settings.git_enabled:
+                node.git.start()
+            if node.usage is not None:
+                node.usage.start()
+        except BaseException as exc:
+            # What had started (content processes adopted or started, background tasks,
+            # the importer) is stopped as at a normal stop, not left running without
+            # its server; each close does nothing for what had not started. (uvicorn
+            # shows the traceback.)
+            log.error("the start failed (%s: %s); stopping what had started", type(exc).__name__, exc)
+            await stop(application, render_schedules)
+            raise
         log.info("Podium %s serving on %s", __version__, settings.listen)
         yield
+        await stop(application, render_schedules)
+
+    async def stop(application: FastAPI, render_schedules: ScheduleRunner) -> None:
         # Each step runs whatever became of the ones before it: one that raises (a bug,
         # a failure it does not handle itself) is logged, and content processes are still
         # stopped or handed over rather than left running without their server.
         failed: list[str] = []
 
-        async def step(what: str, stop: Callable[[], Awaitable[object] | None]) -> None:
+        async def step(what: str, close: Callable[[], Awaitable[object] | None]) -> None:
             try:
-                done = stop()
+                done = close()
                 if done is not None:
                     await done
             except Exception:
