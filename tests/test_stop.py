@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from fastapi import FastAPI
-from tests.conftest import free_port
+from tests.conftest import free_port, start_server
+from tests.helpers import alive, deploy, fastapi_bundle
 
 from podium.app import Node, build, create_app
 from podium.settings import load_settings
@@ -108,3 +114,56 @@ def test_a_start_that_fails_stops_what_had_started_and_still_fails(
     assert ("the start failed (RuntimeError: a bug in the throttle's start); stopping what had started"
             in messages)
     assert not any(message.startswith("Podium ") and "serving on" in message for message in messages)
+
+
+# `podium serve` whose throttle fails to start (the last steps of the start-up, after the
+# content processes are adopted).
+_FAILING_START = """
+import sys
+from podium import cli
+from podium.throttle import Throttle
+
+def broken(self):
+    raise RuntimeError("a bug in the throttle's start")
+
+Throttle.start = broken
+sys.argv = ["podium", *sys.argv[1:]]
+cli.main()
+"""
+
+_APP = "import os\nfrom fastapi import FastAPI\napp = FastAPI()\n@app.get('/')\ndef root():\n    return {'pid': os.getpid()}\n"
+
+
+def test_a_start_that_fails_stops_the_content_processes_it_adopted_and_exits_3(tmp_path: Path) -> None:
+    # A server serving an app is killed (its content processes outlive it, to be adopted
+    # by the next start); the next start adopts the app, then fails: the app's process is
+    # stopped with it, not left running without a server.
+    server = start_server(tmp_path / "data", {"PODIUM_SANDBOX": "off"})  # the app's own pid, not its sandbox's
+    pid = 0
+    failed = None
+    try:
+        item = server.api().post(f"{server.url}/__api__/v1/content", json={"name": "adopted"}).json()
+        deploy(server, server.admin_key, item["guid"], fastapi_bundle(_APP))
+        pid = requests.get(f"{server.content_url}/content/{item['guid']}/",
+                           headers={"Authorization": f"Key {server.admin_key}"}).json()["pid"]
+        server.process.kill()
+        server.process.wait(10)
+        assert alive(pid)
+        failed = subprocess.run(
+            [sys.executable, "-c", _FAILING_START, "serve", "--data-dir", str(server.data_dir),
+             "--listen", f"127.0.0.1:{server.ports[0]}"],  # the same node, which adopts its processes
+            env=server.env, capture_output=True, text=True, timeout=120)
+        assert failed.returncode == 3, failed.stderr[-3000:]
+        assert "the start failed (RuntimeError: a bug in the throttle's start); stopping what had started" \
+            in failed.stderr
+        assert "error: the server could not start (see the log above); exit status 3" in failed.stderr
+        assert "never retrieved" not in failed.stderr
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        server.stop()
+        if pid and alive(pid):  # left running by the failed start: this test's to end
+            os.kill(pid, signal.SIGKILL)
+            logged = [line for line in (failed.stderr if failed else "").splitlines() if " podium." in line]
+            raise AssertionError(f"the app's process {pid} outlived the failed start; it logged:\n" + "\n".join(logged))

@@ -81,9 +81,14 @@ def serve(
             f"  Publish with:  rsconnect add -n podium -s {settings.effective_public_url} "
             f"-k {account.api_key}\n"
         )
-    from podium.serve import run
+    from podium.serve import StartFailed, run
 
-    if not run(node):  # a step of the stop failed (logged): a supervisor should know
+    try:
+        clean = run(node)
+    except StartFailed as exc:  # what had started is stopped (logged)
+        _err(f"error: {exc}")
+        raise typer.Exit(3) from None
+    if not clean:  # a step of the stop failed (logged): a supervisor should know
         raise typer.Exit(1)
 
 

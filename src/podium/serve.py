@@ -28,6 +28,19 @@ from podium.proxy.keyguard import KeyGuard
 log = logging.getLogger(__name__)
 
 
+class StartFailed(Exception):
+    """The app's start-up failed (the lifespan logged why and stopped what had started)."""
+
+
+async def _app_serving(server: uvicorn.Server) -> None:
+    """``server.serve()``; uvicorn's exit at a failed start-up raised as :class:`StartFailed`
+    (as a task's result, not a SystemExit out of the event loop)."""
+    try:
+        await server.serve()
+    except SystemExit as exc:
+        raise StartFailed(f"the server could not start (see the log above); exit status {exc.code}") from None
+
+
 class _AppServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -53,7 +66,7 @@ async def serve(node: Node) -> bool:
             access_log=False,
         )
     )
-    app_task = asyncio.create_task(app_server.serve())
+    app_task = asyncio.create_task(_app_serving(app_server))
     while not app_server.started:
         if app_task.done():
             await app_task
