@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 from fastapi import FastAPI
-from tests.conftest import free_port, start_server
+from tests.conftest import PODIUM, free_port, start_server
 from tests.helpers import alive, deploy, fastapi_bundle
 
 from podium.app import Node, build, create_app
@@ -167,3 +168,37 @@ def test_a_start_that_fails_stops_the_content_processes_it_adopted_and_exits_3(t
             os.kill(pid, signal.SIGKILL)
             logged = [line for line in (failed.stderr if failed else "").splitlines() if " podium." in line]
             raise AssertionError(f"the app's process {pid} outlived the failed start; it logged:\n" + "\n".join(logged))
+
+
+def test_a_start_whose_address_is_taken_says_so_and_stops_the_processes_it_adopted(tmp_path: Path) -> None:
+    # The same node starts again after a kill, adopts its app, and finds its content port
+    # taken by another program: the start is undone by its stop (the app's process
+    # stopped) and the error names the address and the setting.
+    server = start_server(tmp_path / "data", {"PODIUM_SANDBOX": "off"})  # the app's own pid, not its sandbox's
+    pid = 0
+    taken = socket.socket()
+    try:
+        item = server.api().post(f"{server.url}/__api__/v1/content", json={"name": "adopted"}).json()
+        deploy(server, server.admin_key, item["guid"], fastapi_bundle(_APP))
+        pid = requests.get(f"{server.content_url}/content/{item['guid']}/",
+                           headers={"Authorization": f"Key {server.admin_key}"}).json()["pid"]
+        server.process.kill()
+        server.process.wait(10)
+        taken.bind(("127.0.0.1", server.ports[1]))
+        taken.listen()
+        failed = subprocess.run(
+            [*PODIUM, "serve", "--data-dir", str(server.data_dir), "--listen", f"127.0.0.1:{server.ports[0]}"],
+            env=server.env, capture_output=True, text=True, timeout=120)
+        assert failed.returncode == 3, failed.stderr[-3000:]
+        assert (f"error: cannot listen on 127.0.0.1:{server.ports[1]}: Address already in use. Another server "
+                "may be using it; choose another address with the setting content_listen") in failed.stderr
+        assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        taken.close()
+        server.stop()
+        if pid and alive(pid):  # left running by the failed start: this test's to end
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"the app's process {pid} outlived the failed start")

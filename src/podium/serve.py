@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import resource
 import signal
 from collections.abc import Iterator
@@ -81,14 +82,28 @@ async def serve(node: Node) -> bool:
         # every target there but the API's and Podium's own (/__...), which no vanity can take.
         app_prefixes=(b"/__",),
     )
-    await front.start(settings.host, settings.port)
-    log.info("Podium listening on http://%s:%d/ (dashboard and API)", settings.host, front.port)
-    content_listen = settings.effective_content_listen
-    if content_listen is not None:
-        host, _, port = content_listen.rpartition(":")
-        await front.start_content(host.strip("[]"), int(port))
-        log.info("Podium serving content on http://%s:%d/ (origin %s)", host, front.content_port,
-                 node.urls.content_origin)
+    where = ("listen", settings.host, settings.port)  # what is being listened on, for the error
+    try:
+        await front.start(settings.host, settings.port)
+        log.info("Podium listening on http://%s:%d/ (dashboard and API)", settings.host, front.port)
+        content_listen = settings.effective_content_listen
+        if content_listen is not None:
+            host, _, content_port = content_listen.rpartition(":")
+            where = ("content_listen", host.strip("[]"), int(content_port))
+            await front.start_content(where[1], where[2])
+            log.info("Podium serving content on http://%s:%d/ (origin %s)", host, front.content_port,
+                     node.urls.content_origin)
+    except OSError as exc:  # the address taken (another server) or not this machine's
+        # What the app's start-up did (content processes adopted, leases taken) is undone
+        # by its own stop, as at any stop.
+        await front.close(0)
+        app_server.should_exit = True
+        await app_task
+        setting, host, port = where
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        flag = " (podium serve --listen)" if setting == "listen" else ""
+        raise StartFailed(f"cannot listen on {host}:{port}: {reason}. Another server may be using it; "
+                          f"choose another address with the setting {setting}{flag}") from None
 
     # What start-up made lives as long as the server: frozen out of the collector's sight,
     # it is no longer walked by every full collection, which requests that make many
