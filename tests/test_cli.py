@@ -86,3 +86,17 @@ def test_cli_serve_first_start_bootstraps_and_stops_on_sigterm(tmp_path: Path) -
     password = next(line.split(":", 1)[1].strip() for line in err.splitlines() if "password:" in line)
     assert key and password
     assert (tmp_path / "data" / "db" / "podium.sqlite").exists()
+
+
+def test_a_database_out_of_reach_is_one_clear_error_with_its_password_hidden(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    env = {"PODIUM_DATABASE_URL": f"postgresql+psycopg://podium:s3cret@127.0.0.1:{port}/podium"}
+    for args in (("serve", "--listen", f"127.0.0.1:{free_port()}"), ("admin", "bootstrap")):
+        done = podium(*args, "--data-dir", str(tmp_path / "data"), env=env)
+        assert done.returncode == 2, done.stderr[-3000:]
+        error = next(line for line in done.stderr.splitlines() if line.startswith("error: "))
+        assert error.startswith(f"error: cannot reach the database postgresql+psycopg://podium:***@127.0.0.1:{port}"
+                                "/podium: "), error
+        assert error.endswith("Connection refused. Check that it runs and takes connections from here, or point "
+                              "the setting database_url (PODIUM_DATABASE_URL) elsewhere"), error
+        assert "Traceback" not in done.stderr and "s3cret" not in done.stderr + done.stdout

@@ -43,11 +43,15 @@ def _settings(config: Path | None, **overrides: Any) -> Settings:
 
 def _store(settings: Settings) -> Store:
     from podium.layout import DataLayout
-    from podium.store import Store
+    from podium.store import Store, StoreUnavailable
 
     DataLayout(settings.data_dir.resolve()).create()
     store = Store(settings.effective_database_url)
-    store.migrate()
+    try:
+        store.migrate()
+    except StoreUnavailable as exc:
+        _err(f"error: {exc}")
+        raise typer.Exit(2) from None
     return store
 
 
@@ -62,12 +66,13 @@ def serve(
     """Start the server (API, content and dashboard)."""
     from podium.app import build
     from podium.bootstrap import bootstrap_admin, has_users
+    from podium.store import StoreUnavailable
 
     settings = _settings(config, data_dir=data_dir, listen=listen)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         node = build(settings)
-    except SettingsError as exc:
+    except (SettingsError, StoreUnavailable) as exc:
         _err(f"error: {exc}")
         raise typer.Exit(2) from None
     if settings.bootstrap_admin_on_first_start and not has_users(node.store):

@@ -16,7 +16,8 @@ from typing import Any
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Dialect, Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from podium.store.models import Base
@@ -49,6 +50,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 _MIGRATION_LOCK = 0x706F6469756D  # "podium": the advisory lock key migrations hold on PostgreSQL
 
 
+class StoreUnavailable(Exception):
+    """The database cannot be reached (not running, a wrong address, a file that cannot
+    be opened); the message says which and what to check."""
+
+
 class Store:
     """Owns the engine and hands out sessions; one per server."""
 
@@ -79,6 +85,14 @@ class Store:
 
         config = Config()
         config.set_main_option("script_location", "podium:migrations")
+        try:
+            self.engine.connect().close()  # the pool keeps the connection for the migration
+        except OperationalError as exc:
+            where = make_url(self.url).render_as_string(hide_password=True)
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            raise StoreUnavailable(
+                f"cannot reach the database {where}: {reason}. Check that it runs and takes connections "
+                "from here, or point the setting database_url (PODIUM_DATABASE_URL) elsewhere") from exc
         with self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
                 # Several nodes may start at once: one migrates, the others wait, then find
