@@ -100,3 +100,15 @@ def test_a_database_out_of_reach_is_one_clear_error_with_its_password_hidden(tmp
         assert error.endswith("Connection refused. Check that it runs and takes connections from here, or point "
                               "the setting database_url (PODIUM_DATABASE_URL) elsewhere"), error
         assert "Traceback" not in done.stderr and "s3cret" not in done.stderr + done.stdout
+
+
+def test_a_data_dir_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory")
+    for args, data in ((("serve", "--listen", f"127.0.0.1:{free_port()}"), taken), (("admin", "bootstrap"), taken / "x")):
+        done = podium(*args, "--data-dir", str(data))
+        assert done.returncode == 2, done.stderr[-3000:]
+        reason = "File exists" if data == taken else "Not a directory"
+        assert (f"error: the data dir {data} cannot be made or used: {reason}. Choose a directory this user may "
+                "write (setting data_dir, or --data-dir)") in done.stderr, done.stderr[-3000:]
+        assert "Traceback" not in done.stderr

@@ -45,11 +45,11 @@ def _store(settings: Settings) -> Store:
     from podium.layout import DataLayout
     from podium.store import Store, StoreUnavailable
 
-    DataLayout(settings.data_dir.resolve()).create()
-    store = Store(settings.effective_database_url)
     try:
+        DataLayout(settings.data_dir.resolve()).create()
+        store = Store(settings.effective_database_url)
         store.migrate()
-    except StoreUnavailable as exc:
+    except (SettingsError, StoreUnavailable) as exc:
         _err(f"error: {exc}")
         raise typer.Exit(2) from None
     return store

@@ -26,6 +26,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from podium.settings import SettingsError
+
 
 @dataclass(frozen=True)
 class DataLayout:
@@ -34,8 +36,13 @@ class DataLayout:
     def create(self) -> DataLayout:
         """Make the data dir, readable by the server's user alone (content processes see
         only the folders mounted into their sandbox), and return this layout."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.root.chmod(0o700)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.root.chmod(0o700)
+        except OSError as exc:  # a file there, no permission, a read-only file system
+            raise SettingsError(
+                f"the data dir {self.root} cannot be made or used: {exc.strerror or exc}. Choose a directory "
+                "this user may write (setting data_dir, or --data-dir)") from exc
         return self
 
     @property
