@@ -6,6 +6,7 @@ what had started the same way, and still fails."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -13,13 +14,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from fastapi import FastAPI
-from tests.conftest import PODIUM, free_port, start_server
+from tests.conftest import PODIUM, RunningServer, free_port, start_server
 from tests.helpers import alive, deploy, fastapi_bundle
 
 from podium.app import Node, build, create_app
@@ -135,13 +137,15 @@ cli.main()
 _APP = "import os\nfrom fastapi import FastAPI\napp = FastAPI()\n@app.get('/')\ndef root():\n    return {'pid': os.getpid()}\n"
 
 
-def test_a_start_that_fails_stops_the_content_processes_it_adopted_and_exits_3(tmp_path: Path) -> None:
-    # A server serving an app is killed (its content processes outlive it, to be adopted
-    # by the next start); the next start adopts the app, then fails: the app's process is
-    # stopped with it, not left running without a server.
+@contextlib.contextmanager
+def _killed_serving_an_app(tmp_path: Path) -> Iterator[tuple[RunningServer, list[str]]]:
+    """A server that served an app, killed: the app's process outlives it, for the next
+    start of the same node (the same ports) to adopt. Yields the server and a list for
+    the output of that start. Afterwards the app's process must be gone within 10 s; one
+    still running is killed and the test fails, with the podium lines of that output."""
     server = start_server(tmp_path / "data", {"PODIUM_SANDBOX": "off"})  # the app's own pid, not its sandbox's
     pid = 0
-    failed = None
+    output: list[str] = []
     try:
         item = server.api().post(f"{server.url}/__api__/v1/content", json={"name": "adopted"}).json()
         deploy(server, server.admin_key, item["guid"], fastapi_bundle(_APP))
@@ -150,55 +154,48 @@ def test_a_start_that_fails_stops_the_content_processes_it_adopted_and_exits_3(t
         server.process.kill()
         server.process.wait(10)
         assert alive(pid)
-        failed = subprocess.run(
-            [sys.executable, "-c", _FAILING_START, "serve", "--data-dir", str(server.data_dir),
-             "--listen", f"127.0.0.1:{server.ports[0]}"],  # the same node, which adopts its processes
-            env=server.env, capture_output=True, text=True, timeout=120)
+        yield server, output
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        server.stop()
+        if pid and alive(pid):  # left running by the failed start: this test's to end
+            os.kill(pid, signal.SIGKILL)
+            logged = [line for line in "".join(output).splitlines() if " podium." in line]
+            raise AssertionError(f"the app's process {pid} outlived the failed start; it logged:\n" + "\n".join(logged))
+
+
+def _start_again(server: RunningServer, command: list[str], output: list[str]) -> subprocess.CompletedProcess[str]:
+    """``command`` (a podium serve) as the same node as ``server``, which adopts its processes."""
+    done = subprocess.run([*command, "serve", "--data-dir", str(server.data_dir),
+                           "--listen", f"127.0.0.1:{server.ports[0]}"],
+                          env=server.env, capture_output=True, text=True, timeout=120)
+    output.append(done.stderr)
+    return done
+
+
+def test_a_start_that_fails_stops_the_content_processes_it_adopted_and_exits_3(tmp_path: Path) -> None:
+    # The next start adopts the app, then fails: the app's process is stopped with it,
+    # not left running without a server.
+    with _killed_serving_an_app(tmp_path) as (server, output):
+        failed = _start_again(server, [sys.executable, "-c", _FAILING_START], output)
         assert failed.returncode == 3, failed.stderr[-3000:]
         assert "the start failed (RuntimeError: a bug in the throttle's start); stopping what had started" \
             in failed.stderr
         assert "error: the server could not start (see the log above); exit status 3" in failed.stderr
         assert "never retrieved" not in failed.stderr
-        deadline = time.monotonic() + 10
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        server.stop()
-        if pid and alive(pid):  # left running by the failed start: this test's to end
-            os.kill(pid, signal.SIGKILL)
-            logged = [line for line in (failed.stderr if failed else "").splitlines() if " podium." in line]
-            raise AssertionError(f"the app's process {pid} outlived the failed start; it logged:\n" + "\n".join(logged))
 
 
 def test_a_start_whose_address_is_taken_says_so_and_stops_the_processes_it_adopted(tmp_path: Path) -> None:
-    # The same node starts again after a kill, adopts its app, and finds its content port
-    # taken by another program: the start is undone by its stop (the app's process
-    # stopped) and the error names the address and the setting.
-    server = start_server(tmp_path / "data", {"PODIUM_SANDBOX": "off"})  # the app's own pid, not its sandbox's
-    pid = 0
-    taken = socket.socket()
-    try:
-        item = server.api().post(f"{server.url}/__api__/v1/content", json={"name": "adopted"}).json()
-        deploy(server, server.admin_key, item["guid"], fastapi_bundle(_APP))
-        pid = requests.get(f"{server.content_url}/content/{item['guid']}/",
-                           headers={"Authorization": f"Key {server.admin_key}"}).json()["pid"]
-        server.process.kill()
-        server.process.wait(10)
+    # The next start adopts the app and finds its content port taken by another program:
+    # the start is undone by its stop (the app's process stopped) and the error names the
+    # address and the setting.
+    with _killed_serving_an_app(tmp_path) as (server, output), socket.socket() as taken:
         taken.bind(("127.0.0.1", server.ports[1]))
         taken.listen()
-        failed = subprocess.run(
-            [*PODIUM, "serve", "--data-dir", str(server.data_dir), "--listen", f"127.0.0.1:{server.ports[0]}"],
-            env=server.env, capture_output=True, text=True, timeout=120)
+        failed = _start_again(server, PODIUM, output)
         assert failed.returncode == 3, failed.stderr[-3000:]
         assert (f"error: cannot listen on 127.0.0.1:{server.ports[1]}: Address already in use. Another server "
                 "may be using it; choose another address with the setting content_listen") in failed.stderr
         assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
-        deadline = time.monotonic() + 10
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        taken.close()
-        server.stop()
-        if pid and alive(pid):  # left running by the failed start: this test's to end
-            os.kill(pid, signal.SIGKILL)
-            raise AssertionError(f"the app's process {pid} outlived the failed start")
