@@ -133,6 +133,14 @@ def _hits_array(store: Store, filters: list[Any], first: int, last: int) -> Iter
     yield b"]"
 
 
+def hits_array(session: Session, store: Store, filters: list[Any]) -> Iterator[bytes]:
+    """The JSON array of the hits matching ``filters`` recorded so far (their ids read in
+    ``session``, whose read then ends), streamed by :func:`_hits_array`."""
+    first, last = session.execute(select(func.min(ContentHit.id), func.max(ContentHit.id)).where(*filters)).one()
+    session.rollback()  # this request's read ends here; the array is read in chunks of its own
+    return _hits_array(store, filters, first or 1, last or 0)
+
+
 @router.get("/v1/instrumentation/content/hits", response_model=None)
 def list_hits(
     request: Request,
@@ -153,9 +161,7 @@ def list_hits(
         filters.append(ContentHit.time >= start)
     if end is not None:
         filters.append(ContentHit.time < end)
-    first, last = session.execute(select(func.min(ContentHit.id), func.max(ContentHit.id)).where(*filters)).one()
-    session.rollback()  # this request's read ends here; the array is read in chunks of its own
-    return StreamingResponse(_hits_array(store, filters, first or 1, last or 0), media_type="application/json")
+    return StreamingResponse(hits_array(session, store, filters), media_type="application/json")
 
 
 def _cursor(value: int) -> str:
