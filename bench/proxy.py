@@ -1037,6 +1037,12 @@ def io_count(pid: int, field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/{pid}/io")
 
 
+def minor_faults(pid: int) -> int:
+    """The minor page faults of the whole process (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rpartition(")")[2].split()[7])
+
+
 def thread_cpu_ns(pid: int) -> int:
     """CPU time of the process's main thread (the server's event loop), in nanoseconds."""
     with open(f"/proc/{pid}/schedstat") as stat:
@@ -1049,6 +1055,7 @@ class Window:
     seconds: float
     requests: int  # read system calls of the app: one per request
     cpu_ns: int  # of the server's event loop thread
+    faults: int  # the server's minor page faults
 
 
 def interleaved_run(served: Served, app_pid: int, seconds: float, window: float,
@@ -1067,9 +1074,10 @@ def interleaved_run(served: Served, app_pid: int, seconds: float, window: float,
             for side in ("on", "off", "off", "on") if quad % 2 else ("off", "on", "on", "off"):
                 switch(side)
                 at, requests, cpu = time.monotonic(), io_count(app_pid, "syscr"), thread_cpu_ns(served.pid)
+                faults = minor_faults(served.pid)
                 time.sleep(window)
                 windows.append(Window(side, time.monotonic() - at, io_count(app_pid, "syscr") - requests,
-                                      thread_cpu_ns(served.pid) - cpu))
+                                      thread_cpu_ns(served.pid) - cpu, minor_faults(served.pid) - faults))
             quad += 1
         out, _ = load.communicate()
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -1127,8 +1135,15 @@ def compare_usage_interleaved(runs: int, seconds: float, window: float) -> None:
             rate, cpu, quad = window_ratios(windows)
             figures[kind].append((rate, cpu))
             quads[kind].extend(quad)
+            off = [w for w in windows if w.side == "off"]
+            served_off = max(1, sum(w.requests for w in off))
+            faults = {side: 1000 * sum(w.faults for w in windows if w.side == side)
+                      / max(1, sum(w.requests for w in windows if w.side == side)) for side in ("on", "off")}
             print(f"{kind} run {len(figures[kind])}: {len(windows)} windows of {window:g} s, "
-                  f"small requests/s on/off {rate:.4f}x, server loop CPU per request {cpu:.4f}x", flush=True)
+                  f"small requests/s on/off {rate:.4f}x, server loop CPU per request {cpu:.4f}x "
+                  f"(off: {served_off / sum(w.seconds for w in off):.0f} requests/s, "
+                  f"{sum(w.cpu_ns for w in off) / served_off / 1000:.1f} us a request), "
+                  f"page faults per 1000 requests on {faults['on']:.2f}, off {faults['off']:.2f}", flush=True)
     for kind, label in (("switched", "recording on/off"), ("control", "off/off, nothing switched")):
         rates = [rate for rate, _ in figures[kind]]
         cpus = [cpu for _, cpu in figures[kind]]
