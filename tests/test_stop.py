@@ -116,7 +116,7 @@ def test_a_start_that_fails_stops_what_had_started_and_still_fails(
     messages = [record.getMessage() for record in caplog.records]
     assert ("the start failed (RuntimeError: a bug in the throttle's start); stopping what had started"
             in messages)
-    assert not any(message.startswith("Podium ") and "serving on" in message for message in messages)
+    assert not any(message.startswith("Podium ") and " started;" in message for message in messages)
 
 
 # `podium serve` whose throttle fails to start (the last steps of the start-up, after the
@@ -197,5 +197,46 @@ def test_a_start_whose_address_is_taken_says_so_and_stops_the_processes_it_adopt
         failed = _start_again(server, PODIUM, output)
         assert failed.returncode == 3, failed.stderr[-3000:]
         assert (f"error: cannot listen on 127.0.0.1:{server.ports[1]}: Address already in use. Another server "
-                "may be using it; choose another address with the setting content_listen") in failed.stderr
+                "may be using it; choose the address with the setting content_listen") in failed.stderr
         assert "Traceback" not in failed.stderr, failed.stderr[-3000:]
+
+
+async def _listen_error(host: str, port: int) -> OSError:
+    """The error the event loop raises when a server cannot listen on ``host:port``."""
+    try:
+        server = await asyncio.get_running_loop().create_server(asyncio.Protocol, host, port)
+    except OSError as exc:
+        return exc
+    server.close()
+    raise AssertionError(f"listening on {host}:{port} worked")
+
+
+def test_an_address_the_front_cannot_listen_on_is_explained_by_its_reason() -> None:
+    """Each reason the front's bind fails (real errors of the event loop) gets its own
+    advice and the setting that chooses the address, not a guess that it is in use."""
+    from podium.serve import _cannot_listen
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        in_use = asyncio.run(_listen_error("127.0.0.1", port))
+    assert _cannot_listen(in_use, "listen", "127.0.0.1", port) == (
+        f"cannot listen on 127.0.0.1:{port}: Address already in use. Another server may be using it; "
+        "choose the address with the setting listen (podium serve --listen)")
+    # TEST-NET-1 (RFC 5737) is never an address of this machine.
+    foreign = _cannot_listen(asyncio.run(_listen_error("192.0.2.1", port)), "content_listen", "192.0.2.1", port)
+    assert foreign == (
+        f"cannot listen on 192.0.2.1:{port}: Cannot assign requested address. This machine has no such "
+        "address: give one of its own, 127.0.0.1 for this machine only or 0.0.0.0 for all of its addresses; "
+        "choose the address with the setting content_listen")
+    unknown = _cannot_listen(asyncio.run(_listen_error("nohost.invalid", port)), "listen", "nohost.invalid", port)
+    assert unknown.startswith(f"cannot listen on nohost.invalid:{port}: ")
+    assert ("The host name nohost.invalid is not known here: give an IP address or a name this machine "
+            "resolves; choose the address with the setting listen (podium serve --listen)") in unknown
+    assert "Unknown error" not in unknown and "Errno" not in unknown
+    # Binding a port below 1024 needs a privilege that tests run as root have.
+    denied = OSError(13, os.strerror(13))
+    assert _cannot_listen(denied, "listen", "0.0.0.0", 80) == (
+        "cannot listen on 0.0.0.0:80: Permission denied. Ports below 1024 need privileges this user lacks: "
+        "choose a port from 1024 up; choose the address with the setting listen (podium serve --listen)")

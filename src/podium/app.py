@@ -419,7 +419,7 @@ def create_app(node: Node) -> FastAPI:
             log.error("the start failed (%s: %s); stopping what had started", type(exc).__name__, exc)
             await stop(application, render_schedules)
             raise
-        log.info("Podium %s serving on %s", __version__, settings.listen)
+        log.info("Podium %s started; the front opens %s next", __version__, settings.listen)
         yield
         await stop(application, render_schedules)
 

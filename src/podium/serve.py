@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
 import resource
 import signal
+import socket
 from collections.abc import Iterator
 
 import uvicorn
@@ -40,6 +42,28 @@ async def _app_serving(server: uvicorn.Server) -> None:
         await server.serve()
     except SystemExit as exc:
         raise StartFailed(f"the server could not start (see the log above); exit status {exc.code}") from None
+
+
+# What a failed bind most likely means, by its errno (podium serve prints it).
+_CANNOT_LISTEN_ADVICE = {
+    errno.EADDRINUSE: "Another server may be using it",
+    errno.EADDRNOTAVAIL: "This machine has no such address: give one of its own, 127.0.0.1 for this machine "
+                         "only or 0.0.0.0 for all of its addresses",
+    errno.EACCES: "Ports below 1024 need privileges this user lacks: choose a port from 1024 up",
+}
+
+
+def _cannot_listen(exc: OSError, setting: str, host: str, port: int) -> str:
+    """What a user reads when the front cannot listen on ``host:port``: the reason, what
+    it likely means, and the setting that chooses the address."""
+    if isinstance(exc, socket.gaierror):  # its errno is getaddrinfo's, not the system's
+        reason = exc.strerror or str(exc)
+        advice = f"The host name {host} is not known here: give an IP address or a name this machine resolves"
+    else:  # the system's own words (the event loop's strerror repeats the address)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        advice = _CANNOT_LISTEN_ADVICE.get(exc.errno or 0, "Check the address")
+    flag = " (podium serve --listen)" if setting == "listen" else ""
+    return f"cannot listen on {host}:{port}: {reason}. {advice}; choose the address with the setting {setting}{flag}"
 
 
 class _AppServer(uvicorn.Server):
@@ -99,11 +123,7 @@ async def serve(node: Node) -> bool:
         await front.close(0)
         app_server.should_exit = True
         await app_task
-        setting, host, port = where
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        flag = " (podium serve --listen)" if setting == "listen" else ""
-        raise StartFailed(f"cannot listen on {host}:{port}: {reason}. Another server may be using it; "
-                          f"choose another address with the setting {setting}{flag}") from None
+        raise StartFailed(_cannot_listen(exc, *where)) from None
 
     # What start-up made lives as long as the server: frozen out of the collector's sight,
     # it is no longer walked by every full collection, which requests that make many
