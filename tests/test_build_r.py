@@ -4,6 +4,7 @@ the host and the refusal when no environment has R: pure functions, no R needed.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -140,12 +141,23 @@ def test_missing_r_names_what_was_asked_and_what_exists() -> None:
     assert missing_runtime(select_environment(request, [local, with_r]), "r") is None
 
 
-def test_host_discovery_reports_r_from_rscript_as_the_r_beside_it(tmp_path: Path) -> None:
+def test_host_discovery_reports_r_from_rscript_as_the_r_beside_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     bin_dir = tmp_path / "R-4.3.1" / "bin"
     bin_dir.mkdir(parents=True)
     for name, banner in (("R", "R version 4.3.1 (2023-06-16) -- \"Beagle Scouts\""),
                          ("Rscript", "Rscript (R) version 4.3.1 (2023-06-16)")):
         (bin_dir / name).write_text(f"#!/bin/sh\necho '{banner}'\n")
         (bin_dir / name).chmod(0o755)
-    found = local_environment([], [str(bin_dir / "Rscript"), "/bin/false"], [], "any")["r"]
-    assert found == {"installations": [{"version": "4.3.1", "path": str(bin_dir / "R")}]}
+    with caplog.at_level(logging.WARNING, logger="podium.environments.host"):
+        local = local_environment([], [str(bin_dir / "Rscript"), "/bin/false", "/opt/R/9.9.9/bin/R"],
+                                  [str(tmp_path)], "any")
+    assert local["r"] == {"installations": [{"version": "4.3.1", "path": str(bin_dir / "R")}]}
+    assert local["quarto"] == {"installations": []}
+    # What was listed and cannot be used is said, with the reason.
+    assert [record.getMessage() for record in caplog.records] == [
+        "r_installations: /bin/false is skipped: no version in what `false --version` printed",
+        "r_installations: /opt/R/9.9.9/bin/R is skipped: no such file",
+        f"quarto_installations: {tmp_path} is skipped: not an executable file",
+    ]

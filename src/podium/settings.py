@@ -253,7 +253,8 @@ class Settings(BaseSettings):
         [],
         "python",
         "Python interpreters content may use, as paths. Empty means discover them: python3.X "
-        "on PATH, /usr/bin, /usr/local/bin and pyenv's versions.",
+        "on PATH, /usr/bin, /usr/local/bin and pyenv's versions. A listed one that cannot be "
+        "used is left out, with a warning at start giving the reason.",
     )
     python_version_matching: str = setting(
         "major-minor",
@@ -299,12 +300,14 @@ class Settings(BaseSettings):
         [],
         "environments",
         "R executables (R, or Rscript standing for the R beside it) of the 'Local' environment. "
-        "Empty means R (else Rscript) on PATH.",
+        "Empty means R (else Rscript) on PATH. A listed one that cannot be used is left out, "
+        "with a warning at start giving the reason.",
     )
     quarto_installations: list[str] = setting(
         [],
         "environments",
-        "Quarto executables of the 'Local' environment. Empty means quarto on PATH.",
+        "Quarto executables of the 'Local' environment. Empty means quarto on PATH. A listed one "
+        "that cannot be used is left out, with a warning at start giving the reason.",
     )
     declared_environments: list[dict[str, Any]] = setting(
         [],

@@ -12,6 +12,7 @@ R installations are recorded as their ``R`` executable, as Connect records them
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -19,8 +20,9 @@ import subprocess
 from typing import Any
 
 from podium.environments.model import SEMVER
-from podium.environments.python import PythonInstallation
+from podium.environments.python import PythonInstallation, why_not_runnable
 
+log = logging.getLogger(__name__)
 LOCAL_NAME = "Local"
 HOST = "host"
 # "R version 4.2.2 Patched (...)" from R, "Rscript (R) version 4.2.2 (...)" from Rscript.
@@ -57,17 +59,23 @@ def _probe_quarto(path: str) -> str | None:
 
 
 def _discover(
-    configured: list[str], commands: tuple[str, ...], probe: Any, executable: Any = os.path.realpath
+    setting: str, configured: list[str], commands: tuple[str, ...], probe: Any, executable: Any = os.path.realpath
 ) -> list[dict[str, str]]:
+    """The installations listed in ``setting`` (``configured``), or the first of
+    ``commands`` on PATH; a listed one that cannot be used is logged with the reason."""
     paths = configured or [p for p in [next(filter(None, map(shutil.which, commands)), None)] if p]
     found: dict[str, dict[str, str]] = {}
     for path in paths:
-        if not os.access(path, os.X_OK):
-            continue
-        real = executable(os.path.realpath(path))
-        version = probe(real)
-        if version and version not in found:
-            found[version] = {"version": version, "path": real}
+        reason = why_not_runnable(path)
+        if reason is None:
+            real = executable(os.path.realpath(path))
+            version = probe(real)
+            if version:
+                found.setdefault(version, {"version": version, "path": real})
+                continue
+            reason = f"no version in what `{os.path.basename(real)} --version` printed"
+        if configured:
+            log.warning("%s: %s is skipped: %s", setting, path, reason)
     return sorted(found.values(), key=lambda i: [int(p) for p in re.findall(r"\d+", i["version"])[:3]])
 
 
@@ -88,6 +96,6 @@ def local_environment(
         "description": "The interpreters installed on this Podium host.",
         "matching": matching,
         "python": {"installations": python},
-        "r": {"installations": _discover(r_installations, ("R", "Rscript"), _probe_r, _r_executable)},
-        "quarto": {"installations": _discover(quarto_installations, ("quarto",), _probe_quarto)},
+        "r": {"installations": _discover("r_installations", r_installations, ("R", "Rscript"), _probe_r, _r_executable)},
+        "quarto": {"installations": _discover("quarto_installations", quarto_installations, ("quarto",), _probe_quarto)},
     }

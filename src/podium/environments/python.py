@@ -7,6 +7,7 @@ which one a bundle gets is decided by :mod:`podium.environments.select`.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 import subprocess
@@ -14,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from packaging.version import InvalidVersion, Version
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, order=True)
@@ -26,9 +29,23 @@ class PythonInstallation:
         return str(self.version)
 
 
-def _probe(path: str) -> tuple[Version, str] | None:
+class _Unusable(Exception):
+    """Why a path is not a Python installation content can use."""
+
+
+def why_not_runnable(path: str) -> str | None:
+    """Why ``path`` cannot be run as an interpreter (None: it is an executable file)."""
+    if os.access(path, os.X_OK) and not os.path.isdir(path):
+        return None
+    return "not an executable file" if os.path.exists(path) else "no such file"
+
+
+def _probe(path: str) -> tuple[Version, str]:
     """The version and real executable behind ``path`` (shims such as pyenv's resolve
     to the interpreter they run, so content never depends on a shim's own rules)."""
+    not_runnable = why_not_runnable(path)
+    if not_runnable is not None:
+        raise _Unusable(not_runnable)
     try:
         done = subprocess.run(
             [path, "-c", "import platform, sys; print(platform.python_version()); print(sys.executable)"],
@@ -36,8 +53,15 @@ def _probe(path: str) -> tuple[Version, str] | None:
         )
         version, executable = done.stdout.split("\n")[:2]
         return Version(version.strip()), os.path.realpath(executable.strip())
-    except (OSError, subprocess.SubprocessError, InvalidVersion, ValueError):
-        return None
+    except OSError as exc:
+        raise _Unusable(f"it does not run: {exc.strerror or exc}") from None
+    except subprocess.TimeoutExpired:
+        raise _Unusable("it did not answer within 20 s") from None
+    except subprocess.CalledProcessError as exc:
+        last = (exc.stderr or "").strip().splitlines()[-1:]
+        raise _Unusable(f"it exited with status {exc.returncode}{': ' + last[0] if last else ''}") from None
+    except (InvalidVersion, ValueError):
+        raise _Unusable("it printed no Python version") from None
 
 
 def _candidates() -> Iterable[str]:
@@ -52,16 +76,21 @@ def _candidates() -> Iterable[str]:
 
 
 def discover_pythons(configured: list[str]) -> list[PythonInstallation]:
-    """The configured interpreters, or those found on this host; one per version."""
+    """The configured interpreters, or those found on this host; one per version. A
+    configured one that cannot be used is logged with the reason (a candidate found by
+    discovery is only skipped)."""
     paths = configured or list(_candidates())
     found: dict[Version, PythonInstallation] = {}
     for path in paths:
-        if path.endswith("-config") or not os.access(path, os.X_OK):
+        if path.endswith("-config"):
             continue
-        probed = _probe(path)
-        if probed is None:
+        try:
+            version, real = _probe(path)
+            if version.release[:1] != (3,):
+                raise _Unusable(f"it is Python {version}; content needs Python 3")
+        except _Unusable as exc:
+            if configured:
+                log.warning("python_installations: %s is skipped: %s", path, exc)
             continue
-        version, real = probed
-        if version.release[:1] == (3,) and version not in found:
-            found[version] = PythonInstallation(version, real)
+        found.setdefault(version, PythonInstallation(version, real))
     return sorted(found.values())
