@@ -1106,14 +1106,15 @@ def window_ratios(windows: list[Window]) -> tuple[float, float, list[float]]:
     return rate(whole), cpu, quads
 
 
-def compare_usage_interleaved(runs: int, seconds: float, window: float) -> None:
+def compare_usage_interleaved(runs: int, seconds: float, window: float, app_cpus: str | None = None) -> None:
     """Usage recording off against on within one server (:func:`serve_toggled`, the
     import held while busy: the default), switched every ``window`` seconds under one
     steady load (:func:`interleaved_run`): on this machine, whose speed changes from one
     tenth of a second to the next, both sides meet the same changes, which runs of
     seconds each do not. Each run of the switched server alternates with a control run
     of the same length where nothing is switched (both sides recording off): the noise
-    floor of the method."""
+    floor of the method. ``app_cpus``: move the app's process to these cores (the server
+    then has core 0 to itself; a diagnostic)."""
     with open("/proc/loadavg") as load:
         print(f"load average at the start: {load.read().strip()}", flush=True)
     flush = {"PODIUM_USAGE_RECORDING": "true", "PODIUM_USAGE_FLUSH_SECONDS": str(USAGE_FLUSH_SECONDS)}
@@ -1122,6 +1123,9 @@ def compare_usage_interleaved(runs: int, seconds: float, window: float) -> None:
     quads: dict[str, list[float]] = {"switched": [], "control": []}
     with podium_content("off", flush, toggled=True) as served:
         app_pid = listening_pids(int(served.direct.rpartition(":")[2]))[0]
+        if app_cpus is not None:  # every thread of the app's process
+            subprocess.run(["taskset", "-a", "-pc", app_cpus, str(app_pid)], check=True, stdout=subprocess.DEVNULL)
+            print(f"the app's process moved to cores {app_cpus}; the server keeps core 0", flush=True)
         wrk(served.through + "/", 64, 1)
         check_switch(served, recording)
         switch_recording(served, recording, "off")
@@ -1204,6 +1208,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--importer-cpus", metavar="LIST",
                         help="with --usage: move the usage importer to these cores (e.g. 0,1) "
                              "after the warm-up, instead of the server's core 0 (a diagnostic)")
+    parser.add_argument("--app-cpus", metavar="LIST",
+                        help="with --usage-interleave: move the app's process to these cores (e.g. 1) after "
+                             "its start, instead of sharing the server's core 0 (a diagnostic)")
     parser.add_argument(
         "--ws-client", choices=["aiohttp", "websockets"], default="aiohttp",
         help="websocket client library for the round trips",
@@ -1226,7 +1233,7 @@ def main(argv: list[str] | None = None) -> None:
         compare_sandbox(seconds, rounds)
         return
     if args.usage_interleave:
-        compare_usage_interleaved(rounds, seconds, args.window)
+        compare_usage_interleaved(rounds, seconds, args.window, args.app_cpus)
         return
     if args.usage_toggle:
         compare_usage_toggled(args.pairs, sets=max(1, args.sets))
