@@ -253,6 +253,47 @@ def test_the_hits_array_is_whole_for_dense_sparse_and_several_items(store: Store
     assert read([str(uuid.UUID(int=4))]) == []
 
 
+def test_the_database_encodes_each_hit_as_the_api_shows_it(store: Store) -> None:
+    # The hits array's JSON is made by the database (SQLite's json_object, PostgreSQL's
+    # json_build_object): every field as posit-sdk reads it, nulls kept at the top and
+    # left out of data, text of any kind escaped, the time cut (not rounded) to the
+    # second in UTC, for hits written by the importer and by the ORM alike.
+    guid, viewer = str(uuid.UUID(int=7)), str(uuid.UUID(int=8))
+    odd = 'caf\u00e9 "quoted" back\\slash \u2603 tab\t new\nline \x01 </script>'
+    at = datetime(2026, 3, 1, 12, 34, 59, 999_999, tzinfo=UTC).timestamp()
+    recorded: list[usage_import.Hit] = [
+        (at, guid, viewer, 1, "/content/x/caf\u00e9?a=1&b=%22".encode(), b"GET", odd.encode("latin-1", "replace"),
+         b"document", b"same-origin"),
+        (at + 0.5, guid, None, None, b"/content/x/", b"POST", None, None, None),
+    ]
+    data = usage_import.dump_hits(recorded)
+    usage_import.write(store, (usage_import.FRAME.pack(len(data)) + data, [], []))
+    with store.session() as session:
+        session.execute(insert(ContentHit), [
+            {"content_guid": guid, "user_guid": viewer, "time": datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+             "path": odd, "query": None, "user_agent": odd, "sec_fetch_dest": None, "sec_fetch_site": "none",
+             "visit": False},
+            {"content_guid": guid, "user_guid": None, "time": datetime(2027, 1, 1, tzinfo=UTC), "path": "/",
+             "query": "", "user_agent": "", "visit": True},
+        ])
+        session.commit()
+    with store.session() as session:
+        array = b"".join(instrumentation.hits_array(session, store, [ContentHit.content_guid.in_([guid])]))
+        ids = list(session.scalars(select(ContentHit.id).order_by(ContentHit.id)))
+    latin = odd.encode("latin-1", "replace").decode("latin-1")
+    assert json.loads(array) == [
+        {"id": ids[0], "content_guid": guid, "user_guid": viewer, "timestamp": "2026-03-01T12:34:59Z",
+         "data": {"path": "/content/x/caf\u00e9", "user_agent": latin, "query": "a=1&b=%22",
+                  "sec_fetch_dest": "document", "sec_fetch_site": "same-origin"}},
+        {"id": ids[1], "content_guid": guid, "user_guid": None, "timestamp": "2026-03-01T12:35:00Z",
+         "data": {"path": "/content/x/", "user_agent": ""}},
+        {"id": ids[2], "content_guid": guid, "user_guid": viewer, "timestamp": "2026-12-31T23:59:59Z",
+         "data": {"path": odd, "user_agent": odd, "sec_fetch_site": "none"}},
+        {"id": ids[3], "content_guid": guid, "user_guid": None, "timestamp": "2027-01-01T00:00:00Z",
+         "data": {"path": "/", "user_agent": "", "query": ""}},
+    ]
+
+
 def test_buffered_hits_written_on_a_normal_stop(tmp_path: Any) -> None:
     data = tmp_path / "data"
     first = start_server(data, extra_env={"PODIUM_USAGE_FLUSH_SECONDS": "3600"})
