@@ -294,6 +294,56 @@ def test_the_database_encodes_each_hit_as_the_api_shows_it(store: Store) -> None
     ]
 
 
+def test_a_page_of_visits_reads_the_visits_index(store: Store) -> None:
+    # Hits of an API read by scripts hold one visit in thousands: a page of visits, of
+    # every item or of one, reads the partial indexes of visits (SQLite's plan), not
+    # every hit since the cursor; and the pages hold the visits, newest or oldest first.
+    from sqlalchemy import event, text
+    from starlette.requests import Request
+
+    from podium import auth
+
+    guids = [str(uuid.UUID(int=n)) for n in (1, 2)]
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    with store.session() as session:
+        session.execute(insert(ContentHit), [
+            {"content_guid": guids[n % 2], "time": start + timedelta(seconds=n), "path": f"/{n}", "user_agent": "",
+             "visit": n % 100 == 0} for n in range(3000)])
+        admin = auth.create_user(session, "usage-admin", "administrator")
+        session.commit()
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if "FROM content_hits" in statement:
+            statements.append((statement, parameters))
+
+    def page(query: str) -> list[str]:
+        request = Request({"type": "http", "method": "GET", "scheme": "http", "server": ("podium", 80),
+                           "path": "/__api__/v1/instrumentation/content/visits", "root_path": "",
+                           "query_string": query.encode(), "headers": []})
+        statements.clear()
+        with store.session() as session:
+            answer = instrumentation.cursor_page(request, session, session.get(type(admin), admin.id), ContentHit,
+                                                 ContentHit.time, instrumentation.visit_json)
+        (statement, parameters), = statements
+        if store.is_sqlite:
+            with store.session() as session:
+                plan = " ".join(row[-1] for row in session.connection().exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + statement, parameters))
+            assert "ix_content_hits_visits" in plan or "ix_content_hits_content_visits" in plan, plan
+        return [result["path"] for result in answer["results"]]
+
+    event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        assert page("limit=5") == ["/0", "/100", "/200", "/300", "/400"]
+        assert page(f"limit=3&content_guid={guids[0]}&asc_order=false") == ["/2900", "/2800", "/2700"]
+        assert page(f"limit=500&content_guid={guids[1]}") == []  # odd hits: none is a visit
+    finally:
+        event.remove(store.engine, "before_cursor_execute", seen)
+    with store.session() as session:
+        assert session.scalar(text("SELECT count(*) FROM content_hits WHERE visit = true")) == 30
+
+
 def test_buffered_hits_written_on_a_normal_stop(tmp_path: Any) -> None:
     data = tmp_path / "data"
     first = start_server(data, extra_env={"PODIUM_USAGE_FLUSH_SECONDS": "3600"})

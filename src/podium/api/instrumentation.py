@@ -21,7 +21,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import ColumnElement, Text, cast, false, func, literal, or_, select
+from sqlalchemy import ColumnElement, Text, cast, false, func, literal, or_, select, true
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
 
@@ -210,7 +210,7 @@ def cursor_page(
     limit = int(raw_limit)
     query = select(model)
     if model is ContentHit:
-        query = query.where(ContentHit.visit.is_(True))
+        query = query.where(ContentHit.visit == true())  # as the partial indexes of visits say it
     if guids is not None:
         query = query.where(model.content_guid.in_(guids))
     if start is not None:
