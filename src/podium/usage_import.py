@@ -89,6 +89,15 @@ def is_visit(method: bytes, path: str, dest: str | None) -> bool:
     return path.endswith(("/", ".html"))
 
 
+def _header_text(value: bytes) -> str:
+    """A header's bytes as text: UTF-8 as clients that send more than ASCII mean it (a
+    user agent "café" is not "cafÃ©"), else Latin-1, as HTTP defines header bytes."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
 def hit_rows(hits: Iterable[Hit], sqlite: bool) -> list[tuple[Any, ...]]:
     """The ``content_hits`` rows of ``hits``, in the order of :func:`_insert_hits`'s columns.
     Written for speed: after the insert, it is most of the importer's time per hit."""
@@ -109,7 +118,7 @@ def hit_rows(hits: Iterable[Hit], sqlite: bool) -> list[tuple[Any, ...]]:
             when = from_timestamp(at, UTC)
         fetch_dest = None if dest is None else dest.decode("latin-1")
         append((guid, user, bundle, when, path, raw_query.decode("utf-8", "replace") or None,
-                "" if agent is None else agent.decode("latin-1"), fetch_dest,
+                "" if agent is None else _header_text(agent), fetch_dest,
                 None if site is None else site.decode("latin-1"), is_visit(method, path, fetch_dest)))
     return rows
 
