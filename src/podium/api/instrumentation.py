@@ -151,7 +151,12 @@ def _hits_array(store: Store, filters: list[Any], first: int, last: int) -> Iter
 def hits_array(session: Session, store: Store, filters: list[Any]) -> Iterator[bytes]:
     """The JSON array of the hits matching ``filters`` recorded so far (their ids read in
     ``session``, whose read then ends), streamed by :func:`_hits_array`."""
-    first, last = session.execute(select(func.min(ContentHit.id), func.max(ContentHit.id)).where(*filters)).one()
+    # The first and the last through the id (or content and id) index, not min() and
+    # max() together, which read every matching hit (0.15 s a million on SQLite) before
+    # the first byte.
+    matching = select(ContentHit.id).where(*filters).limit(1)
+    first = session.scalar(matching.order_by(ContentHit.id))
+    last = session.scalar(matching.order_by(ContentHit.id.desc()))
     session.rollback()  # this request's read ends here; the array is read in chunks of its own
     return _hits_array(store, filters, first or 1, last or 0)
 
