@@ -1086,23 +1086,24 @@ def interleaved_run(served: Served, app_pid: int, seconds: float, window: float,
     return windows
 
 
+def side_totals(windows: list[Window]) -> dict[str, Window]:
+    """The sums of ``windows`` for each side ("on" and "off"), each as one window."""
+    return {side: Window(side, sum(w.seconds for w in windows if w.side == side),
+                         sum(w.requests for w in windows if w.side == side),
+                         sum(w.cpu_ns for w in windows if w.side == side),
+                         sum(w.faults for w in windows if w.side == side))
+            for side in ("on", "off")}
+
+
 def window_ratios(windows: list[Window]) -> tuple[float, float, list[float]]:
     """Requests/s and server CPU per request, on against off, over all ``windows``; and
     the requests/s ratio of each quad of them."""
-    def totals(chosen: list[Window]) -> dict[str, list[float]]:
-        sums = {"on": [0.0, 0.0, 0.0], "off": [0.0, 0.0, 0.0]}
-        for w in chosen:
-            sums[w.side][0] += w.seconds
-            sums[w.side][1] += w.requests
-            sums[w.side][2] += w.cpu_ns
-        return sums
+    def rate(sums: dict[str, Window]) -> float:
+        return (sums["on"].requests / sums["on"].seconds) / (sums["off"].requests / sums["off"].seconds)
 
-    def rate(sums: dict[str, list[float]]) -> float:
-        return (sums["on"][1] / sums["on"][0]) / (sums["off"][1] / sums["off"][0])
-
-    whole = totals(windows)
-    cpu = (whole["on"][2] / whole["on"][1]) / (whole["off"][2] / whole["off"][1])
-    quads = [rate(totals(windows[i:i + 4])) for i in range(0, len(windows) - 3, 4)]
+    whole = side_totals(windows)
+    cpu = (whole["on"].cpu_ns / whole["on"].requests) / (whole["off"].cpu_ns / whole["off"].requests)
+    quads = [rate(side_totals(windows[i:i + 4])) for i in range(0, len(windows) - 3, 4)]
     return rate(whole), cpu, quads
 
 
@@ -1139,14 +1140,13 @@ def compare_usage_interleaved(runs: int, seconds: float, window: float, app_cpus
             rate, cpu, quad = window_ratios(windows)
             figures[kind].append((rate, cpu))
             quads[kind].extend(quad)
-            off = [w for w in windows if w.side == "off"]
-            served_off = max(1, sum(w.requests for w in off))
-            faults = {side: 1000 * sum(w.faults for w in windows if w.side == side)
-                      / max(1, sum(w.requests for w in windows if w.side == side)) for side in ("on", "off")}
+            sums = side_totals(windows)
+            off = sums["off"]
+            faults = {side: 1000 * sums[side].faults / max(1, sums[side].requests) for side in sums}
             print(f"{kind} run {len(figures[kind])}: {len(windows)} windows of {window:g} s, "
                   f"small requests/s on/off {rate:.4f}x, server loop CPU per request {cpu:.4f}x "
-                  f"(off: {served_off / sum(w.seconds for w in off):.0f} requests/s, "
-                  f"{sum(w.cpu_ns for w in off) / served_off / 1000:.1f} us a request), "
+                  f"(off: {off.requests / off.seconds:.0f} requests/s, "
+                  f"{off.cpu_ns / max(1, off.requests) / 1000:.1f} us a request), "
                   f"page faults per 1000 requests on {faults['on']:.2f}, off {faults['off']:.2f}", flush=True)
     for kind, label in (("switched", "recording on/off"), ("control", "off/off, nothing switched")):
         rates = [rate for rate, _ in figures[kind]]
