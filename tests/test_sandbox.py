@@ -155,8 +155,14 @@ def test_sandbox_hostile_job_sees_only_its_own_files_and_processes(
         ["sleep", "30"], env={"CONTENT_SECRET": secret}, start_new_session=True
     )
     try:
-        # Outside a sandbox the secret is there for the taking.
-        assert secret.encode() in Path(f"/proc/{bystander.pid}/environ").read_bytes()
+        # Outside a sandbox the secret is there for the taking. Popen returns when
+        # exec closes its pipe, a moment before the kernel sets the new environ's
+        # bounds; until then the file reads empty.
+        environ = Path(f"/proc/{bystander.pid}/environ")
+        deadline = time.monotonic() + 5
+        while not environ.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert secret.encode() in environ.read_bytes()
 
         async def scenario() -> list[str]:
             handle = await backend.launch(box.spec([
