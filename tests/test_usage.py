@@ -25,7 +25,7 @@ from sqlalchemy import func, insert, select
 from tests.conftest import RunningServer, start_server
 from tests.helpers import alive, deploy, static_bundle, tar_gz
 
-from podium import usage, usage_import
+from podium import hitlog, usage, usage_import
 from podium.api import instrumentation
 from podium.store import Store
 from podium.store.models import AppSession, ContentHit, UsageDay, UsageImport
@@ -502,10 +502,11 @@ def test_spooled_sessions_in_any_order_and_other_nodes_files(store: Store, tmp_p
     spool = tmp_path / "usage"
     recorder = UsageRecorder(store, 1.0, 30, spool=spool, node="n1")
     guid = "0b6b1a4e-8d8f-4a57-9a55-9e1f3d6f2f10"
-    # A file served (no tunnel) opens no session, whatever its headers say.
-    assert recorder.hit(b"GET", b"/content/x/f", [(b"upgrade", b"websocket")], guid, None, None, tunnel=False) is None
-    end = recorder.hit(b"GET", b"/content/x/ws", [(b"upgrade", b"WebSocket")], guid, None, None)
-    assert end is not None
+    # A WebSocket is told apart; the caller opens its session (the router, when it
+    # tunnels it to content: not for a file it serves itself).
+    assert recorder.hit(b"GET", b"/content/x/f", [(b"upgrade", b"websocket")], guid, None, None) is True
+    assert recorder.hit(b"GET", b"/content/x/ws", [(b"upgrade", b"WebSocket")], guid, None, None) is True
+    end = recorder.session(guid, None, None)
     started = usage_import.spool_batch(spool, "n1", 1, recorder.take())
     end()
     ended = usage_import.spool_batch(spool, "n1", 2, recorder.take())
@@ -575,23 +576,26 @@ def test_import_waits_while_the_server_is_busy(store: Store, tmp_path: Path) -> 
     assert importer.run_once() == 2 and _hit_count(store) == 7
 
 
+@pytest.mark.parametrize("in_python", [False, True], ids=["c-log", "python-log"])
 def test_spooled_hits_fields_and_a_spool_file_of_an_earlier_version(
-        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Rows go in several statements of several rows each, and hits in several
-    # marshalled lists: each keeps its own fields.
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_python: bool) -> None:
+    # Rows go in several statements of several rows each, and hits (recorded by the C
+    # log, or by the Python one in several marshalled lists): each keeps its own fields.
     monkeypatch.setattr(usage_import, "_ROWS_PER_INSERT", 2)
-    monkeypatch.setattr(usage, "HITS_PER_LIST", 2)
+    if in_python:
+        monkeypatch.setattr(usage, "HitLog", hitlog.PyHitLog)
+        monkeypatch.setattr(hitlog, "HITS_PER_LIST", 2)
     spool = tmp_path / "usage"
     recorder = UsageRecorder(store, 1.0, 30, spool=spool, node="n1")
     guid = "0b6b1a4e-8d8f-4a57-9a55-9e1f3d6f2f10"
     browser = [(b"host", b"x"), (b"User-Agent", b"ignored: names are lower case"), (b"user-agent", b"Firefox"),
                (b"sec-fetch-dest", b"document"), (b"sec-fetch-site", b"same-origin"),
                (b"authorization", b"Key sekrit-key"), (b"cookie", b"session=sekrit-cookie")]
-    assert recorder.hit(b"GET", b"/content/x/page?a=1&b=%C3%A9", browser, guid, "u1", 3) is None
+    assert recorder.hit(b"GET", b"/content/x/page?a=1&b=%C3%A9", browser, guid, "u1", 3) is False
     recorder.hit(b"POST", b"/content/x/", [], guid, None, None)
     recorder.hit(b"GET", b"/content/x/report.html", [(b"user-agent", b"curl")], guid, None, 4)
     batch = recorder.take()
-    assert len(usage_import.read_hits(batch[0])) == 3  # two marshalled lists
+    assert len(usage_import.read_hits(batch[0])) == 3
     spooled = usage_import.spool_batch(spool, "n1", 1, batch)
     assert b"sekrit" not in spooled.read_bytes()  # the request's credentials are not kept
     assert recorder.take() == (b"", [], [])  # nothing buffered: nothing to spool

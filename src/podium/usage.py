@@ -1,15 +1,12 @@
 """Recording usage: hits, visits and interactive app sessions, batched off the request path.
 
-The proxy calls :meth:`UsageRecorder.hit` once per request it serves for content: that
-picks the three headers a hit keeps out of the request's and appends one tuple to a list
-(no I/O, no lock, nothing parsed); every :data:`HITS_PER_LIST` hits the list is
-marshalled onto a buffer. The tuple holds only strings, bytes, numbers and None, so the
-garbage collector stops tracking it at its first collection (it never reaches the
-oldest generation, whose full collections walk the server's whole heap). The buffer is
-kept from one flush to the next: memory freed and taken again at every flush (2 s of
-hits marshalled at once, or a new buffer each time) cost the server a page fault every
-few dozen requests, each microseconds long on a virtual machine (bench/README.md).
-Every ``flush_seconds`` the server writes the buffer to a spool file of its own and
+The proxy calls ``UsageRecorder.hit`` once per request it serves for content: that is
+the ``hit`` of the recorder's :mod:`hit log <podium.hitlog>` itself (written in C, with
+no call of ours between), which picks the three headers a hit keeps, reads the clock and
+appends the hit to its buffer (no I/O, no lock, no Python object); it returns whether
+the request asks for a WebSocket, for which the router then calls
+:meth:`UsageRecorder.session`. Every ``flush_seconds`` the server writes the hits taken
+from the log to a spool file of its own and
 wakes the *importer*, a process at the lowest CPU priority that builds the rows, inserts
 them and prunes rows older than ``retention_days`` hourly (:mod:`podium.usage_import`).
 So the database work never holds the server's GIL, and takes only time the server
@@ -40,7 +37,6 @@ ends the session when the tunnel closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -48,19 +44,16 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 from podium import usage_import
+from podium.hitlog import HitLog
 from podium.store import Store
-from podium.usage_import import Batch, End, Hit, Start
+from podium.usage_import import Batch, End, Start
 
 log = logging.getLogger(__name__)
-HITS_PER_LIST = 256  # hits marshalled together: tens of kB, within what malloc reuses
-_BUFFER_BYTES = 1024 * 1024  # the buffer of marshalled hits to begin with (it grows as needed)
-_SHRINK_ABOVE_BYTES = 16 * 1024 * 1024  # a buffer grown past this, a quarter used, is made smaller
-_HEADERS = frozenset((b"user-agent", b"sec-fetch-dest", b"sec-fetch-site", b"upgrade"))  # what hit() reads
 _RESTART_AFTER_SECONDS = 10.0  # between two starts of an importer that keeps dying
 _STOP_SECONDS = 60.0  # for the importer to import the spool and exit on close
 BUSY_CPU = 0.25  # of a core, over a flush interval: the server is busy, the import waits
@@ -68,7 +61,13 @@ HOLD_BYTES = 256 * 1024 * 1024  # of batches waiting while busy: imported then r
 
 
 class UsageRecorder:
-    """Buffers usage and hands it on in batches (see the module docstring)."""
+    """Buffers usage and hands it on in batches (see the module docstring).
+
+    ``hit(method, target, headers, content_guid, user_guid, bundle_id)`` records one
+    request served by content (``headers``: its own, names lower-case) and returns whether
+    it asks for a WebSocket (``Upgrade: websocket``); for one tunnelled to content, the
+    caller then records an app session with :meth:`session`.
+    """
 
     def __init__(self, store: Store, flush_seconds: float, retention_days: int,
                  spool: Path | None = None, node: str = "node", import_delay_seconds: float = 0.0) -> None:
@@ -80,10 +79,8 @@ class UsageRecorder:
         self.import_delay_seconds = import_delay_seconds
         self._held_since: float | None = None  # when the oldest batch not yet handed on was spooled
         self._held_bytes = 0
-        self._hits: list[Hit] = []  # not marshalled yet
-        self._buffer = bytearray(_BUFFER_BYTES)  # marshalled lists of hits, up to _end
-        self._end = 0
-        self._marshalled = 0  # hits in the buffer
+        self._log = HitLog()
+        self.hit = self._log.hit  # the router calls the log's own method (see the module docstring)
         self._starts: list[Start] = []
         self._ends: list[End] = []
         self._task: asyncio.Task[None] | None = None
@@ -94,73 +91,20 @@ class UsageRecorder:
         if spool is not None:
             spool.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def hit(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        content_guid: str,
-        user_guid: str | None,
-        bundle_id: int | None,
-        tunnel: bool = True,
-    ) -> Callable[[], None] | None:
-        """Record one request served by content; for a WebSocket (``Upgrade:
-        websocket``) tunnelled to content (``tunnel``: not a file the server answers
-        itself), return the callable that records the end of its session."""
-        agent = dest = site = upgrade = None
-        for name, value in headers:  # a plain loop: the cheapest per request
-            if name in _HEADERS:
-                if name == b"user-agent":
-                    agent = value
-                elif name == b"sec-fetch-dest":
-                    dest = value
-                elif name == b"sec-fetch-site":
-                    site = value
-                else:
-                    upgrade = value
-        now = time.time()
-        self._hits.append((now, content_guid, user_guid, bundle_id, target, method, agent, dest, site))
-        if len(self._hits) >= HITS_PER_LIST:
-            self._marshal_hits()
-        if upgrade is None or not tunnel or upgrade.lower() != b"websocket":
-            return None
-        start = (str(uuid.uuid4()), now, content_guid, user_guid, bundle_id)
+    def session(self, content_guid: str, user_guid: str | None, bundle_id: int | None) -> Callable[[], None]:
+        """Record the start of an app session (a WebSocket tunnelled to content) now; the
+        callable returned records its end."""
+        start = (str(uuid.uuid4()), time.time(), content_guid, user_guid, bundle_id)
         self._starts.append(start)
         return lambda: self._ends.append((*start, time.time()))
 
     # --- handing on -----------------------------------------------------------------------
 
-    def _marshal_hits(self) -> None:
-        data = usage_import.dump_hits(self._hits)
-        self._marshalled += len(self._hits)
-        self._hits = []
-        start = self._end + usage_import.FRAME.size
-        end = start + len(data)
-        if end > len(self._buffer):
-            self._buffer.extend(bytes(max(len(self._buffer), end - self._end)))
-        usage_import.FRAME.pack_into(self._buffer, self._end, len(data))
-        self._buffer[start:end] = data
-        self._end = end
-
-    @contextlib.contextmanager
-    def _buffered(self) -> Iterator[Batch]:
-        """What is buffered, its hits a view of the buffer; empty afterwards, whatever
-        became of it (on the event loop, where :meth:`hit` appends)."""
-        if self._hits:
-            self._marshal_hits()
-        hits = memoryview(self._buffer)[:self._end]
-        try:
-            yield hits, self._starts, self._ends
-        finally:
-            hits.release()
-            used, self._end, self._marshalled, self._starts, self._ends = self._end, 0, 0, [], []
-            if len(self._buffer) > _SHRINK_ABOVE_BYTES and used < len(self._buffer) // 4:  # after a peak
-                self._buffer = bytearray(max(2 * used, _BUFFER_BYTES))
-
     def take(self) -> Batch:
         """What is buffered, as a batch of its own, leaving the buffers empty."""
-        with self._buffered() as (hits, starts, ends):
-            return bytes(hits), starts, ends
+        batch = self._log.take(), self._starts, self._ends
+        self._starts, self._ends = [], []
+        return batch
 
     def flush(self) -> int:
         """Write what is buffered to the database now, in this thread; how many hits."""
@@ -178,11 +122,11 @@ class UsageRecorder:
         """Append what is buffered to the spool; how many bytes of hits (0 when nothing
         was buffered, or only app sessions)."""
         assert self.spool is not None
-        with self._buffered() as batch:
-            if any(batch):
-                self._seq += 1
-                usage_import.spool_batch(self.spool, self.node, self._seq, batch)
-            return len(batch[0])
+        batch = self.take()
+        if any(batch):
+            self._seq += 1
+            usage_import.spool_batch(self.spool, self.node, self._seq, batch)
+        return len(batch[0])
 
     def _wake(self) -> None:
         """Tell the importer there is a file to import, starting it (again) if need be."""
@@ -248,7 +192,7 @@ class UsageRecorder:
                         pruned_at = time.monotonic()
                         await asyncio.to_thread(self.prune)
                     continue
-                if self._hits or self._end or self._starts or self._ends:
+                if len(self._log) or self._starts or self._ends:
                     self._held_bytes += self._spool_buffered()
                     if self._held_since is None:
                         self._held_since = now
@@ -274,7 +218,7 @@ class UsageRecorder:
             self._task = None
         # Whatever fails here is logged and the stop goes on: the server's content
         # processes are stopped after this, and must not be left running without it.
-        lost = (f"{self._marshalled + len(self._hits)} hit(s) and {len(self._starts) + len(self._ends)} "
+        lost = (f"{len(self._log)} hit(s) and {len(self._starts) + len(self._ends)} "
                 "app session start(s) and end(s) lost")
         if self.spool is None:
             try:

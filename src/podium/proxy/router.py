@@ -521,10 +521,10 @@ class ContentRouter:
         if query:
             upstream += b"?" + query
         on_done = lease.release
-        if self.usage is not None:
-            ended = self.usage.hit(method, target, headers, guid, viewer.guid if viewer else None, bundle_id)
-            if ended is not None:
-                on_done = _then(lease.release, ended)
+        if self.usage is not None and self.usage.hit(method, target, headers, guid,
+                                                     viewer.guid if viewer else None, bundle_id):
+            # a WebSocket: an app session too, ended when the tunnel closes
+            on_done = _then(lease.release, self.usage.session(guid, viewer.guid if viewer else None, bundle_id))
         return Forward(
             host=lease.address[0],
             port=lease.address[1],
@@ -572,8 +572,7 @@ class ContentRouter:
         if entry is None:
             return to_app
         if self.usage is not None:  # a hit, as when the app serves the file
-            self.usage.hit(method, target, headers, info.guid, viewer.guid if viewer else None, info.bundle_id,
-                           tunnel=False)
+            self.usage.hit(method, target, headers, info.guid, viewer.guid if viewer else None, info.bundle_id)
         return ServeFile(entry, self.files, b"" if content_origin else _SANDBOX)
 
     def _to_content_origin(self, guid: str, target: bytes) -> Respond:

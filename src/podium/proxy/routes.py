@@ -121,7 +121,7 @@ def serve_content(
     usage: UsageRecorder | None = getattr(request.app.state, "usage", None)
     if usage is not None and response.status_code < 400:  # served by content: a hit
         usage.hit(request.method.encode(), _target(request).encode(), request.scope["headers"],
-                  guid.lower(), who.user.guid if who.user else None, None, tunnel=False)
+                  guid.lower(), who.user.guid if who.user else None, None)
     if not content_origin:
         response.headers["content-security-policy"] = "sandbox"
     return response
