@@ -33,6 +33,8 @@ sandbox-deps:
 	  || echo "Could not install bubblewrap: install it (Debian: apt-get install bubblewrap), or run with PODIUM_SANDBOX=optional"
 
 # The dashboard's browser tests drive Debian's Chromium (Playwright never downloads one here).
+# The install builds the usage recorder's C part with a C compiler (gcc; a test checks it
+# was built: without one, Podium records usage in Python, more slowly).
 # R content (rmd-static, shiny, api) runs on Debian's R with rmarkdown, shiny and plumber;
 # R Markdown needs pandoc. Sandboxed jobs run in bubblewrap (bwrap).
 # apt-get runs only when something is missing.
@@ -41,6 +43,7 @@ system-deps:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	@missing=""; \
 	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
+	command -v cc >/dev/null || missing="$$missing gcc"; \
 	command -v Rscript >/dev/null || missing="$$missing r-base-core"; \
 	command -v pandoc >/dev/null || missing="$$missing pandoc"; \
 	for pkg in $(R_PACKAGES); do \
@@ -54,7 +57,7 @@ system-deps:
 
 # pytest exits 5 when it collected no tests: that is a failure here too (any non-zero is).
 # Lint first: ruff, mypy --strict on src/, and the layers of docs/architecture.md.
-test: install system-deps lint
+test: system-deps install lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -662,6 +662,7 @@ def compare_sandbox(seconds: float, rounds: int, cold_samples: int = 9) -> None:
 
 
 USAGE_FLUSH_SECONDS = 2  # the servers' usage_flush_seconds (the default, set)
+HITLOG = "BENCH_HITLOG"  # how serve_toggled records hits: "c" (as installed), "python", "call" (--hitlog)
 
 
 def spooled(served: Served) -> int:
@@ -923,6 +924,19 @@ def serve_toggled(argv: list[str]) -> None:
 
     ContentRouter.__init__ = kept  # type: ignore[method-assign]
     signal.signal(signal.SIGUSR1, toggle)
+    kind = os.environ.get(HITLOG, "c")
+    if kind != "c":  # --hitlog
+        from podium import hitlog, usage
+
+        class CallOnly(hitlog.PyHitLog):
+            """A hit that is a call of a C function doing nothing: what any call from the
+            router costs (nothing is recorded)."""
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.hit = "".format  # type: ignore[assignment]  # takes any arguments, returns ""
+
+        usage.HitLog = hitlog.PyHitLog if kind == "python" else CallOnly  # type: ignore[attr-defined]
     sys.argv = ["podium", "serve", *argv]
     podium()
 
@@ -1107,7 +1121,8 @@ def window_ratios(windows: list[Window]) -> tuple[float, float, list[float]]:
     return rate(whole), cpu, quads
 
 
-def compare_usage_interleaved(runs: int, seconds: float, window: float, app_cpus: str | None = None) -> None:
+def compare_usage_interleaved(runs: int, seconds: float, window: float, app_cpus: str | None = None,
+                              hitlog_kind: str = "c") -> None:
     """Usage recording off against on within one server (:func:`serve_toggled`, the
     import held while busy: the default), switched every ``window`` seconds under one
     steady load (:func:`interleaved_run`): on this machine, whose speed changes from one
@@ -1115,10 +1130,21 @@ def compare_usage_interleaved(runs: int, seconds: float, window: float, app_cpus
     seconds each do not. Each run of the switched server alternates with a control run
     of the same length where nothing is switched (both sides recording off): the noise
     floor of the method. ``app_cpus``: move the app's process to these cores (the server
-    then has core 0 to itself; a diagnostic)."""
+    then has core 0 to itself; a diagnostic). ``hitlog_kind``: "python" records hits with
+    the Python class, as a server installed without the C one does (:mod:`podium.hitlog`);
+    "call" only calls a C function that does nothing (a diagnostic: nothing is recorded,
+    the switch is not checked)."""
     with open("/proc/loadavg") as load:
         print(f"load average at the start: {load.read().strip()}", flush=True)
-    flush = {"PODIUM_USAGE_RECORDING": "true", "PODIUM_USAGE_FLUSH_SECONDS": str(USAGE_FLUSH_SECONDS)}
+    flush = {"PODIUM_USAGE_RECORDING": "true", "PODIUM_USAGE_FLUSH_SECONDS": str(USAGE_FLUSH_SECONDS),
+             HITLOG: hitlog_kind}
+    from podium import hitlog
+
+    if hitlog_kind == "c" and not hitlog.COMPILED:
+        raise SystemExit("podium._hitlog is not built (make install builds it with a C compiler); "
+                         "--hitlog python measures the Python class")
+    print(f"hits recorded by: {dict(c='the C class', python='the Python class', call='nothing (a C call only)')[hitlog_kind]}",
+          flush=True)
     recording: dict[int, bool] = {}
     figures: dict[str, list[tuple[float, float]]] = {"switched": [], "control": []}
     quads: dict[str, list[float]] = {"switched": [], "control": []}
@@ -1128,7 +1154,8 @@ def compare_usage_interleaved(runs: int, seconds: float, window: float, app_cpus
             subprocess.run(["taskset", "-a", "-pc", app_cpus, str(app_pid)], check=True, stdout=subprocess.DEVNULL)
             print(f"the app's process moved to cores {app_cpus}; the server keeps core 0", flush=True)
         wrk(served.through + "/", 64, 1)
-        check_switch(served, recording)
+        if hitlog_kind != "call":
+            check_switch(served, recording)
         switch_recording(served, recording, "off")
         for index in range(2 * runs):
             kind = ("switched", "control")[(index + index // 2) % 2]  # S C C S S C ...
@@ -1208,6 +1235,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--importer-cpus", metavar="LIST",
                         help="with --usage: move the usage importer to these cores (e.g. 0,1) "
                              "after the warm-up, instead of the server's core 0 (a diagnostic)")
+    parser.add_argument("--hitlog", choices=("c", "python", "call"), default="c",
+                        help="with --usage-interleave: hits recorded by the C class (the default), the Python "
+                             "one (as on a server installed without a C compiler: podium.hitlog), or not at "
+                             "all, only a call of a C function doing nothing (a diagnostic)")
     parser.add_argument("--app-cpus", metavar="LIST",
                         help="with --usage-interleave: move the app's process to these cores (e.g. 1) after "
                              "its start, instead of sharing the server's core 0 (a diagnostic)")
@@ -1233,7 +1264,7 @@ def main(argv: list[str] | None = None) -> None:
         compare_sandbox(seconds, rounds)
         return
     if args.usage_interleave:
-        compare_usage_interleaved(rounds, seconds, args.window, args.app_cpus)
+        compare_usage_interleaved(rounds, seconds, args.window, args.app_cpus, args.hitlog)
         return
     if args.usage_toggle:
         compare_usage_toggled(args.pairs, sets=max(1, args.sets))
