@@ -27,7 +27,8 @@ CASES: list[tuple[Any, ...]] = [
     (b"GET", b"/t", [(b"user-agent", b"first"), (b"user-agent", b"last wins")], GUID, None, 2**31 - 1),
     (b"GET", b"/t", [(b"user-agent", bytearray(b"a bytearray"))], GUID, None, 2**31),
     (b"HEAD", b"/t", [(b"sec-fetch-site", memoryview(b"a view"))], GUID, None, -(2**31)),
-    (b"GET", b"/t", [], GUID, None, -(2**31) - 1),
+    (b"GET", b"/t", ((b"user-agent", b"headers in a tuple"),), GUID, None, -(2**31) - 1),
+    (b"GET", b"/t", [[b"user-agent", b"pairs as lists"]], GUID, None, 5),
     (b"GET", b"/t", [], GUID, None, 2**62 + 12345),
     (b"GET", b"/t", [], GUID, None, 2**63 - 1),
     (b"GET", b"/t", [], GUID, None, -(2**63)),
@@ -65,6 +66,7 @@ def test_the_c_hit_log_hands_on_what_marshal_writes_and_the_python_one_does() ->
     assert c_hits[1][1:] == (GUID, "u1", 3, b"/content/x/page?a=1&b=%C3%A9", b"GET", b"Firefox", b"document",
                              b"same-origin")  # the request's credentials are not kept
     assert c_hits[5][6] == b"a bytearray" and c_hits[6][8] == b"a view"
+    assert c_hits[7][6] == b"headers in a tuple" and c_hits[8][6] == b"pairs as lists"
     assert c_upgrades == py_upgrades == [False] * len(CASES)
 
 
@@ -96,8 +98,8 @@ def test_the_c_hit_log_refuses_what_is_not_a_hit() -> None:
     log = _hitlog.HitLog()
     with pytest.raises(TypeError, match="6 arguments"):
         log.hit(b"GET", b"/", [], GUID, None)  # type: ignore[call-arg]
-    with pytest.raises(TypeError, match="headers must be a list"):
-        log.hit(b"GET", b"/", (), GUID, None, None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="headers must be a list or a tuple"):
+        log.hit(b"GET", b"/", {(b"user-agent", b"x")}, GUID, None, None)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="bytes, str or None, not int"):
         log.hit(b"GET", b"/", [], 7, None, None)  # type: ignore[arg-type]
     with pytest.raises(OverflowError):
@@ -105,6 +107,10 @@ def test_the_c_hit_log_refuses_what_is_not_a_hit() -> None:
     with pytest.raises(TypeError, match="not int"):  # a header's value that is not bytes
         log.hit(b"GET", b"/", [(b"user-agent", 5)], GUID, None, None)  # type: ignore[list-item]
     assert len(log) == 0 and log.take() == b""  # nothing half written
+    # A pair that is not two items, or a name that is not bytes, is not a header it keeps.
+    log.hit(b"GET", b"/", [(b"user-agent",), (b"user-agent", b"a", b"b"), ("user-agent", b"str name")],
+            GUID, None, None)  # type: ignore[list-item]
+    assert usage_import.read_hits(log.take())[0][6] is None
 
 
 def test_a_hit_log_of_another_format_is_not_used(monkeypatch: pytest.MonkeyPatch,

@@ -166,8 +166,8 @@ static PyObject *HitLog_hit(HitLog *self, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     PyObject *headers = args[2];
-    if (!PyList_Check(headers)) {
-        PyErr_SetString(PyExc_TypeError, "hit(): headers must be a list");
+    if (!PyList_Check(headers) && !PyTuple_Check(headers)) {
+        PyErr_SetString(PyExc_TypeError, "hit(): headers must be a list or a tuple");
         return NULL;
     }
     long long bundle_id = 0;
@@ -179,23 +179,26 @@ static PyObject *HitLog_hit(HitLog *self, PyObject *const *args, Py_ssize_t narg
     }
     PyObject *picked[3] = {Py_None, Py_None, Py_None}; /* user agent, dest, site */
     int websocket = 0;
-    Py_ssize_t count = PyList_GET_SIZE(headers);
+    /* ASGI's headers: (name, value) pairs, as tuples or lists, in a list or a tuple */
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(headers);
+    PyObject **items = PySequence_Fast_ITEMS(headers);
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *pair = PyList_GET_ITEM(headers, i);
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2)
+        PyObject *pair = items[i];
+        if (!(PyTuple_Check(pair) || PyList_Check(pair)) || PySequence_Fast_GET_SIZE(pair) != 2)
             continue;
-        PyObject *name = PyTuple_GET_ITEM(pair, 0);
+        PyObject *name = PySequence_Fast_GET_ITEM(pair, 0);
+        PyObject *value = PySequence_Fast_GET_ITEM(pair, 1);
         if (!PyBytes_Check(name))
             continue;
         Py_ssize_t length = PyBytes_GET_SIZE(name);
         if (length == 10 && name_is(name, "user-agent", 10))
-            picked[0] = PyTuple_GET_ITEM(pair, 1);
+            picked[0] = value;
         else if (length == 14 && name_is(name, "sec-fetch-dest", 14))
-            picked[1] = PyTuple_GET_ITEM(pair, 1);
+            picked[1] = value;
         else if (length == 14 && name_is(name, "sec-fetch-site", 14))
-            picked[2] = PyTuple_GET_ITEM(pair, 1);
+            picked[2] = value;
         else if (length == 7 && name_is(name, "upgrade", 7))
-            websocket = is_websocket(PyTuple_GET_ITEM(pair, 1));
+            websocket = is_websocket(value);
     }
     /* the tuple's fields after the time and the bundle id, and before them */
     PyObject *values[7] = {args[3], args[4], args[1], args[0], picked[0], picked[1], picked[2]};
