@@ -83,13 +83,28 @@ def test_a_hit_log_tells_websockets_apart_and_empties_on_take(log_class: Any) ->
     assert [hit[4] for hit in usage_import.read_hits(log.take())] == [b"/again"]
 
 
+def _frames(data: bytes) -> list[int]:
+    """The number of hits in each marshalled list of ``data``."""
+    counts, at = [], 0
+    while at < len(data):
+        (size,) = usage_import.FRAME.unpack_from(data, at)
+        assert data[at + 4:at + 5] == b"["
+        counts.append(int.from_bytes(data[at + 5:at + 9], "little"))
+        at += 4 + size
+    assert at == len(data)
+    return counts
+
+
 def test_the_c_hit_log_grows_and_shrinks_again_after_a_peak() -> None:
     log = _hitlog.HitLog()
     target = b"/content/x/" + b"p" * 1000
-    for index in range(30_000):  # about 31 MB: past the 1 MB to begin with, and past 16 MB
+    for index in range(70_000):  # about 77 MB: past the 1 MB to begin with, 16 MB, and a list's 64 MiB
         log.hit(b"GET", target, [(b"user-agent", str(index).encode())], GUID, None, index)
-    peak = usage_import.read_hits(log.take())
-    assert [(hit[3], hit[6]) for hit in peak[::9999]] == [(i, str(i).encode()) for i in (0, 9999, 19998, 29997)]
+    data = log.take()
+    frames = _frames(data)
+    assert len(frames) == 2 and sum(frames) == 70_000, frames
+    peak = usage_import.read_hits(data)
+    assert [(hit[3], hit[6]) for hit in peak[::23333]] == [(i, str(i).encode()) for i in (0, 23333, 46666, 69999)]
     log.hit(b"GET", b"/after", [], GUID, None, None)  # into the buffer made smaller
     assert [hit[4] for hit in usage_import.read_hits(log.take())] == [b"/after"]
 
@@ -104,6 +119,8 @@ def test_the_c_hit_log_refuses_what_is_not_a_hit() -> None:
         log.hit(b"GET", b"/", [], 7, None, None)  # type: ignore[arg-type]
     with pytest.raises(OverflowError):
         log.hit(b"GET", b"/", [], GUID, None, 2**63)
+    with pytest.raises(ValueError, match="more than 64 MiB"):
+        log.hit(b"GET", b"/" * (65 * 1024 * 1024), [], GUID, None, None)
     with pytest.raises(TypeError, match="not int"):  # a header's value that is not bytes
         log.hit(b"GET", b"/", [(b"user-agent", 5)], GUID, None, None)  # type: ignore[list-item]
     assert len(log) == 0 and log.take() == b""  # nothing half written

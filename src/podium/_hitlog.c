@@ -7,9 +7,10 @@
  * reads the clock and appends the hit to a buffer of its own, already serialized.
  *
  * What take() returns is what podium.hitlog.PyHitLog (the same class in Python, used
- * where this module could not be built) hands on: the hits as one list of podium.hitlog.Hit
- * tuples in marshal's format, behind the list's length (a uint32), as
- * FRAME.pack(len(data)) + marshal.dumps(hits, 2) would write it. Only marshal's oldest
+ * where this module could not be built) hands on: the hits as lists of podium.hitlog.Hit
+ * tuples in marshal's format, each behind its length (a uint32), as
+ * FRAME.pack(len(data)) + marshal.dumps(hits, 2) would write each; a list is closed and
+ * another begun past FRAME_BYTES. Only marshal's oldest
  * types are written (list, tuple, binary float, int, long, str as UTF-8, bytes, None),
  * which every marshal reads; tests/test_hitlog.py checks the bytes are the same.
  */
@@ -22,6 +23,7 @@
 #define INITIAL_BYTES (1024 * 1024)
 #define SHRINK_ABOVE_BYTES (16 * 1024 * 1024)
 #define LIST_HEAD 9 /* the frame's length (uint32), marshal's list type and its length */
+#define FRAME_BYTES (64 * 1024 * 1024) /* a list closed past this, another begun */
 #define FIELD_HEAD 5 /* a field's type and its length (int32) */
 #define MAX_FIELD 0x7FFFFFFF
 #define FORMAT 1 /* what take() returns: podium.hitlog.FORMAT */
@@ -31,7 +33,9 @@ typedef struct {
     char *buffer;
     Py_ssize_t used; /* LIST_HEAD when no hit is buffered */
     Py_ssize_t size;
-    Py_ssize_t hits;
+    Py_ssize_t hits; /* since the last take */
+    Py_ssize_t frame; /* where the open list's head is */
+    Py_ssize_t frame_hits; /* in the open list */
 } HitLog;
 
 static int reserve(HitLog *self, Py_ssize_t more) {
@@ -147,6 +151,14 @@ static char *put_int(char *at, long long value) {
     return at + 2 * count;
 }
 
+/* Write the open list's head: its length, and its number of hits. */
+static void close_frame(HitLog *self) {
+    char *at = put_u32(self->buffer + self->frame, (uint32_t)(self->used - self->frame - 4));
+    *at++ = '[';
+    put_u32(at, (uint32_t)self->frame_hits);
+    self->frame_hits = 0;
+}
+
 PyDoc_STRVAR(hit_doc,
 "hit(method, target, headers, content_guid, user_guid, bundle_id) -> bool\n\n"
 "Append one hit; whether the request asks for a WebSocket (Upgrade: websocket).\n"
@@ -159,10 +171,6 @@ static PyObject *HitLog_hit(HitLog *self, PyObject *const *args, Py_ssize_t narg
     }
     if (self->buffer == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "HitLog.__init__ was not called");
-        return NULL;
-    }
-    if (self->hits >= INT32_MAX) {
-        PyErr_SetString(PyExc_OverflowError, "too many hits since the last take()");
         return NULL;
     }
     PyObject *headers = args[2];
@@ -212,11 +220,17 @@ static PyObject *HitLog_hit(HitLog *self, PyObject *const *args, Py_ssize_t narg
             goto done;
         size += FIELD_HEAD + fields[ready].length;
     }
-    if (self->used + size > (Py_ssize_t)UINT32_MAX) { /* the frame's length is a uint32 */
-        PyErr_SetString(PyExc_OverflowError, "4 GiB of hits since the last take()");
+    if (size > FRAME_BYTES) { /* a request's line and headers are far smaller */
+        PyErr_SetString(PyExc_ValueError, "a hit of more than 64 MiB");
         goto done;
     }
-    if (reserve(self, size) < 0)
+    if (self->frame_hits && self->used - self->frame + size > FRAME_BYTES) {
+        if (reserve(self, LIST_HEAD + size) < 0)
+            goto done;
+        close_frame(self);
+        self->frame = self->used;
+        self->used += LIST_HEAD;
+    } else if (reserve(self, size) < 0)
         goto done;
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -243,6 +257,7 @@ static PyObject *HitLog_hit(HitLog *self, PyObject *const *args, Py_ssize_t narg
     }
     self->used = at - self->buffer;
     self->hits++;
+    self->frame_hits++;
     result = websocket ? Py_True : Py_False;
     Py_INCREF(result);
 done:
@@ -258,15 +273,14 @@ PyDoc_STRVAR(take_doc,
 static PyObject *HitLog_take(HitLog *self, PyObject *Py_UNUSED(ignored)) {
     if (self->hits == 0)
         return PyBytes_FromStringAndSize(NULL, 0);
-    char *at = put_u32(self->buffer, (uint32_t)(self->used - 4));
-    *at++ = '[';
-    put_u32(at, (uint32_t)self->hits);
+    close_frame(self);
     PyObject *taken = PyBytes_FromStringAndSize(self->buffer, self->used);
     if (taken == NULL)
         return NULL;
     Py_ssize_t used = self->used;
     self->used = LIST_HEAD;
     self->hits = 0;
+    self->frame = 0;
     if (self->size > SHRINK_ABOVE_BYTES && used < self->size / 4) { /* after a peak */
         Py_ssize_t size = 2 * used > INITIAL_BYTES ? 2 * used : INITIAL_BYTES;
         char *buffer = PyMem_RawRealloc(self->buffer, (size_t)size);
@@ -292,6 +306,8 @@ static int HitLog_init(HitLog *self, PyObject *args, PyObject *kwargs) {
         return -1;
     self->used = LIST_HEAD;
     self->hits = 0;
+    self->frame = 0;
+    self->frame_hits = 0;
     return 0;
 }
 
