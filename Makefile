@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install system-deps sandbox-deps run test lint clean
 
-$(STAMP): pyproject.toml src/podium/_hitlog.c
+$(STAMP): pyproject.toml setup.py src/podium/_hitlog.c
 	@test -n "$(PYTHON)" || { echo "Podium needs Python 3.11 or newer on PATH (or make PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
