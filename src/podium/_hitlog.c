@@ -208,7 +208,8 @@ static PyObject *HitLog_hit(HitLog *self, PyObject *const *args, Py_ssize_t narg
         else if (length == 7 && name_is(name, "upgrade", 7))
             websocket = is_websocket(value);
     }
-    /* the tuple's fields after the time and the bundle id, and before them */
+    /* the tuple's fields but the time and the bundle id, in order (the bundle id goes
+     * between the user GUID and the target) */
     PyObject *values[7] = {args[3], args[4], args[1], args[0], picked[0], picked[1], picked[2]};
     Field fields[7];
     Py_buffer held[7];
