@@ -3,12 +3,12 @@
 The proxy calls ``HitLog.hit`` once for every request it serves for content, so it is
 the one piece of usage recording on the request path. Written in Python, the least it
 can do (read the clock, keep one tuple) costs the proxy benchmark about 4% of its small
-requests/s, above the 3% the issue allows (bench/README.md). So :data:`HitLog` is the C
+requests/s, above the 3% Podium aims for (bench/README.md). So :data:`HitLog` is the C
 class of ``podium/_hitlog.c``, built by ``pip install``: it picks the three headers a
 hit keeps, reads the clock and appends the hit to its buffer already serialized, without
-creating a Python object. Where it could not be built (no C compiler), or was built from
+creating a Python object (about 3%, most of it the call itself). Where it could not be built (no C compiler), or was built from
 a source of another :data:`FORMAT`, :class:`PyHitLog` takes its place: the same class in
-Python, at the cost above (the server logs which one records).
+Python, at the cost above (the server says so at start).
 
 Both hand on the same bytes: lists of :data:`~podium.usage_import.Hit` tuples in
 :mod:`marshal`'s format, each behind its length (:func:`podium.usage_import.read_hits`
