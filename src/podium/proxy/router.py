@@ -521,10 +521,11 @@ class ContentRouter:
         if query:
             upstream += b"?" + query
         on_done = lease.release
-        if self.usage is not None and self.usage.hit(method, target, headers, guid,
-                                                     viewer.guid if viewer else None, bundle_id):
-            # a WebSocket: an app session too, ended when the tunnel closes
-            on_done = _then(lease.release, self.usage.session(guid, viewer.guid if viewer else None, bundle_id))
+        if self.usage is not None:
+            user_guid = viewer.guid if viewer else None
+            if self.usage.hit(method, target, headers, guid, user_guid, bundle_id):
+                # a WebSocket: an app session too, ended when the tunnel closes
+                on_done = _then(lease.release, self.usage.session(guid, user_guid, bundle_id))
         return Forward(
             host=lease.address[0],
             port=lease.address[1],
