@@ -638,6 +638,10 @@ class LeaseRow(Base):
     acquired_time: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+# The condition of a partial index of the visits among the hits (ContentHit, below).
+_VISITS_ONLY: dict[str, Any] = {"sqlite_where": text("visit = 1"), "postgresql_where": text("visit = true")}
+
+
 class ContentHit(Base):
     """One request served by content (:mod:`podium.usage`); ``visit`` marks a page load
     (a browser document), the rows of ``v1/instrumentation/content/visits``."""
@@ -648,9 +652,8 @@ class ContentHit(Base):
     # in thousands of hits. (The visits query says ``visit = true`` as these do: a
     # partial index serves a query whose terms include its own.)
     __table_args__ = (
-        Index("ix_content_hits_visits", "id", sqlite_where=text("visit = 1"), postgresql_where=text("visit = true")),
-        Index("ix_content_hits_content_visits", "content_guid", "id",
-              sqlite_where=text("visit = 1"), postgresql_where=text("visit = true")),
+        Index("ix_content_hits_visits", "id", **_VISITS_ONLY),
+        Index("ix_content_hits_content_visits", "content_guid", "id", **_VISITS_ONLY),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
